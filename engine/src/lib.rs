@@ -1,0 +1,24 @@
+//! tlc-engine: tensors, reverse-mode autograd, the ops of deep networks (forward and backward),
+//! optimizers, and safetensors I/O.
+//!
+//! Ops are methods on [`Tensor`] returning [`Result`]; each op family lives in one file under
+//! [`ops`] with its forward, its backward and, beneath them, its gradcheck and PyTorch parity
+//! tests.
+
+pub mod autograd;
+pub mod error;
+pub mod io;
+pub mod ops;
+pub mod optim;
+pub mod rng;
+pub mod shape;
+pub mod storage;
+pub mod tensor;
+pub mod testing;
+
+pub use autograd::{is_grad_enabled, no_grad, Backward, Gradients};
+pub use error::{Error, Result};
+pub use rng::Rng;
+pub use storage::{DType, Storage};
+pub use tensor::Tensor;
+pub use tlc_kernels::Activation;

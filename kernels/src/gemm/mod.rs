@@ -1,0 +1,227 @@
+//! Single-precision GEMM with a fused store epilogue.
+//!
+//! `C = beta * C + A * B`, then the [`EpilogueOp`]s in order (bias, residual add, activation), applied
+//! to each output tile while it is still in cache. A and B are read through arbitrary row/column
+//! strides, so transposed operands cost nothing extra; C is row-major with a row stride.
+
+use crate::activation::{self, Activation};
+
+/// A read-only matrix view: element (i, j) is `data[i * row_stride + j * col_stride]`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A dense row-major `rows x cols` matrix.
+    pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        MatRef {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose, as a view (no copy).
+    pub fn t(self) -> Self {
+        MatRef {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
+    }
+
+    /// Element (i, j).
+    #[inline]
+    pub fn at(&self, i: usize, j: usize) -> f32 {
+        self.data[i * self.row_stride + j * self.col_stride]
+    }
+
+    /// Whether every element the view addresses lies inside `data`.
+    pub fn in_bounds(&self) -> bool {
+        if self.rows == 0 || self.cols == 0 {
+            return true;
+        }
+        (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride < self.data.len()
+    }
+}
+
+/// A mutable row-major matrix view with a row stride (columns are contiguous).
+#[derive(Debug)]
+pub struct MatMut<'a> {
+    pub data: &'a mut [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+}
+
+impl<'a> MatMut<'a> {
+    /// A dense row-major `rows x cols` matrix.
+    pub fn row_major(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
+        MatMut {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+        }
+    }
+
+    /// Whether every element the view addresses lies inside `data`.
+    pub fn in_bounds(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.row_stride + self.cols <= self.data.len()
+    }
+}
+
+/// One step of the store epilogue, applied in list order to each finished output tile.
+#[derive(Clone, Copy, Debug)]
+pub enum EpilogueOp<'a> {
+    /// `c[i][j] += bias[j]` (one value per output column; Linear's bias).
+    BiasPerCol(&'a [f32]),
+    /// `c[i][j] += bias[i]` (one value per output row; conv's bias in the weights-times-patches form).
+    BiasPerRow(&'a [f32]),
+    /// `c[i][j] += r[i][j]` (a residual connection), `r` having C's dimensions.
+    Add(MatRef<'a>),
+    /// `c[i][j] = act(c[i][j])`.
+    Act(Activation),
+}
+
+/// The list of epilogue steps a GEMM applies on store.
+pub type Epilogue<'a> = [EpilogueOp<'a>];
+
+fn check_shapes(a: &MatRef, b: &MatRef, c: &MatMut, epilogue: &Epilogue) {
+    assert_eq!(a.cols, b.rows, "gemm: inner dimensions differ");
+    assert!(
+        a.rows == c.rows && b.cols == c.cols,
+        "gemm: output dimensions differ"
+    );
+    assert!(
+        a.in_bounds() && b.in_bounds() && c.in_bounds(),
+        "gemm: view out of bounds"
+    );
+    assert!(c.row_stride >= c.cols, "gemm: output rows overlap");
+    for op in epilogue {
+        match op {
+            EpilogueOp::BiasPerCol(v) => assert_eq!(v.len(), c.cols, "gemm: column bias length"),
+            EpilogueOp::BiasPerRow(v) => assert_eq!(v.len(), c.rows, "gemm: row bias length"),
+            EpilogueOp::Add(r) => {
+                assert!(
+                    r.rows == c.rows && r.cols == c.cols && r.in_bounds(),
+                    "gemm: residual dims"
+                )
+            }
+            EpilogueOp::Act(_) => {}
+        }
+    }
+}
+
+/// Apply `epilogue` to rows `row0..row0 + rows` of the output, given as `c_rows` (row stride
+/// `ldc`, columns `col0..col0 + cols`).
+pub fn apply_epilogue(
+    epilogue: &Epilogue,
+    c_rows: &mut [f32],
+    ldc: usize,
+    row0: usize,
+    rows: usize,
+    col0: usize,
+    cols: usize,
+) {
+    for op in epilogue {
+        for i in 0..rows {
+            let row = &mut c_rows[i * ldc..i * ldc + cols];
+            match *op {
+                EpilogueOp::BiasPerCol(bias) => row
+                    .iter_mut()
+                    .zip(&bias[col0..col0 + cols])
+                    .for_each(|(c, b)| *c += b),
+                EpilogueOp::BiasPerRow(bias) => {
+                    let b = bias[row0 + i];
+                    row.iter_mut().for_each(|c| *c += b)
+                }
+                EpilogueOp::Add(r) => {
+                    for (j, c) in row.iter_mut().enumerate() {
+                        *c += r.at(row0 + i, col0 + j);
+                    }
+                }
+                EpilogueOp::Act(act) => activation::apply_inplace(act, row),
+            }
+        }
+    }
+}
+
+/// `C = beta * C + A * B`, then `epilogue`. `beta` is usually 0 (overwrite) or 1 (accumulate).
+///
+/// Panics if the views' dimensions disagree or address memory outside their slices: callers (the
+/// engine) validate shapes and report errors before reaching a kernel.
+pub fn gemm(a: MatRef, b: MatRef, beta: f32, c: MatMut, epilogue: &Epilogue) {
+    check_shapes(&a, &b, &c, epilogue);
+    reference_gemm(a, b, beta, c, epilogue);
+}
+
+/// The reference GEMM every optimised path is tested against: matrixmultiply's packed kernel,
+/// then the epilogue as a second pass.
+pub fn reference_gemm(a: MatRef, b: MatRef, beta: f32, c: MatMut, epilogue: &Epilogue) {
+    check_shapes(&a, &b, &c, epilogue);
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c.data.chunks_mut(c.row_stride).take(m).for_each(|r| {
+            r[..n].iter_mut().for_each(|v| *v *= beta);
+        });
+    } else {
+        // SAFETY: check_shapes proved every (i, j) addressed through these strides lies inside the
+        // three slices, the output rows do not overlap (row_stride >= cols), and `c` is a unique
+        // borrow, so matrixmultiply's reads and writes stay in bounds and do not alias.
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                n,
+                1.0,
+                a.data.as_ptr(),
+                a.row_stride as isize,
+                a.col_stride as isize,
+                b.data.as_ptr(),
+                b.row_stride as isize,
+                b.col_stride as isize,
+                beta,
+                c.data.as_mut_ptr(),
+                c.row_stride as isize,
+                1,
+            );
+        }
+    }
+    apply_epilogue(epilogue, c.data, c.row_stride, 0, m, 0, n);
+}
+
+/// Naive triple loop in f64, for tests: the ground truth with no blocking at all.
+pub fn naive_gemm(a: MatRef, b: MatRef, beta: f32, c: MatMut, epilogue: &Epilogue) {
+    check_shapes(&a, &b, &c, epilogue);
+    for i in 0..a.rows {
+        for j in 0..b.cols {
+            let mut s = 0.0f64;
+            for p in 0..a.cols {
+                s += a.at(i, p) as f64 * b.at(p, j) as f64;
+            }
+            let idx = i * c.row_stride + j;
+            let prev = if beta == 0.0 {
+                0.0
+            } else {
+                beta as f64 * c.data[idx] as f64
+            };
+            c.data[idx] = (prev + s) as f32;
+        }
+    }
+    apply_epilogue(epilogue, c.data, c.row_stride, 0, a.rows, 0, b.cols);
+}

@@ -1,0 +1,23 @@
+//! tlc-kernels: the compute under tlc.
+//!
+//! Every kernel here is a pure function over slices with explicit dimensions; there is no tensor
+//! type. SIMD paths (x86_64 AVX2+FMA, aarch64 NEON) are chosen once at runtime by [`isa`], and each
+//! has a scalar reference beside it that the tests compare against. Threading decisions live in
+//! [`parallel`] only.
+
+pub mod activation;
+pub mod attention;
+pub mod conv;
+pub mod elementwise;
+pub mod gemm;
+pub mod isa;
+pub mod norm;
+pub mod parallel;
+pub mod pool;
+pub mod reduce;
+pub mod softmax;
+pub mod vmath;
+
+pub use activation::Activation;
+pub use gemm::{gemm, Epilogue, EpilogueOp, MatMut, MatRef};
+pub use isa::Isa;

@@ -1,0 +1,3 @@
+fn main() {
+    println!("tlc {}", env!("CARGO_PKG_VERSION"));
+}
