@@ -1,0 +1,6 @@
+//! tlc-models: architectures as graph builders, data sets, the training loop and the TLC driver.
+
+pub mod data;
+pub mod error;
+
+pub use error::{Error, Result};
