@@ -18,6 +18,11 @@ pub mod testing;
 
 pub use autograd::{is_grad_enabled, no_grad, Backward, Gradients};
 pub use error::{Error, Result};
+pub use io::TensorStore;
+pub use optim::{
+    clip_grad_norm, clip_grad_value, AdamW, AdamWConfig, LrSchedule, OptimState, Optimizer, Sgd,
+    SgdConfig,
+};
 pub use rng::Rng;
 pub use storage::{DType, Storage};
 pub use tensor::Tensor;
