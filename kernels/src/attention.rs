@@ -176,14 +176,22 @@ struct Blocks {
     cols: usize,
 }
 
-/// Forward: 32 query rows x 256 keys of scores (32 KB) per step; short sequences take all keys
-/// in one step, so the running-softmax rescaling only happens past 256 keys.
+/// Forward: 128 query rows x 256 keys of scores (128 KB, L2-resident) per step. Tall row blocks
+/// amortise the GEMM's packing of each K and V block over more queries (measured ~15% less CPU
+/// than 32 rows at L = 128 and 512, d = 32); sequences up to 256 keys take one step, so the
+/// running-softmax rescaling only happens past that.
 const FORWARD_BLOCKS: Blocks = Blocks {
-    rows: 32,
+    rows: 128,
     cols: 256,
 };
-/// Backward keeps two score-sized blocks (probabilities and their gradient) live.
-const BACKWARD_BLOCKS: Blocks = Blocks { rows: 64, cols: 64 };
+/// Row blocks are not cut below this to make parallel tasks (each block re-packs its K and V).
+const MIN_SPLIT_ROWS: usize = 16;
+/// Backward keeps two score-sized blocks (probabilities and their gradient, 64 KB each) live;
+/// 128 x 128 measured ~7% less CPU than 64 x 64 at L = 128 and 512, d = 32.
+const BACKWARD_BLOCKS: Blocks = Blocks {
+    rows: 128,
+    cols: 128,
+};
 
 thread_local! {
     static SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
@@ -233,7 +241,15 @@ fn forward_with(a: &Attention, out: &mut [f32], lse: Option<&mut [f32]>, isa: Is
     if let Some(l) = &lse {
         assert_eq!(l.len(), bhn * lq, "attention forward: lse length");
     }
-    let br = blk.rows.max(1);
+    let macs = bhn * lq * lk * (d + dv);
+    let split = parallel::worth_splitting(macs, ATTENTION_PAR_MIN_MACS);
+    let mut br = blk.rows.max(1);
+    if split {
+        // Few heads (batch 1, one or two heads, long sequence): shorter row blocks so that every
+        // thread gets about two tasks, down to MIN_SPLIT_ROWS rows.
+        let per_head = (2 * parallel::num_threads()).div_ceil(bhn.max(1));
+        br = br.min(lq.div_ceil(per_head).max(MIN_SPLIT_ROWS));
+    }
     let bc = blk.cols.max(1);
     let mut tasks = Vec::with_capacity(bhn * lq.div_ceil(br));
     let (mut out_rest, mut lse_rest) = (out, lse);
@@ -260,8 +276,7 @@ fn forward_with(a: &Attention, out: &mut [f32], lse: Option<&mut [f32]>, isa: Is
     }
     let scratch_len = 2 * br + br * bc.min(lk.max(1));
     let run = |t: RowBlock| with_scratch(scratch_len, |s| forward_block(a, isa, bc, t, s));
-    let macs = bhn * lq * lk * (d + dv);
-    if tasks.len() > 1 && parallel::worth_splitting(macs, ATTENTION_PAR_MIN_MACS) {
+    if tasks.len() > 1 && split {
         tasks.into_par_iter().for_each(run);
     } else {
         tasks.into_iter().for_each(run);

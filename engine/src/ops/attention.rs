@@ -457,6 +457,14 @@ mod tests {
             .scaled_dot_product_attention(&k, &v, Some(&m.contiguous()), None, None)
             .unwrap();
         assert_close(&got, &want, 1e-6, "transposed mask");
+        // An f16 mask is read through one f32 copy.
+        let m: Vec<half::f16> = (0..b * lk)
+            .map(|i| half::f16::from_f32(if i % 4 == 3 { -1e4 } else { 0.5 }))
+            .collect();
+        let m16 = Tensor::from_storage(Storage::F16(m), &[b, 1, 1, lk]).unwrap();
+        let m32 = Tensor::from_vec(m16.to_vec(), &[b, 1, 1, lk]).unwrap();
+        let sdpa = |m: &Tensor| q.scaled_dot_product_attention(&k, &v, Some(m), None, None);
+        assert_close(&sdpa(&m16).unwrap(), &sdpa(&m32).unwrap(), 1e-6, "f16 mask");
     }
 
     #[test]
