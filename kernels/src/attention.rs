@@ -18,6 +18,12 @@
 //! A row whose every score is -inf (fully masked) gets a zero output and zero gradients, as
 //! PyTorch's `scaled_dot_product_attention` gives on CPU (a materialised softmax would give NaN).
 //! Its log-sum-exp is -inf.
+//!
+//! Threads: the forward splits over (batch, head, query-row block) once the work passes
+//! [`ATTENTION_PAR_MIN_MACS`]; the backward over (batch, head) only, each head accumulating its
+//! dQ, dK, dV in place, so a lone head (batch 1, one head) runs its backward on one thread.
+//! Scratch lives in a per-thread buffer reused across calls; each call allocates only its small
+//! task list.
 
 mod naive;
 pub mod rowops;
