@@ -10,10 +10,13 @@ use tlc::kernels::attention::{self, Attention, AttentionGrads, Dims, HeadsRef};
 use tlc::kernels::gemm::{gemm, MatMut, MatRef};
 
 fn values(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = (seed as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)
-        .map(|i| {
-            let h = (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 9;
-            (h % 4001) as f32 / 1000.0 - 2.0
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
         })
         .collect()
 }
