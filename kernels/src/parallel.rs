@@ -13,6 +13,10 @@ pub const ELEMWISE_PAR_MIN_ELEMS: usize = 1 << 16;
 pub const CONV_PAR_MIN_MACS: usize = 1 << 18;
 /// Minimum elements of a normalisation / pooling / softmax pass before it is split.
 pub const ROWWISE_PAR_MIN_ELEMS: usize = 1 << 15;
+/// Minimum multiply-adds (batch * heads * Lq * Lk * (d + dv)) before attention spreads its
+/// (batch, head, query-block) tasks over the pool. A 12-head, 32-token BERT layer (~0.8M) splits;
+/// an 8-token one (~50k, a few microseconds) stays on the calling thread.
+pub const ATTENTION_PAR_MIN_MACS: usize = 1 << 18;
 
 /// Threads rayon will use (the global pool, set by `tlc --threads` or `RAYON_NUM_THREADS`).
 pub fn num_threads() -> usize {
