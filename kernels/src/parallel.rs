@@ -13,6 +13,9 @@ pub const ELEMWISE_PAR_MIN_ELEMS: usize = 1 << 16;
 pub const CONV_PAR_MIN_MACS: usize = 1 << 18;
 /// Minimum elements of a normalisation / pooling / softmax pass before it is split.
 pub const ROWWISE_PAR_MIN_ELEMS: usize = 1 << 15;
+/// Minimum elements of one parallel piece of a normalisation / pooling pass (so a split pass
+/// makes a few pieces per thread, each worth a task).
+pub const ROWWISE_MIN_PIECE_ELEMS: usize = 1 << 13;
 
 /// Threads rayon will use (the global pool, set by `tlc --threads` or `RAYON_NUM_THREADS`).
 pub fn num_threads() -> usize {
@@ -69,6 +72,29 @@ where
     }
 }
 
+/// Apply `f(first_item, chunk)` to `data` cut into runs of whole items of `item_len` elements
+/// (planes, rows): in parallel when `data` holds at least `threshold` elements, in pieces of at
+/// least `min_piece` elements; otherwise once, on this thread, over all of `data`.
+pub fn for_each_item_run_mut<T, F>(
+    data: &mut [T],
+    item_len: usize,
+    threshold: usize,
+    min_piece: usize,
+    f: F,
+) where
+    T: Send,
+    F: Fn(usize, &mut [T]) + Sync + Send,
+{
+    let item_len = item_len.max(1);
+    let items = data.len() / item_len;
+    if !worth_splitting(data.len(), threshold) || items < 2 {
+        f(0, data);
+        return;
+    }
+    let per = items.div_ceil(pieces(data.len(), min_piece)).max(1);
+    for_each_chunk_mut(data, per * item_len, true, |i, c| f(i * per, c));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +118,20 @@ mod tests {
         assert_eq!(v[0], 0);
         assert_eq!(v[102], 10);
         assert!(v.windows(2).all(|w| w[1] == w[0] || w[1] == w[0] + 1));
+    }
+
+    #[test]
+    fn item_runs_cover_whole_items() {
+        for len in [10usize, 1 << 16] {
+            let mut v = vec![usize::MAX; len * 3];
+            for_each_item_run_mut(&mut v, 3, 1 << 10, 1 << 8, |first, run| {
+                assert_eq!(run.len() % 3, 0);
+                run.iter_mut()
+                    .enumerate()
+                    .for_each(|(j, x)| *x = first + j / 3);
+            });
+            assert!(v.iter().enumerate().all(|(i, &x)| x == i / 3));
+        }
     }
 
     #[test]
