@@ -9,7 +9,7 @@
 
 pub mod lanes;
 
-use crate::parallel::{self, ROWWISE_MIN_PIECE_ELEMS, ROWWISE_PAR_MIN_ELEMS};
+use crate::parallel::{self, ROWWISE_PAR_MIN_ELEMS};
 use rayon::prelude::*;
 
 /// How batch norm sees its input: `n` samples of `c` channels of `hw` contiguous elements
@@ -172,8 +172,7 @@ fn for_each_plane(
         parallel::for_each_item_run_mut(
             out,
             c,
-            ROWWISE_PAR_MIN_ELEMS,
-            ROWWISE_MIN_PIECE_ELEMS,
+            parallel::rowwise_pieces(out.len()),
             |first, run| {
                 for (k, row) in run.chunks_exact_mut(c).enumerate() {
                     f(0, (first + k) * c, row);
@@ -185,8 +184,7 @@ fn for_each_plane(
     parallel::for_each_item_run_mut(
         out,
         hw,
-        ROWWISE_PAR_MIN_ELEMS,
-        ROWWISE_MIN_PIECE_ELEMS,
+        parallel::rowwise_pieces(out.len()),
         |first, run| {
             for (k, plane) in run.chunks_exact_mut(hw).enumerate() {
                 let p = first + k;
@@ -404,9 +402,8 @@ fn layer_norm_row(
 /// Rows per parallel piece of a row-wise pass over `len` elements, or `None` to stay on this
 /// thread.
 fn rows_per_piece(len: usize, d: usize) -> Option<usize> {
-    let rows = len / d;
-    (parallel::worth_splitting(len, ROWWISE_PAR_MIN_ELEMS) && rows > 1)
-        .then(|| rows.div_ceil(parallel::pieces(len, ROWWISE_MIN_PIECE_ELEMS)))
+    let (rows, pieces) = (len / d, parallel::rowwise_pieces(len));
+    (pieces > 1 && rows > 1).then(|| rows.div_ceil(pieces))
 }
 
 /// Layer norm over the trailing `d` elements of each row of `x`, with the optional per-element
@@ -452,17 +449,11 @@ pub fn layer_norm_infer(
 ) {
     check_layer_norm(x, d, gamma, beta);
     assert_eq!(x.len(), y.len(), "layer_norm_infer: lengths differ");
-    parallel::for_each_item_run_mut(
-        y,
-        d,
-        ROWWISE_PAR_MIN_ELEMS,
-        ROWWISE_MIN_PIECE_ELEMS,
-        |first, run| {
-            for (j, yr) in run.chunks_exact_mut(d).enumerate() {
-                layer_norm_row(&x[(first + j) * d..][..d], gamma, beta, eps, yr);
-            }
-        },
-    );
+    parallel::for_each_item_run_mut(y, d, parallel::rowwise_pieces(y.len()), |first, run| {
+        for (j, yr) in run.chunks_exact_mut(d).enumerate() {
+            layer_norm_row(&x[(first + j) * d..][..d], gamma, beta, eps, yr);
+        }
+    });
 }
 
 /// The layer-norm backward of rows `first..first + rows`: their dx (into `dx`, which starts at

@@ -72,27 +72,32 @@ where
     }
 }
 
-/// Apply `f(first_item, chunk)` to `data` cut into runs of whole items of `item_len` elements
-/// (planes, rows): in parallel when `data` holds at least `threshold` elements, in pieces of at
-/// least `min_piece` elements; otherwise once, on this thread, over all of `data`.
-pub fn for_each_item_run_mut<T, F>(
-    data: &mut [T],
-    item_len: usize,
-    threshold: usize,
-    min_piece: usize,
-    f: F,
-) where
+/// How many pieces a normalisation / pooling pass over `work` elements should be cut into: 1
+/// (stay on this thread) below [`ROWWISE_PAR_MIN_ELEMS`], else pieces of at least
+/// [`ROWWISE_MIN_PIECE_ELEMS`].
+pub fn rowwise_pieces(work: usize) -> usize {
+    if worth_splitting(work, ROWWISE_PAR_MIN_ELEMS) {
+        pieces(work, ROWWISE_MIN_PIECE_ELEMS)
+    } else {
+        1
+    }
+}
+
+/// Apply `f(first_item, run)` to `data` cut into about `pieces` runs of whole items of
+/// `item_len` elements (planes, rows), in parallel; with `pieces <= 1`, once over all of `data`
+/// on this thread.
+pub fn for_each_item_run_mut<T, F>(data: &mut [T], item_len: usize, pieces: usize, f: F)
+where
     T: Send,
     F: Fn(usize, &mut [T]) + Sync + Send,
 {
-    let item_len = item_len.max(1);
-    let items = data.len() / item_len;
-    if !worth_splitting(data.len(), threshold) || items < 2 {
+    let items = data.len() / item_len.max(1);
+    if pieces <= 1 || items < 2 {
         f(0, data);
         return;
     }
-    let per = items.div_ceil(pieces(data.len(), min_piece)).max(1);
-    for_each_chunk_mut(data, per * item_len, true, |i, c| f(i * per, c));
+    let per = items.div_ceil(pieces).max(1);
+    for_each_chunk_mut(data, per * item_len.max(1), true, |i, c| f(i * per, c));
 }
 
 #[cfg(test)]
@@ -124,7 +129,7 @@ mod tests {
     fn item_runs_cover_whole_items() {
         for len in [10usize, 1 << 16] {
             let mut v = vec![usize::MAX; len * 3];
-            for_each_item_run_mut(&mut v, 3, 1 << 10, 1 << 8, |first, run| {
+            for_each_item_run_mut(&mut v, 3, len / 1000 + 1, |first, run| {
                 assert_eq!(run.len() % 3, 0);
                 run.iter_mut()
                     .enumerate()
