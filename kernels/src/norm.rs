@@ -167,6 +167,9 @@ fn for_each_plane(
     f: impl Fn(usize, usize, &mut [f32]) + Sync + Send,
 ) {
     let (c, hw) = (dims.c, dims.hw);
+    if out.is_empty() {
+        return;
+    }
     if hw == 1 {
         // f is called once per row with channel 0; the caller handles the row as a whole.
         parallel::for_each_item_run_mut(
