@@ -189,9 +189,11 @@ fn for_each_plane(
         hw,
         parallel::rowwise_pieces(out.len()),
         |first, run| {
+            // Count channels instead of `p % c` per plane: small planes (4x4) are many.
+            let mut ch = first % c;
             for (k, plane) in run.chunks_exact_mut(hw).enumerate() {
-                let p = first + k;
-                f(p % c, p * hw, plane);
+                f(ch, (first + k) * hw, plane);
+                ch = if ch + 1 == c { 0 } else { ch + 1 };
             }
         },
     );

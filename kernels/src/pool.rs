@@ -125,44 +125,61 @@ fn avg_span(o: usize, stride: usize, pad: usize, k: usize, n: usize) -> (usize, 
     )
 }
 
+/// Scratch row of the separable max: the input row at offset `padding[1]`, -inf borders
+/// (padding, ceil-mode overhang) and slack so every SIMD load stays inside.
+fn padded_row(dims: PoolDims, win: Window2d) -> Vec<f32> {
+    let (kw, sw, pw, dw) = (
+        win.kernel[1],
+        win.stride[1],
+        win.padding[1],
+        win.dilation[1],
+    );
+    let span = (dims.out_w.max(1) - 1) * sw + (kw - 1) * dw + 1;
+    vec![f32::NEG_INFINITY; (pw + dims.w).max(span) + 16]
+}
+
+/// Max-pool one plane: per output row, the vertical max of the window's rows into `row`, then
+/// the window max along it.
+fn max_plane(plane: &[f32], dims: PoolDims, win: Window2d, row: &mut [f32], out: &mut [f32]) {
+    let PoolDims { h, w, out_w, .. } = dims;
+    let ([kh, kw], [sh, sw], [ph, pw], [dh, dw]) =
+        (win.kernel, win.stride, win.padding, win.dilation);
+    for (oy, out_row) in out.chunks_exact_mut(out_w).enumerate() {
+        let mid = &mut row[pw..pw + w];
+        let mut any = false;
+        for i in 0..kh {
+            let r = (oy * sh + i * dh) as isize - ph as isize;
+            if r < 0 || r >= h as isize {
+                continue;
+            }
+            let src = &plane[r as usize * w..][..w];
+            if any {
+                lanes::max_into(mid, src);
+            } else {
+                mid.copy_from_slice(src);
+                any = true;
+            }
+        }
+        if !any {
+            mid.fill(f32::NEG_INFINITY);
+        }
+        lanes::window_max(row, sw, dw, kw, out_row);
+    }
+}
+
 /// Max-pool for inference (no indices): separable, SIMD in both directions.
 pub fn max_pool2d(x: &[f32], dims: PoolDims, win: Window2d, y: &mut [f32]) {
     dims.check("max_pool2d", x.len(), y.len());
     win.check();
-    let PoolDims { h, w, out_w, .. } = dims;
-    let ([kh, kw], [sh, sw], [ph, pw], [dh, dw]) =
-        (win.kernel, win.stride, win.padding, win.dilation);
-    if y.is_empty() || out_w == 0 {
+    if y.is_empty() {
         return;
     }
-    // The padded row: -inf borders (padding, ceil-mode overhang) plus slack for whole SIMD loads.
-    let row_len = (pw + w).max((out_w - 1) * sw + (kw - 1) * dw + 1) + 16;
+    let (ip, op) = (dims.in_plane(), dims.out_plane());
     let pieces = parallel::rowwise_pieces(x.len());
-    parallel::for_each_item_run_mut(y, dims.out_plane(), pieces, |first, run| {
-        let mut row = vec![f32::NEG_INFINITY; row_len];
-        for (k, out) in run.chunks_exact_mut(dims.out_plane()).enumerate() {
-            let plane = &x[(first + k) * h * w..][..h * w];
-            for (oy, out_row) in out.chunks_exact_mut(out_w).enumerate() {
-                let mid = &mut row[pw..pw + w];
-                let mut any = false;
-                for i in 0..kh {
-                    let r = (oy * sh + i * dh) as isize - ph as isize;
-                    if r < 0 || r >= h as isize {
-                        continue;
-                    }
-                    let src = &plane[r as usize * w..][..w];
-                    if any {
-                        lanes::max_into(mid, src);
-                    } else {
-                        mid.copy_from_slice(src);
-                        any = true;
-                    }
-                }
-                if !any {
-                    mid.fill(f32::NEG_INFINITY);
-                }
-                lanes::window_max(&row, sw, dw, kw, out_row);
-            }
+    parallel::for_each_item_run_mut(y, op, pieces, |first, run| {
+        let mut row = padded_row(dims, win);
+        for (k, out) in run.chunks_exact_mut(op).enumerate() {
+            max_plane(&x[(first + k) * ip..][..ip], dims, win, &mut row, out);
         }
     });
 }
@@ -182,41 +199,77 @@ fn max_span(o: usize, stride: usize, pad: usize, k: usize, dil: usize, n: usize)
     (start as usize, end.max(0) as usize)
 }
 
-fn max_plane_with_indices(
+/// A window's rows or columns: `(start, end, step)`.
+type Span = (usize, usize, usize);
+
+/// The positions (`row * w + col`) of a window in row-major order.
+fn window_positions(w: usize, rows: Span, cols: Span) -> impl Iterator<Item = usize> {
+    (rows.0..rows.1)
+        .step_by(rows.2)
+        .flat_map(move |r| (cols.0..cols.1).step_by(cols.2).map(move |c| r * w + c))
+}
+
+/// PyTorch's argmax of one window, scalar: the first position holding the maximum `best`, or
+/// the last NaN when `best` is NaN.
+fn argmax_scalar(plane: &[f32], w: usize, rows: Span, cols: Span, best: f32) -> u32 {
+    let mut positions = window_positions(w, rows, cols);
+    if best.is_nan() {
+        positions.filter(|&i| plane[i].is_nan()).last()
+    } else {
+        positions.find(|&i| plane[i] == best)
+    }
+    .map_or(NO_INDEX, |i| i as u32)
+}
+
+/// Where in its window each output's maximum `y` sits, by PyTorch's rule (first position in
+/// row-major order holding the maximum; the last NaN for a NaN maximum). The window's rows are
+/// matched last to first against the maxima in SIMD, each row through the same -inf padded row
+/// buffer as [`max_plane`]; -inf maxima (which the padding matches too) and NaN maxima (which
+/// match nothing) are redone by the scalar rule.
+fn argmax_plane(
     plane: &[f32],
     dims: PoolDims,
     win: Window2d,
-    y: &mut [f32],
+    y: &[f32],
+    row: &mut [f32],
     idx: &mut [u32],
 ) {
-    let PoolDims { w, out_w, .. } = dims;
+    let PoolDims { h, w, out_w, .. } = dims;
     let ([kh, kw], [sh, sw], [ph, pw], [dh, dw]) =
         (win.kernel, win.stride, win.padding, win.dilation);
-    for oy in 0..dims.out_h {
-        let (y0, y1) = max_span(oy, sh, ph, kh, dh, dims.h);
-        for ox in 0..out_w {
-            let (x0, x1) = max_span(ox, sw, pw, kw, dw, w);
-            let (mut best, mut at) = (f32::NEG_INFINITY, NO_INDEX);
-            if y0 < y1 && x0 < x1 {
-                at = (y0 * w + x0) as u32;
-                for r in (y0..y1).step_by(dh) {
-                    for c in (x0..x1).step_by(dw) {
-                        let v = plane[r * w + c];
-                        if v > best || v.is_nan() {
-                            best = v;
-                            at = (r * w + c) as u32;
-                        }
-                    }
-                }
+    for (oy, (y_row, idx_row)) in y
+        .chunks_exact(out_w)
+        .zip(idx.chunks_exact_mut(out_w))
+        .enumerate()
+    {
+        idx_row.fill(NO_INDEX);
+        for i in (0..kh).rev() {
+            let r = (oy * sh + i * dh) as isize - ph as isize;
+            if r < 0 || r >= h as isize {
+                continue;
             }
-            y[oy * out_w + ox] = best;
-            idx[oy * out_w + ox] = at;
+            let r = r as usize;
+            row[pw..pw + w].copy_from_slice(&plane[r * w..][..w]);
+            let base = ((r * w) as u32).wrapping_sub(pw as u32);
+            lanes::window_match(row, (sw, dw, kw), y_row, base, idx_row);
+        }
+        for (ox, (&best, at)) in y_row.iter().zip(idx_row.iter_mut()).enumerate() {
+            if best == f32::NEG_INFINITY || best.is_nan() {
+                let (y0, y1) = max_span(oy, sh, ph, kh, dh, h);
+                let (x0, x1) = max_span(ox, sw, pw, kw, dw, w);
+                *at = if y0 < y1 && x0 < x1 {
+                    argmax_scalar(plane, w, (y0, y1, dh), (x0, x1, dw), best)
+                } else {
+                    NO_INDEX
+                };
+            }
         }
     }
 }
 
 /// Max-pool that also records, per output, the argmax's index inside its input plane
-/// (`row * w + col`, [`NO_INDEX`] for a window entirely in the padding) for the backward.
+/// (`row * w + col`, [`NO_INDEX`] for a window entirely in the padding) for the backward: the
+/// SIMD forward, then a scan of each window for the position holding its maximum.
 pub fn max_pool2d_with_indices(
     x: &[f32],
     dims: PoolDims,
@@ -236,16 +289,19 @@ pub fn max_pool2d_with_indices(
     );
     win.check();
     let (ip, op) = (dims.in_plane(), dims.out_plane());
-    if op == 0 {
+    if y.is_empty() {
         return;
     }
     let run = |first: usize, y: &mut [f32], idx: &mut [u32]| {
-        for (k, (yp, ip_)) in y
+        let mut row = padded_row(dims, win);
+        for (k, (yp, ixp)) in y
             .chunks_exact_mut(op)
             .zip(idx.chunks_exact_mut(op))
             .enumerate()
         {
-            max_plane_with_indices(&x[(first + k) * ip..][..ip], dims, win, yp, ip_);
+            let plane = &x[(first + k) * ip..][..ip];
+            max_plane(plane, dims, win, &mut row, yp);
+            argmax_plane(plane, dims, win, yp, &mut row, ixp);
         }
     };
     let pieces = parallel::rowwise_pieces(x.len());
@@ -561,26 +617,93 @@ mod tests {
         assert_eq!(pooled_size(8, 3, 0, 0, 1, false), None);
     }
 
+    /// PyTorch's indexed max over window positions in row-major order: `v > best || isnan(v)`
+    /// updates, starting from the first in-input position.
+    fn naive_argmax(x: &[f32], d: PoolDims, win: Window2d) -> Vec<u32> {
+        let mut out = Vec::new();
+        for p in 0..d.planes {
+            let plane = &x[p * d.h * d.w..][..d.h * d.w];
+            for oy in 0..d.out_h {
+                for ox in 0..d.out_w {
+                    let (mut best, mut at) = (f32::NEG_INFINITY, NO_INDEX);
+                    for i in 0..win.kernel[0] {
+                        for j in 0..win.kernel[1] {
+                            let r = (oy * win.stride[0] + i * win.dilation[0]) as isize
+                                - win.padding[0] as isize;
+                            let c = (ox * win.stride[1] + j * win.dilation[1]) as isize
+                                - win.padding[1] as isize;
+                            if r < 0 || c < 0 || r as usize >= d.h || c as usize >= d.w {
+                                continue;
+                            }
+                            let pos = r as usize * d.w + c as usize;
+                            if at == NO_INDEX {
+                                at = pos as u32;
+                            }
+                            if plane[pos] > best || plane[pos].is_nan() {
+                                (best, at) = (plane[pos], pos as u32);
+                            }
+                        }
+                    }
+                    out.push(at);
+                }
+            }
+        }
+        out
+    }
+
     #[test]
     fn max_pool_paths_match_the_definition() {
         for (g, (h, w, win, ceil)) in geometries().into_iter().enumerate() {
             for planes in [1usize, 3] {
                 let d = dims_for(planes, h, w, win, ceil);
-                let x = data(planes * h * w, g as u64);
-                let expect = naive_max(&x, d, win);
-                let mut y = vec![0.0; expect.len()];
-                max_pool2d(&x, d, win, &mut y);
-                assert_eq!(y, expect, "fast {d:?} {win:?}");
-                let mut yi = vec![0.0; expect.len()];
-                let mut idx = vec![0u32; expect.len()];
-                max_pool2d_with_indices(&x, d, win, &mut yi, &mut idx);
-                assert_eq!(yi, expect, "indexed {d:?} {win:?}");
-                for (o, &i) in idx.iter().enumerate() {
-                    let plane = o / d.out_plane();
-                    assert_eq!(x[plane * h * w + i as usize], yi[o], "index of output {o}");
+                // Distinct values, then a handful of levels (many ties), then some -inf and NaN.
+                let distinct = data(planes * h * w, g as u64);
+                let ties: Vec<f32> = distinct.iter().map(|v| v.round()).collect();
+                let mut odd = ties.clone();
+                for (i, v) in odd.iter_mut().enumerate() {
+                    *v = match i % 11 {
+                        3 => f32::NEG_INFINITY,
+                        7 if i % 3 == 0 => f32::NAN,
+                        _ => *v,
+                    };
+                }
+                for x in [distinct, ties, odd] {
+                    let expect = naive_max(&x, d, win);
+                    let same = |a: &[f32], what: &str| {
+                        let eq = a
+                            .iter()
+                            .zip(&expect)
+                            .all(|(p, q)| p == q || p.is_nan() && q.is_nan());
+                        assert!(eq, "{what} {d:?} {win:?}: {a:?} vs {expect:?}");
+                    };
+                    let mut y = vec![0.0; expect.len()];
+                    max_pool2d(&x, d, win, &mut y);
+                    same(&y, "fast");
+                    let mut yi = vec![0.0; expect.len()];
+                    let mut idx = vec![0u32; expect.len()];
+                    max_pool2d_with_indices(&x, d, win, &mut yi, &mut idx);
+                    same(&yi, "indexed");
+                    assert_eq!(idx, naive_argmax(&x, d, win), "indices {d:?} {win:?}");
                 }
             }
         }
+        // All -inf with padding: each index is the first in-input position, as in PyTorch.
+        let d = PoolDims {
+            planes: 1,
+            h: 2,
+            w: 2,
+            out_h: 2,
+            out_w: 2,
+        };
+        let (mut y, mut idx) = (vec![0.0; 4], vec![0u32; 4]);
+        max_pool2d_with_indices(
+            &[f32::NEG_INFINITY; 4],
+            d,
+            Window2d::square(2, 2, 1),
+            &mut y,
+            &mut idx,
+        );
+        assert_eq!(idx, vec![0, 1, 2, 3]);
     }
 
     #[test]

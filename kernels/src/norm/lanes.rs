@@ -109,6 +109,31 @@ pub fn window_max(row: &[f32], stride: usize, dilation: usize, k: usize, out: &m
     dispatch!(window_max(row, stride, dilation, k, out))
 }
 
+/// For each output `o`, scanning its window `j = k-1 .. 0`: where `row[o stride + j dilation]`
+/// equals `target[o]`, set `code[o] = base + o stride + j dilation` (wrapping). Called on a
+/// window's rows from last to first, it leaves in `code` the first match in row-major order:
+/// the argmax half of a max-pool with indices. NaN never matches.
+pub fn window_match(
+    row: &[f32],
+    (stride, dilation, k): (usize, usize, usize),
+    target: &[f32],
+    base: u32,
+    code: &mut [u32],
+) {
+    assert!(
+        k > 0 && stride > 0 && dilation > 0,
+        "window_match: empty window"
+    );
+    assert_eq!(target.len(), code.len(), "window_match: lengths differ");
+    if let Some(last) = code.len().checked_sub(1) {
+        assert!(
+            last * stride + (k - 1) * dilation < row.len(),
+            "window_match: windows run past the row"
+        );
+    }
+    dispatch!(window_match(row, (stride, dilation, k), target, base, code))
+}
+
 /// The scalar maximum pooling uses: NaN wins, ties keep the accumulator.
 #[inline(always)]
 pub fn max_nan(acc: f32, v: f32) -> f32 {
@@ -206,6 +231,23 @@ pub mod scalar {
                 m = max_nan(m, row[base + j * dilation]);
             }
             *y = m;
+        }
+    }
+
+    pub fn window_match(
+        row: &[f32],
+        (stride, dilation, k): (usize, usize, usize),
+        target: &[f32],
+        base: u32,
+        code: &mut [u32],
+    ) {
+        for (o, (c, &t)) in code.iter_mut().zip(target).enumerate() {
+            for j in (0..k).rev() {
+                let pos = o * stride + j * dilation;
+                if row[pos] == t {
+                    *c = base.wrapping_add(pos as u32);
+                }
+            }
         }
     }
 }
@@ -495,6 +537,54 @@ pub(crate) mod avx2 {
         }
         super::scalar::window_max(&row[o * stride..], stride, dilation, k, &mut out[o..]);
     }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn window_match(
+        row: &[f32],
+        (stride, dilation, k): (usize, usize, usize),
+        target: &[f32],
+        base: u32,
+        code: &mut [u32],
+    ) {
+        let (len, pr, pt, pc) = (row.len(), row.as_ptr(), target.as_ptr(), code.as_mut_ptr());
+        let span = (k - 1) * dilation;
+        let lane = _mm256_mullo_epi32(
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+            _mm256_set1_epi32(stride as i32),
+        );
+        let mut o = 0;
+        if stride <= 2 {
+            // Both strides read 8 * stride floats from each window offset (see window_max).
+            while o + 8 <= code.len() && stride * o + 8 * stride + span <= len {
+                let t = _mm256_loadu_ps(pt.add(o));
+                let mut acc = _mm256_loadu_si256(pc.add(o) as *const __m256i);
+                for j in (0..k).rev() {
+                    let off = stride * o + j * dilation;
+                    let v = if stride == 1 {
+                        _mm256_loadu_ps(pr.add(off))
+                    } else {
+                        load_even8(pr.add(off))
+                    };
+                    let hit = _mm256_castps_si256(_mm256_cmp_ps(v, t, _CMP_EQ_OQ));
+                    let cand = _mm256_add_epi32(
+                        _mm256_set1_epi32(base.wrapping_add(off as u32) as i32),
+                        lane,
+                    );
+                    acc = _mm256_blendv_epi8(acc, cand, hit);
+                }
+                _mm256_storeu_si256(pc.add(o) as *mut __m256i, acc);
+                o += 8;
+            }
+        }
+        let base = base.wrapping_add((o * stride) as u32);
+        super::scalar::window_match(
+            &row[o * stride..],
+            (stride, dilation, k),
+            &target[o..],
+            base,
+            &mut code[o..],
+        );
+    }
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -749,6 +839,47 @@ pub(crate) mod neon {
         }
         super::scalar::window_max(&row[o * stride..], stride, dilation, k, &mut out[o..]);
     }
+
+    #[target_feature(enable = "neon")]
+    pub unsafe fn window_match(
+        row: &[f32],
+        (stride, dilation, k): (usize, usize, usize),
+        target: &[f32],
+        base: u32,
+        code: &mut [u32],
+    ) {
+        let (len, pr, pt, pc) = (row.len(), row.as_ptr(), target.as_ptr(), code.as_mut_ptr());
+        let span = (k - 1) * dilation;
+        let steps: [u32; 4] = [0, 1, 2, 3];
+        let lane = vmulq_n_u32(vld1q_u32(steps.as_ptr()), stride as u32);
+        let mut o = 0;
+        if stride <= 2 {
+            while o + 4 <= code.len() && stride * o + 4 * stride + span <= len {
+                let t = vld1q_f32(pt.add(o));
+                let mut acc = vld1q_u32(pc.add(o));
+                for j in (0..k).rev() {
+                    let off = stride * o + j * dilation;
+                    let v = if stride == 1 {
+                        vld1q_f32(pr.add(off))
+                    } else {
+                        vld2q_f32(pr.add(off)).0
+                    };
+                    let cand = vaddq_u32(vdupq_n_u32(base.wrapping_add(off as u32)), lane);
+                    acc = vbslq_u32(vceqq_f32(v, t), cand, acc);
+                }
+                vst1q_u32(pc.add(o), acc);
+                o += 4;
+            }
+        }
+        let base = base.wrapping_add((o * stride) as u32);
+        super::scalar::window_match(
+            &row[o * stride..],
+            (stride, dilation, k),
+            &target[o..],
+            base,
+            &mut code[o..],
+        );
+    }
 }
 
 #[cfg(test)]
@@ -847,6 +978,48 @@ mod tests {
                             window_max(&row, stride, dilation, k, &mut y);
                             scalar::window_max(&row, stride, dilation, k, &mut r);
                             assert_eq!(y, r, "out {out_len} s {stride} d {dilation} k {k}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn window_match_matches_scalar_for_strides_and_dilations() {
+        for out_len in [0usize, 1, 3, 7, 8, 9, 17, 56] {
+            for stride in 1..=3 {
+                for dilation in 1..=2 {
+                    for k in 1..=4 {
+                        let len = (out_len.max(1) - 1) * stride + (k - 1) * dilation + 1 + 17;
+                        // Few distinct values, so windows hold several copies of their maximum.
+                        let row: Vec<f32> = data(len, (out_len + k) as u32)
+                            .iter()
+                            .map(|v| (v * 2.0).round())
+                            .collect();
+                        let mut target = vec![0.0; out_len];
+                        window_max(&row, stride, dilation, k, &mut target);
+                        if out_len > 2 {
+                            target[1] = f32::NAN;
+                            target[2] = 99.0;
+                        }
+                        let base = 1000u32;
+                        let mut code = vec![7u32; out_len];
+                        let mut expect = code.clone();
+                        window_match(&row, (stride, dilation, k), &target, base, &mut code);
+                        scalar::window_match(
+                            &row,
+                            (stride, dilation, k),
+                            &target,
+                            base,
+                            &mut expect,
+                        );
+                        assert_eq!(code, expect, "out {out_len} s {stride} d {dilation} k {k}");
+                        for (o, &c) in code.iter().enumerate() {
+                            let first = (0..k)
+                                .map(|j| o * stride + j * dilation)
+                                .find(|&p| row[p] == target[o]);
+                            assert_eq!(c, first.map_or(7, |p| base + p as u32));
                         }
                     }
                 }
