@@ -66,6 +66,19 @@ pub struct NormGrads<'a> {
     pub dbeta: Option<&'a mut [f32]>,
 }
 
+/// Planes shorter than this are processed a whole sample (`c * hw` contiguous elements) at a
+/// time against per-element copies of the per-channel values, instead of one SIMD call per tiny
+/// plane: `[N, C]` input has hw = 1, ResNet's last stage at CIFAR size 4x4.
+const SMALL_PLANE: usize = 64;
+
+/// Each channel's value repeated `hw` times: a per-channel vector in the layout of one sample.
+fn per_element(values: &[f32], hw: usize) -> Vec<f32> {
+    values
+        .iter()
+        .flat_map(|&v| std::iter::repeat(v).take(hw))
+        .collect()
+}
+
 /// Fill `a[ch], b[ch] = f(ch)` for every channel, spreading channels over the pool when the
 /// pass over `work` elements is worth it.
 fn per_channel_pair(
@@ -86,6 +99,51 @@ fn per_channel_pair(
     }
 }
 
+/// Samples summed in f32 before their partial sums are added into f64 (keeps f32 rounding to
+/// a short run while the inner loop stays 8 f32 lanes wide).
+const SAMPLE_BLOCK: usize = 64;
+
+/// Two per-channel sums over small planes, scaled by `scale`: `add(sample, col0, acc_a, acc_b)`
+/// adds one sample's contributions for the elements `col0 .. col0 + acc.len()` of the sample
+/// element-wise into accumulators (a loop the compiler vectorises), then each channel's `hw`
+/// accumulators are added up. Groups of channels are spread over the pool when big enough.
+fn small_plane_sums<F>(dims: ChannelDims, a: &mut [f32], b: &mut [f32], scale: f64, add: F)
+where
+    F: Fn(usize, usize, &mut [f32], &mut [f32]) + Sync + Send,
+{
+    let hw = dims.hw;
+    let group = |ch0: usize, a: &mut [f32], b: &mut [f32]| {
+        let cols = a.len() * hw;
+        let (mut sa, mut sb) = (vec![0.0f64; cols], vec![0.0f64; cols]);
+        let (mut pa, mut pb) = (vec![0.0f32; cols], vec![0.0f32; cols]);
+        for first in (0..dims.n).step_by(SAMPLE_BLOCK) {
+            for sample in first..dims.n.min(first + SAMPLE_BLOCK) {
+                add(sample, ch0 * hw, &mut pa, &mut pb);
+            }
+            for (s, p) in [(&mut sa, &mut pa), (&mut sb, &mut pb)] {
+                s.iter_mut().zip(p.iter_mut()).for_each(|(s, p)| {
+                    *s += *p as f64;
+                    *p = 0.0;
+                });
+            }
+        }
+        for (k, (a, b)) in a.iter_mut().zip(b.iter_mut()).enumerate() {
+            *a = (sa[k * hw..(k + 1) * hw].iter().sum::<f64>() * scale) as f32;
+            *b = (sb[k * hw..(k + 1) * hw].iter().sum::<f64>() * scale) as f32;
+        }
+    };
+    let pieces = parallel::rowwise_pieces(dims.len());
+    if pieces <= 1 || dims.c < 2 {
+        group(0, a, b);
+        return;
+    }
+    let per = dims.c.div_ceil(pieces);
+    a.par_chunks_mut(per)
+        .zip(b.par_chunks_mut(per))
+        .enumerate()
+        .for_each(|(i, (a, b))| group(i * per, a, b));
+}
+
 /// Per-channel mean and biased variance of `x`.
 pub fn channel_mean_var(x: &[f32], dims: ChannelDims, mean: &mut [f32], var: &mut [f32]) {
     dims.check("channel_mean_var", x.len());
@@ -96,23 +154,20 @@ pub fn channel_mean_var(x: &[f32], dims: ChannelDims, mean: &mut [f32], var: &mu
     assert!(dims.per_channel() > 0, "channel_mean_var: no elements");
     let (c, hw) = (dims.c, dims.hw);
     let count = dims.per_channel() as f64;
-    if hw == 1 {
-        // [N, C]: channels are columns; accumulating whole rows vectorises across channels.
-        let mut s = vec![0.0f64; c];
-        for row in x.chunks_exact(c) {
-            s.iter_mut().zip(row).for_each(|(s, &v)| *s += v as f64);
-        }
-        s.iter_mut().for_each(|s| *s /= count);
-        let mut q = vec![0.0f64; c];
-        for row in x.chunks_exact(c) {
-            q.iter_mut()
-                .zip(row.iter().zip(&s))
-                .for_each(|(q, (&v, &m))| *q += (v as f64 - m) * (v as f64 - m));
-        }
-        for ch in 0..c {
-            mean[ch] = s[ch] as f32;
-            var[ch] = (q[ch] / count) as f32;
-        }
+    if hw < SMALL_PLANE {
+        let len = c * hw;
+        let mut unused = vec![0.0f32; c];
+        small_plane_sums(dims, mean, &mut unused, 1.0 / count, |n, o, sa, _| {
+            let xs = &x[n * len + o..][..sa.len()];
+            sa.iter_mut().zip(xs).for_each(|(s, &v)| *s += v);
+        });
+        let mp = per_element(mean, hw);
+        small_plane_sums(dims, var, &mut unused, 1.0 / count, |n, o, sa, _| {
+            let (xs, ms) = (&x[n * len + o..][..sa.len()], &mp[o..][..sa.len()]);
+            for (s, (&v, &m)) in sa.iter_mut().zip(xs.iter().zip(ms)) {
+                *s += (v - m) * (v - m);
+            }
+        });
         return;
     }
     per_channel_pair(x.len(), mean, var, |ch| {
@@ -132,18 +187,23 @@ fn channel_grad_sums(
 ) -> (Vec<f32>, Vec<f32>) {
     let (c, hw) = (dims.c, dims.hw);
     let (mut sdy, mut sdxm) = (vec![0.0f32; c], vec![0.0f32; c]);
-    if hw == 1 {
-        let (mut s, mut d) = (vec![0.0f64; c], vec![0.0f64; c]);
-        for (g, v) in dy.chunks_exact(c).zip(x.chunks_exact(c)) {
-            for ch in 0..c {
-                s[ch] += g[ch] as f64;
-                d[ch] += g[ch] as f64 * (v[ch] - mean[ch]) as f64;
+    if dims.is_empty() {
+        return (sdy, sdxm);
+    }
+    if hw < SMALL_PLANE {
+        let (len, mp) = (c * hw, per_element(mean, hw));
+        small_plane_sums(dims, &mut sdy, &mut sdxm, 1.0, |n, o, sa, sb| {
+            let k = sa.len();
+            let (gs, xs, ms) = (
+                &dy[n * len + o..][..k],
+                &x[n * len + o..][..k],
+                &mp[o..][..k],
+            );
+            for i in 0..k {
+                sa[i] += gs[i];
+                sb[i] += gs[i] * (xs[i] - ms[i]);
             }
-        }
-        for ch in 0..c {
-            sdy[ch] = s[ch] as f32;
-            sdxm[ch] = d[ch] as f32;
-        }
+        });
         return (sdy, sdxm);
     }
     per_channel_pair(x.len(), &mut sdy, &mut sdxm, |ch| {
@@ -159,44 +219,37 @@ fn channel_grad_sums(
     (sdy, sdxm)
 }
 
-/// Run `f(channel, src_offset, out_run)` over `out` (laid out like the input) cut into planes, or
-/// into rows of channels when `hw == 1`, in parallel runs when big enough.
+/// An element pass over `out` (laid out like the input), in parallel runs when big enough:
+/// small planes call `small(offset, sample_out)` once per sample, large planes call
+/// `plane(channel, offset, plane_out)` once per plane; `offset` locates the output in the input.
 fn for_each_plane(
     out: &mut [f32],
     dims: ChannelDims,
-    f: impl Fn(usize, usize, &mut [f32]) + Sync + Send,
+    small: impl Fn(usize, &mut [f32]) + Sync + Send,
+    plane: impl Fn(usize, usize, &mut [f32]) + Sync + Send,
 ) {
     let (c, hw) = (dims.c, dims.hw);
     if out.is_empty() {
         return;
     }
-    if hw == 1 {
-        // f is called once per row with channel 0; the caller handles the row as a whole.
-        parallel::for_each_item_run_mut(
-            out,
-            c,
-            parallel::rowwise_pieces(out.len()),
-            |first, run| {
-                for (k, row) in run.chunks_exact_mut(c).enumerate() {
-                    f(0, (first + k) * c, row);
-                }
-            },
-        );
+    let pieces = parallel::rowwise_pieces(out.len());
+    if hw < SMALL_PLANE {
+        let len = c * hw;
+        parallel::for_each_item_run_mut(out, len, pieces, |first, run| {
+            for (k, sample) in run.chunks_exact_mut(len).enumerate() {
+                small((first + k) * len, sample);
+            }
+        });
         return;
     }
-    parallel::for_each_item_run_mut(
-        out,
-        hw,
-        parallel::rowwise_pieces(out.len()),
-        |first, run| {
-            // Count channels instead of `p % c` per plane: small planes (4x4) are many.
-            let mut ch = first % c;
-            for (k, plane) in run.chunks_exact_mut(hw).enumerate() {
-                f(ch, (first + k) * hw, plane);
-                ch = if ch + 1 == c { 0 } else { ch + 1 };
-            }
-        },
-    );
+    parallel::for_each_item_run_mut(out, hw, pieces, |first, run| {
+        // Count channels rather than take `p % c` per plane.
+        let mut ch = first % c;
+        for (k, out) in run.chunks_exact_mut(hw).enumerate() {
+            plane(ch, (first + k) * hw, out);
+            ch = if ch + 1 == c { 0 } else { ch + 1 };
+        }
+    });
 }
 
 /// `y = x * scale[ch] + shift[ch]`: batch norm in eval mode (and after the statistics, in
@@ -212,32 +265,46 @@ pub fn channel_scale_shift(
     dims.check("channel_scale_shift", y.len());
     assert!(scale.len() == dims.c && shift.len() == dims.c);
     let hw = dims.hw;
-    for_each_plane(y, dims, |ch, o, out| {
-        if hw == 1 {
+    let (sp, tp) = if hw < SMALL_PLANE && !y.is_empty() {
+        (per_element(scale, hw), per_element(shift, hw))
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    for_each_plane(
+        y,
+        dims,
+        |o, out| {
             let xs = &x[o..o + out.len()];
-            for (i, y) in out.iter_mut().enumerate() {
-                *y = xs[i] * scale[i] + shift[i];
+            for (y, ((&v, &s), &t)) in out.iter_mut().zip(xs.iter().zip(&sp).zip(&tp)) {
+                *y = v * s + t;
             }
-        } else {
-            lanes::scale_shift(&x[o..o + hw], scale[ch], shift[ch], out);
-        }
-    });
+        },
+        |ch, o, out| lanes::scale_shift(&x[o..o + hw], scale[ch], shift[ch], out),
+    );
 }
 
 /// `dx = k[ch] dy + p[ch] x + q[ch]`.
 fn channel_affine2(dy: &[f32], x: &[f32], dims: ChannelDims, kpq: [&[f32]; 3], dx: &mut [f32]) {
     let [k, p, q] = kpq;
     let hw = dims.hw;
-    for_each_plane(dx, dims, |ch, o, out| {
-        if hw == 1 {
+    let pats = if hw < SMALL_PLANE {
+        [k, p, q].map(|v| per_element(v, hw))
+    } else {
+        Default::default()
+    };
+    for_each_plane(
+        dx,
+        dims,
+        |o, out| {
             let (g, v) = (&dy[o..o + out.len()], &x[o..o + out.len()]);
-            for (i, d) in out.iter_mut().enumerate() {
-                *d = k[i] * g[i] + (p[i] * v[i] + q[i]);
+            let [kp, pp, qp] = &pats;
+            let coef = kp.iter().zip(pp).zip(qp);
+            for (d, ((&g, &v), ((&k, &p), &q))) in out.iter_mut().zip(g.iter().zip(v).zip(coef)) {
+                *d = k * g + (p * v + q);
             }
-        } else {
-            lanes::affine2(&dy[o..o + hw], &x[o..o + hw], k[ch], p[ch], q[ch], out);
-        }
-    });
+        },
+        |ch, o, out| lanes::affine2(&dy[o..o + hw], &x[o..o + hw], k[ch], p[ch], q[ch], out),
+    );
 }
 
 /// The per-channel `(scale, shift)` that batch norm with statistics `mean`/`invstd` and the
@@ -609,7 +676,9 @@ mod tests {
             .unzip()
     }
 
-    const DIMS: [(usize, usize, usize); 8] = [
+    /// Small planes (below SMALL_PLANE, including [N, C]) and large ones, odd sizes, and two
+    /// big enough to take the parallel paths.
+    const DIMS: [(usize, usize, usize); 11] = [
         (1, 1, 3),
         (3, 3, 1),
         (5, 4, 1),
@@ -617,7 +686,9 @@ mod tests {
         (3, 2, 17),
         (1, 4, 33),
         (2, 5, 9),
-        // Big enough to take the parallel paths.
+        (3, 2, 64),
+        (2, 3, 65),
+        (32, 64, 16),
         (4, 8, 1024),
     ];
 
