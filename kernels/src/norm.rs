@@ -2,10 +2,11 @@
 //! dims, the per-channel scale/shift every mode reduces to, a fused two-pass backward) and layer
 //! norm (over the trailing `d` elements of each row, saving mean and 1/std for the backward).
 //!
-//! Statistics are two-pass (mean, then centred squares), each pass summing a plane in SIMD lanes
-//! and the planes in f64, so large means with small spreads keep their variance. Work is split
-//! over channels (statistics) or runs of planes / rows (element passes) once it is big enough
-//! ([`crate::parallel`]); small batches stay on the calling thread.
+//! Statistics are two-pass (mean, then centred squares), so large means with small spreads keep
+//! their variance: a plane is summed in SIMD lanes and planes in f64; small planes (`[N, C]`,
+//! 4x4) are summed a whole sample at a time, element-wise, in short f32 runs added into f64.
+//! Work is split over channels (statistics) or runs of planes / rows (element passes) once it is
+//! big enough ([`crate::parallel`]); small batches stay on the calling thread.
 
 pub mod lanes;
 
@@ -528,28 +529,37 @@ pub fn layer_norm_infer(
     });
 }
 
+/// What a layer-norm backward reads: the upstream gradient, the input, the row length, the
+/// saved per-row statistics and the optional gamma.
+#[derive(Clone, Copy)]
+struct LayerNormSaved<'a> {
+    dy: &'a [f32],
+    x: &'a [f32],
+    d: usize,
+    mean: &'a [f32],
+    rstd: &'a [f32],
+    gamma: Option<&'a [f32]>,
+}
+
 /// The layer-norm backward of rows `first..first + rows`: their dx (into `dx`, which starts at
 /// row `first`) and their dgamma/dbeta contributions added into `dg`/`db`.
-#[allow(clippy::too_many_arguments)]
 fn layer_norm_backward_rows(
-    (dy, x, d): (&[f32], &[f32], usize),
-    stats: (&[f32], &[f32]),
-    gamma: Option<&[f32]>,
-    first: usize,
-    rows: usize,
+    sv: LayerNormSaved,
+    (first, rows): (usize, usize),
     mut dx: Option<&mut [f32]>,
     mut dg: Option<&mut [f32]>,
     mut db: Option<&mut [f32]>,
 ) {
+    let d = sv.d;
     let df = d as f32;
     for j in 0..rows {
         let r = first + j;
-        let (gs, xs) = (&dy[r * d..][..d], &x[r * d..][..d]);
-        let (m, s) = (stats.0[r], stats.1[r]);
+        let (gs, xs) = (&sv.dy[r * d..][..d], &sv.x[r * d..][..d]);
+        let (m, s) = (sv.mean[r], sv.rstd[r]);
         if let Some(dx) = dx.as_deref_mut() {
             // dx = s (g - mean(g) - xhat mean(g xhat)) with g = dy gamma, xhat = (x - m) s,
             // rewritten as s g + p x + q.
-            let (s1, s2) = match gamma {
+            let (s1, s2) = match sv.gamma {
                 Some(w) => lanes::weighted_sum_and_centered_dot(gs, w, xs, m),
                 None => lanes::sum_and_centered_dot(gs, xs, m),
             };
@@ -557,14 +567,14 @@ fn layer_norm_backward_rows(
             let p = -s * s * c2;
             let q = s * s * c2 * m - s * c1;
             let out = &mut dx[j * d..][..d];
-            match gamma {
+            match sv.gamma {
                 Some(w) => lanes::weighted_affine2(gs, w, xs, s, p, q, out),
                 None => lanes::affine2(gs, xs, s, p, q, out),
             }
         }
         if let Some(dg) = dg.as_deref_mut() {
-            for i in 0..d {
-                dg[i] += gs[i] * (xs[i] - m) * s;
+            for (g, (&dy, &v)) in dg.iter_mut().zip(gs.iter().zip(xs)) {
+                *g += dy * (v - m) * s;
             }
         }
         if let Some(db) = db.as_deref_mut() {
@@ -587,18 +597,26 @@ pub fn layer_norm_backward(
     assert_eq!(dy.len(), x.len(), "layer_norm_backward: lengths differ");
     let rows = x.len() / d;
     assert!(mean.len() == rows && rstd.len() == rows);
-    let NormGrads { dx, dgamma, dbeta } = grads;
+    let NormGrads {
+        dx,
+        mut dgamma,
+        mut dbeta,
+    } = grads;
     if let Some(dx) = &dx {
         assert_eq!(dx.len(), x.len(), "layer_norm_backward: dx length");
     }
-    let data = (dy, x, d);
-    let stats = (mean, rstd);
+    let sv = LayerNormSaved {
+        dy,
+        x,
+        d,
+        mean,
+        rstd,
+        gamma,
+    };
     let Some(per) = rows_per_piece(x.len(), d) else {
-        let mut dgamma = dgamma;
-        let mut dbeta = dbeta;
         dgamma.iter_mut().for_each(|g| g.fill(0.0));
         dbeta.iter_mut().for_each(|b| b.fill(0.0));
-        layer_norm_backward_rows(data, stats, gamma, 0, rows, dx, dgamma, dbeta);
+        layer_norm_backward_rows(sv, (0, rows), dx, dgamma, dbeta);
         return;
     };
     // Each piece sums its own dgamma/dbeta; the pieces are added in order (deterministic).
@@ -610,7 +628,7 @@ pub fn layer_norm_backward(
             want_g.then_some(g.as_mut_slice()),
             want_b.then_some(b.as_mut_slice()),
         );
-        layer_norm_backward_rows(data, stats, gamma, first, n, dx, pg, pb);
+        layer_norm_backward_rows(sv, (first, n), dx, pg, pb);
         [g, b]
     };
     let partials: Vec<[Vec<f32>; 2]> = match dx {

@@ -5,8 +5,8 @@
 //!
 //! Max-pool has two forwards: [`max_pool2d`] for inference, separable (a vertical SIMD max of the
 //! window's rows into a -inf padded row, then a SIMD window max along it), and
-//! [`max_pool2d_with_indices`] for training, which records each output's argmax the way PyTorch
-//! does (first maximum in row-major window order, NaN wins). Planes are spread over the pool once
+//! [`max_pool2d_with_indices`] for training, which then records each output's argmax the way
+//! PyTorch does (first maximum in row-major window order, NaN wins). Planes are spread over the pool once
 //! a pass is big enough ([`crate::parallel::rowwise_pieces`]).
 
 use crate::norm::lanes;
@@ -269,7 +269,7 @@ fn argmax_plane(
 
 /// Max-pool that also records, per output, the argmax's index inside its input plane
 /// (`row * w + col`, [`NO_INDEX`] for a window entirely in the padding) for the backward: the
-/// SIMD forward, then a scan of each window for the position holding its maximum.
+/// SIMD forward, then a SIMD match of each window's rows against the maxima.
 pub fn max_pool2d_with_indices(
     x: &[f32],
     dims: PoolDims,
