@@ -23,6 +23,7 @@ pub use optim::{
     clip_grad_norm, clip_grad_value, AdamW, AdamWConfig, LrSchedule, OptimState, Optimizer, Sgd,
     SgdConfig,
 };
+pub use ops::pool::{AvgPool2dParams, MaxPool2dParams};
 pub use rng::Rng;
 pub use storage::{DType, Storage};
 pub use tensor::Tensor;

@@ -1,1 +1,949 @@
-//! (to be written)
+//! Normalisation kernels over slices: batch norm (per-channel statistics over N and the spatial
+//! dims, the per-channel scale/shift every mode reduces to, a fused two-pass backward) and layer
+//! norm (over the trailing `d` elements of each row, saving mean and 1/std for the backward).
+//!
+//! Statistics are two-pass (mean, then centred squares), so large means with small spreads keep
+//! their variance: a plane is summed in SIMD lanes and planes in f64; small planes (`[N, C]`,
+//! 4x4) are summed a whole sample at a time, element-wise, in short f32 runs added into f64.
+//! Work is split over channels (statistics) or runs of planes / rows (element passes) once it is
+//! big enough ([`crate::parallel`]); small batches stay on the calling thread.
+
+pub mod lanes;
+
+use crate::parallel::{self, ROWWISE_PAR_MIN_ELEMS};
+use rayon::prelude::*;
+
+/// How batch norm sees its input: `n` samples of `c` channels of `hw` contiguous elements
+/// (NCHW with `hw = H*W`, `[N, C, L]` with `hw = L`, or `[N, C]` with `hw = 1`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelDims {
+    pub n: usize,
+    pub c: usize,
+    pub hw: usize,
+}
+
+impl ChannelDims {
+    /// Elements of the whole input.
+    pub fn len(&self) -> usize {
+        self.n * self.c * self.hw
+    }
+
+    /// Whether the input is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Elements each channel's statistics run over (`n * hw`).
+    pub fn per_channel(&self) -> usize {
+        self.n * self.hw
+    }
+
+    fn check(&self, what: &str, len: usize) {
+        assert_eq!(
+            len,
+            self.len(),
+            "{what}: slice length does not match {self:?}"
+        );
+    }
+}
+
+/// Batch statistics of a training-mode forward, per channel (the backward needs `mean` and
+/// `invstd`; the running-variance update needs `var`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchStats {
+    pub mean: Vec<f32>,
+    /// Biased (population) variance.
+    pub var: Vec<f32>,
+    /// `1 / sqrt(var + eps)`.
+    pub invstd: Vec<f32>,
+}
+
+/// Where a normalisation backward writes; `None` for gradients nobody wants (their work is
+/// skipped). `dgamma` and `dbeta` are overwritten, not accumulated into.
+#[derive(Debug, Default)]
+pub struct NormGrads<'a> {
+    pub dx: Option<&'a mut [f32]>,
+    pub dgamma: Option<&'a mut [f32]>,
+    pub dbeta: Option<&'a mut [f32]>,
+}
+
+/// Planes shorter than this are processed a whole sample (`c * hw` contiguous elements) at a
+/// time against per-element copies of the per-channel values, instead of one SIMD call per tiny
+/// plane: `[N, C]` input has hw = 1, ResNet's last stage at CIFAR size 4x4.
+const SMALL_PLANE: usize = 64;
+
+/// Each channel's value repeated `hw` times: a per-channel vector in the layout of one sample.
+fn per_element(values: &[f32], hw: usize) -> Vec<f32> {
+    values
+        .iter()
+        .flat_map(|&v| std::iter::repeat(v).take(hw))
+        .collect()
+}
+
+/// Fill `a[ch], b[ch] = f(ch)` for every channel, spreading channels over the pool when the
+/// pass over `work` elements is worth it.
+fn per_channel_pair(
+    work: usize,
+    a: &mut [f32],
+    b: &mut [f32],
+    f: impl Fn(usize) -> (f32, f32) + Sync + Send,
+) {
+    if parallel::worth_splitting(work, ROWWISE_PAR_MIN_ELEMS) {
+        a.par_iter_mut()
+            .zip(b.par_iter_mut())
+            .enumerate()
+            .for_each(|(ch, (a, b))| (*a, *b) = f(ch));
+    } else {
+        for (ch, (a, b)) in a.iter_mut().zip(b.iter_mut()).enumerate() {
+            (*a, *b) = f(ch);
+        }
+    }
+}
+
+/// Samples summed in f32 before their partial sums are added into f64 (keeps f32 rounding to
+/// a short run while the inner loop stays 8 f32 lanes wide).
+const SAMPLE_BLOCK: usize = 64;
+
+/// Two per-channel sums over small planes, scaled by `scale`: `add(sample, col0, acc_a, acc_b)`
+/// adds one sample's contributions for the elements `col0 .. col0 + acc.len()` of the sample
+/// element-wise into accumulators (a loop the compiler vectorises), then each channel's `hw`
+/// accumulators are added up. Groups of channels are spread over the pool when big enough.
+fn small_plane_sums<F>(dims: ChannelDims, a: &mut [f32], b: &mut [f32], scale: f64, add: F)
+where
+    F: Fn(usize, usize, &mut [f32], &mut [f32]) + Sync + Send,
+{
+    let hw = dims.hw;
+    let group = |ch0: usize, a: &mut [f32], b: &mut [f32]| {
+        let cols = a.len() * hw;
+        let (mut sa, mut sb) = (vec![0.0f64; cols], vec![0.0f64; cols]);
+        let (mut pa, mut pb) = (vec![0.0f32; cols], vec![0.0f32; cols]);
+        for first in (0..dims.n).step_by(SAMPLE_BLOCK) {
+            for sample in first..dims.n.min(first + SAMPLE_BLOCK) {
+                add(sample, ch0 * hw, &mut pa, &mut pb);
+            }
+            for (s, p) in [(&mut sa, &mut pa), (&mut sb, &mut pb)] {
+                s.iter_mut().zip(p.iter_mut()).for_each(|(s, p)| {
+                    *s += *p as f64;
+                    *p = 0.0;
+                });
+            }
+        }
+        for (k, (a, b)) in a.iter_mut().zip(b.iter_mut()).enumerate() {
+            *a = (sa[k * hw..(k + 1) * hw].iter().sum::<f64>() * scale) as f32;
+            *b = (sb[k * hw..(k + 1) * hw].iter().sum::<f64>() * scale) as f32;
+        }
+    };
+    let pieces = parallel::rowwise_pieces(dims.len());
+    if pieces <= 1 || dims.c < 2 {
+        group(0, a, b);
+        return;
+    }
+    let per = dims.c.div_ceil(pieces);
+    a.par_chunks_mut(per)
+        .zip(b.par_chunks_mut(per))
+        .enumerate()
+        .for_each(|(i, (a, b))| group(i * per, a, b));
+}
+
+/// Per-channel mean and biased variance of `x`.
+pub fn channel_mean_var(x: &[f32], dims: ChannelDims, mean: &mut [f32], var: &mut [f32]) {
+    dims.check("channel_mean_var", x.len());
+    assert!(
+        mean.len() == dims.c && var.len() == dims.c,
+        "channel_mean_var: statistics need one value per channel"
+    );
+    assert!(dims.per_channel() > 0, "channel_mean_var: no elements");
+    let (c, hw) = (dims.c, dims.hw);
+    let count = dims.per_channel() as f64;
+    if hw < SMALL_PLANE {
+        let len = c * hw;
+        let mut unused = vec![0.0f32; c];
+        small_plane_sums(dims, mean, &mut unused, 1.0 / count, |n, o, sa, _| {
+            let xs = &x[n * len + o..][..sa.len()];
+            sa.iter_mut().zip(xs).for_each(|(s, &v)| *s += v);
+        });
+        let mp = per_element(mean, hw);
+        small_plane_sums(dims, var, &mut unused, 1.0 / count, |n, o, sa, _| {
+            let (xs, ms) = (&x[n * len + o..][..sa.len()], &mp[o..][..sa.len()]);
+            for (s, (&v, &m)) in sa.iter_mut().zip(xs.iter().zip(ms)) {
+                *s += (v - m) * (v - m);
+            }
+        });
+        return;
+    }
+    per_channel_pair(x.len(), mean, var, |ch| {
+        let planes = || (0..dims.n).map(move |b| &x[(b * c + ch) * hw..][..hw]);
+        let m = (planes().map(|p| lanes::sum(p) as f64).sum::<f64>() / count) as f32;
+        let q: f64 = planes().map(|p| lanes::sum_sq_dev(p, m) as f64).sum();
+        (m, (q / count) as f32)
+    });
+}
+
+/// Per-channel `(Σ dy, Σ dy (x - mean))`: the first pass of every batch-norm backward.
+fn channel_grad_sums(
+    dy: &[f32],
+    x: &[f32],
+    dims: ChannelDims,
+    mean: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let (c, hw) = (dims.c, dims.hw);
+    let (mut sdy, mut sdxm) = (vec![0.0f32; c], vec![0.0f32; c]);
+    if dims.is_empty() {
+        return (sdy, sdxm);
+    }
+    if hw < SMALL_PLANE {
+        let (len, mp) = (c * hw, per_element(mean, hw));
+        small_plane_sums(dims, &mut sdy, &mut sdxm, 1.0, |n, o, sa, sb| {
+            let k = sa.len();
+            let (gs, xs, ms) = (
+                &dy[n * len + o..][..k],
+                &x[n * len + o..][..k],
+                &mp[o..][..k],
+            );
+            for i in 0..k {
+                sa[i] += gs[i];
+                sb[i] += gs[i] * (xs[i] - ms[i]);
+            }
+        });
+        return (sdy, sdxm);
+    }
+    per_channel_pair(x.len(), &mut sdy, &mut sdxm, |ch| {
+        let (mut s, mut d) = (0.0f64, 0.0f64);
+        for b in 0..dims.n {
+            let o = (b * c + ch) * hw;
+            let (ps, pd) = lanes::sum_and_centered_dot(&dy[o..o + hw], &x[o..o + hw], mean[ch]);
+            s += ps as f64;
+            d += pd as f64;
+        }
+        (s as f32, d as f32)
+    });
+    (sdy, sdxm)
+}
+
+/// An element pass over `out` (laid out like the input), in parallel runs when big enough:
+/// small planes call `small(offset, sample_out)` once per sample, large planes call
+/// `plane(channel, offset, plane_out)` once per plane; `offset` locates the output in the input.
+fn for_each_plane(
+    out: &mut [f32],
+    dims: ChannelDims,
+    small: impl Fn(usize, &mut [f32]) + Sync + Send,
+    plane: impl Fn(usize, usize, &mut [f32]) + Sync + Send,
+) {
+    let (c, hw) = (dims.c, dims.hw);
+    if out.is_empty() {
+        return;
+    }
+    let pieces = parallel::rowwise_pieces(out.len());
+    if hw < SMALL_PLANE {
+        let len = c * hw;
+        parallel::for_each_item_run_mut(out, len, pieces, |first, run| {
+            for (k, sample) in run.chunks_exact_mut(len).enumerate() {
+                small((first + k) * len, sample);
+            }
+        });
+        return;
+    }
+    parallel::for_each_item_run_mut(out, hw, pieces, |first, run| {
+        // Count channels rather than take `p % c` per plane.
+        let mut ch = first % c;
+        for (k, out) in run.chunks_exact_mut(hw).enumerate() {
+            plane(ch, (first + k) * hw, out);
+            ch = if ch + 1 == c { 0 } else { ch + 1 };
+        }
+    });
+}
+
+/// `y = x * scale[ch] + shift[ch]`: batch norm in eval mode (and after the statistics, in
+/// training mode).
+pub fn channel_scale_shift(
+    x: &[f32],
+    dims: ChannelDims,
+    scale: &[f32],
+    shift: &[f32],
+    y: &mut [f32],
+) {
+    dims.check("channel_scale_shift", x.len());
+    dims.check("channel_scale_shift", y.len());
+    assert!(scale.len() == dims.c && shift.len() == dims.c);
+    let hw = dims.hw;
+    let (sp, tp) = if hw < SMALL_PLANE && !y.is_empty() {
+        (per_element(scale, hw), per_element(shift, hw))
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    for_each_plane(
+        y,
+        dims,
+        |o, out| {
+            let xs = &x[o..o + out.len()];
+            for (y, ((&v, &s), &t)) in out.iter_mut().zip(xs.iter().zip(&sp).zip(&tp)) {
+                *y = v * s + t;
+            }
+        },
+        |ch, o, out| lanes::scale_shift(&x[o..o + hw], scale[ch], shift[ch], out),
+    );
+}
+
+/// `dx = k[ch] dy + p[ch] x + q[ch]`.
+fn channel_affine2(dy: &[f32], x: &[f32], dims: ChannelDims, kpq: [&[f32]; 3], dx: &mut [f32]) {
+    let [k, p, q] = kpq;
+    let hw = dims.hw;
+    let pats = if hw < SMALL_PLANE {
+        [k, p, q].map(|v| per_element(v, hw))
+    } else {
+        Default::default()
+    };
+    for_each_plane(
+        dx,
+        dims,
+        |o, out| {
+            let (g, v) = (&dy[o..o + out.len()], &x[o..o + out.len()]);
+            let [kp, pp, qp] = &pats;
+            let coef = kp.iter().zip(pp).zip(qp);
+            for (d, ((&g, &v), ((&k, &p), &q))) in out.iter_mut().zip(g.iter().zip(v).zip(coef)) {
+                *d = k * g + (p * v + q);
+            }
+        },
+        |ch, o, out| lanes::affine2(&dy[o..o + hw], &x[o..o + hw], k[ch], p[ch], q[ch], out),
+    );
+}
+
+/// The per-channel `(scale, shift)` that batch norm with statistics `mean`/`invstd` and the
+/// optional affine `gamma`/`beta` amounts to: `y = x * scale + shift`. Also what BN folding
+/// writes into a preceding convolution.
+pub fn fold_affine(
+    mean: &[f32],
+    invstd: &[f32],
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+) -> (Vec<f32>, Vec<f32>) {
+    let scale: Vec<f32> = invstd
+        .iter()
+        .enumerate()
+        .map(|(ch, &s)| s * gamma.map_or(1.0, |g| g[ch]))
+        .collect();
+    let shift = mean
+        .iter()
+        .zip(&scale)
+        .enumerate()
+        .map(|(ch, (&m, &s))| beta.map_or(0.0, |b| b[ch]) - m * s)
+        .collect();
+    (scale, shift)
+}
+
+/// Batch norm in training mode: normalise `x` with its own per-channel statistics, then apply
+/// the optional affine, in one output pass. Returns the statistics for the backward and for the
+/// running-statistics update.
+pub fn batch_norm_train_forward(
+    x: &[f32],
+    dims: ChannelDims,
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    eps: f32,
+    y: &mut [f32],
+) -> BatchStats {
+    let c = dims.c;
+    let (mut mean, mut var) = (vec![0.0f32; c], vec![0.0f32; c]);
+    channel_mean_var(x, dims, &mut mean, &mut var);
+    let invstd: Vec<f32> = var.iter().map(|&v| 1.0 / (v + eps).sqrt()).collect();
+    let (scale, shift) = fold_affine(&mean, &invstd, gamma, beta);
+    channel_scale_shift(x, dims, &scale, &shift, y);
+    BatchStats { mean, var, invstd }
+}
+
+/// Backward of [`batch_norm_train_forward`] given the saved `mean` and `invstd`: one pass for the
+/// per-channel sums (which are dbeta and dgamma), one pass for dx.
+pub fn batch_norm_train_backward(
+    dy: &[f32],
+    x: &[f32],
+    dims: ChannelDims,
+    mean: &[f32],
+    invstd: &[f32],
+    gamma: Option<&[f32]>,
+    grads: NormGrads,
+) {
+    dims.check("batch_norm_train_backward", dy.len());
+    dims.check("batch_norm_train_backward", x.len());
+    let c = dims.c;
+    let (sdy, sdxm) = channel_grad_sums(dy, x, dims, mean);
+    if let Some(db) = grads.dbeta {
+        db.copy_from_slice(&sdy);
+    }
+    if let Some(dg) = grads.dgamma {
+        for ch in 0..c {
+            dg[ch] = sdxm[ch] * invstd[ch];
+        }
+    }
+    if let Some(dx) = grads.dx {
+        dims.check("batch_norm_train_backward", dx.len());
+        // dx = k (dy - mean(dy) - xhat mean(dy xhat)), k = gamma invstd, rewritten as
+        // k dy + p x + q so the second pass is one fused multiply-add chain.
+        let m = dims.per_channel() as f64;
+        let (mut k, mut p, mut q) = (vec![0.0f32; c], vec![0.0f32; c], vec![0.0f32; c]);
+        for ch in 0..c {
+            let is = invstd[ch] as f64;
+            let kk = gamma.map_or(1.0, |g| g[ch] as f64) * is;
+            let a = sdy[ch] as f64 / m;
+            let b = is * is * sdxm[ch] as f64 / m;
+            k[ch] = kk as f32;
+            p[ch] = (-kk * b) as f32;
+            q[ch] = (kk * (mean[ch] as f64 * b - a)) as f32;
+        }
+        channel_affine2(dy, x, dims, [&k, &p, &q], dx);
+    }
+}
+
+/// Backward of batch norm in eval mode (statistics are constants: `mean` and `invstd` come from
+/// the running statistics): dx is a per-channel scale of dy; the sums pass runs only when the
+/// affine parameters want gradients.
+pub fn batch_norm_eval_backward(
+    dy: &[f32],
+    x: &[f32],
+    dims: ChannelDims,
+    mean: &[f32],
+    invstd: &[f32],
+    gamma: Option<&[f32]>,
+    grads: NormGrads,
+) {
+    dims.check("batch_norm_eval_backward", dy.len());
+    dims.check("batch_norm_eval_backward", x.len());
+    if grads.dgamma.is_some() || grads.dbeta.is_some() {
+        let (sdy, sdxm) = channel_grad_sums(dy, x, dims, mean);
+        if let Some(db) = grads.dbeta {
+            db.copy_from_slice(&sdy);
+        }
+        if let Some(dg) = grads.dgamma {
+            for ch in 0..dims.c {
+                dg[ch] = sdxm[ch] * invstd[ch];
+            }
+        }
+    }
+    if let Some(dx) = grads.dx {
+        dims.check("batch_norm_eval_backward", dx.len());
+        let (scale, _) = fold_affine(mean, invstd, gamma, None);
+        channel_scale_shift(dy, dims, &scale, &vec![0.0; dims.c], dx);
+    }
+}
+
+// ----- layer norm -------------------------------------------------------------------------------
+
+/// Per-row statistics of a layer-norm forward, saved for the backward.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RowStats {
+    pub mean: Vec<f32>,
+    /// `1 / sqrt(var + eps)` with the biased variance.
+    pub rstd: Vec<f32>,
+}
+
+fn check_layer_norm(x: &[f32], d: usize, gamma: Option<&[f32]>, beta: Option<&[f32]>) {
+    assert!(
+        d > 0 && x.len() % d == 0,
+        "layer_norm: rows of {d} do not tile {}",
+        x.len()
+    );
+    assert!(
+        gamma.map_or(true, |g| g.len() == d) && beta.map_or(true, |b| b.len() == d),
+        "layer_norm: gamma/beta need {d} elements"
+    );
+}
+
+/// Normalise one row into `y`; returns its `(mean, rstd)`.
+fn layer_norm_row(
+    x: &[f32],
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    eps: f32,
+    y: &mut [f32],
+) -> (f32, f32) {
+    let d = x.len() as f32;
+    let m = lanes::sum(x) / d;
+    let r = 1.0 / (lanes::sum_sq_dev(x, m) / d + eps).sqrt();
+    if let (Some(g), Some(b)) = (gamma, beta) {
+        lanes::normalize_affine(x, m, r, g, b, y);
+    } else {
+        lanes::scale_shift(x, r, -m * r, y);
+        if let Some(g) = gamma {
+            y.iter_mut().zip(g).for_each(|(y, g)| *y *= g);
+        }
+        if let Some(b) = beta {
+            y.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+        }
+    }
+    (m, r)
+}
+
+/// Rows per parallel piece of a row-wise pass over `len` elements, or `None` to stay on this
+/// thread.
+fn rows_per_piece(len: usize, d: usize) -> Option<usize> {
+    let (rows, pieces) = (len / d, parallel::rowwise_pieces(len));
+    (pieces > 1 && rows > 1).then(|| rows.div_ceil(pieces))
+}
+
+/// Layer norm over the trailing `d` elements of each row of `x`, with the optional per-element
+/// affine `gamma`/`beta`; returns the per-row statistics for the backward.
+pub fn layer_norm_forward(
+    x: &[f32],
+    d: usize,
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    eps: f32,
+    y: &mut [f32],
+) -> RowStats {
+    check_layer_norm(x, d, gamma, beta);
+    assert_eq!(x.len(), y.len(), "layer_norm_forward: lengths differ");
+    let rows = x.len() / d;
+    let (mut mean, mut rstd) = (vec![0.0f32; rows], vec![0.0f32; rows]);
+    let run = |first: usize, y: &mut [f32], mean: &mut [f32], rstd: &mut [f32]| {
+        for (j, yr) in y.chunks_exact_mut(d).enumerate() {
+            let xr = &x[(first + j) * d..][..d];
+            (mean[j], rstd[j]) = layer_norm_row(xr, gamma, beta, eps, yr);
+        }
+    };
+    match rows_per_piece(x.len(), d) {
+        None => run(0, y, &mut mean, &mut rstd),
+        Some(per) => y
+            .par_chunks_mut(per * d)
+            .zip(mean.par_chunks_mut(per))
+            .zip(rstd.par_chunks_mut(per))
+            .enumerate()
+            .for_each(|(i, ((y, m), r))| run(i * per, y, m, r)),
+    }
+    RowStats { mean, rstd }
+}
+
+/// Layer norm without saving statistics (inference: no allocation).
+pub fn layer_norm_infer(
+    x: &[f32],
+    d: usize,
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    eps: f32,
+    y: &mut [f32],
+) {
+    check_layer_norm(x, d, gamma, beta);
+    assert_eq!(x.len(), y.len(), "layer_norm_infer: lengths differ");
+    parallel::for_each_item_run_mut(y, d, parallel::rowwise_pieces(y.len()), |first, run| {
+        for (j, yr) in run.chunks_exact_mut(d).enumerate() {
+            layer_norm_row(&x[(first + j) * d..][..d], gamma, beta, eps, yr);
+        }
+    });
+}
+
+/// What a layer-norm backward reads: the upstream gradient, the input, the row length, the
+/// saved per-row statistics and the optional gamma.
+#[derive(Clone, Copy)]
+struct LayerNormSaved<'a> {
+    dy: &'a [f32],
+    x: &'a [f32],
+    d: usize,
+    mean: &'a [f32],
+    rstd: &'a [f32],
+    gamma: Option<&'a [f32]>,
+}
+
+/// The layer-norm backward of rows `first..first + rows`: their dx (into `dx`, which starts at
+/// row `first`) and their dgamma/dbeta contributions added into `dg`/`db`.
+fn layer_norm_backward_rows(
+    sv: LayerNormSaved,
+    (first, rows): (usize, usize),
+    mut dx: Option<&mut [f32]>,
+    mut dg: Option<&mut [f32]>,
+    mut db: Option<&mut [f32]>,
+) {
+    let d = sv.d;
+    let df = d as f32;
+    for j in 0..rows {
+        let r = first + j;
+        let (gs, xs) = (&sv.dy[r * d..][..d], &sv.x[r * d..][..d]);
+        let (m, s) = (sv.mean[r], sv.rstd[r]);
+        if let Some(dx) = dx.as_deref_mut() {
+            // dx = s (g - mean(g) - xhat mean(g xhat)) with g = dy gamma, xhat = (x - m) s,
+            // rewritten as s g + p x + q.
+            let (s1, s2) = match sv.gamma {
+                Some(w) => lanes::weighted_sum_and_centered_dot(gs, w, xs, m),
+                None => lanes::sum_and_centered_dot(gs, xs, m),
+            };
+            let (c1, c2) = (s1 / df, s2 * s / df);
+            let p = -s * s * c2;
+            let q = s * s * c2 * m - s * c1;
+            let out = &mut dx[j * d..][..d];
+            match sv.gamma {
+                Some(w) => lanes::weighted_affine2(gs, w, xs, s, p, q, out),
+                None => lanes::affine2(gs, xs, s, p, q, out),
+            }
+        }
+        if let Some(dg) = dg.as_deref_mut() {
+            for (g, (&dy, &v)) in dg.iter_mut().zip(gs.iter().zip(xs)) {
+                *g += dy * (v - m) * s;
+            }
+        }
+        if let Some(db) = db.as_deref_mut() {
+            db.iter_mut().zip(gs).for_each(|(b, g)| *b += g);
+        }
+    }
+}
+
+/// Backward of [`layer_norm_forward`] given its saved per-row `mean` and `rstd`.
+pub fn layer_norm_backward(
+    dy: &[f32],
+    x: &[f32],
+    d: usize,
+    mean: &[f32],
+    rstd: &[f32],
+    gamma: Option<&[f32]>,
+    grads: NormGrads,
+) {
+    check_layer_norm(x, d, gamma, None);
+    assert_eq!(dy.len(), x.len(), "layer_norm_backward: lengths differ");
+    let rows = x.len() / d;
+    assert!(mean.len() == rows && rstd.len() == rows);
+    let NormGrads {
+        dx,
+        mut dgamma,
+        mut dbeta,
+    } = grads;
+    if let Some(dx) = &dx {
+        assert_eq!(dx.len(), x.len(), "layer_norm_backward: dx length");
+    }
+    let sv = LayerNormSaved {
+        dy,
+        x,
+        d,
+        mean,
+        rstd,
+        gamma,
+    };
+    let Some(per) = rows_per_piece(x.len(), d) else {
+        dgamma.iter_mut().for_each(|g| g.fill(0.0));
+        dbeta.iter_mut().for_each(|b| b.fill(0.0));
+        layer_norm_backward_rows(sv, (0, rows), dx, dgamma, dbeta);
+        return;
+    };
+    // Each piece sums its own dgamma/dbeta; the pieces are added in order (deterministic).
+    let (want_g, want_b) = (dgamma.is_some(), dbeta.is_some());
+    let piece = |first: usize, n: usize, dx: Option<&mut [f32]>| {
+        let mut g = vec![0.0f32; if want_g { d } else { 0 }];
+        let mut b = vec![0.0f32; if want_b { d } else { 0 }];
+        let (pg, pb) = (
+            want_g.then_some(g.as_mut_slice()),
+            want_b.then_some(b.as_mut_slice()),
+        );
+        layer_norm_backward_rows(sv, (first, n), dx, pg, pb);
+        [g, b]
+    };
+    let partials: Vec<[Vec<f32>; 2]> = match dx {
+        Some(dx) => dx
+            .par_chunks_mut(per * d)
+            .enumerate()
+            .map(|(i, c)| piece(i * per, c.len() / d, Some(c)))
+            .collect(),
+        None => (0..rows.div_ceil(per))
+            .into_par_iter()
+            .map(|i| piece(i * per, per.min(rows - i * per), None))
+            .collect(),
+    };
+    for (which, out) in [dgamma, dbeta].into_iter().enumerate() {
+        if let Some(out) = out {
+            out.fill(0.0);
+            for part in &partials {
+                out.iter_mut().zip(&part[which]).for_each(|(o, v)| *o += v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u64, offset: f32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                offset + ((s >> 11) % 10_000) as f32 / 2500.0 - 2.0
+            })
+            .collect()
+    }
+
+    fn assert_close(a: &[f32], b: &[f64], tol: f64, what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        let scale = (b.iter().map(|v| v * v).sum::<f64>() / b.len().max(1) as f64).sqrt();
+        for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
+            // Floor: exact-zero references (a 2-element batch's dx) are judged on the inputs' O(1) scale.
+            let err = (x as f64 - y).abs() / y.abs().max(scale).max(1e-3);
+            assert!(err <= tol, "{what}[{i}]: {x} vs {y} (rel {err:.2e})");
+        }
+    }
+
+    /// f64 reference statistics: (mean, biased var) per channel.
+    fn ref_stats(x: &[f32], d: ChannelDims) -> (Vec<f64>, Vec<f64>) {
+        let at = |b: usize, ch: usize, i: usize| x[(b * d.c + ch) * d.hw + i] as f64;
+        let cnt = d.per_channel() as f64;
+        (0..d.c)
+            .map(|ch| {
+                let vals: Vec<f64> = (0..d.n)
+                    .flat_map(|b| (0..d.hw).map(move |i| (b, i)))
+                    .map(|(b, i)| at(b, ch, i))
+                    .collect();
+                let m = vals.iter().sum::<f64>() / cnt;
+                (m, vals.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / cnt)
+            })
+            .unzip()
+    }
+
+    /// Small planes (below SMALL_PLANE, including [N, C]) and large ones, odd sizes, and two
+    /// big enough to take the parallel paths.
+    const DIMS: [(usize, usize, usize); 11] = [
+        (1, 1, 3),
+        (3, 3, 1),
+        (5, 4, 1),
+        (2, 3, 7),
+        (3, 2, 17),
+        (1, 4, 33),
+        (2, 5, 9),
+        (3, 2, 64),
+        (2, 3, 65),
+        (32, 64, 16),
+        (4, 8, 1024),
+    ];
+
+    #[test]
+    fn batch_norm_forward_matches_reference() {
+        for (seed, &(n, c, hw)) in DIMS.iter().enumerate() {
+            let dims = ChannelDims { n, c, hw };
+            let x = data(dims.len(), seed as u64, 0.3);
+            let (g, b) = (data(c, 100 + seed as u64, 1.0), data(c, 200, 0.0));
+            let (rm, rv) = ref_stats(&x, dims);
+            for affine in [false, true] {
+                let (gamma, beta) = if affine {
+                    (Some(g.as_slice()), Some(b.as_slice()))
+                } else {
+                    (None, None)
+                };
+                let mut y = vec![0.0; dims.len()];
+                let st = batch_norm_train_forward(&x, dims, gamma, beta, 1e-5, &mut y);
+                assert_close(&st.mean, &rm, 1e-5, "mean");
+                assert_close(&st.var, &rv, 1e-5, "var");
+                let expect: Vec<f64> = (0..dims.len())
+                    .map(|i| {
+                        let ch = (i / hw) % c;
+                        let xh = (x[i] as f64 - rm[ch]) / (rv[ch] + 1e-5).sqrt();
+                        if affine {
+                            xh * g[ch] as f64 + b[ch] as f64
+                        } else {
+                            xh
+                        }
+                    })
+                    .collect();
+                assert_close(&y, &expect, 1e-5, &format!("y {dims:?}"));
+            }
+        }
+    }
+
+    #[test]
+    fn variance_is_stable_for_a_large_mean() {
+        // Values 1e4 + U(-2, 2): E[x^2] - E[x]^2 in f32 would lose every digit of the variance.
+        let dims = ChannelDims {
+            n: 3,
+            c: 2,
+            hw: 1000,
+        };
+        let x = data(dims.len(), 7, 1.0e4);
+        let (rm, rv) = ref_stats(&x, dims);
+        let (mut m, mut v) = (vec![0.0; 2], vec![0.0; 2]);
+        channel_mean_var(&x, dims, &mut m, &mut v);
+        assert_close(&m, &rm, 1e-6, "mean");
+        assert_close(&v, &rv, 1e-4, "var");
+        let rows = ChannelDims {
+            n: 500,
+            c: 2,
+            hw: 1,
+        };
+        channel_mean_var(&x[..1000], rows, &mut m, &mut v);
+        let (rm, rv) = ref_stats(&x[..1000], rows);
+        assert_close(&v, &rv, 1e-4, "var [N, C]");
+        assert_close(&m, &rm, 1e-6, "mean [N, C]");
+    }
+
+    /// f64 reference batch-norm backward: (dx, dgamma, dbeta).
+    fn ref_bn_backward(
+        dy: &[f32],
+        x: &[f32],
+        d: ChannelDims,
+        mean: &[f64],
+        invstd: &[f64],
+        gamma: &[f32],
+        training: bool,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let ch_of = |i: usize| (i / d.hw) % d.c;
+        let (mut sdy, mut sdxh) = (vec![0.0; d.c], vec![0.0; d.c]);
+        for i in 0..x.len() {
+            let ch = ch_of(i);
+            sdy[ch] += dy[i] as f64;
+            sdxh[ch] += dy[i] as f64 * (x[i] as f64 - mean[ch]) * invstd[ch];
+        }
+        let m = d.per_channel() as f64;
+        let dx = (0..x.len())
+            .map(|i| {
+                let ch = ch_of(i);
+                let k = gamma[ch] as f64 * invstd[ch];
+                if training {
+                    let xh = (x[i] as f64 - mean[ch]) * invstd[ch];
+                    k / m * (m * dy[i] as f64 - sdy[ch] - xh * sdxh[ch])
+                } else {
+                    k * dy[i] as f64
+                }
+            })
+            .collect();
+        (dx, sdxh, sdy)
+    }
+
+    #[test]
+    fn batch_norm_backward_matches_reference() {
+        for (seed, &(n, c, hw)) in DIMS.iter().enumerate() {
+            let dims = ChannelDims { n, c, hw };
+            let seed = seed as u64;
+            let (x, dy) = (
+                data(dims.len(), seed, -0.4),
+                data(dims.len(), seed + 50, 0.1),
+            );
+            let g = data(c, 300 + seed, 1.0);
+            let mut y = vec![0.0; dims.len()];
+            let st = batch_norm_train_forward(&x, dims, Some(&g), None, 1e-5, &mut y);
+            let m64: Vec<f64> = st.mean.iter().map(|&v| v as f64).collect();
+            let is64: Vec<f64> = st.invstd.iter().map(|&v| v as f64).collect();
+            for training in [true, false] {
+                let (rdx, rdg, rdb) = ref_bn_backward(&dy, &x, dims, &m64, &is64, &g, training);
+                let (mut dx, mut dg, mut db) = (vec![0.0; dims.len()], vec![0.0; c], vec![0.0; c]);
+                let grads = NormGrads {
+                    dx: Some(&mut dx),
+                    dgamma: Some(&mut dg),
+                    dbeta: Some(&mut db),
+                };
+                if training {
+                    batch_norm_train_backward(&dy, &x, dims, &st.mean, &st.invstd, Some(&g), grads);
+                } else {
+                    batch_norm_eval_backward(&dy, &x, dims, &st.mean, &st.invstd, Some(&g), grads);
+                }
+                let what = format!("{dims:?} training={training}");
+                assert_close(&dx, &rdx, 2e-4, &format!("dx {what}"));
+                assert_close(&dg, &rdg, 1e-4, &format!("dgamma {what}"));
+                assert_close(&db, &rdb, 1e-5, &format!("dbeta {what}"));
+                // Only dx wanted, without gamma: the same dx as gamma = 1.
+                let ones = vec![1.0f32; c];
+                let (rdx1, _, _) = ref_bn_backward(&dy, &x, dims, &m64, &is64, &ones, training);
+                let only_dx = NormGrads {
+                    dx: Some(&mut dx),
+                    ..Default::default()
+                };
+                if training {
+                    batch_norm_train_backward(&dy, &x, dims, &st.mean, &st.invstd, None, only_dx);
+                } else {
+                    batch_norm_eval_backward(&dy, &x, dims, &st.mean, &st.invstd, None, only_dx);
+                }
+                assert_close(&dx, &rdx1, 2e-4, &format!("dx no gamma {what}"));
+            }
+        }
+    }
+
+    /// f64 reference layer norm: (y, mean, rstd).
+    fn ref_layer_norm(
+        x: &[f32],
+        d: usize,
+        g: Option<&[f32]>,
+        b: Option<&[f32]>,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (mut y, mut ms, mut rs) = (vec![], vec![], vec![]);
+        for row in x.chunks_exact(d) {
+            let m = row.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
+            let v = row.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / d as f64;
+            let r = 1.0 / (v + 1e-5).sqrt();
+            for (i, &v) in row.iter().enumerate() {
+                let xh = (v as f64 - m) * r;
+                y.push(xh * g.map_or(1.0, |g| g[i] as f64) + b.map_or(0.0, |b| b[i] as f64));
+            }
+            ms.push(m);
+            rs.push(r);
+        }
+        (y, ms, rs)
+    }
+
+    const LN: [(usize, usize); 6] = [(1, 2), (3, 7), (4, 8), (2, 33), (5, 384), (64, 768)];
+
+    #[test]
+    fn layer_norm_forward_matches_reference() {
+        for (seed, &(rows, d)) in LN.iter().enumerate() {
+            let x = data(rows * d, seed as u64, 0.7);
+            let (g, b) = (data(d, 9, 1.0), data(d, 10, 0.0));
+            for (gamma, beta) in [
+                (None, None),
+                (Some(g.as_slice()), None),
+                (None, Some(b.as_slice())),
+                (Some(g.as_slice()), Some(b.as_slice())),
+            ] {
+                let (ry, rm, rr) = ref_layer_norm(&x, d, gamma, beta);
+                let mut y = vec![0.0; x.len()];
+                let st = layer_norm_forward(&x, d, gamma, beta, 1e-5, &mut y);
+                let what = format!("rows {rows} d {d}");
+                assert_close(&y, &ry, 1e-4, &what);
+                assert_close(&st.mean, &rm, 1e-5, &what);
+                assert_close(&st.rstd, &rr, 1e-4, &what);
+                let mut yi = vec![0.0; x.len()];
+                layer_norm_infer(&x, d, gamma, beta, 1e-5, &mut yi);
+                assert_eq!(y, yi, "infer == forward, {what}");
+            }
+        }
+    }
+
+    #[test]
+    fn layer_norm_backward_matches_reference() {
+        for (seed, &(rows, d)) in LN.iter().enumerate() {
+            let seed = seed as u64;
+            let (x, dy) = (data(rows * d, seed, 0.2), data(rows * d, seed + 9, 0.0));
+            let g = data(d, 11, 1.0);
+            for gamma in [None, Some(g.as_slice())] {
+                let mut y = vec![0.0; x.len()];
+                let st = layer_norm_forward(&x, d, gamma, None, 1e-5, &mut y);
+                let (_, rm, rr) = ref_layer_norm(&x, d, None, None);
+                // Reference: dx = r (gd - mean(gd) - xh mean(gd xh)), gd = dy * gamma.
+                let (mut rdx, mut rdg, mut rdb) = (vec![], vec![0.0; d], vec![0.0; d]);
+                for (r, (xr, gr)) in x.chunks_exact(d).zip(dy.chunks_exact(d)).enumerate() {
+                    let xh: Vec<f64> = xr.iter().map(|&v| (v as f64 - rm[r]) * rr[r]).collect();
+                    let gd: Vec<f64> = (0..d)
+                        .map(|i| gr[i] as f64 * gamma.map_or(1.0, |g| g[i] as f64))
+                        .collect();
+                    let c1 = gd.iter().sum::<f64>() / d as f64;
+                    let c2 = (0..d).map(|i| gd[i] * xh[i]).sum::<f64>() / d as f64;
+                    for i in 0..d {
+                        rdx.push(rr[r] * (gd[i] - c1 - xh[i] * c2));
+                        rdg[i] += gr[i] as f64 * xh[i];
+                        rdb[i] += gr[i] as f64;
+                    }
+                }
+                let (mut dx, mut dg, mut db) = (vec![0.0; x.len()], vec![7.0; d], vec![7.0; d]);
+                let grads = NormGrads {
+                    dx: Some(&mut dx),
+                    dgamma: Some(&mut dg),
+                    dbeta: Some(&mut db),
+                };
+                layer_norm_backward(&dy, &x, d, &st.mean, &st.rstd, gamma, grads);
+                let what = format!("rows {rows} d {d} gamma {}", gamma.is_some());
+                assert_close(&dx, &rdx, 5e-4, &format!("dx {what}"));
+                assert_close(&dg, &rdg, 1e-4, &format!("dgamma {what}"));
+                assert_close(&db, &rdb, 1e-5, &format!("dbeta {what}"));
+                // Parameter gradients alone (no dx) agree too.
+                let (mut dg2, mut db2) = (vec![0.0; d], vec![0.0; d]);
+                let grads = NormGrads {
+                    dx: None,
+                    dgamma: Some(&mut dg2),
+                    dbeta: Some(&mut db2),
+                };
+                layer_norm_backward(&dy, &x, d, &st.mean, &st.rstd, gamma, grads);
+                assert_eq!((dg2, db2), (dg.clone(), db.clone()), "{what}");
+            }
+        }
+    }
+}

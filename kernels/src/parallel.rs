@@ -17,6 +17,9 @@ pub const ROWWISE_PAR_MIN_ELEMS: usize = 1 << 15;
 /// (batch, head, query-block) tasks over the pool. A 12-head, 32-token BERT layer (~0.8M) splits;
 /// an 8-token one (~50k, a few microseconds) stays on the calling thread.
 pub const ATTENTION_PAR_MIN_MACS: usize = 1 << 18;
+/// Minimum elements of one parallel piece of a normalisation / pooling pass (so a split pass
+/// makes a few pieces per thread, each worth a task).
+pub const ROWWISE_MIN_PIECE_ELEMS: usize = 1 << 13;
 
 /// Threads rayon will use (the global pool, set by `tlc --threads` or `RAYON_NUM_THREADS`).
 pub fn num_threads() -> usize {
@@ -73,6 +76,34 @@ where
     }
 }
 
+/// How many pieces a normalisation / pooling pass over `work` elements should be cut into: 1
+/// (stay on this thread) below [`ROWWISE_PAR_MIN_ELEMS`], else pieces of at least
+/// [`ROWWISE_MIN_PIECE_ELEMS`].
+pub fn rowwise_pieces(work: usize) -> usize {
+    if worth_splitting(work, ROWWISE_PAR_MIN_ELEMS) {
+        pieces(work, ROWWISE_MIN_PIECE_ELEMS)
+    } else {
+        1
+    }
+}
+
+/// Apply `f(first_item, run)` to `data` cut into about `pieces` runs of whole items of
+/// `item_len` elements (planes, rows), in parallel; with `pieces <= 1`, once over all of `data`
+/// on this thread.
+pub fn for_each_item_run_mut<T, F>(data: &mut [T], item_len: usize, pieces: usize, f: F)
+where
+    T: Send,
+    F: Fn(usize, &mut [T]) + Sync + Send,
+{
+    let items = data.len() / item_len.max(1);
+    if pieces <= 1 || items < 2 {
+        f(0, data);
+        return;
+    }
+    let per = items.div_ceil(pieces).max(1);
+    for_each_chunk_mut(data, per * item_len.max(1), true, |i, c| f(i * per, c));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +127,20 @@ mod tests {
         assert_eq!(v[0], 0);
         assert_eq!(v[102], 10);
         assert!(v.windows(2).all(|w| w[1] == w[0] || w[1] == w[0] + 1));
+    }
+
+    #[test]
+    fn item_runs_cover_whole_items() {
+        for len in [10usize, 1 << 16] {
+            let mut v = vec![usize::MAX; len * 3];
+            for_each_item_run_mut(&mut v, 3, len / 1000 + 1, |first, run| {
+                assert_eq!(run.len() % 3, 0);
+                run.iter_mut()
+                    .enumerate()
+                    .for_each(|(j, x)| *x = first + j / 3);
+            });
+            assert!(v.iter().enumerate().all(|(i, &x)| x == i / 3));
+        }
     }
 
     #[test]
