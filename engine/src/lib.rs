@@ -18,6 +18,7 @@ pub mod testing;
 
 pub use autograd::{is_grad_enabled, no_grad, Backward, Gradients};
 pub use error::{Error, Result};
+pub use ops::conv::Conv2dParams;
 pub use rng::Rng;
 pub use storage::{DType, Storage};
 pub use tensor::Tensor;
