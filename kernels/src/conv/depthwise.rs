@@ -1,25 +1,31 @@
 //! Depthwise convolution: one input channel per group, `mult = Cout / Cin` output channels per
 //! input channel (output channel `oc` reads input channel `oc / mult`).
 //!
-//! Each input plane is first copied into a scratch plane padded horizontally (left padding, then
-//! zeros far enough right that every vector of outputs, including the last partial one, can be
-//! loaded without bounds checks). Output rows are then computed `LANES` at a time with all the
-//! kernel taps accumulated in registers; rows of the kernel that fall in the vertical padding are
-//! skipped. Stride 1 loads are plain unaligned loads, stride 2 loads deinterleave; other strides
-//! use the scalar kernel. The bias and a clamping activation (ReLU, ReLU6, clamp) are applied in
-//! registers at store; any other epilogue runs on the finished row while it is in L1.
+//! Forward: each input plane is copied into a scratch plane zero-padded on all sides — the
+//! padding, plus enough zeros on the right that the last (partial) vector of outputs loads without
+//! bounds checks — so every output row uses every kernel tap and no border case remains. Output
+//! rows are computed [`ROWS`] at a time, a vector of columns each, all taps accumulated in
+//! registers: the rows' accumulators are independent chains, which keeps the FMA pipes busy even
+//! on 7-pixel-wide planes. Stride 1 loads are plain unaligned loads, stride 2 loads deinterleave;
+//! other strides use the scalar kernel. A leading bias and a final clamping activation (ReLU,
+//! ReLU6, clamp) are applied in registers; any other epilogue runs on each finished row in L1.
+//!
+//! Backward (direct, scalar loops the compiler vectorises): the input gradient scatters each
+//! output-gradient row through the taps; the weight gradient is dot products of rows.
 
 use super::im2col::{valid_range, Geom};
 use super::scratch::with_scratch;
-use super::{dot, Conv2dShape, ConvEpilogueOp};
-use crate::activation::{self, Activation};
+use super::{dot, epilogue_row, Conv2dShape, ConvEpilogueOp};
+use crate::activation::Activation;
 use crate::isa::{self, Isa};
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
 
 /// The widest SIMD vector any kernel here uses, in f32 lanes (AVX2).
 const MAX_LANES: usize = 8;
+/// Output rows computed together by the SIMD kernels.
+pub const ROWS: usize = 4;
 
-/// Row length of the padded scratch plane: the left padding plus the input row, and room for the
+/// Row length of a padded scratch plane: the left padding plus the input row, and room for the
 /// reads of the last vector of outputs (rounded up to [`MAX_LANES`]; stride-2 loads read one
 /// element past the last one they use).
 pub(crate) fn padded_width(g: &Geom) -> usize {
@@ -28,14 +34,33 @@ pub(crate) fn padded_width(g: &Geom) -> usize {
     reach.max(g.pw + g.w)
 }
 
-/// Copy an `h x w` plane into `dst` (`h` rows of `wp`): `pw` zeros, the row, zeros.
-fn pad_plane(src: &[f32], g: &Geom, wp: usize, dst: &mut [f32]) {
-    for (s, d) in src.chunks_exact(g.w).zip(dst.chunks_exact_mut(wp)) {
+/// Copy an `h x w` plane into `dst` (rows of `wp`): `top` zero rows, then each input row as `pw`
+/// zeros, the row, zeros; then zero rows to the end of `dst`.
+fn pad_plane(src: &[f32], g: &Geom, wp: usize, top: usize, dst: &mut [f32]) {
+    if dst.len() <= SMALL_PLANE {
+        // One fill then the rows: fewer, larger memory calls beat per-row fills on tiny planes.
+        dst.fill(0.0);
+        for (s, d) in src
+            .chunks_exact(g.w)
+            .zip(dst[top * wp..].chunks_exact_mut(wp))
+        {
+            d[g.pw..g.pw + g.w].copy_from_slice(s);
+        }
+        return;
+    }
+    let (head, rest) = dst.split_at_mut(top * wp);
+    head.fill(0.0);
+    let (body, tail) = rest.split_at_mut(g.h * wp);
+    for (s, d) in src.chunks_exact(g.w).zip(body.chunks_exact_mut(wp)) {
         d[..g.pw].fill(0.0);
         d[g.pw..g.pw + g.w].copy_from_slice(s);
         d[g.pw + g.w..].fill(0.0);
     }
+    tail.fill(0.0);
 }
+
+/// Padded planes up to this many floats are zeroed whole before the rows are copied in.
+const SMALL_PLANE: usize = 2048;
 
 /// Kernel rows `ky0..ky1` whose input row for output row `oy` lies inside the image.
 #[inline]
@@ -43,23 +68,22 @@ fn kernel_rows(g: &Geom, oy: usize) -> (usize, usize) {
     valid_range(g.kh, g.h, g.dh, oy * g.sh, g.ph)
 }
 
-/// One output row of one channel:
-/// `out[ox] = clamp(init + sum over r < nrows, kx < kw of taps[r*kw + kx] * src[row0 + r*row_step + ox*sx + kx*dx], lo, hi)`.
+/// Output rows of one channel over a fully padded plane: for `r < out.len() / ow`,
+/// `out[r*ow + ox] = clamp(init + sum over ky, kx of
+///     taps[ky*kw + kx] * src[((oy0 + r)*sy + ky*dy)*ld + ox*sx + kx*dx], lo, hi)`.
 #[derive(Clone, Copy, Debug)]
-pub struct RowJob<'a> {
-    /// The padded input plane.
+pub struct PlaneJob<'a> {
+    /// The padded input plane, rows of `ld`.
     pub src: &'a [f32],
-    /// Start of the first kernel row's input row in `src`.
-    pub row0: usize,
-    /// Distance between consecutive kernel rows' input rows (dilation * padded width).
-    pub row_step: usize,
-    /// Kernel rows to accumulate (those inside the image).
-    pub nrows: usize,
-    /// The kernel's taps from the first accumulated row on, `kw` per row.
+    pub ld: usize,
+    /// The kernel, `kh x kw`.
     pub taps: &'a [f32],
+    pub kh: usize,
     pub kw: usize,
-    /// Horizontal stride and dilation.
+    /// Strides and dilations (vertical, horizontal).
+    pub sy: usize,
     pub sx: usize,
+    pub dy: usize,
     pub dx: usize,
     /// Starting value (the bias, or 0).
     pub init: f32,
@@ -68,20 +92,23 @@ pub struct RowJob<'a> {
     pub hi: f32,
 }
 
-impl RowJob<'_> {
-    /// Whether every read a SIMD kernel makes for `ow` outputs (rounded up to [`MAX_LANES`]) lies
-    /// inside `src` and the taps cover the rows.
-    fn reads_in_bounds(&self, ow: usize) -> bool {
-        if self.nrows == 0 || ow == 0 {
+impl PlaneJob<'_> {
+    /// Whether every read a SIMD kernel makes for output rows `oy0..oy0 + rows` of `ow` outputs
+    /// (rounded up to [`MAX_LANES`]) lies inside `src`, and the taps cover the kernel.
+    fn reads_in_bounds(&self, oy0: usize, rows: usize, ow: usize) -> bool {
+        if rows == 0 || ow == 0 {
             return true;
         }
         let ow_up = ow.div_ceil(MAX_LANES) * MAX_LANES;
-        let last = self.row0
-            + (self.nrows - 1) * self.row_step
+        let last = ((oy0 + rows - 1) * self.sy + (self.kh - 1) * self.dy) * self.ld
             + (ow_up - 1) * self.sx
             + (self.sx - 1)
             + (self.kw - 1) * self.dx;
-        last < self.src.len() && self.taps.len() >= self.nrows * self.kw && self.sx >= 1
+        self.kh >= 1
+            && self.kw >= 1
+            && self.sx >= 1
+            && last < self.src.len()
+            && self.taps.len() >= self.kh * self.kw
     }
 }
 
@@ -97,64 +124,139 @@ fn clamp(v: f32, lo: f32, hi: f32) -> f32 {
     }
 }
 
-/// The scalar reference row kernel (any stride).
-pub fn row_scalar(job: &RowJob, out: &mut [f32]) {
-    for (ox, o) in out.iter_mut().enumerate() {
-        let mut acc = job.init;
-        for r in 0..job.nrows {
-            let base = job.row0 + r * job.row_step + ox * job.sx;
-            let taps = &job.taps[r * job.kw..(r + 1) * job.kw];
-            for (kx, &t) in taps.iter().enumerate() {
-                acc += t * job.src[base + kx * job.dx];
+/// The scalar reference kernel (any stride): output rows `oy0..` into `out` (rows of `ow`).
+pub fn rows_scalar(job: &PlaneJob, oy0: usize, ow: usize, out: &mut [f32]) {
+    for (r, orow) in out.chunks_exact_mut(ow.max(1)).enumerate() {
+        let oy = oy0 + r;
+        for (ox, o) in orow.iter_mut().enumerate() {
+            let mut acc = job.init;
+            for ky in 0..job.kh {
+                let base = (oy * job.sy + ky * job.dy) * job.ld + ox * job.sx;
+                for kx in 0..job.kw {
+                    acc += job.taps[ky * job.kw + kx] * job.src[base + kx * job.dx];
+                }
             }
+            *o = clamp(acc, job.lo, job.hi);
         }
-        *o = clamp(acc, job.lo, job.hi);
     }
 }
 
-/// The row kernel for `isa` (SIMD for strides 1 and 2, the scalar reference otherwise).
-pub fn row(isa: Isa, job: &RowJob, out: &mut [f32]) {
+/// The kernel for `isa` (SIMD for horizontal strides 1 and 2, the scalar reference otherwise):
+/// output rows `oy0..oy0 + out.len() / ow` into `out` (rows of `ow`).
+pub fn rows(isa: Isa, job: &PlaneJob, oy0: usize, ow: usize, out: &mut [f32]) {
+    let nrows = out.len().checked_div(ow).unwrap_or(0);
+    assert_eq!(nrows * ow, out.len(), "depthwise: output is not whole rows");
+    if nrows == 0 {
+        return;
+    }
     match (isa, job.sx) {
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2Fma, 1 | 2) => {
             assert!(
-                job.reads_in_bounds(out.len()),
-                "depthwise row: reads out of bounds"
+                job.reads_in_bounds(oy0, nrows, ow),
+                "depthwise: reads out of bounds"
             );
             // SAFETY: Avx2Fma is only selected when the CPU supports AVX2 and FMA, and the assert
-            // above proves every load of every (rounded-up) output vector lies inside `src` and
-            // every tap inside `taps`; stores go to `out` or a stack buffer.
+            // above proves every load of every (rounded-up) output vector of these rows lies
+            // inside `src` and every tap inside `taps`; stores go to whole vectors inside `out`
+            // or to a stack buffer.
             unsafe {
                 if job.sx == 1 {
-                    avx2::row::<1>(job, out)
+                    avx2::rows::<1>(job, oy0, ow, out)
                 } else {
-                    avx2::row::<2>(job, out)
+                    avx2::rows::<2>(job, oy0, ow, out)
                 }
             }
         }
         #[cfg(target_arch = "aarch64")]
         (Isa::Neon, 1 | 2) => {
             assert!(
-                job.reads_in_bounds(out.len()),
-                "depthwise row: reads out of bounds"
+                job.reads_in_bounds(oy0, nrows, ow),
+                "depthwise: reads out of bounds"
             );
-            // SAFETY: NEON is present on every aarch64 target we run on (isa::detect checked),
-            // and the assert above proves every load lies inside `src` and `taps`.
+            // SAFETY: NEON is present on every aarch64 target (isa::detect checked it), and the
+            // assert above proves every load lies inside `src` and `taps`; stores go to whole
+            // vectors inside `out` or to a stack buffer.
             unsafe {
                 if job.sx == 1 {
-                    neon::row::<1>(job, out)
+                    neon::rows::<1>(job, oy0, ow, out)
                 } else {
-                    neon::row::<2>(job, out)
+                    neon::rows::<2>(job, oy0, ow, out)
                 }
             }
         }
-        _ => row_scalar(job, out),
+        _ => rows_scalar(job, oy0, ow, out),
     }
+}
+
+/// The SIMD drivers are the same on both ISAs: `R` rows x `NB` vectors of columns per block.
+macro_rules! simd_rows {
+    ($feature:literal, $lanes:expr, $vec:ty, $block:ident, $store:ident) => {
+        /// All the rows: blocks of [`ROWS`](super::ROWS) rows, then the rest together; within them
+        /// `NB` vectors of columns at a time, then one, then a partial vector.
+        /// Caller guarantees `job.reads_in_bounds(oy0, out.len() / ow, ow)`, `ow > 0`.
+        #[target_feature(enable = $feature)]
+        #[inline]
+        unsafe fn drive<const S: usize>(job: &PlaneJob, oy0: usize, ow: usize, out: &mut [f32]) {
+            let nrows = out.len() / ow;
+            let mut r = 0;
+            while r + super::ROWS <= nrows {
+                row_block::<S, { super::ROWS }, 2>(job, oy0 + r, ow, &mut out[r * ow..]);
+                r += super::ROWS;
+            }
+            // The remaining rows together too: independent chains matter most on narrow planes.
+            let rest = &mut out[r * ow..];
+            match nrows - r {
+                3 => row_block::<S, 3, 2>(job, oy0 + r, ow, rest),
+                2 => row_block::<S, 2, 4>(job, oy0 + r, ow, rest),
+                1 => row_block::<S, 1, 4>(job, oy0 + r, ow, rest),
+                _ => {}
+            }
+        }
+
+        /// `R` rows from `oy` (into `out`, rows of `ow`), `NB` vectors wide where possible.
+        #[target_feature(enable = $feature)]
+        #[inline]
+        unsafe fn row_block<const S: usize, const R: usize, const NB: usize>(
+            job: &PlaneJob,
+            oy: usize,
+            ow: usize,
+            out: &mut [f32],
+        ) {
+            let dst = out.as_mut_ptr();
+            let mut ox = 0;
+            while ox + NB * $lanes <= ow {
+                let acc = $block::<S, R, NB>(job, oy, ox);
+                for (r, row) in acc.iter().enumerate() {
+                    for (b, v) in row.iter().enumerate() {
+                        $store(dst.add(r * ow + ox + b * $lanes), *v);
+                    }
+                }
+                ox += NB * $lanes;
+            }
+            while ox < ow {
+                let acc = $block::<S, R, 1>(job, oy, ox);
+                let n = (ow - ox).min($lanes);
+                for (r, row) in acc.iter().enumerate() {
+                    if n == $lanes {
+                        $store(dst.add(r * ow + ox), row[0]);
+                    } else {
+                        let mut tmp = [0.0f32; $lanes];
+                        $store(tmp.as_mut_ptr(), row[0]);
+                        out[r * ow + ox..r * ow + ox + n].copy_from_slice(&tmp[..n]);
+                    }
+                }
+                ox += $lanes;
+            }
+        }
+
+        type Acc<const R: usize, const NB: usize> = [[$vec; NB]; R];
+    };
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::RowJob;
+    use super::PlaneJob;
     use core::arch::x86_64::*;
 
     /// Eight outputs' inputs: 8 consecutive floats (stride 1) or the even ones of 16 (stride 2).
@@ -172,62 +274,62 @@ mod avx2 {
         }
     }
 
-    /// `NB` vectors of outputs starting at `ox`, clamped.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn block<const S: usize, const NB: usize>(job: &RowJob, ox: usize) -> [__m256; NB] {
-        let mut acc = [_mm256_set1_ps(job.init); NB];
+    unsafe fn store(p: *mut f32, v: __m256) {
+        _mm256_storeu_ps(p, v)
+    }
+
+    /// `R` rows x `NB` vectors of outputs at `(oy, ox)`, clamped.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn block<const S: usize, const R: usize, const NB: usize>(
+        job: &PlaneJob,
+        oy: usize,
+        ox: usize,
+    ) -> Acc<R, NB> {
+        let mut acc = [[_mm256_set1_ps(job.init); NB]; R];
         let src = job.src.as_ptr();
-        for r in 0..job.nrows {
-            let base = src.add(job.row0 + r * job.row_step + ox * S);
-            let taps = job.taps.as_ptr().add(r * job.kw);
+        let row_step = job.sy * job.ld;
+        for ky in 0..job.kh {
+            let base = src.add((oy * job.sy + ky * job.dy) * job.ld + ox * S);
+            let taps = job.taps.as_ptr().add(ky * job.kw);
             for kx in 0..job.kw {
                 let wv = _mm256_set1_ps(*taps.add(kx));
                 let p = base.add(kx * job.dx);
-                for (b, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(wv, load::<S>(p.add(b * 8 * S)), *a);
+                for (r, row) in acc.iter_mut().enumerate() {
+                    for (b, a) in row.iter_mut().enumerate() {
+                        let v = load::<S>(p.add(r * row_step + b * 8 * S));
+                        *a = _mm256_fmadd_ps(wv, v, *a);
+                    }
                 }
             }
         }
         let (lo, hi) = (_mm256_set1_ps(job.lo), _mm256_set1_ps(job.hi));
-        for a in acc.iter_mut() {
+        for a in acc.iter_mut().flatten() {
             // Operand order keeps NaN: max/min return the second operand when either is NaN.
             *a = _mm256_min_ps(hi, _mm256_max_ps(lo, *a));
         }
         acc
     }
 
-    /// The whole row: blocks of 32, then 8, then a partial vector through a stack buffer.
-    /// Caller guarantees `job.reads_in_bounds(out.len())`.
+    simd_rows!("avx2,fma", 8, __m256, block, store);
+
+    /// Caller guarantees `job.reads_in_bounds(oy0, out.len() / ow, ow)` and AVX2+FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn row<const S: usize>(job: &RowJob, out: &mut [f32]) {
-        let ow = out.len();
-        let dst = out.as_mut_ptr();
-        let mut ox = 0;
-        while ox + 32 <= ow {
-            let acc = block::<S, 4>(job, ox);
-            for (b, a) in acc.iter().enumerate() {
-                _mm256_storeu_ps(dst.add(ox + 8 * b), *a);
-            }
-            ox += 32;
-        }
-        while ox + 8 <= ow {
-            let [a] = block::<S, 1>(job, ox);
-            _mm256_storeu_ps(dst.add(ox), a);
-            ox += 8;
-        }
-        if ox < ow {
-            let [a] = block::<S, 1>(job, ox);
-            let mut tmp = [0.0f32; 8];
-            _mm256_storeu_ps(tmp.as_mut_ptr(), a);
-            out[ox..].copy_from_slice(&tmp[..ow - ox]);
-        }
+    pub(super) unsafe fn rows<const S: usize>(
+        job: &PlaneJob,
+        oy0: usize,
+        ow: usize,
+        out: &mut [f32],
+    ) {
+        drive::<S>(job, oy0, ow, out)
     }
 }
 
 #[cfg(target_arch = "aarch64")]
 mod neon {
-    use super::RowJob;
+    use super::PlaneJob;
     use core::arch::aarch64::*;
 
     /// Four outputs' inputs: 4 consecutive floats (stride 1) or the even ones of 8 (stride 2).
@@ -241,61 +343,61 @@ mod neon {
         }
     }
 
-    /// `NB` vectors of outputs starting at `ox`, clamped.
     #[target_feature(enable = "neon")]
     #[inline]
-    unsafe fn block<const S: usize, const NB: usize>(job: &RowJob, ox: usize) -> [float32x4_t; NB] {
-        let mut acc = [vdupq_n_f32(job.init); NB];
+    unsafe fn store(p: *mut f32, v: float32x4_t) {
+        vst1q_f32(p, v)
+    }
+
+    /// `R` rows x `NB` vectors of outputs at `(oy, ox)`, clamped.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn block<const S: usize, const R: usize, const NB: usize>(
+        job: &PlaneJob,
+        oy: usize,
+        ox: usize,
+    ) -> Acc<R, NB> {
+        let mut acc = [[vdupq_n_f32(job.init); NB]; R];
         let src = job.src.as_ptr();
-        for r in 0..job.nrows {
-            let base = src.add(job.row0 + r * job.row_step + ox * S);
-            let taps = job.taps.as_ptr().add(r * job.kw);
+        let row_step = job.sy * job.ld;
+        for ky in 0..job.kh {
+            let base = src.add((oy * job.sy + ky * job.dy) * job.ld + ox * S);
+            let taps = job.taps.as_ptr().add(ky * job.kw);
             for kx in 0..job.kw {
                 let wv = vdupq_n_f32(*taps.add(kx));
                 let p = base.add(kx * job.dx);
-                for (b, a) in acc.iter_mut().enumerate() {
-                    *a = vfmaq_f32(*a, wv, load::<S>(p.add(b * 4 * S)));
+                for (r, row) in acc.iter_mut().enumerate() {
+                    for (b, a) in row.iter_mut().enumerate() {
+                        let v = load::<S>(p.add(r * row_step + b * 4 * S));
+                        *a = vfmaq_f32(*a, wv, v);
+                    }
                 }
             }
         }
         let (lo, hi) = (vdupq_n_f32(job.lo), vdupq_n_f32(job.hi));
-        for a in acc.iter_mut() {
+        for a in acc.iter_mut().flatten() {
             // FMAX/FMIN propagate NaN.
             *a = vminq_f32(hi, vmaxq_f32(lo, *a));
         }
         acc
     }
 
-    /// The whole row: blocks of 16, then 4, then a partial vector through a stack buffer.
-    /// Caller guarantees `job.reads_in_bounds(out.len())`.
+    simd_rows!("neon", 4, float32x4_t, block, store);
+
+    /// Caller guarantees `job.reads_in_bounds(oy0, out.len() / ow, ow)`.
     #[target_feature(enable = "neon")]
-    pub(super) unsafe fn row<const S: usize>(job: &RowJob, out: &mut [f32]) {
-        let ow = out.len();
-        let dst = out.as_mut_ptr();
-        let mut ox = 0;
-        while ox + 16 <= ow {
-            let acc = block::<S, 4>(job, ox);
-            for (b, a) in acc.iter().enumerate() {
-                vst1q_f32(dst.add(ox + 4 * b), *a);
-            }
-            ox += 16;
-        }
-        while ox + 4 <= ow {
-            let [a] = block::<S, 1>(job, ox);
-            vst1q_f32(dst.add(ox), a);
-            ox += 4;
-        }
-        if ox < ow {
-            let [a] = block::<S, 1>(job, ox);
-            let mut tmp = [0.0f32; 4];
-            vst1q_f32(tmp.as_mut_ptr(), a);
-            out[ox..].copy_from_slice(&tmp[..ow - ox]);
-        }
+    pub(super) unsafe fn rows<const S: usize>(
+        job: &PlaneJob,
+        oy0: usize,
+        ow: usize,
+        out: &mut [f32],
+    ) {
+        drive::<S>(job, oy0, ow, out)
     }
 }
 
-/// How the epilogue splits between the row kernel (leading bias, a final clamping activation) and
-/// a pass over each finished row (everything else, in order).
+/// How the epilogue splits between the kernel (leading bias, a final clamping activation) and a
+/// pass over each finished row (everything else, in order).
 struct Plan<'e, 'a> {
     bias: Option<&'a [f32]>,
     lo: f32,
@@ -309,10 +411,9 @@ impl<'e, 'a> Plan<'e, 'a> {
             [ConvEpilogueOp::Bias(b), rest @ ..] => (Some(*b), rest),
             _ => (None, epi),
         };
-        let unbounded = (f32::NEG_INFINITY, f32::INFINITY);
         match rest {
             [ConvEpilogueOp::Act(a)] if clamp_bounds(*a).is_some() => {
-                let (lo, hi) = clamp_bounds(*a).unwrap_or(unbounded);
+                let (lo, hi) = clamp_bounds(*a).unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
                 Plan {
                     bias,
                     lo,
@@ -322,26 +423,10 @@ impl<'e, 'a> Plan<'e, 'a> {
             }
             _ => Plan {
                 bias,
-                lo: unbounded.0,
-                hi: unbounded.1,
+                lo: f32::NEG_INFINITY,
+                hi: f32::INFINITY,
                 rest,
             },
-        }
-    }
-
-    /// Apply the rest of the epilogue to a finished row of output channel `oc` that starts at
-    /// index `at` of the output.
-    fn finish_row(&self, row: &mut [f32], oc: usize, at: usize) {
-        let len = row.len();
-        for op in self.rest {
-            match *op {
-                ConvEpilogueOp::Bias(b) => row.iter_mut().for_each(|v| *v += b[oc]),
-                ConvEpilogueOp::Add(r) => row
-                    .iter_mut()
-                    .zip(&r[at..at + len])
-                    .for_each(|(v, x)| *v += x),
-                ConvEpilogueOp::Act(a) => activation::apply_inplace(a, row),
-            }
         }
     }
 }
@@ -362,7 +447,7 @@ pub fn forward(shape: &Conv2dShape, x: &[f32], w: &[f32], out: &mut [f32], epi: 
     forward_isa(isa::current(), shape, x, w, out, epi);
 }
 
-/// Forward with the row kernel of `isa` (tests compare the ISAs).
+/// Forward with the kernel of `isa` (tests compare the ISAs).
 pub fn forward_isa(
     isa: Isa,
     shape: &Conv2dShape,
@@ -382,43 +467,36 @@ pub fn forward_isa(
     let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
     let khw = g.kh * g.kw;
     let wp = padded_width(&g);
+    let hp = g.h + 2 * g.ph;
     let plan = Plan::new(epi);
     let par = parallel::worth_splitting(shape.macs(), CONV_PAR_MIN_MACS);
     // One task per (image, input channel): its `mult` output planes are contiguous.
     parallel::for_each_chunk_mut(out, mult * plane_out, par, |i, o| {
-        let (n, c) = (i / cin, i % cin);
-        with_scratch(g.h * wp, |pad| {
-            pad_plane(&x[i * plane_in..(i + 1) * plane_in], &g, wp, pad);
-            for j in 0..mult {
-                let oc = c * mult + j;
-                let taps = &w[oc * khw..(oc + 1) * khw];
-                let init = plan.bias.map_or(0.0, |b| b[oc]);
-                for oy in 0..g.oh {
-                    let (ky0, ky1) = kernel_rows(&g, oy);
-                    let job = RowJob {
-                        src: pad,
-                        row0: if ky1 > ky0 {
-                            (oy * g.sh + ky0 * g.dh - g.ph) * wp
-                        } else {
-                            0
-                        },
-                        row_step: g.dh * wp,
-                        nrows: ky1 - ky0,
-                        taps: &taps[ky0 * g.kw..],
-                        kw: g.kw,
-                        sx: g.sw,
-                        dx: g.dw,
-                        init,
-                        lo: plan.lo,
-                        hi: plan.hi,
-                    };
-                    let orow = &mut o[j * plane_out + oy * g.ow..][..g.ow];
-                    row(isa, &job, orow);
-                    plan.finish_row(
-                        orow,
-                        oc,
-                        (n * shape.out_channels + oc) * plane_out + oy * g.ow,
-                    );
+        let n = i / cin;
+        with_scratch(hp * wp, |pad| {
+            pad_plane(&x[i * plane_in..(i + 1) * plane_in], &g, wp, g.ph, pad);
+            for (j, oplane) in o.chunks_exact_mut(plane_out).enumerate() {
+                let oc = (i % cin) * mult + j;
+                let job = PlaneJob {
+                    src: pad,
+                    ld: wp,
+                    taps: &w[oc * khw..(oc + 1) * khw],
+                    kh: g.kh,
+                    kw: g.kw,
+                    sy: g.sh,
+                    sx: g.sw,
+                    dy: g.dh,
+                    dx: g.dw,
+                    init: plan.bias.map_or(0.0, |b| b[oc]),
+                    lo: plan.lo,
+                    hi: plan.hi,
+                };
+                rows(isa, &job, 0, g.ow, oplane);
+                if !plan.rest.is_empty() {
+                    let at = (n * shape.out_channels + oc) * plane_out;
+                    for (oy, orow) in oplane.chunks_exact_mut(g.ow).enumerate() {
+                        epilogue_row(plan.rest, orow, oc, at + oy * g.ow);
+                    }
                 }
             }
         })
@@ -484,7 +562,7 @@ pub fn backward_weight(shape: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32
     parallel::for_each_chunk_mut(dw, mult * khw, par, |c, dwc| {
         with_scratch(g.h * wp, |pad| {
             for n in 0..shape.batch {
-                pad_plane(&x[(n * cin + c) * plane_in..][..plane_in], &g, wp, pad);
+                pad_plane(&x[(n * cin + c) * plane_in..][..plane_in], &g, wp, 0, pad);
                 for j in 0..mult {
                     let oc = c * mult + j;
                     let dyp = &dy[(n * cout + oc) * plane_out..][..plane_out];

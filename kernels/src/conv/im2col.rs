@@ -114,22 +114,33 @@ fn segments(
     }
 }
 
-/// Fill `cols` (`channels * kh * kw` rows of `len` floats) with the patches of output pixels
-/// `p0..p0 + len`, reading `channels` input planes of `h * w` from `x`.
-pub fn im2col_tile(g: &Geom, x: &[f32], channels: usize, p0: usize, len: usize, cols: &mut [f32]) {
+/// Fill `channels * kh * kw` rows of `cols` (row `r` at `cols[r * ld..]`, `len` floats) with the
+/// patches of output pixels `p0..p0 + len`, reading `channels` input planes of `h * w` from `x`.
+pub fn im2col_tile(
+    g: &Geom,
+    x: &[f32],
+    channels: usize,
+    p0: usize,
+    len: usize,
+    cols: &mut [f32],
+    ld: usize,
+) {
     let plane = g.h * g.w;
+    let nrows = channels * g.kh * g.kw;
     assert!(x.len() >= channels * plane, "im2col: input too short");
+    assert!(ld >= len, "im2col: rows overlap");
     assert!(
-        cols.len() >= channels * g.kh * g.kw * len,
+        nrows == 0 || cols.len() >= (nrows - 1) * ld + len,
         "im2col: tile too short"
     );
     assert!(p0 + len <= g.oh * g.ow, "im2col: tile past the output");
-    let mut rows = cols.chunks_exact_mut(len.max(1));
+    let mut r = 0;
     for c in 0..channels {
         let src = &x[c * plane..(c + 1) * plane];
         for ky in 0..g.kh {
             for kx in 0..g.kw {
-                let row = rows.next().expect("length asserted above");
+                let row = &mut cols[r * ld..r * ld + len];
+                r += 1;
                 segments(g, ky, kx, p0, len, |q, n, inside| {
                     let seg = &mut row[q..q + n];
                     match inside {
@@ -153,22 +164,34 @@ pub fn im2col_tile(g: &Geom, x: &[f32], channels: usize, p0: usize, len: usize, 
     }
 }
 
-/// The adjoint of [`im2col_tile`]: add each element of `cols` into the input position it was read
-/// from (padding positions are dropped), accumulating into `channels` planes of `dx`.
-pub fn col2im_tile(g: &Geom, cols: &[f32], channels: usize, p0: usize, len: usize, dx: &mut [f32]) {
+/// The adjoint of [`im2col_tile`]: add each element of `cols` (row `r` at `cols[r * ld..]`) into
+/// the input position it was read from (padding positions are dropped), accumulating into
+/// `channels` planes of `dx`.
+pub fn col2im_tile(
+    g: &Geom,
+    cols: &[f32],
+    ld: usize,
+    channels: usize,
+    p0: usize,
+    len: usize,
+    dx: &mut [f32],
+) {
     let plane = g.h * g.w;
+    let nrows = channels * g.kh * g.kw;
     assert!(dx.len() >= channels * plane, "col2im: output too short");
+    assert!(ld >= len, "col2im: rows overlap");
     assert!(
-        cols.len() >= channels * g.kh * g.kw * len,
+        nrows == 0 || cols.len() >= (nrows - 1) * ld + len,
         "col2im: tile too short"
     );
     assert!(p0 + len <= g.oh * g.ow, "col2im: tile past the output");
-    let mut rows = cols.chunks_exact(len.max(1));
+    let mut r = 0;
     for c in 0..channels {
         let dst = &mut dx[c * plane..(c + 1) * plane];
         for ky in 0..g.kh {
             for kx in 0..g.kw {
-                let row = rows.next().expect("length asserted above");
+                let row = &cols[r * ld..r * ld + len];
+                r += 1;
                 segments(g, ky, kx, p0, len, |q, _, inside| {
                     if let Some((a, b, s)) = inside {
                         let src = &row[q + a..q + b];

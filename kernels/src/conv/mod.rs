@@ -244,6 +244,23 @@ pub(crate) fn gemm_epilogue<'a>(
         .collect()
 }
 
+/// Apply `epilogue` to one finished output row of channel `c` that starts at flat index `at` of
+/// the output (for paths whose tiles are not laid out like the output, so the GEMM's store
+/// epilogue cannot address the residual).
+pub(crate) fn epilogue_row(epilogue: &[ConvEpilogueOp], row: &mut [f32], c: usize, at: usize) {
+    let len = row.len();
+    for op in epilogue {
+        match *op {
+            ConvEpilogueOp::Bias(b) => row.iter_mut().for_each(|v| *v += b[c]),
+            ConvEpilogueOp::Add(r) => row
+                .iter_mut()
+                .zip(&r[at..at + len])
+                .for_each(|(v, x)| *v += x),
+            ConvEpilogueOp::Act(a) => crate::activation::apply_inplace(a, row),
+        }
+    }
+}
+
 /// Channels per task when work is split into blocks of `per_group` channels of one image and
 /// group: whole groups when there are enough of them to keep the pool busy, else the largest
 /// divisor of `per_group` that gives enough blocks.

@@ -1,7 +1,7 @@
 //! Every path against the naive f64 convolution, over many geometries; SIMD against scalar for
 //! the depthwise row kernel; tiles that do not divide the pixel count; serial against parallel.
 
-use super::depthwise::{self, RowJob};
+use super::depthwise::{self, PlaneJob};
 use super::im2col::valid_range;
 use super::*;
 use crate::isa::{self, Isa};
@@ -89,6 +89,8 @@ const PAR_CASES: &[Case] = &[
     (3, 32, 13, 13, 48, 1, 1, (1, 1), (0, 0), (1, 1), 2),
     (2, 64, 30, 29, 64, 3, 3, (1, 1), (1, 1), (1, 1), 64),
     (2, 96, 28, 29, 96, 3, 3, (2, 2), (1, 1), (1, 1), 96),
+    (8, 32, 4, 5, 32, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    (5, 24, 6, 6, 40, 3, 3, (1, 1), (1, 1), (1, 1), 2),
 ];
 
 fn assert_near(actual: &[f32], expected: &[f32], what: &str) {
@@ -150,6 +152,23 @@ fn epilogues<'a>(d: &'a Data) -> Vec<(&'static str, Vec<ConvEpilogueOp<'a>>)> {
     ]
 }
 
+/// Pixel runs that do and do not divide the plane, and image groups that do and do not divide
+/// the batch, besides the default.
+fn tilings(s: &Conv2dShape) -> Vec<general::Tiling> {
+    use general::Tiling::*;
+    let (oh, ow) = s.out_hw();
+    vec![
+        general::tiling(s),
+        Pixels(1),
+        Pixels(7),
+        Pixels(13),
+        Pixels(oh * ow),
+        Images(1),
+        Images(2),
+        Images(s.batch),
+    ]
+}
+
 fn check_forward(c: Case, seed: u64) {
     let s = shape_of(c);
     let d = data(&s, seed);
@@ -161,11 +180,10 @@ fn check_forward(c: Case, seed: u64) {
             forward_with(path, &s, &d.x, &d.w, &mut got, &epi);
             assert_near(&got, &want, &format!("{c:?} {path:?} {name}"));
         }
-        let (oh, ow) = s.out_hw();
-        for tile in [1, 7, 13, oh * ow] {
+        for tiling in tilings(&s) {
             let mut got = vec![f32::NAN; s.output_len()];
-            general::forward_tiled(&s, tile, &d.x, &d.w, &mut got, &epi);
-            assert_near(&got, &want, &format!("{c:?} tile {tile} {name}"));
+            general::forward_tiled(&s, tiling, &d.x, &d.w, &mut got, &epi);
+            assert_near(&got, &want, &format!("{c:?} {tiling:?} {name}"));
         }
         if s.in_per_group() == 1 {
             for isa in [Isa::Scalar, isa::current()] {
@@ -192,13 +210,13 @@ fn check_backward(c: Case, seed: u64) {
         backward_weight_with(path, &s, &d.x, &d.dy, &mut dw);
         assert_near(&dw, &want_dw, &format!("{c:?} {path:?} grad weight"));
     }
-    for tile in [1, 5, 11] {
+    for tiling in tilings(&s) {
         let mut dx = vec![0.0; s.input_len()];
-        general::backward_input_tiled(&s, tile, &d.dy, &d.w, &mut dx);
-        assert_near(&dx, &want_dx, &format!("{c:?} tile {tile} grad input"));
+        general::backward_input_tiled(&s, tiling, &d.dy, &d.w, &mut dx);
+        assert_near(&dx, &want_dx, &format!("{c:?} {tiling:?} grad input"));
         let mut dw = vec![0.0; s.weight_len()];
-        general::backward_weight_tiled(&s, tile, &d.x, &d.dy, &mut dw);
-        assert_near(&dw, &want_dw, &format!("{c:?} tile {tile} grad weight"));
+        general::backward_weight_tiled(&s, tiling, &d.x, &d.dy, &mut dw);
+        assert_near(&dw, &want_dw, &format!("{c:?} {tiling:?} grad weight"));
     }
     let (oh, ow) = s.out_hw();
     let mut want_db = vec![0.0f32; s.out_channels];
@@ -302,38 +320,40 @@ fn valid_range_brute_force() {
 }
 
 #[test]
-fn depthwise_row_simd_matches_scalar() {
+fn depthwise_simd_matches_scalar() {
     let mut r = Rng(7);
-    let src = r.vec(4096);
+    let src = r.vec(20_000);
     let taps = r.vec(64);
-    for sx in 1..=3 {
-        for kw in [1, 3, 5, 7] {
-            for dx in [1, 2] {
-                for nrows in 0..=3 {
-                    for ow in [1, 3, 4, 7, 8, 9, 15, 16, 17, 31, 32, 33, 45, 70] {
+    for (sy, sx) in [(1, 1), (2, 2), (1, 2), (2, 1), (3, 3)] {
+        for (kh, kw) in [(1, 1), (3, 3), (5, 5), (7, 7), (2, 3)] {
+            for (dy, dx) in [(1, 1), (2, 2), (1, 2)] {
+                for nrows in [1, 2, 3, 4, 5, 9] {
+                    for ow in [1, 3, 4, 7, 8, 9, 15, 16, 17, 31, 33, 45] {
                         for (lo, hi) in [(f32::NEG_INFINITY, f32::INFINITY), (0.0, 0.5)] {
-                            let job = RowJob {
-                                src: &src,
-                                row0: 5,
-                                row_step: 300,
-                                nrows,
+                            let ld = (ow + 8) * sx + kw * dx + 2;
+                            let job = PlaneJob {
+                                src: &src[3..],
+                                ld,
                                 taps: &taps,
+                                kh,
                                 kw,
+                                sy,
                                 sx,
+                                dy,
                                 dx,
                                 init: 0.25,
                                 lo,
                                 hi,
                             };
-                            let mut want = vec![0.0; ow];
-                            let mut got = vec![f32::NAN; ow];
-                            depthwise::row_scalar(&job, &mut want);
-                            depthwise::row(isa::current(), &job, &mut got);
-                            assert_near(
-                                &got,
-                                &want,
-                                &format!("row sx {sx} kw {kw} dx {dx} rows {nrows} ow {ow}"),
-                            );
+                            let oy0 = 1;
+                            assert!((oy0 + nrows + kh * dy) * sy * ld < src.len() - 3);
+                            let mut want = vec![0.0; ow * nrows];
+                            let mut got = vec![f32::NAN; ow * nrows];
+                            depthwise::rows_scalar(&job, oy0, ow, &mut want);
+                            depthwise::rows(isa::current(), &job, oy0, ow, &mut got);
+                            let what =
+                                format!("s {sy},{sx} k {kh}x{kw} d {dy},{dx} rows {nrows} ow {ow}");
+                            assert_near(&got, &want, &what);
                         }
                     }
                 }
@@ -343,24 +363,25 @@ fn depthwise_row_simd_matches_scalar() {
 }
 
 #[test]
-fn depthwise_row_keeps_nan() {
+fn depthwise_keeps_nan() {
     let mut src = vec![1.0f32; 64];
     src[3] = f32::NAN;
-    let job = RowJob {
+    let job = PlaneJob {
         src: &src,
-        row0: 0,
-        row_step: 0,
-        nrows: 1,
+        ld: 20,
         taps: &[1.0],
+        kh: 1,
         kw: 1,
+        sy: 1,
         sx: 1,
+        dy: 1,
         dx: 1,
         init: 0.0,
         lo: 0.0,
         hi: 6.0,
     };
     let mut out = vec![0.0; 9];
-    depthwise::row(isa::current(), &job, &mut out);
+    depthwise::rows(isa::current(), &job, 0, 9, &mut out);
     assert!(out[3].is_nan() && out[2] == 1.0);
 }
 
