@@ -503,7 +503,7 @@ pub fn forward_isa(
     });
 }
 
-/// Input gradient (into `dx`, zeroed by the caller): each output gradient row is scattered
+/// Input gradient (overwrites `dx`): each output gradient row is scattered
 /// through the taps into a padded accumulation plane, whose interior is then copied out.
 pub fn backward_input(shape: &Conv2dShape, dy: &[f32], w: &[f32], dx: &mut [f32]) {
     let g = Geom::new(shape);

@@ -12,9 +12,10 @@
 //! one image alone would give a GEMM too narrow to be efficient).
 
 use super::im2col::{col2im_tile, im2col_tile, Geom};
-use super::scratch::with_scratch;
+use super::scratch::{with_scratch, with_staging};
 use super::{
-    accumulate_in_parts, channel_block, epilogue_row, gemm_epilogue, Conv2dShape, ConvEpilogueOp,
+    accumulate_in_parts, channel_block, epilogue_row, with_gemm_epilogue, Conv2dShape,
+    ConvEpilogueOp,
 };
 use crate::gemm::{gemm, MatMut, MatRef};
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
@@ -197,18 +198,22 @@ fn forward_pixel_tiles(
             for gi in 0..d.groups {
                 let xg = &x[n * img_in + gi * d.cin_g * d.plane_in..];
                 im2col_tile(&d.g, xg, d.cin_g, p0, len, cols, len);
-                gemm(
-                    d.weights(w, gi),
-                    MatRef::row_major(&cols[..k * len], k, len),
-                    0.0,
-                    MatMut {
-                        data: &mut dst[gi * d.cout_g * ld..],
-                        rows: d.cout_g,
-                        cols: len,
-                        row_stride: ld,
-                    },
-                    &gemm_epilogue(shape, epi, n, gi * d.cout_g, d.cout_g, p0, len),
-                );
+                let c = MatMut {
+                    data: &mut dst[gi * d.cout_g * ld..],
+                    rows: d.cout_g,
+                    cols: len,
+                    row_stride: ld,
+                };
+                let (c0, rows) = (gi * d.cout_g, d.cout_g);
+                with_gemm_epilogue(shape, epi, n, c0, rows, p0, len, |e| {
+                    gemm(
+                        d.weights(w, gi),
+                        MatRef::row_major(&cols[..k * len], k, len),
+                        0.0,
+                        c,
+                        e,
+                    )
+                });
             }
         };
 
@@ -227,32 +232,38 @@ fn forward_pixel_tiles(
     }
 
     // Few images: split each image's pixels into ranges. A range's outputs are columns of the
-    // `[Cout x OH*OW]` plane, not a contiguous slice, so each range computes into its own buffer
-    // and the buffers are copied into place afterwards (one extra write per output element).
+    // `[Cout x OH*OW]` plane, not a contiguous slice, so each range computes into its own block of
+    // a staging buffer, and the blocks are copied into place afterwards (one extra write per
+    // output element).
     let want = parallel::pieces(shape.macs(), CONV_PAR_MIN_MACS).max(threads);
     let per_image = want.div_ceil(batch).min(plane_out.div_ceil(tile)).max(1);
     let span = plane_out.div_ceil(per_image);
-    let ranges: Vec<(usize, usize, usize)> = (0..batch)
-        .flat_map(|n| runs(0, plane_out, span).map(move |(p0, len)| (n, p0, len)))
-        .collect();
-    let parts: Vec<Vec<f32>> = ranges
-        .par_iter()
-        .map(|&(n, p0, len)| {
-            let mut buf = vec![0.0f32; d.cout * len];
-            with_scratch(k * tile.min(len), |cols| {
-                for (q0, qlen) in runs(p0, p0 + len, tile) {
-                    run_tile(n, q0, qlen, &mut buf[q0 - p0..], len, cols);
-                }
+    let per_image = plane_out.div_ceil(span);
+    let block = d.cout * span;
+    let range = |i: usize| {
+        let (n, p0) = (i / per_image, (i % per_image) * span);
+        (n, p0, span.min(plane_out - p0))
+    };
+    with_staging(batch * per_image * block, |stage| {
+        stage
+            .par_chunks_mut(block)
+            .enumerate()
+            .for_each(|(i, buf)| {
+                let (n, p0, len) = range(i);
+                with_scratch(k * tile.min(len), |cols| {
+                    for (q0, qlen) in runs(p0, p0 + len, tile) {
+                        run_tile(n, q0, qlen, &mut buf[q0 - p0..], len, cols);
+                    }
+                });
             });
-            buf
-        })
-        .collect();
-    for (&(n, p0, len), buf) in ranges.iter().zip(&parts) {
-        for (c, row) in buf.chunks_exact(len).enumerate() {
-            let at = n * img_out + c * plane_out + p0;
-            out[at..at + len].copy_from_slice(row);
+        for (i, buf) in stage.chunks_exact(block).enumerate() {
+            let (n, p0, len) = range(i);
+            for (c, row) in buf[..d.cout * len].chunks_exact(len).enumerate() {
+                let at = n * img_out + c * plane_out + p0;
+                out[at..at + len].copy_from_slice(row);
+            }
         }
-    }
+    });
 }
 
 /// Input gradient with the default tiling.
@@ -260,7 +271,7 @@ pub fn backward_input(shape: &Conv2dShape, dy: &[f32], w: &[f32], dx: &mut [f32]
     backward_input_tiled(shape, tiling(shape), dy, w, dx);
 }
 
-/// Input gradient (accumulated into `dx`, which the caller zeroed) with a given tiling.
+/// Input gradient (overwrites `dx`) with a given tiling.
 ///
 /// Tasks own disjoint blocks of `dx` (whole images, or blocks of input channels of one image when
 /// there are too few images), so the col2im scatter-adds never race.
@@ -289,6 +300,7 @@ pub fn backward_input_tiled(
             let m = m.max(1);
             let img_in = d.cin * plane_in;
             parallel::for_each_chunk_mut(dx, m * img_in, par, |ci, dxc| {
+                dxc.fill(0.0);
                 let (n0, mm) = (ci * m, dxc.len() / img_in);
                 let ld = mm * plane_out;
                 with_scratch((k + d.cout_g) * ld, |buf| {
@@ -322,6 +334,7 @@ pub fn backward_input_tiled(
             let tile = tile.clamp(1, plane_out.max(1));
             let cb = channel_block(shape, d.cin_g, par);
             parallel::for_each_chunk_mut(dx, cb * plane_in, par, |i, dxc| {
+                dxc.fill(0.0);
                 let (n, c) = (i * cb / d.cin, i * cb % d.cin);
                 let (gi, c0) = (c / d.cin_g, c % d.cin_g);
                 with_scratch(cb * khw * tile, |cols| {

@@ -214,10 +214,14 @@ fn check_epilogue(shape: &Conv2dShape, epilogue: &[ConvEpilogueOp]) {
     }
 }
 
+/// The most conv epilogue steps translated on the stack (longer lists are rare and allocate).
+const EPILOGUE_INLINE: usize = 8;
+
 /// The GEMM epilogue for an output block of image `n`: channels `c0..c0 + rows`, pixels
 /// `p0..p0 + cols` (the weights-times-patches orientation: bias per row, the residual viewed with
-/// the output's row stride `oh * ow`).
-pub(crate) fn gemm_epilogue<'a>(
+/// the output's row stride `oh * ow`). Passed to `f` so it can live on the stack.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn with_gemm_epilogue<'a, R>(
     shape: &Conv2dShape,
     epilogue: &[ConvEpilogueOp<'a>],
     n: usize,
@@ -225,12 +229,12 @@ pub(crate) fn gemm_epilogue<'a>(
     rows: usize,
     p0: usize,
     cols: usize,
-) -> Vec<EpilogueOp<'a>> {
+    f: impl FnOnce(&[EpilogueOp<'a>]) -> R,
+) -> R {
     let (oh, ow) = shape.out_hw();
     let plane = oh * ow;
-    epilogue
-        .iter()
-        .map(|op| match *op {
+    let map = |op: &ConvEpilogueOp<'a>| -> EpilogueOp<'a> {
+        match *op {
             ConvEpilogueOp::Bias(b) => EpilogueOp::BiasPerRow(&b[c0..c0 + rows]),
             ConvEpilogueOp::Add(r) => EpilogueOp::Add(MatRef {
                 data: &r[(n * shape.out_channels + c0) * plane + p0..],
@@ -240,8 +244,17 @@ pub(crate) fn gemm_epilogue<'a>(
                 col_stride: 1,
             }),
             ConvEpilogueOp::Act(a) => EpilogueOp::Act(a),
-        })
-        .collect()
+        }
+    };
+    if epilogue.len() <= EPILOGUE_INLINE {
+        let mut ops = [EpilogueOp::Act(Activation::Identity); EPILOGUE_INLINE];
+        for (o, e) in ops.iter_mut().zip(epilogue) {
+            *o = map(e);
+        }
+        f(&ops[..epilogue.len()])
+    } else {
+        f(&epilogue.iter().map(map).collect::<Vec<_>>())
+    }
 }
 
 /// Apply `epilogue` to one finished output row of channel `c` that starts at flat index `at` of
@@ -367,8 +380,8 @@ pub fn backward_input_with(
     grad_input: &mut [f32],
 ) {
     shape.check(grad_input.len(), weight.len(), grad_out.len());
-    grad_input.fill(0.0);
     if grad_out.is_empty() {
+        grad_input.fill(0.0);
         return;
     }
     match path {

@@ -1,7 +1,7 @@
 //! 1x1 convolution with stride 1 and no padding: the input plane already is the patch matrix, so
 //! each image and group is one GEMM `W_g[Cout_g x Cin_g] @ X_g[Cin_g x H*W]` with no copy.
 
-use super::{accumulate_in_parts, channel_block, gemm_epilogue, Conv2dShape, ConvEpilogueOp};
+use super::{accumulate_in_parts, channel_block, with_gemm_epilogue, Conv2dShape, ConvEpilogueOp};
 use crate::gemm::{gemm, MatMut, MatRef};
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
 
@@ -16,17 +16,16 @@ pub fn forward(shape: &Conv2dShape, x: &[f32], w: &[f32], out: &mut [f32], epi: 
     parallel::for_each_chunk_mut(out, cb * plane, par, |i, o| {
         let (n, c) = (i * cb / cout, i * cb % cout);
         let gi = c / cout_g;
-        gemm(
-            MatRef::row_major(&w[c * cin_g..(c + cb) * cin_g], cb, cin_g),
-            MatRef::row_major(
-                &x[(n * cin + gi * cin_g) * plane..][..cin_g * plane],
-                cin_g,
-                plane,
-            ),
-            0.0,
-            MatMut::row_major(o, cb, plane),
-            &gemm_epilogue(shape, epi, n, c, cb, 0, plane),
-        );
+        let xg = &x[(n * cin + gi * cin_g) * plane..][..cin_g * plane];
+        with_gemm_epilogue(shape, epi, n, c, cb, 0, plane, |e| {
+            gemm(
+                MatRef::row_major(&w[c * cin_g..(c + cb) * cin_g], cb, cin_g),
+                MatRef::row_major(xg, cin_g, plane),
+                0.0,
+                MatMut::row_major(o, cb, plane),
+                e,
+            )
+        });
     });
 }
 

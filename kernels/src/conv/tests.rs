@@ -211,7 +211,7 @@ fn check_backward(c: Case, seed: u64) {
         assert_near(&dw, &want_dw, &format!("{c:?} {path:?} grad weight"));
     }
     for tiling in tilings(&s) {
-        let mut dx = vec![0.0; s.input_len()];
+        let mut dx = vec![f32::NAN; s.input_len()];
         general::backward_input_tiled(&s, tiling, &d.dy, &d.w, &mut dx);
         assert_near(&dx, &want_dx, &format!("{c:?} {tiling:?} grad input"));
         let mut dw = vec![0.0; s.weight_len()];
