@@ -12,14 +12,13 @@
 //! one image alone would give a GEMM too narrow to be efficient).
 
 use super::im2col::{col2im_tile, im2col_tile, Geom};
-use super::scratch::{with_scratch, with_staging};
+use super::scratch::with_scratch;
 use super::{
-    accumulate_in_parts, channel_block, epilogue_row, with_gemm_epilogue, Conv2dShape,
-    ConvEpilogueOp,
+    accumulate_in_parts, channel_block, epilogue_row, ranges_per_image, staged_ranges,
+    units_balance, with_gemm_epilogue, Conv2dShape, ConvEpilogueOp,
 };
 use crate::gemm::{gemm, MatMut, MatRef};
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
-use rayon::prelude::*;
 
 /// Target bytes of patch matrix per GEMM call: the tile lives in L2 between im2col and the GEMM.
 pub const TILE_BYTES: usize = 256 * 1024;
@@ -217,9 +216,7 @@ fn forward_pixel_tiles(
             }
         };
 
-    let threads = parallel::num_threads();
-    let batch = shape.batch;
-    if !par || (batch >= threads && (batch % threads == 0 || batch >= 4 * threads)) {
+    if !par || units_balance(shape.batch) {
         // Whole images per task (or everything on this thread): tiles write in place.
         parallel::for_each_chunk_mut(out, img_out, par, |n, o| {
             with_scratch(k * tile, |cols| {
@@ -228,42 +225,24 @@ fn forward_pixel_tiles(
                 }
             })
         });
-        return;
-    }
-
-    // Few images: split each image's pixels into ranges. A range's outputs are columns of the
-    // `[Cout x OH*OW]` plane, not a contiguous slice, so each range computes into its own block of
-    // a staging buffer, and the blocks are copied into place afterwards (one extra write per
-    // output element).
-    let want = parallel::pieces(shape.macs(), CONV_PAR_MIN_MACS).max(threads);
-    let per_image = want.div_ceil(batch).min(plane_out.div_ceil(tile)).max(1);
-    let span = plane_out.div_ceil(per_image);
-    let per_image = plane_out.div_ceil(span);
-    let block = d.cout * span;
-    let range = |i: usize| {
-        let (n, p0) = (i / per_image, (i % per_image) * span);
-        (n, p0, span.min(plane_out - p0))
-    };
-    with_staging(batch * per_image * block, |stage| {
-        stage
-            .par_chunks_mut(block)
-            .enumerate()
-            .for_each(|(i, buf)| {
-                let (n, p0, len) = range(i);
+    } else {
+        // Few images: pixel ranges of at least one tile each.
+        let per_image = ranges_per_image(shape, plane_out, tile);
+        staged_ranges(
+            out,
+            shape.batch,
+            d.cout,
+            plane_out,
+            per_image,
+            |n, p0, len, blk| {
                 with_scratch(k * tile.min(len), |cols| {
                     for (q0, qlen) in runs(p0, p0 + len, tile) {
-                        run_tile(n, q0, qlen, &mut buf[q0 - p0..], len, cols);
+                        run_tile(n, q0, qlen, &mut blk[q0 - p0..], len, cols);
                     }
-                });
-            });
-        for (i, buf) in stage.chunks_exact(block).enumerate() {
-            let (n, p0, len) = range(i);
-            for (c, row) in buf[..d.cout * len].chunks_exact(len).enumerate() {
-                let at = n * img_out + c * plane_out + p0;
-                out[at..at + len].copy_from_slice(row);
-            }
-        }
-    });
+                })
+            },
+        );
+    }
 }
 
 /// Input gradient with the default tiling.
@@ -332,7 +311,8 @@ pub fn backward_input_tiled(
         }
         Tiling::Pixels(tile) => {
             let tile = tile.clamp(1, plane_out.max(1));
-            let cb = channel_block(shape, d.cin_g, par);
+            // Blocks of at least 32 GEMM rows (channels x taps).
+            let cb = channel_block(shape, d.cin_g, 32usize.div_ceil(khw), par);
             parallel::for_each_chunk_mut(dx, cb * plane_in, par, |i, dxc| {
                 dxc.fill(0.0);
                 let (n, c) = (i * cb / d.cin, i * cb % d.cin);

@@ -25,6 +25,7 @@ use crate::activation::Activation;
 use crate::gemm::{EpilogueOp, MatRef};
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
 use rayon::prelude::*;
+use scratch::with_staging;
 use std::ops::Range;
 
 /// Stride, padding, dilation (each as `(height, width)`) and groups of a 2-D convolution.
@@ -274,20 +275,78 @@ pub(crate) fn epilogue_row(epilogue: &[ConvEpilogueOp], row: &mut [f32], c: usiz
     }
 }
 
-/// Channels per task when work is split into blocks of `per_group` channels of one image and
-/// group: whole groups when there are enough of them to keep the pool busy, else the largest
-/// divisor of `per_group` that gives enough blocks.
-pub(crate) fn channel_block(shape: &Conv2dShape, per_group: usize, par: bool) -> usize {
-    if !par {
+/// Whether `units` equal pieces of work (images, or images x groups) keep the pool busy on their
+/// own: at least one per thread, and either an even share each or enough that the last round's
+/// imbalance is small.
+pub(crate) fn units_balance(units: usize) -> bool {
+    let t = parallel::num_threads();
+    units >= t && (units % t == 0 || units >= 4 * t)
+}
+
+/// Pixel ranges per image when images alone do not keep the pool busy: enough pieces for the
+/// pool, none shorter than `min_len` pixels.
+pub(crate) fn ranges_per_image(shape: &Conv2dShape, plane: usize, min_len: usize) -> usize {
+    let want = parallel::pieces(shape.macs(), CONV_PAR_MIN_MACS).max(parallel::num_threads());
+    want.div_ceil(shape.batch.max(1))
+        .min(plane.div_ceil(min_len.max(1)))
+        .max(1)
+}
+
+/// Compute outputs by pixel ranges in parallel, then copy them into place.
+///
+/// `out` holds `batch` images of `rows x plane`. Each image's pixels are cut into `per_image`
+/// ranges; `f(n, p0, len, block)` fills `block`, a row-major `rows x len` staging block, with
+/// image `n`'s outputs for pixels `p0..p0 + len`. A range's outputs are columns of the image, not
+/// a contiguous slice, hence the staging (one extra write per output element).
+pub(crate) fn staged_ranges(
+    out: &mut [f32],
+    batch: usize,
+    rows: usize,
+    plane: usize,
+    per_image: usize,
+    f: impl Fn(usize, usize, usize, &mut [f32]) + Sync,
+) {
+    let span = plane.div_ceil(per_image.max(1)).max(1);
+    let per_image = plane.div_ceil(span);
+    let block = rows * span;
+    let range = |i: usize| {
+        let (n, p0) = (i / per_image, (i % per_image) * span);
+        (n, p0, span.min(plane - p0))
+    };
+    with_staging(batch * per_image * block, |stage| {
+        stage
+            .par_chunks_mut(block)
+            .enumerate()
+            .for_each(|(i, blk)| {
+                let (n, p0, len) = range(i);
+                f(n, p0, len, &mut blk[..rows * len]);
+            });
+        for (i, blk) in stage.chunks_exact(block).enumerate() {
+            let (n, p0, len) = range(i);
+            for (c, row) in blk[..rows * len].chunks_exact(len).enumerate() {
+                let at = (n * rows + c) * plane + p0;
+                out[at..at + len].copy_from_slice(row);
+            }
+        }
+    });
+}
+
+/// Channels per task when `dx` is split into blocks of channels of one image and group: whole
+/// groups when there are enough to keep the pool busy, else the largest divisor of `per_group`
+/// giving enough blocks, but (where possible) at least `min_block` channels so each block's GEMM
+/// keeps some height.
+pub(crate) fn channel_block(
+    shape: &Conv2dShape,
+    per_group: usize,
+    min_block: usize,
+    par: bool,
+) -> usize {
+    let units = shape.batch * shape.params.groups;
+    if !par || units_balance(units) {
         return per_group.max(1);
     }
     let want = parallel::pieces(shape.macs(), CONV_PAR_MIN_MACS).max(parallel::num_threads());
-    let have = shape.batch * shape.params.groups;
-    if have >= want {
-        per_group.max(1)
-    } else {
-        divisor_at_most(per_group, (per_group * have / want).max(1))
-    }
+    divisor_at_most(per_group, (per_group * units / want).max(min_block))
 }
 
 /// Sum `f(items, acc)` over `items` into `dst`: one part per thread when `par`, each accumulating
