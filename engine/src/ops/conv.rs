@@ -33,6 +33,15 @@ fn conv_shape(
             ),
         ));
     }
+    if x.shape()[2] == 0 || x.shape()[3] == 0 {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "input {:?} has an empty spatial size (only the batch may be empty)",
+                x.shape()
+            ),
+        ));
+    }
     let p = &params;
     if p.groups == 0 {
         return Err(Error::invalid(OP, "groups must be at least 1, got 0"));
@@ -216,6 +225,25 @@ mod tests {
     }
 
     #[test]
+    fn conv2d_empty_batch_and_channels() {
+        let w = Tensor::ones(&[2, 3, 3, 3]).with_requires_grad(true);
+        let x = Tensor::zeros(&[0, 3, 5, 5]).with_requires_grad(true);
+        let y = x.conv2d(&w, None, p()).unwrap();
+        assert_eq!(y.shape(), [0, 2, 3, 3]);
+        let g = y.backward_with(Tensor::zeros(y.shape())).unwrap();
+        assert_eq!(g.get(&w).unwrap().to_vec(), vec![0.0; 54]);
+        assert_eq!(g.get(&x).unwrap().shape(), [0, 3, 5, 5]);
+        // No input channels: the output is the bias.
+        let b = Tensor::from_vec(vec![1.5, -2.0], &[2]).unwrap();
+        let y = Tensor::zeros(&[1, 0, 3, 3])
+            .conv2d(&Tensor::zeros(&[2, 0, 3, 3]), Some(&b), p().padding(1, 1))
+            .unwrap();
+        assert_eq!(y.shape(), [1, 2, 3, 3]);
+        assert_eq!(y.to_vec()[..2], [1.5, 1.5]);
+        assert_eq!(y.to_vec()[9], -2.0);
+    }
+
+    #[test]
     fn conv2d_reads_non_contiguous_inputs() {
         let mut rng = Rng::new(5);
         let x = Tensor::randn(&[2, 5, 4, 3], &mut rng);
@@ -254,6 +282,8 @@ mod tests {
         );
         let e = err(x.conv2d(&Tensor::zeros(&[6, 2, 0, 3]), None, p().groups(2)));
         assert!(e.contains("empty kernel"), "{e}");
+        let e = err(Tensor::zeros(&[1, 4, 0, 5]).conv2d(&w, None, p().groups(2).padding(1, 1)));
+        assert!(e.contains("empty spatial size"), "{e}");
         // The padding makes a kernel larger than the input fit.
         let big = Tensor::zeros(&[6, 2, 7, 7]);
         assert!(x.conv2d(&big, None, p().groups(2)).is_err());

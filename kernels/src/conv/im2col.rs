@@ -73,7 +73,7 @@ pub fn valid_range(
         0
     };
     let hi = if in_len + pad > offset {
-        ((in_len - 1 + pad - offset) / stride + 1).min(out_len)
+        ((in_len + pad - offset - 1) / stride + 1).min(out_len)
     } else {
         0
     };
