@@ -225,9 +225,12 @@ fn forward_pixel_tiles(
                 }
             })
         });
-    } else {
+        return;
+    }
+    let per_image = ranges_per_image(shape, plane_out, tile);
+    let threads = parallel::num_threads();
+    if shape.batch * per_image >= threads {
         // Few images: pixel ranges of at least one tile each.
-        let per_image = ranges_per_image(shape, plane_out, tile);
         staged_ranges(
             out,
             shape.batch,
@@ -242,7 +245,32 @@ fn forward_pixel_tiles(
                 })
             },
         );
+        return;
     }
+    // Few images with small planes: blocks of output channels, each task multiplying its rows
+    // of the weights by its own copy of the (small) patch matrix; one block per thread, as each
+    // block repeats the im2col.
+    let cb = channel_block(shape, d.cout_g, 16, threads, par);
+    parallel::for_each_chunk_mut(out, cb * plane_out, par, |i, o| {
+        let (n, c) = (i * cb / d.cout, i * cb % d.cout);
+        let gi = c / d.cout_g;
+        let wb = MatRef::row_major(&w[c * k..(c + cb) * k], cb, k);
+        with_scratch(k * tile, |cols| {
+            for (p0, len) in runs(0, plane_out, tile) {
+                let xg = &x[n * img_in + gi * d.cin_g * d.plane_in..];
+                im2col_tile(&d.g, xg, d.cin_g, p0, len, cols, len);
+                let dst = MatMut {
+                    data: &mut o[p0..],
+                    rows: cb,
+                    cols: len,
+                    row_stride: plane_out,
+                };
+                with_gemm_epilogue(shape, epi, n, c, cb, p0, len, |e| {
+                    gemm(wb, MatRef::row_major(&cols[..k * len], k, len), 0.0, dst, e)
+                });
+            }
+        })
+    });
 }
 
 /// Input gradient with the default tiling.
@@ -312,7 +340,8 @@ pub fn backward_input_tiled(
         Tiling::Pixels(tile) => {
             let tile = tile.clamp(1, plane_out.max(1));
             // Blocks of at least 32 GEMM rows (channels x taps).
-            let cb = channel_block(shape, d.cin_g, 32usize.div_ceil(khw), par);
+            let want = parallel::pieces(shape.macs(), CONV_PAR_MIN_MACS);
+            let cb = channel_block(shape, d.cin_g, 32usize.div_ceil(khw), want, par);
             parallel::for_each_chunk_mut(dx, cb * plane_in, par, |i, dxc| {
                 dxc.fill(0.0);
                 let (n, c) = (i * cb / d.cin, i * cb % d.cin);

@@ -5,9 +5,18 @@
 //! - [`pointwise`]: 1x1, stride 1, no padding — one GEMM `W[Cout x Cin] @ X[Cin x HW]` per image
 //!   and group, reading the input in place;
 //! - [`depthwise`]: one input channel per group (channel multiplier allowed) — a direct SIMD kernel
-//!   over a horizontally padded copy of each input plane;
+//!   over a zero-padded copy of each input plane, several output rows at a time;
 //! - [`general`]: anything else — a tiled im2col: the patch matrix of a bounded tile of output
-//!   pixels at a time, multiplied by the weights, so large inputs never materialise it whole.
+//!   pixels at a time (or of a few whole images when planes are small), multiplied by the weights,
+//!   so large inputs never materialise it whole.
+//!
+//! The epilogue ([`ConvEpilogueOp`]: bias per output channel, residual add, activation — a
+//! conv+BN+activation+residual block folded for inference) rides on the GEMM's store, or is
+//! applied in registers / on each finished row by the depthwise kernel.
+//!
+//! Threads: work is split (images, pixel ranges, channel blocks) only past
+//! [`CONV_PAR_MIN_MACS`]; smaller convolutions run on the calling thread. Scratch buffers are
+//! per thread and reused, so after warm-up the forward allocates nothing.
 //!
 //! Shapes: input `[N, C, H, W]`, weight `[Cout, C / groups, kh, kw]`, output `[N, Cout, OH, OW]`,
 //! all dense row-major. The engine validates shapes; these functions `assert!` their contracts.
@@ -331,22 +340,22 @@ pub(crate) fn staged_ranges(
     });
 }
 
-/// Channels per task when `dx` is split into blocks of channels of one image and group: whole
+/// Channels per task when work is split into blocks of channels of one image and group: whole
 /// groups when there are enough to keep the pool busy, else the largest divisor of `per_group`
-/// giving enough blocks, but (where possible) at least `min_block` channels so each block's GEMM
-/// keeps some height.
+/// that gives about `want` blocks in all, but (where possible) at least `min_block` channels so
+/// each block's GEMM keeps some height.
 pub(crate) fn channel_block(
     shape: &Conv2dShape,
     per_group: usize,
     min_block: usize,
+    want: usize,
     par: bool,
 ) -> usize {
     let units = shape.batch * shape.params.groups;
     if !par || units_balance(units) {
         return per_group.max(1);
     }
-    let want = parallel::pieces(shape.macs(), CONV_PAR_MIN_MACS).max(parallel::num_threads());
-    divisor_at_most(per_group, (per_group * units / want).max(min_block))
+    divisor_at_most(per_group, (per_group * units / want.max(1)).max(min_block))
 }
 
 /// Sum `f(items, acc)` over `items` into `dst`: one part per thread when `par`, each accumulating

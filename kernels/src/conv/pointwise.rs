@@ -3,12 +3,12 @@
 //!
 //! Parallel split: whole (image, group) products when there are enough of them; otherwise pixel
 //! ranges (column blocks of X, read in place through strided views) with every output channel
-//! per task. Never blocks of a few output channels: each such task would repack all of X for a
-//! GEMM only a few rows high.
+//! per task; only when planes are too small for ranges, blocks of at least 16 output channels
+//! (each task repacks X, which is then small).
 
 use super::{
-    accumulate_in_parts, ranges_per_image, staged_ranges, units_balance, with_gemm_epilogue,
-    Conv2dShape, ConvEpilogueOp,
+    accumulate_in_parts, channel_block, ranges_per_image, staged_ranges, units_balance,
+    with_gemm_epilogue, Conv2dShape, ConvEpilogueOp,
 };
 use crate::gemm::{gemm, MatMut, MatRef};
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
@@ -68,8 +68,11 @@ pub fn forward(shape: &Conv2dShape, x: &[f32], w: &[f32], out: &mut [f32], epi: 
         parallel::for_each_chunk_mut(out, cout_g * plane, par, |i, o| {
             run(i / groups, i % groups, 0, plane, o, plane)
         });
-    } else {
-        let per_image = ranges_per_image(shape, plane, MIN_RANGE);
+        return;
+    }
+    let per_image = ranges_per_image(shape, plane, MIN_RANGE);
+    let threads = parallel::num_threads();
+    if shape.batch * per_image >= threads {
         staged_ranges(
             out,
             shape.batch,
@@ -82,7 +85,24 @@ pub fn forward(shape: &Conv2dShape, x: &[f32], w: &[f32], out: &mut [f32], epi: 
                 }
             },
         );
+        return;
     }
+    // Small planes: blocks of output channels (each task packs the small X for itself).
+    let cb = channel_block(shape, cout_g, 16, threads, par);
+    parallel::for_each_chunk_mut(out, cb * plane, par, |i, o| {
+        let (n, c) = (i * cb / shape.out_channels, i * cb % shape.out_channels);
+        let gi = c / cout_g;
+        let xg = columns(x, (n * cin + gi * cin_g) * plane, cin_g, plane, 0, plane);
+        with_gemm_epilogue(shape, epi, n, c, cb, 0, plane, |e| {
+            gemm(
+                MatRef::row_major(&w[c * cin_g..(c + cb) * cin_g], cb, cin_g),
+                xg,
+                0.0,
+                MatMut::row_major(o, cb, plane),
+                e,
+            )
+        });
+    });
 }
 
 /// Input gradient: `dX_g = W_g^T @ dY_g` (overwrites `dx`).
