@@ -19,11 +19,12 @@ pub mod testing;
 pub use autograd::{is_grad_enabled, no_grad, Backward, Gradients};
 pub use error::{Error, Result};
 pub use io::TensorStore;
+pub use ops::conv::Conv2dParams;
+pub use ops::pool::{AvgPool2dParams, MaxPool2dParams};
 pub use optim::{
     clip_grad_norm, clip_grad_value, AdamW, AdamWConfig, LrSchedule, OptimState, Optimizer, Sgd,
     SgdConfig,
 };
-pub use ops::pool::{AvgPool2dParams, MaxPool2dParams};
 pub use rng::Rng;
 pub use storage::{DType, Storage};
 pub use tensor::Tensor;

@@ -1,1 +1,554 @@
-//! (to be written)
+//! 2-D convolution in NCHW (PyTorch's layout): the forward with a fused store epilogue, and the
+//! three backward products (input, weight, bias).
+//!
+//! The forward dispatches to the most specialised path that fits ([`ConvPath`]):
+//! - [`pointwise`]: 1x1, stride 1, no padding — one GEMM `W[Cout x Cin] @ X[Cin x HW]` per image
+//!   and group, reading the input in place;
+//! - [`depthwise`]: one input channel per group (channel multiplier allowed) — a direct SIMD kernel
+//!   over a zero-padded copy of each input plane, several output rows at a time;
+//! - [`general`]: anything else — a tiled im2col: the patch matrix of a bounded tile of output
+//!   pixels at a time (or of a few whole images when planes are small), multiplied by the weights,
+//!   so large inputs never materialise it whole.
+//!
+//! The epilogue ([`ConvEpilogueOp`]: bias per output channel, residual add, activation — a
+//! conv+BN+activation+residual block folded for inference) rides on the GEMM's store, or is
+//! applied in registers / on each finished row by the depthwise kernel.
+//!
+//! Threads: work is split (images, pixel ranges, channel blocks) only past
+//! [`CONV_PAR_MIN_MACS`]; smaller convolutions run on the calling thread. Scratch buffers are
+//! per thread and reused, so after warm-up the forward allocates nothing.
+//!
+//! Shapes: input `[N, C, H, W]`, weight `[Cout, C / groups, kh, kw]`, output `[N, Cout, OH, OW]`,
+//! all dense row-major. The engine validates shapes; these functions `assert!` their contracts.
+
+pub mod depthwise;
+pub mod general;
+pub mod im2col;
+pub mod naive;
+pub mod pointwise;
+mod scratch;
+#[cfg(test)]
+mod tests;
+
+use crate::activation::Activation;
+use crate::gemm::{EpilogueOp, MatRef};
+use crate::parallel::{self, CONV_PAR_MIN_MACS};
+use rayon::prelude::*;
+use scratch::with_staging;
+use std::ops::Range;
+
+/// Stride, padding, dilation (each as `(height, width)`) and groups of a 2-D convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Conv2dParams {
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+    pub dilation: (usize, usize),
+    pub groups: usize,
+}
+
+impl Default for Conv2dParams {
+    /// Stride 1, no padding, no dilation, one group (PyTorch's defaults).
+    fn default() -> Self {
+        Conv2dParams {
+            stride: (1, 1),
+            padding: (0, 0),
+            dilation: (1, 1),
+            groups: 1,
+        }
+    }
+}
+
+impl Conv2dParams {
+    /// With stride `(h, w)`.
+    pub fn stride(mut self, h: usize, w: usize) -> Self {
+        self.stride = (h, w);
+        self
+    }
+
+    /// With zero padding `(h, w)` on both sides of each axis.
+    pub fn padding(mut self, h: usize, w: usize) -> Self {
+        self.padding = (h, w);
+        self
+    }
+
+    /// With dilation `(h, w)`.
+    pub fn dilation(mut self, h: usize, w: usize) -> Self {
+        self.dilation = (h, w);
+        self
+    }
+
+    /// With `groups` groups.
+    pub fn groups(mut self, groups: usize) -> Self {
+        self.groups = groups;
+        self
+    }
+
+    /// Output `(height, width)` for an `in_h x in_w` input and a `kh x kw` kernel; `None` when a
+    /// stride, dilation or kernel dimension is zero or the dilated kernel is larger than the padded
+    /// input.
+    pub fn output_size(
+        &self,
+        in_h: usize,
+        in_w: usize,
+        kh: usize,
+        kw: usize,
+    ) -> Option<(usize, usize)> {
+        let axis = |len: usize, k: usize, s: usize, p: usize, d: usize| {
+            if s == 0 || d == 0 || k == 0 {
+                return None;
+            }
+            let span = d * (k - 1) + 1;
+            let padded = len + 2 * p;
+            (span <= padded).then(|| (padded - span) / s + 1)
+        };
+        Some((
+            axis(in_h, kh, self.stride.0, self.padding.0, self.dilation.0)?,
+            axis(in_w, kw, self.stride.1, self.padding.1, self.dilation.1)?,
+        ))
+    }
+}
+
+/// Every dimension of one convolution call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Conv2dShape {
+    pub batch: usize,
+    pub in_channels: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub out_channels: usize,
+    pub kernel_h: usize,
+    pub kernel_w: usize,
+    pub params: Conv2dParams,
+}
+
+impl Conv2dShape {
+    /// Output `(height, width)`. Panics on a geometry [`Conv2dParams::output_size`] rejects.
+    pub fn out_hw(&self) -> (usize, usize) {
+        self.params
+            .output_size(self.in_h, self.in_w, self.kernel_h, self.kernel_w)
+            .expect("conv2d: invalid geometry (zero stride/dilation or kernel larger than input)")
+    }
+
+    /// Input channels per group.
+    pub fn in_per_group(&self) -> usize {
+        self.in_channels / self.params.groups
+    }
+
+    /// Output channels per group.
+    pub fn out_per_group(&self) -> usize {
+        self.out_channels / self.params.groups
+    }
+
+    /// Length of one patch: `in_per_group * kh * kw` (the GEMM's inner dimension).
+    pub fn patch_len(&self) -> usize {
+        self.in_per_group() * self.kernel_h * self.kernel_w
+    }
+
+    pub fn input_len(&self) -> usize {
+        self.batch * self.in_channels * self.in_h * self.in_w
+    }
+
+    pub fn weight_len(&self) -> usize {
+        self.out_channels * self.patch_len()
+    }
+
+    pub fn output_len(&self) -> usize {
+        let (oh, ow) = self.out_hw();
+        self.batch * self.out_channels * oh * ow
+    }
+
+    /// Multiply-adds of the forward (each backward product costs the same).
+    pub fn macs(&self) -> usize {
+        self.output_len() * self.patch_len()
+    }
+
+    /// The forward path [`forward`] takes for this shape.
+    pub fn path(&self) -> ConvPath {
+        let p = &self.params;
+        if self.kernel_h == 1 && self.kernel_w == 1 && p.stride == (1, 1) && p.padding == (0, 0) {
+            ConvPath::Pointwise
+        } else if self.in_per_group() == 1 {
+            ConvPath::Depthwise
+        } else {
+            ConvPath::General
+        }
+    }
+
+    /// Assert the shape is well-formed and the slices have its lengths.
+    fn check(&self, input: usize, weight: usize, output: usize) {
+        let g = self.params.groups;
+        assert!(g > 0, "conv2d: zero groups");
+        assert!(
+            self.in_channels % g == 0 && self.out_channels % g == 0,
+            "conv2d: channels not divisible by groups"
+        );
+        assert_eq!(input, self.input_len(), "conv2d: input length");
+        assert_eq!(weight, self.weight_len(), "conv2d: weight length");
+        assert_eq!(output, self.output_len(), "conv2d: output length");
+    }
+}
+
+/// The specialised forward implementations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvPath {
+    /// 1x1, stride 1, no padding: a GEMM on the input as it lies.
+    Pointwise,
+    /// One input channel per group: direct SIMD kernel.
+    Depthwise,
+    /// Tiled im2col + GEMM: any geometry.
+    General,
+}
+
+/// One step of the forward's store epilogue, applied in list order.
+#[derive(Clone, Copy, Debug)]
+pub enum ConvEpilogueOp<'a> {
+    /// `out[n, c, :, :] += bias[c]` (length `out_channels`; a folded BatchNorm's shift lands here).
+    Bias(&'a [f32]),
+    /// `out += residual`, the residual having the output's shape `[N, Cout, OH, OW]`.
+    Add(&'a [f32]),
+    /// `out = act(out)`.
+    Act(Activation),
+}
+
+fn check_epilogue(shape: &Conv2dShape, epilogue: &[ConvEpilogueOp]) {
+    for op in epilogue {
+        match op {
+            ConvEpilogueOp::Bias(b) => {
+                assert_eq!(b.len(), shape.out_channels, "conv2d: bias length")
+            }
+            ConvEpilogueOp::Add(r) => {
+                assert_eq!(r.len(), shape.output_len(), "conv2d: residual length")
+            }
+            ConvEpilogueOp::Act(_) => {}
+        }
+    }
+}
+
+/// The most conv epilogue steps translated on the stack (longer lists are rare and allocate).
+const EPILOGUE_INLINE: usize = 8;
+
+/// The GEMM epilogue for an output block of image `n`: channels `c0..c0 + rows`, pixels
+/// `p0..p0 + cols` (the weights-times-patches orientation: bias per row, the residual viewed with
+/// the output's row stride `oh * ow`). Passed to `f` so it can live on the stack.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn with_gemm_epilogue<'a, R>(
+    shape: &Conv2dShape,
+    epilogue: &[ConvEpilogueOp<'a>],
+    n: usize,
+    c0: usize,
+    rows: usize,
+    p0: usize,
+    cols: usize,
+    f: impl FnOnce(&[EpilogueOp<'a>]) -> R,
+) -> R {
+    let (oh, ow) = shape.out_hw();
+    let plane = oh * ow;
+    let map = |op: &ConvEpilogueOp<'a>| -> EpilogueOp<'a> {
+        match *op {
+            ConvEpilogueOp::Bias(b) => EpilogueOp::BiasPerRow(&b[c0..c0 + rows]),
+            ConvEpilogueOp::Add(r) => EpilogueOp::Add(MatRef {
+                data: &r[(n * shape.out_channels + c0) * plane + p0..],
+                rows,
+                cols,
+                row_stride: plane,
+                col_stride: 1,
+            }),
+            ConvEpilogueOp::Act(a) => EpilogueOp::Act(a),
+        }
+    };
+    if epilogue.len() <= EPILOGUE_INLINE {
+        let mut ops = [EpilogueOp::Act(Activation::Identity); EPILOGUE_INLINE];
+        for (o, e) in ops.iter_mut().zip(epilogue) {
+            *o = map(e);
+        }
+        f(&ops[..epilogue.len()])
+    } else {
+        f(&epilogue.iter().map(map).collect::<Vec<_>>())
+    }
+}
+
+/// Apply `epilogue` to one finished output row of channel `c` that starts at flat index `at` of
+/// the output (for paths whose tiles are not laid out like the output, so the GEMM's store
+/// epilogue cannot address the residual).
+pub(crate) fn epilogue_row(epilogue: &[ConvEpilogueOp], row: &mut [f32], c: usize, at: usize) {
+    let len = row.len();
+    for op in epilogue {
+        match *op {
+            ConvEpilogueOp::Bias(b) => row.iter_mut().for_each(|v| *v += b[c]),
+            ConvEpilogueOp::Add(r) => row
+                .iter_mut()
+                .zip(&r[at..at + len])
+                .for_each(|(v, x)| *v += x),
+            ConvEpilogueOp::Act(a) => crate::activation::apply_inplace(a, row),
+        }
+    }
+}
+
+/// Whether `units` equal pieces of work (images, or images x groups) keep the pool busy on their
+/// own: at least one per thread, and either an even share each or enough that the last round's
+/// imbalance is small.
+pub(crate) fn units_balance(units: usize) -> bool {
+    let t = parallel::num_threads();
+    units >= t && (units % t == 0 || units >= 4 * t)
+}
+
+/// Pixel ranges per image when images alone do not keep the pool busy: enough pieces for the
+/// pool, none shorter than `min_len` pixels.
+pub(crate) fn ranges_per_image(shape: &Conv2dShape, plane: usize, min_len: usize) -> usize {
+    let want = parallel::pieces(shape.macs(), CONV_PAR_MIN_MACS).max(parallel::num_threads());
+    want.div_ceil(shape.batch.max(1))
+        .min(plane.div_ceil(min_len.max(1)))
+        .max(1)
+}
+
+/// Compute outputs by pixel ranges in parallel, then copy them into place.
+///
+/// `out` holds `batch` images of `rows x plane`. Each image's pixels are cut into `per_image`
+/// ranges; `f(n, p0, len, block)` fills `block`, a row-major `rows x len` staging block, with
+/// image `n`'s outputs for pixels `p0..p0 + len`. A range's outputs are columns of the image, not
+/// a contiguous slice, hence the staging (one extra write per output element).
+pub(crate) fn staged_ranges(
+    out: &mut [f32],
+    batch: usize,
+    rows: usize,
+    plane: usize,
+    per_image: usize,
+    f: impl Fn(usize, usize, usize, &mut [f32]) + Sync,
+) {
+    let span = plane.div_ceil(per_image.max(1)).max(1);
+    let per_image = plane.div_ceil(span);
+    let block = rows * span;
+    let range = |i: usize| {
+        let (n, p0) = (i / per_image, (i % per_image) * span);
+        (n, p0, span.min(plane - p0))
+    };
+    with_staging(batch * per_image * block, |stage| {
+        stage
+            .par_chunks_mut(block)
+            .enumerate()
+            .for_each(|(i, blk)| {
+                let (n, p0, len) = range(i);
+                f(n, p0, len, &mut blk[..rows * len]);
+            });
+        for (i, blk) in stage.chunks_exact(block).enumerate() {
+            let (n, p0, len) = range(i);
+            for (c, row) in blk[..rows * len].chunks_exact(len).enumerate() {
+                let at = (n * rows + c) * plane + p0;
+                out[at..at + len].copy_from_slice(row);
+            }
+        }
+    });
+}
+
+/// Channels per task when work is split into blocks of channels of one image and group: whole
+/// groups when there are enough to keep the pool busy, else the largest divisor of `per_group`
+/// that gives about `want` blocks in all, but (where possible) at least `min_block` channels so
+/// each block's GEMM keeps some height.
+pub(crate) fn channel_block(
+    shape: &Conv2dShape,
+    per_group: usize,
+    min_block: usize,
+    want: usize,
+    par: bool,
+) -> usize {
+    let units = shape.batch * shape.params.groups;
+    if !par || units_balance(units) {
+        return per_group.max(1);
+    }
+    divisor_at_most(per_group, (per_group * units / want.max(1)).max(min_block))
+}
+
+/// Sum `f(items, acc)` over `items` into `dst`: one part per thread when `par`, each accumulating
+/// into its own buffer (the first into `dst`), the partial sums added in a fixed order.
+pub(crate) fn accumulate_in_parts(
+    items: usize,
+    par: bool,
+    dst: &mut [f32],
+    f: impl Fn(Range<usize>, &mut [f32]) + Sync,
+) {
+    let parts = if par {
+        parallel::num_threads().min(items)
+    } else {
+        1
+    };
+    if parts <= 1 {
+        f(0..items, dst);
+        return;
+    }
+    let bound = |p: usize| p * items / parts;
+    let len = dst.len();
+    let ((), partials) = rayon::join(
+        || f(0..bound(1), dst),
+        || {
+            (1..parts)
+                .into_par_iter()
+                .map(|p| {
+                    let mut acc = vec![0.0f32; len];
+                    f(bound(p)..bound(p + 1), &mut acc);
+                    acc
+                })
+                .collect::<Vec<_>>()
+        },
+    );
+    for part in partials {
+        dst.iter_mut().zip(&part).for_each(|(d, v)| *d += v);
+    }
+}
+
+/// `output = conv2d(input, weight)`, then `epilogue`, choosing the path by [`Conv2dShape::path`].
+pub fn forward(
+    shape: &Conv2dShape,
+    input: &[f32],
+    weight: &[f32],
+    output: &mut [f32],
+    epilogue: &[ConvEpilogueOp],
+) {
+    forward_with(shape.path(), shape, input, weight, output, epilogue);
+}
+
+/// [`forward`] through a chosen path (benchmarks and tests compare paths on the same problem).
+/// Panics if `path` cannot run `shape` (pointwise needs 1x1/stride 1/no padding; depthwise one
+/// input channel per group); [`ConvPath::General`] runs anything.
+pub fn forward_with(
+    path: ConvPath,
+    shape: &Conv2dShape,
+    input: &[f32],
+    weight: &[f32],
+    output: &mut [f32],
+    epilogue: &[ConvEpilogueOp],
+) {
+    shape.check(input.len(), weight.len(), output.len());
+    check_epilogue(shape, epilogue);
+    if output.is_empty() {
+        return;
+    }
+    match path {
+        ConvPath::Pointwise => pointwise::forward(shape, input, weight, output, epilogue),
+        ConvPath::Depthwise => depthwise::forward(shape, input, weight, output, epilogue),
+        ConvPath::General => general::forward(shape, input, weight, output, epilogue),
+    }
+}
+
+/// `grad_input = d conv2d / d input` applied to `grad_out` (overwrites `grad_input`).
+pub fn backward_input(
+    shape: &Conv2dShape,
+    grad_out: &[f32],
+    weight: &[f32],
+    grad_input: &mut [f32],
+) {
+    backward_input_with(shape.path(), shape, grad_out, weight, grad_input);
+}
+
+/// [`backward_input`] through a chosen path.
+pub fn backward_input_with(
+    path: ConvPath,
+    shape: &Conv2dShape,
+    grad_out: &[f32],
+    weight: &[f32],
+    grad_input: &mut [f32],
+) {
+    shape.check(grad_input.len(), weight.len(), grad_out.len());
+    if grad_out.is_empty() {
+        grad_input.fill(0.0);
+        return;
+    }
+    match path {
+        ConvPath::Pointwise => pointwise::backward_input(shape, grad_out, weight, grad_input),
+        ConvPath::Depthwise => depthwise::backward_input(shape, grad_out, weight, grad_input),
+        ConvPath::General => general::backward_input(shape, grad_out, weight, grad_input),
+    }
+}
+
+/// `grad_weight = d conv2d / d weight` applied to `grad_out`, summed over the batch (overwrites).
+pub fn backward_weight(
+    shape: &Conv2dShape,
+    input: &[f32],
+    grad_out: &[f32],
+    grad_weight: &mut [f32],
+) {
+    backward_weight_with(shape.path(), shape, input, grad_out, grad_weight);
+}
+
+/// [`backward_weight`] through a chosen path.
+pub fn backward_weight_with(
+    path: ConvPath,
+    shape: &Conv2dShape,
+    input: &[f32],
+    grad_out: &[f32],
+    grad_weight: &mut [f32],
+) {
+    shape.check(input.len(), grad_weight.len(), grad_out.len());
+    grad_weight.fill(0.0);
+    if grad_out.is_empty() {
+        return;
+    }
+    match path {
+        ConvPath::Pointwise => pointwise::backward_weight(shape, input, grad_out, grad_weight),
+        ConvPath::Depthwise => depthwise::backward_weight(shape, input, grad_out, grad_weight),
+        ConvPath::General => general::backward_weight(shape, input, grad_out, grad_weight),
+    }
+}
+
+/// `grad_bias[c] = sum over n, y, x of grad_out[n, c, y, x]` (overwrites).
+pub fn backward_bias(shape: &Conv2dShape, grad_out: &[f32], grad_bias: &mut [f32]) {
+    assert_eq!(
+        grad_out.len(),
+        shape.output_len(),
+        "conv2d: grad_out length"
+    );
+    assert_eq!(
+        grad_bias.len(),
+        shape.out_channels,
+        "conv2d: grad_bias length"
+    );
+    let (oh, ow) = shape.out_hw();
+    let plane = oh * ow;
+    grad_bias.fill(0.0);
+    if plane == 0 {
+        return;
+    }
+    for (i, p) in grad_out.chunks_exact(plane).enumerate() {
+        grad_bias[i % shape.out_channels] += sum(p);
+    }
+}
+
+/// Sum with eight running partial sums (vectorises, and rounds better than one long chain).
+pub(crate) fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Dot product with eight running partial sums.
+pub(crate) fn dot(x: &[f32], y: &[f32]) -> f32 {
+    debug_assert_eq!(x.len(), y.len());
+    let mut acc = [0.0f32; 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let tail: f32 = xc
+        .remainder()
+        .iter()
+        .zip(yc.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    for (a8, b8) in xc.zip(yc) {
+        for i in 0..8 {
+            acc[i] += a8[i] * b8[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// The largest divisor of `n` that is at most `at_most` (at least 1): channel blocks that split a
+/// group evenly.
+pub(crate) fn divisor_at_most(n: usize, at_most: usize) -> usize {
+    (1..=at_most.min(n).max(1))
+        .rev()
+        .find(|d| n % d == 0)
+        .unwrap_or(1)
+}

@@ -1,0 +1,593 @@
+//! Depthwise convolution: one input channel per group, `mult = Cout / Cin` output channels per
+//! input channel (output channel `oc` reads input channel `oc / mult`).
+//!
+//! Forward: each input plane is copied into a scratch plane zero-padded on all sides — the
+//! padding, plus enough zeros on the right that the last (partial) vector of outputs loads without
+//! bounds checks — so every output row uses every kernel tap and no border case remains. Output
+//! rows are computed [`ROWS`] at a time, a vector of columns each, all taps accumulated in
+//! registers: the rows' accumulators are independent chains, which keeps the FMA pipes busy even
+//! on 7-pixel-wide planes. Stride 1 loads are plain unaligned loads, stride 2 loads deinterleave;
+//! other strides use the scalar kernel. A leading bias and a final clamping activation (ReLU,
+//! ReLU6, clamp) are applied in registers; any other epilogue runs on each finished row in L1.
+//!
+//! Backward (direct, scalar loops the compiler vectorises): the input gradient scatters each
+//! output-gradient row through the taps; the weight gradient is dot products of rows.
+
+use super::im2col::{valid_range, Geom};
+use super::scratch::with_scratch;
+use super::{dot, epilogue_row, Conv2dShape, ConvEpilogueOp};
+use crate::activation::Activation;
+use crate::isa::{self, Isa};
+use crate::parallel::{self, CONV_PAR_MIN_MACS};
+
+/// The widest SIMD vector any kernel here uses, in f32 lanes (AVX2).
+const MAX_LANES: usize = 8;
+/// Output rows computed together by the SIMD kernels.
+pub const ROWS: usize = 4;
+
+/// Row length of a padded scratch plane: the left padding plus the input row, and room for the
+/// reads of the last vector of outputs (rounded up to [`MAX_LANES`]; stride-2 loads read one
+/// element past the last one they use).
+pub(crate) fn padded_width(g: &Geom) -> usize {
+    let ow_up = g.ow.div_ceil(MAX_LANES).max(1) * MAX_LANES;
+    let reach = (ow_up - 1) * g.sw + 2 + (g.kw - 1) * g.dw;
+    reach.max(g.pw + g.w)
+}
+
+/// Copy an `h x w` plane into `dst` (rows of `wp`): `top` zero rows, then each input row as `pw`
+/// zeros, the row, zeros; then zero rows to the end of `dst`.
+fn pad_plane(src: &[f32], g: &Geom, wp: usize, top: usize, dst: &mut [f32]) {
+    if dst.len() <= SMALL_PLANE {
+        // One fill then the rows: fewer, larger memory calls beat per-row fills on tiny planes.
+        dst.fill(0.0);
+        for (s, d) in src
+            .chunks_exact(g.w)
+            .zip(dst[top * wp..].chunks_exact_mut(wp))
+        {
+            d[g.pw..g.pw + g.w].copy_from_slice(s);
+        }
+        return;
+    }
+    let (head, rest) = dst.split_at_mut(top * wp);
+    head.fill(0.0);
+    let (body, tail) = rest.split_at_mut(g.h * wp);
+    for (s, d) in src.chunks_exact(g.w).zip(body.chunks_exact_mut(wp)) {
+        d[..g.pw].fill(0.0);
+        d[g.pw..g.pw + g.w].copy_from_slice(s);
+        d[g.pw + g.w..].fill(0.0);
+    }
+    tail.fill(0.0);
+}
+
+/// Padded planes up to this many floats are zeroed whole before the rows are copied in.
+const SMALL_PLANE: usize = 2048;
+
+/// Kernel rows `ky0..ky1` whose input row for output row `oy` lies inside the image.
+#[inline]
+fn kernel_rows(g: &Geom, oy: usize) -> (usize, usize) {
+    valid_range(g.kh, g.h, g.dh, oy * g.sh, g.ph)
+}
+
+/// Output rows of one channel over a fully padded plane: for `r < out.len() / ow`,
+/// `out[r*ow + ox] = clamp(init + sum over ky, kx of
+///     taps[ky*kw + kx] * src[((oy0 + r)*sy + ky*dy)*ld + ox*sx + kx*dx], lo, hi)`.
+#[derive(Clone, Copy, Debug)]
+pub struct PlaneJob<'a> {
+    /// The padded input plane, rows of `ld`.
+    pub src: &'a [f32],
+    pub ld: usize,
+    /// The kernel, `kh x kw`.
+    pub taps: &'a [f32],
+    pub kh: usize,
+    pub kw: usize,
+    /// Strides and dilations (vertical, horizontal).
+    pub sy: usize,
+    pub sx: usize,
+    pub dy: usize,
+    pub dx: usize,
+    /// Starting value (the bias, or 0).
+    pub init: f32,
+    /// Clamp bounds applied at store (infinite for none; NaN passes through).
+    pub lo: f32,
+    pub hi: f32,
+}
+
+impl PlaneJob<'_> {
+    /// Whether every read a SIMD kernel makes for output rows `oy0..oy0 + rows` of `ow` outputs
+    /// (rounded up to [`MAX_LANES`]) lies inside `src`, and the taps cover the kernel.
+    fn reads_in_bounds(&self, oy0: usize, rows: usize, ow: usize) -> bool {
+        if rows == 0 || ow == 0 {
+            return true;
+        }
+        let ow_up = ow.div_ceil(MAX_LANES) * MAX_LANES;
+        let last = ((oy0 + rows - 1) * self.sy + (self.kh - 1) * self.dy) * self.ld
+            + (ow_up - 1) * self.sx
+            + (self.sx - 1)
+            + (self.kw - 1) * self.dx;
+        self.kh >= 1
+            && self.kw >= 1
+            && self.sx >= 1
+            && last < self.src.len()
+            && self.taps.len() >= self.kh * self.kw
+    }
+}
+
+#[inline(always)]
+fn clamp(v: f32, lo: f32, hi: f32) -> f32 {
+    // Comparisons are false for NaN, so NaN passes through (as in the SIMD kernels).
+    if v < lo {
+        lo
+    } else if v > hi {
+        hi
+    } else {
+        v
+    }
+}
+
+/// The scalar reference kernel (any stride): output rows `oy0..` into `out` (rows of `ow`).
+pub fn rows_scalar(job: &PlaneJob, oy0: usize, ow: usize, out: &mut [f32]) {
+    for (r, orow) in out.chunks_exact_mut(ow.max(1)).enumerate() {
+        let oy = oy0 + r;
+        for (ox, o) in orow.iter_mut().enumerate() {
+            let mut acc = job.init;
+            for ky in 0..job.kh {
+                let base = (oy * job.sy + ky * job.dy) * job.ld + ox * job.sx;
+                for kx in 0..job.kw {
+                    acc += job.taps[ky * job.kw + kx] * job.src[base + kx * job.dx];
+                }
+            }
+            *o = clamp(acc, job.lo, job.hi);
+        }
+    }
+}
+
+/// The kernel for `isa` (SIMD for horizontal strides 1 and 2, the scalar reference otherwise):
+/// output rows `oy0..oy0 + out.len() / ow` into `out` (rows of `ow`).
+pub fn rows(isa: Isa, job: &PlaneJob, oy0: usize, ow: usize, out: &mut [f32]) {
+    let nrows = out.len().checked_div(ow).unwrap_or(0);
+    assert_eq!(nrows * ow, out.len(), "depthwise: output is not whole rows");
+    if nrows == 0 {
+        return;
+    }
+    match (isa, job.sx) {
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2Fma, 1 | 2) => {
+            assert!(
+                job.reads_in_bounds(oy0, nrows, ow),
+                "depthwise: reads out of bounds"
+            );
+            // SAFETY: Avx2Fma is only selected when the CPU supports AVX2 and FMA, and the assert
+            // above proves every load of every (rounded-up) output vector of these rows lies
+            // inside `src` and every tap inside `taps`; stores go to whole vectors inside `out`
+            // or to a stack buffer.
+            unsafe {
+                if job.sx == 1 {
+                    avx2::rows::<1>(job, oy0, ow, out)
+                } else {
+                    avx2::rows::<2>(job, oy0, ow, out)
+                }
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        (Isa::Neon, 1 | 2) => {
+            assert!(
+                job.reads_in_bounds(oy0, nrows, ow),
+                "depthwise: reads out of bounds"
+            );
+            // SAFETY: NEON is present on every aarch64 target (isa::detect checked it), and the
+            // assert above proves every load lies inside `src` and `taps`; stores go to whole
+            // vectors inside `out` or to a stack buffer.
+            unsafe {
+                if job.sx == 1 {
+                    neon::rows::<1>(job, oy0, ow, out)
+                } else {
+                    neon::rows::<2>(job, oy0, ow, out)
+                }
+            }
+        }
+        _ => rows_scalar(job, oy0, ow, out),
+    }
+}
+
+/// The SIMD drivers are the same on both ISAs: `R` rows x `NB` vectors of columns per block.
+macro_rules! simd_rows {
+    ($feature:literal, $lanes:expr, $vec:ty, $block:ident, $store:ident) => {
+        /// All the rows: blocks of [`ROWS`](super::ROWS) rows, then the rest together; within them
+        /// `NB` vectors of columns at a time, then one, then a partial vector.
+        /// Caller guarantees `job.reads_in_bounds(oy0, out.len() / ow, ow)`, `ow > 0`.
+        #[target_feature(enable = $feature)]
+        #[inline]
+        unsafe fn drive<const S: usize>(job: &PlaneJob, oy0: usize, ow: usize, out: &mut [f32]) {
+            let nrows = out.len() / ow;
+            let mut r = 0;
+            while r + super::ROWS <= nrows {
+                row_block::<S, { super::ROWS }, 2>(job, oy0 + r, ow, &mut out[r * ow..]);
+                r += super::ROWS;
+            }
+            // The remaining rows together too: independent chains matter most on narrow planes.
+            let rest = &mut out[r * ow..];
+            match nrows - r {
+                3 => row_block::<S, 3, 2>(job, oy0 + r, ow, rest),
+                2 => row_block::<S, 2, 4>(job, oy0 + r, ow, rest),
+                1 => row_block::<S, 1, 4>(job, oy0 + r, ow, rest),
+                _ => {}
+            }
+        }
+
+        /// `R` rows from `oy` (into `out`, rows of `ow`), `NB` vectors wide where possible.
+        #[target_feature(enable = $feature)]
+        #[inline]
+        unsafe fn row_block<const S: usize, const R: usize, const NB: usize>(
+            job: &PlaneJob,
+            oy: usize,
+            ow: usize,
+            out: &mut [f32],
+        ) {
+            let dst = out.as_mut_ptr();
+            let mut ox = 0;
+            while ox + NB * $lanes <= ow {
+                let acc = $block::<S, R, NB>(job, oy, ox);
+                for (r, row) in acc.iter().enumerate() {
+                    for (b, v) in row.iter().enumerate() {
+                        $store(dst.add(r * ow + ox + b * $lanes), *v);
+                    }
+                }
+                ox += NB * $lanes;
+            }
+            while ox < ow {
+                let acc = $block::<S, R, 1>(job, oy, ox);
+                let n = (ow - ox).min($lanes);
+                for (r, row) in acc.iter().enumerate() {
+                    if n == $lanes {
+                        $store(dst.add(r * ow + ox), row[0]);
+                    } else {
+                        let mut tmp = [0.0f32; $lanes];
+                        $store(tmp.as_mut_ptr(), row[0]);
+                        out[r * ow + ox..r * ow + ox + n].copy_from_slice(&tmp[..n]);
+                    }
+                }
+                ox += $lanes;
+            }
+        }
+
+        type Acc<const R: usize, const NB: usize> = [[$vec; NB]; R];
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::PlaneJob;
+    use core::arch::x86_64::*;
+
+    /// Eight outputs' inputs: 8 consecutive floats (stride 1) or the even ones of 16 (stride 2).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn load<const S: usize>(p: *const f32) -> __m256 {
+        if S == 1 {
+            _mm256_loadu_ps(p)
+        } else {
+            let lo = _mm256_loadu_ps(p);
+            let hi = _mm256_loadu_ps(p.add(8));
+            // [lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6], then 64-bit lanes reordered 0,2,1,3.
+            let ev = _mm256_shuffle_ps::<0b10_00_10_00>(lo, hi);
+            _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(ev)))
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn store(p: *mut f32, v: __m256) {
+        _mm256_storeu_ps(p, v)
+    }
+
+    /// `R` rows x `NB` vectors of outputs at `(oy, ox)`, clamped.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn block<const S: usize, const R: usize, const NB: usize>(
+        job: &PlaneJob,
+        oy: usize,
+        ox: usize,
+    ) -> Acc<R, NB> {
+        let mut acc = [[_mm256_set1_ps(job.init); NB]; R];
+        let src = job.src.as_ptr();
+        let row_step = job.sy * job.ld;
+        for ky in 0..job.kh {
+            let base = src.add((oy * job.sy + ky * job.dy) * job.ld + ox * S);
+            let taps = job.taps.as_ptr().add(ky * job.kw);
+            for kx in 0..job.kw {
+                let wv = _mm256_set1_ps(*taps.add(kx));
+                let p = base.add(kx * job.dx);
+                for (r, row) in acc.iter_mut().enumerate() {
+                    for (b, a) in row.iter_mut().enumerate() {
+                        let v = load::<S>(p.add(r * row_step + b * 8 * S));
+                        *a = _mm256_fmadd_ps(wv, v, *a);
+                    }
+                }
+            }
+        }
+        let (lo, hi) = (_mm256_set1_ps(job.lo), _mm256_set1_ps(job.hi));
+        for a in acc.iter_mut().flatten() {
+            // Operand order keeps NaN: max/min return the second operand when either is NaN.
+            *a = _mm256_min_ps(hi, _mm256_max_ps(lo, *a));
+        }
+        acc
+    }
+
+    simd_rows!("avx2,fma", 8, __m256, block, store);
+
+    /// Caller guarantees `job.reads_in_bounds(oy0, out.len() / ow, ow)` and AVX2+FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn rows<const S: usize>(
+        job: &PlaneJob,
+        oy0: usize,
+        ow: usize,
+        out: &mut [f32],
+    ) {
+        drive::<S>(job, oy0, ow, out)
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use super::PlaneJob;
+    use core::arch::aarch64::*;
+
+    /// Four outputs' inputs: 4 consecutive floats (stride 1) or the even ones of 8 (stride 2).
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn load<const S: usize>(p: *const f32) -> float32x4_t {
+        if S == 1 {
+            vld1q_f32(p)
+        } else {
+            vld2q_f32(p).0
+        }
+    }
+
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn store(p: *mut f32, v: float32x4_t) {
+        vst1q_f32(p, v)
+    }
+
+    /// `R` rows x `NB` vectors of outputs at `(oy, ox)`, clamped.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn block<const S: usize, const R: usize, const NB: usize>(
+        job: &PlaneJob,
+        oy: usize,
+        ox: usize,
+    ) -> Acc<R, NB> {
+        let mut acc = [[vdupq_n_f32(job.init); NB]; R];
+        let src = job.src.as_ptr();
+        let row_step = job.sy * job.ld;
+        for ky in 0..job.kh {
+            let base = src.add((oy * job.sy + ky * job.dy) * job.ld + ox * S);
+            let taps = job.taps.as_ptr().add(ky * job.kw);
+            for kx in 0..job.kw {
+                let wv = vdupq_n_f32(*taps.add(kx));
+                let p = base.add(kx * job.dx);
+                for (r, row) in acc.iter_mut().enumerate() {
+                    for (b, a) in row.iter_mut().enumerate() {
+                        let v = load::<S>(p.add(r * row_step + b * 4 * S));
+                        *a = vfmaq_f32(*a, wv, v);
+                    }
+                }
+            }
+        }
+        let (lo, hi) = (vdupq_n_f32(job.lo), vdupq_n_f32(job.hi));
+        for a in acc.iter_mut().flatten() {
+            // FMAX/FMIN propagate NaN.
+            *a = vminq_f32(hi, vmaxq_f32(lo, *a));
+        }
+        acc
+    }
+
+    simd_rows!("neon", 4, float32x4_t, block, store);
+
+    /// Caller guarantees `job.reads_in_bounds(oy0, out.len() / ow, ow)`.
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn rows<const S: usize>(
+        job: &PlaneJob,
+        oy0: usize,
+        ow: usize,
+        out: &mut [f32],
+    ) {
+        drive::<S>(job, oy0, ow, out)
+    }
+}
+
+/// How the epilogue splits between the kernel (leading bias, a final clamping activation) and a
+/// pass over each finished row (everything else, in order).
+struct Plan<'e, 'a> {
+    bias: Option<&'a [f32]>,
+    lo: f32,
+    hi: f32,
+    rest: &'e [ConvEpilogueOp<'a>],
+}
+
+impl<'e, 'a> Plan<'e, 'a> {
+    fn new(epi: &'e [ConvEpilogueOp<'a>]) -> Self {
+        let (bias, rest) = match epi {
+            [ConvEpilogueOp::Bias(b), rest @ ..] => (Some(*b), rest),
+            _ => (None, epi),
+        };
+        match rest {
+            [ConvEpilogueOp::Act(a)] if clamp_bounds(*a).is_some() => {
+                let (lo, hi) = clamp_bounds(*a).unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+                Plan {
+                    bias,
+                    lo,
+                    hi,
+                    rest: &[],
+                }
+            }
+            _ => Plan {
+                bias,
+                lo: f32::NEG_INFINITY,
+                hi: f32::INFINITY,
+                rest,
+            },
+        }
+    }
+}
+
+/// The activations that are a clamp, as `(lo, hi)`.
+fn clamp_bounds(a: Activation) -> Option<(f32, f32)> {
+    match a {
+        Activation::Identity => Some((f32::NEG_INFINITY, f32::INFINITY)),
+        Activation::Relu => Some((0.0, f32::INFINITY)),
+        Activation::Relu6 => Some((0.0, 6.0)),
+        Activation::Clamp { lo, hi } => Some((lo, hi)),
+        _ => None,
+    }
+}
+
+/// Forward (shape has one input channel per group).
+pub fn forward(shape: &Conv2dShape, x: &[f32], w: &[f32], out: &mut [f32], epi: &[ConvEpilogueOp]) {
+    forward_isa(isa::current(), shape, x, w, out, epi);
+}
+
+/// Forward with the kernel of `isa` (tests compare the ISAs).
+pub fn forward_isa(
+    isa: Isa,
+    shape: &Conv2dShape,
+    x: &[f32],
+    w: &[f32],
+    out: &mut [f32],
+    epi: &[ConvEpilogueOp],
+) {
+    assert_eq!(
+        shape.in_per_group(),
+        1,
+        "depthwise: more than one input channel per group"
+    );
+    let g = Geom::new(shape);
+    let cin = shape.in_channels;
+    let mult = shape.out_channels / cin;
+    let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
+    let khw = g.kh * g.kw;
+    let wp = padded_width(&g);
+    let hp = g.h + 2 * g.ph;
+    let plan = Plan::new(epi);
+    let par = parallel::worth_splitting(shape.macs(), CONV_PAR_MIN_MACS);
+    // One task per (image, input channel): its `mult` output planes are contiguous.
+    parallel::for_each_chunk_mut(out, mult * plane_out, par, |i, o| {
+        let n = i / cin;
+        with_scratch(hp * wp, |pad| {
+            pad_plane(&x[i * plane_in..(i + 1) * plane_in], &g, wp, g.ph, pad);
+            for (j, oplane) in o.chunks_exact_mut(plane_out).enumerate() {
+                let oc = (i % cin) * mult + j;
+                let job = PlaneJob {
+                    src: pad,
+                    ld: wp,
+                    taps: &w[oc * khw..(oc + 1) * khw],
+                    kh: g.kh,
+                    kw: g.kw,
+                    sy: g.sh,
+                    sx: g.sw,
+                    dy: g.dh,
+                    dx: g.dw,
+                    init: plan.bias.map_or(0.0, |b| b[oc]),
+                    lo: plan.lo,
+                    hi: plan.hi,
+                };
+                rows(isa, &job, 0, g.ow, oplane);
+                if !plan.rest.is_empty() {
+                    let at = (n * shape.out_channels + oc) * plane_out;
+                    for (oy, orow) in oplane.chunks_exact_mut(g.ow).enumerate() {
+                        epilogue_row(plan.rest, orow, oc, at + oy * g.ow);
+                    }
+                }
+            }
+        })
+    });
+}
+
+/// Input gradient (overwrites `dx`): each output gradient row is scattered
+/// through the taps into a padded accumulation plane, whose interior is then copied out.
+pub fn backward_input(shape: &Conv2dShape, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+    let g = Geom::new(shape);
+    let (cin, cout) = (shape.in_channels, shape.out_channels);
+    let mult = cout / cin;
+    let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
+    let khw = g.kh * g.kw;
+    let wp = padded_width(&g);
+    let par = parallel::worth_splitting(shape.macs(), CONV_PAR_MIN_MACS);
+    parallel::for_each_chunk_mut(dx, plane_in, par, |i, dxp| {
+        let (n, c) = (i / cin, i % cin);
+        with_scratch(g.h * wp, |acc| {
+            acc.fill(0.0);
+            for j in 0..mult {
+                let oc = c * mult + j;
+                let taps = &w[oc * khw..(oc + 1) * khw];
+                let dyp = &dy[(n * cout + oc) * plane_out..][..plane_out];
+                for (oy, dyrow) in dyp.chunks_exact(g.ow).enumerate() {
+                    let (ky0, ky1) = kernel_rows(&g, oy);
+                    for ky in ky0..ky1 {
+                        let iy = oy * g.sh + ky * g.dh - g.ph;
+                        let arow = &mut acc[iy * wp..(iy + 1) * wp];
+                        for kx in 0..g.kw {
+                            let t = taps[ky * g.kw + kx];
+                            let off = kx * g.dw;
+                            if g.sw == 1 {
+                                for (a, &d) in arow[off..off + g.ow].iter_mut().zip(dyrow) {
+                                    *a += t * d;
+                                }
+                            } else {
+                                for (ox, &d) in dyrow.iter().enumerate() {
+                                    arow[off + ox * g.sw] += t * d;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for (d, a) in dxp.chunks_exact_mut(g.w).zip(acc.chunks_exact(wp)) {
+                d.copy_from_slice(&a[g.pw..g.pw + g.w]);
+            }
+        })
+    });
+}
+
+/// Weight gradient (into `dw`, zeroed by the caller): per input channel (owning its `mult`
+/// kernels), dot products of output-gradient rows with padded input rows, over the batch.
+pub fn backward_weight(shape: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    let g = Geom::new(shape);
+    let (cin, cout) = (shape.in_channels, shape.out_channels);
+    let mult = cout / cin;
+    let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
+    let khw = g.kh * g.kw;
+    let wp = padded_width(&g);
+    let par = parallel::worth_splitting(shape.macs(), CONV_PAR_MIN_MACS);
+    parallel::for_each_chunk_mut(dw, mult * khw, par, |c, dwc| {
+        with_scratch(g.h * wp, |pad| {
+            for n in 0..shape.batch {
+                pad_plane(&x[(n * cin + c) * plane_in..][..plane_in], &g, wp, 0, pad);
+                for j in 0..mult {
+                    let oc = c * mult + j;
+                    let dyp = &dy[(n * cout + oc) * plane_out..][..plane_out];
+                    let dwk = &mut dwc[j * khw..(j + 1) * khw];
+                    for (oy, dyrow) in dyp.chunks_exact(g.ow).enumerate() {
+                        let (ky0, ky1) = kernel_rows(&g, oy);
+                        for ky in ky0..ky1 {
+                            let iy = oy * g.sh + ky * g.dh - g.ph;
+                            let prow = &pad[iy * wp..(iy + 1) * wp];
+                            for kx in 0..g.kw {
+                                let off = kx * g.dw;
+                                dwk[ky * g.kw + kx] += if g.sw == 1 {
+                                    dot(&prow[off..off + g.ow], dyrow)
+                                } else {
+                                    dyrow
+                                        .iter()
+                                        .enumerate()
+                                        .map(|(ox, &d)| d * prow[off + ox * g.sw])
+                                        .sum::<f32>()
+                                };
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    });
+}

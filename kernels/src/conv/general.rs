@@ -1,0 +1,459 @@
+//! The general path: tiled im2col + GEMM, for any kernel size, stride, padding, dilation and
+//! groups.
+//!
+//! Forward: build the patch matrix `[Cin_g*kh*kw x P]` of a tile of `P` output pixels and multiply
+//! `W_g[Cout_g x Cin_g*kh*kw]` by it. Backward input: `W_g^T @ dY_tile`, then col2im scatter-adds
+//! the columns into the input gradient. Backward weight: `dY_tile @ patches^T`, accumulated over
+//! tiles and images.
+//!
+//! Each GEMM call repacks the whole weight matrix, so a tile must cover enough pixels to amortise
+//! that; the patch matrix must also stay bounded. [`Tiling`] picks, per shape, either tiles of
+//! pixels within an image (large planes) or several whole images side by side (small planes, where
+//! one image alone would give a GEMM too narrow to be efficient).
+
+use super::im2col::{col2im_tile, im2col_tile, Geom};
+use super::scratch::with_scratch;
+use super::{
+    accumulate_in_parts, channel_block, epilogue_row, ranges_per_image, staged_ranges,
+    units_balance, with_gemm_epilogue, Conv2dShape, ConvEpilogueOp,
+};
+use crate::gemm::{gemm, MatMut, MatRef};
+use crate::parallel::{self, CONV_PAR_MIN_MACS};
+
+/// Target bytes of patch matrix per GEMM call: the tile lives in L2 between im2col and the GEMM.
+pub const TILE_BYTES: usize = 256 * 1024;
+/// Fewest output pixels per GEMM call whatever the patch length: below this, repacking the
+/// weights for every call costs more than the bounded buffer saves.
+pub const MIN_TILE_PIXELS: usize = 128;
+
+/// How the output pixels of a batch are grouped into GEMM calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tiling {
+    /// Runs of this many consecutive output pixels within one image (the last run shorter).
+    Pixels(usize),
+    /// This many whole images per call, their patch matrices side by side.
+    Images(usize),
+}
+
+/// The tiling for `shape`: [`TILE_BYTES`] of patches, at least [`MIN_TILE_PIXELS`] pixels; whole
+/// images when two or more fit, pixel runs otherwise.
+pub fn tiling(shape: &Conv2dShape) -> Tiling {
+    let (oh, ow) = shape.out_hw();
+    let plane = (oh * ow).max(1);
+    let target = (TILE_BYTES / 4 / shape.patch_len().max(1)).max(MIN_TILE_PIXELS);
+    if shape.batch > 1 && 2 * plane <= target {
+        // Keep at least one task per thread when the work is worth splitting.
+        let tasks = if parallel::worth_splitting(shape.macs(), CONV_PAR_MIN_MACS) {
+            parallel::num_threads()
+        } else {
+            1
+        };
+        Tiling::Images((target / plane).min(shape.batch.div_ceil(tasks)).max(1))
+    } else {
+        // Multiple of 8 for the GEMM's column panels, unless the plane is smaller.
+        let t = if target >= 16 { target / 8 * 8 } else { target };
+        Tiling::Pixels(t.min(plane))
+    }
+}
+
+/// `(start, len)` of consecutive runs of `tile` covering `start..end`.
+fn runs(start: usize, end: usize, tile: usize) -> impl Iterator<Item = (usize, usize)> {
+    (start..end)
+        .step_by(tile.max(1))
+        .map(move |p| (p, tile.min(end - p)))
+}
+
+/// Dimensions shared by the three products.
+struct Dims {
+    g: Geom,
+    plane_in: usize,
+    plane_out: usize,
+    cin: usize,
+    cout: usize,
+    cin_g: usize,
+    cout_g: usize,
+    groups: usize,
+    k: usize,
+}
+
+impl Dims {
+    fn new(s: &Conv2dShape) -> Dims {
+        let g = Geom::new(s);
+        Dims {
+            g,
+            plane_in: g.h * g.w,
+            plane_out: g.oh * g.ow,
+            cin: s.in_channels,
+            cout: s.out_channels,
+            cin_g: s.in_per_group(),
+            cout_g: s.out_per_group(),
+            groups: s.params.groups,
+            k: s.patch_len(),
+        }
+    }
+
+    /// Group `gi`'s weights as the row-major `[Cout_g x K]` matrix.
+    fn weights<'a>(&self, w: &'a [f32], gi: usize) -> MatRef<'a> {
+        MatRef::row_major(
+            &w[gi * self.cout_g * self.k..(gi + 1) * self.cout_g * self.k],
+            self.cout_g,
+            self.k,
+        )
+    }
+
+    /// im2col of `mm` whole images from `n0`, group `gi`, side by side in `cols` (`K x mm*plane`).
+    fn images_to_cols(&self, x: &[f32], n0: usize, mm: usize, gi: usize, cols: &mut [f32]) {
+        let ld = mm * self.plane_out;
+        for j in 0..mm {
+            let xg = &x[((n0 + j) * self.cin + gi * self.cin_g) * self.plane_in..];
+            let dst = &mut cols[j * self.plane_out..];
+            im2col_tile(&self.g, xg, self.cin_g, 0, self.plane_out, dst, ld);
+        }
+    }
+
+    /// Copy group `gi`'s output gradient of `mm` images from `n0` into `buf` (`Cout_g x mm*plane`).
+    fn gather_images(&self, dy: &[f32], n0: usize, mm: usize, gi: usize, buf: &mut [f32]) {
+        let (plane, ld) = (self.plane_out, mm * self.plane_out);
+        for j in 0..mm {
+            for c in 0..self.cout_g {
+                let src = (n0 + j) * self.cout * plane + (gi * self.cout_g + c) * plane;
+                buf[c * ld + j * plane..][..plane].copy_from_slice(&dy[src..src + plane]);
+            }
+        }
+    }
+}
+
+/// Forward with the default tiling.
+pub fn forward(shape: &Conv2dShape, x: &[f32], w: &[f32], out: &mut [f32], epi: &[ConvEpilogueOp]) {
+    forward_tiled(shape, tiling(shape), x, w, out, epi);
+}
+
+/// Forward with a given tiling.
+pub fn forward_tiled(
+    shape: &Conv2dShape,
+    tiling: Tiling,
+    x: &[f32],
+    w: &[f32],
+    out: &mut [f32],
+    epi: &[ConvEpilogueOp],
+) {
+    let d = Dims::new(shape);
+    let par = parallel::worth_splitting(shape.macs(), CONV_PAR_MIN_MACS);
+    let img_out = d.cout * d.plane_out;
+    match tiling {
+        Tiling::Images(m) => {
+            let m = m.max(1);
+            parallel::for_each_chunk_mut(out, m * img_out, par, |ci, o| {
+                let (n0, mm) = (ci * m, o.len() / img_out);
+                let ld = mm * d.plane_out;
+                with_scratch((d.k + d.cout) * ld, |buf| {
+                    let (cols, cbuf) = buf.split_at_mut(d.k * ld);
+                    for gi in 0..d.groups {
+                        d.images_to_cols(x, n0, mm, gi, cols);
+                        let rows = &mut cbuf[gi * d.cout_g * ld..(gi + 1) * d.cout_g * ld];
+                        gemm(
+                            d.weights(w, gi),
+                            MatRef::row_major(cols, d.k, ld),
+                            0.0,
+                            MatMut::row_major(rows, d.cout_g, ld),
+                            &[],
+                        );
+                    }
+                    // Into place, image by image, with the epilogue on each row.
+                    for j in 0..mm {
+                        for c in 0..d.cout {
+                            let row = &mut o[(j * d.cout + c) * d.plane_out..][..d.plane_out];
+                            row.copy_from_slice(&cbuf[c * ld + j * d.plane_out..][..d.plane_out]);
+                            epilogue_row(epi, row, c, ((n0 + j) * d.cout + c) * d.plane_out);
+                        }
+                    }
+                })
+            });
+        }
+        Tiling::Pixels(tile) => forward_pixel_tiles(shape, &d, tile, par, x, w, out, epi),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn forward_pixel_tiles(
+    shape: &Conv2dShape,
+    d: &Dims,
+    tile: usize,
+    par: bool,
+    x: &[f32],
+    w: &[f32],
+    out: &mut [f32],
+    epi: &[ConvEpilogueOp],
+) {
+    let (plane_out, k) = (d.plane_out, d.k);
+    let img_in = d.cin * d.plane_in;
+    let img_out = d.cout * plane_out;
+    let tile = tile.clamp(1, plane_out.max(1));
+
+    // Pixels p0..p0+len of image n into `dst` (channel c at dst[c * ld..], the run's first pixel
+    // at column 0), using `cols` for the patches.
+    let run_tile =
+        |n: usize, p0: usize, len: usize, dst: &mut [f32], ld: usize, cols: &mut [f32]| {
+            for gi in 0..d.groups {
+                let xg = &x[n * img_in + gi * d.cin_g * d.plane_in..];
+                im2col_tile(&d.g, xg, d.cin_g, p0, len, cols, len);
+                let c = MatMut {
+                    data: &mut dst[gi * d.cout_g * ld..],
+                    rows: d.cout_g,
+                    cols: len,
+                    row_stride: ld,
+                };
+                let (c0, rows) = (gi * d.cout_g, d.cout_g);
+                with_gemm_epilogue(shape, epi, n, c0, rows, p0, len, |e| {
+                    gemm(
+                        d.weights(w, gi),
+                        MatRef::row_major(&cols[..k * len], k, len),
+                        0.0,
+                        c,
+                        e,
+                    )
+                });
+            }
+        };
+
+    if !par || units_balance(shape.batch) {
+        // Whole images per task (or everything on this thread): tiles write in place.
+        parallel::for_each_chunk_mut(out, img_out, par, |n, o| {
+            with_scratch(k * tile, |cols| {
+                for (p0, len) in runs(0, plane_out, tile) {
+                    run_tile(n, p0, len, &mut o[p0..], plane_out, cols);
+                }
+            })
+        });
+        return;
+    }
+    let per_image = ranges_per_image(shape, plane_out, tile);
+    let threads = parallel::num_threads();
+    if shape.batch * per_image >= threads {
+        // Few images: pixel ranges of at least one tile each.
+        staged_ranges(
+            out,
+            shape.batch,
+            d.cout,
+            plane_out,
+            per_image,
+            |n, p0, len, blk| {
+                with_scratch(k * tile.min(len), |cols| {
+                    for (q0, qlen) in runs(p0, p0 + len, tile) {
+                        run_tile(n, q0, qlen, &mut blk[q0 - p0..], len, cols);
+                    }
+                })
+            },
+        );
+        return;
+    }
+    // Few images with small planes: blocks of output channels, each task multiplying its rows
+    // of the weights by its own copy of the (small) patch matrix; one block per thread, as each
+    // block repeats the im2col.
+    let cb = channel_block(shape, d.cout_g, 16, threads, par);
+    parallel::for_each_chunk_mut(out, cb * plane_out, par, |i, o| {
+        let (n, c) = (i * cb / d.cout, i * cb % d.cout);
+        let gi = c / d.cout_g;
+        let wb = MatRef::row_major(&w[c * k..(c + cb) * k], cb, k);
+        with_scratch(k * tile, |cols| {
+            for (p0, len) in runs(0, plane_out, tile) {
+                let xg = &x[n * img_in + gi * d.cin_g * d.plane_in..];
+                im2col_tile(&d.g, xg, d.cin_g, p0, len, cols, len);
+                let dst = MatMut {
+                    data: &mut o[p0..],
+                    rows: cb,
+                    cols: len,
+                    row_stride: plane_out,
+                };
+                with_gemm_epilogue(shape, epi, n, c, cb, p0, len, |e| {
+                    gemm(wb, MatRef::row_major(&cols[..k * len], k, len), 0.0, dst, e)
+                });
+            }
+        })
+    });
+}
+
+/// Input gradient with the default tiling.
+pub fn backward_input(shape: &Conv2dShape, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+    backward_input_tiled(shape, tiling(shape), dy, w, dx);
+}
+
+/// Input gradient (overwrites `dx`) with a given tiling.
+///
+/// Tasks own disjoint blocks of `dx` (whole images, or blocks of input channels of one image when
+/// there are too few images), so the col2im scatter-adds never race.
+pub fn backward_input_tiled(
+    shape: &Conv2dShape,
+    tiling: Tiling,
+    dy: &[f32],
+    w: &[f32],
+    dx: &mut [f32],
+) {
+    let d = Dims::new(shape);
+    let (plane_in, plane_out, k) = (d.plane_in, d.plane_out, d.k);
+    let khw = d.g.kh * d.g.kw;
+    let par = parallel::worth_splitting(shape.macs(), CONV_PAR_MIN_MACS);
+    // Rows `c0 * khw..` (`rows` of them) of W_g^T: columns of the row-major [Cout_g x K] weights.
+    let wt = |gi: usize, c0: usize, rows: usize| MatRef {
+        data: &w[gi * d.cout_g * k + c0 * khw..],
+        rows,
+        cols: d.cout_g,
+        row_stride: 1,
+        col_stride: k,
+    };
+
+    match tiling {
+        Tiling::Images(m) => {
+            let m = m.max(1);
+            let img_in = d.cin * plane_in;
+            parallel::for_each_chunk_mut(dx, m * img_in, par, |ci, dxc| {
+                dxc.fill(0.0);
+                let (n0, mm) = (ci * m, dxc.len() / img_in);
+                let ld = mm * plane_out;
+                with_scratch((k + d.cout_g) * ld, |buf| {
+                    let (cols, dyb) = buf.split_at_mut(k * ld);
+                    for gi in 0..d.groups {
+                        d.gather_images(dy, n0, mm, gi, dyb);
+                        gemm(
+                            wt(gi, 0, k),
+                            MatRef::row_major(dyb, d.cout_g, ld),
+                            0.0,
+                            MatMut::row_major(cols, k, ld),
+                            &[],
+                        );
+                        for j in 0..mm {
+                            let dxg = &mut dxc[j * img_in + gi * d.cin_g * plane_in..];
+                            col2im_tile(
+                                &d.g,
+                                &cols[j * plane_out..],
+                                ld,
+                                d.cin_g,
+                                0,
+                                plane_out,
+                                dxg,
+                            );
+                        }
+                    }
+                })
+            });
+        }
+        Tiling::Pixels(tile) => {
+            let tile = tile.clamp(1, plane_out.max(1));
+            // Blocks of at least 32 GEMM rows (channels x taps).
+            let want = parallel::pieces(shape.macs(), CONV_PAR_MIN_MACS);
+            let cb = channel_block(shape, d.cin_g, 32usize.div_ceil(khw), want, par);
+            parallel::for_each_chunk_mut(dx, cb * plane_in, par, |i, dxc| {
+                dxc.fill(0.0);
+                let (n, c) = (i * cb / d.cin, i * cb % d.cin);
+                let (gi, c0) = (c / d.cin_g, c % d.cin_g);
+                with_scratch(cb * khw * tile, |cols| {
+                    for (p0, len) in runs(0, plane_out, tile) {
+                        let cols = &mut cols[..cb * khw * len];
+                        let dyt = MatRef {
+                            data: &dy[(n * d.cout + gi * d.cout_g) * plane_out + p0..],
+                            rows: d.cout_g,
+                            cols: len,
+                            row_stride: plane_out,
+                            col_stride: 1,
+                        };
+                        gemm(
+                            wt(gi, c0, cb * khw),
+                            dyt,
+                            0.0,
+                            MatMut::row_major(cols, cb * khw, len),
+                            &[],
+                        );
+                        col2im_tile(&d.g, cols, len, cb, p0, len, dxc);
+                    }
+                })
+            });
+        }
+    }
+}
+
+/// Weight gradient with the default tiling.
+pub fn backward_weight(shape: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    backward_weight_tiled(shape, tiling(shape), x, dy, dw);
+}
+
+/// Weight gradient (accumulated into `dw`, which the caller zeroed) with a given tiling:
+/// `dW_g += dY_g[:, tile] @ patches^T` over every tile of every image.
+pub fn backward_weight_tiled(
+    shape: &Conv2dShape,
+    tiling: Tiling,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+) {
+    let d = Dims::new(shape);
+    let (plane_out, k) = (d.plane_out, d.k);
+    let par = parallel::worth_splitting(shape.macs(), CONV_PAR_MIN_MACS);
+
+    match tiling {
+        Tiling::Images(m) => {
+            let m = m.max(1);
+            let chunks = shape.batch.div_ceil(m);
+            accumulate_in_parts(chunks, par, dw, |items, acc| {
+                let ld = m * plane_out;
+                with_scratch((k + d.cout_g) * ld, |buf| {
+                    for ci in items {
+                        let (n0, mm) = (ci * m, m.min(shape.batch - ci * m));
+                        let ld = mm * plane_out;
+                        let (cols, dyb) = buf.split_at_mut(k * ld);
+                        for gi in 0..d.groups {
+                            d.images_to_cols(x, n0, mm, gi, cols);
+                            d.gather_images(dy, n0, mm, gi, dyb);
+                            gemm(
+                                MatRef::row_major(&dyb[..d.cout_g * ld], d.cout_g, ld),
+                                MatRef::row_major(&cols[..k * ld], k, ld).t(),
+                                1.0,
+                                MatMut::row_major(
+                                    &mut acc[gi * d.cout_g * k..(gi + 1) * d.cout_g * k],
+                                    d.cout_g,
+                                    k,
+                                ),
+                                &[],
+                            );
+                        }
+                    }
+                })
+            });
+        }
+        Tiling::Pixels(tile) => {
+            let tile = tile.clamp(1, plane_out.max(1));
+            let ntiles = plane_out.div_ceil(tile);
+            accumulate_in_parts(shape.batch * ntiles, par, dw, |items, acc| {
+                with_scratch(k * tile, |cols| {
+                    for item in items {
+                        let (n, t) = (item / ntiles, item % ntiles);
+                        let p0 = t * tile;
+                        let len = tile.min(plane_out - p0);
+                        let cols = &mut cols[..k * len];
+                        for gi in 0..d.groups {
+                            let xg = &x[(n * d.cin + gi * d.cin_g) * d.plane_in..];
+                            im2col_tile(&d.g, xg, d.cin_g, p0, len, cols, len);
+                            let dyt = MatRef {
+                                data: &dy[(n * d.cout + gi * d.cout_g) * plane_out + p0..],
+                                rows: d.cout_g,
+                                cols: len,
+                                row_stride: plane_out,
+                                col_stride: 1,
+                            };
+                            gemm(
+                                dyt,
+                                MatRef::row_major(cols, k, len).t(),
+                                1.0,
+                                MatMut::row_major(
+                                    &mut acc[gi * d.cout_g * k..(gi + 1) * d.cout_g * k],
+                                    d.cout_g,
+                                    k,
+                                ),
+                                &[],
+                            );
+                        }
+                    }
+                })
+            });
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Tiled im2col and its adjoint, col2im.
+//!
+//! A tile is a run of consecutive output pixels `p0..p0 + len` (row-major over `OH x OW`, so it
+//! may start and end mid-row). Its patch matrix has one row per (input channel, ky, kx) and one
+//! column per pixel: `cols[r][q]` is the input value under tap r for pixel `p0 + q` (zero in the
+//! padding). Rows are built one output-row segment at a time, so stride 1 is a `memcpy`.
+
+use super::Conv2dShape;
+
+/// The spatial geometry of a convolution, unpacked.
+#[derive(Clone, Copy, Debug)]
+pub struct Geom {
+    pub h: usize,
+    pub w: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    pub ph: usize,
+    pub pw: usize,
+    pub dh: usize,
+    pub dw: usize,
+}
+
+impl Geom {
+    pub fn new(s: &Conv2dShape) -> Geom {
+        let (oh, ow) = s.out_hw();
+        let p = &s.params;
+        Geom {
+            h: s.in_h,
+            w: s.in_w,
+            oh,
+            ow,
+            kh: s.kernel_h,
+            kw: s.kernel_w,
+            sh: p.stride.0,
+            sw: p.stride.1,
+            ph: p.padding.0,
+            pw: p.padding.1,
+            dh: p.dilation.0,
+            dw: p.dilation.1,
+        }
+    }
+
+    /// Output columns whose input column for kernel column `kx` lies inside the image.
+    #[inline]
+    pub fn cols_inside(&self, kx: usize) -> (usize, usize) {
+        valid_range(self.ow, self.w, self.sw, kx * self.dw, self.pw)
+    }
+
+    /// Output rows whose input row for kernel row `ky` lies inside the image.
+    #[inline]
+    pub fn rows_inside(&self, ky: usize) -> (usize, usize) {
+        valid_range(self.oh, self.h, self.sh, ky * self.dh, self.ph)
+    }
+}
+
+/// The outputs `o` in `0..out_len` whose input index `o * stride + offset - pad` lies in
+/// `0..in_len`: the range `lo..hi` (empty, `lo == hi`, when none do).
+#[inline]
+pub fn valid_range(
+    out_len: usize,
+    in_len: usize,
+    stride: usize,
+    offset: usize,
+    pad: usize,
+) -> (usize, usize) {
+    let lo = if pad > offset {
+        (pad - offset).div_ceil(stride)
+    } else {
+        0
+    };
+    let hi = if in_len + pad > offset {
+        ((in_len + pad - offset - 1) / stride + 1).min(out_len)
+    } else {
+        0
+    };
+    (lo.min(hi), hi)
+}
+
+/// Call `f(q, n, inside)` for each output-row segment of the tile `p0..p0 + len` for tap
+/// `(ky, kx)`: `q..q + n` are the segment's tile columns; `inside` is `None` when the segment's
+/// input row is padding, else `Some((a, b, src))`: tile columns `q + a..q + b` read the input
+/// plane from index `src` on, stepping by the stride.
+#[inline]
+fn segments(
+    g: &Geom,
+    ky: usize,
+    kx: usize,
+    p0: usize,
+    len: usize,
+    mut f: impl FnMut(usize, usize, Option<(usize, usize, usize)>),
+) {
+    let (ylo, yhi) = g.rows_inside(ky);
+    let (xlo, xhi) = g.cols_inside(kx);
+    let mut q = 0;
+    while q < len {
+        let p = p0 + q;
+        let (oy, ox0) = (p / g.ow, p % g.ow);
+        let n = (g.ow - ox0).min(len - q);
+        let a = xlo.clamp(ox0, ox0 + n);
+        let b = xhi.clamp(ox0, ox0 + n);
+        if oy < ylo || oy >= yhi || a >= b {
+            f(q, n, None);
+        } else {
+            // In range by construction: oy in ylo..yhi and a in xlo..xhi.
+            let iy = oy * g.sh + ky * g.dh - g.ph;
+            let ix = a * g.sw + kx * g.dw - g.pw;
+            f(q, n, Some((a - ox0, b - ox0, iy * g.w + ix)));
+        }
+        q += n;
+    }
+}
+
+/// Fill `channels * kh * kw` rows of `cols` (row `r` at `cols[r * ld..]`, `len` floats) with the
+/// patches of output pixels `p0..p0 + len`, reading `channels` input planes of `h * w` from `x`.
+pub fn im2col_tile(
+    g: &Geom,
+    x: &[f32],
+    channels: usize,
+    p0: usize,
+    len: usize,
+    cols: &mut [f32],
+    ld: usize,
+) {
+    let plane = g.h * g.w;
+    let nrows = channels * g.kh * g.kw;
+    assert!(x.len() >= channels * plane, "im2col: input too short");
+    assert!(ld >= len, "im2col: rows overlap");
+    assert!(
+        nrows == 0 || cols.len() >= (nrows - 1) * ld + len,
+        "im2col: tile too short"
+    );
+    assert!(p0 + len <= g.oh * g.ow, "im2col: tile past the output");
+    let mut r = 0;
+    for c in 0..channels {
+        let src = &x[c * plane..(c + 1) * plane];
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let row = &mut cols[r * ld..r * ld + len];
+                r += 1;
+                segments(g, ky, kx, p0, len, |q, n, inside| {
+                    let seg = &mut row[q..q + n];
+                    match inside {
+                        None => seg.fill(0.0),
+                        Some((a, b, s)) => {
+                            seg[..a].fill(0.0);
+                            seg[b..].fill(0.0);
+                            let dst = &mut seg[a..b];
+                            if g.sw == 1 {
+                                dst.copy_from_slice(&src[s..s + dst.len()]);
+                            } else {
+                                for (i, d) in dst.iter_mut().enumerate() {
+                                    *d = src[s + i * g.sw];
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col_tile`]: add each element of `cols` (row `r` at `cols[r * ld..]`) into
+/// the input position it was read from (padding positions are dropped), accumulating into
+/// `channels` planes of `dx`.
+pub fn col2im_tile(
+    g: &Geom,
+    cols: &[f32],
+    ld: usize,
+    channels: usize,
+    p0: usize,
+    len: usize,
+    dx: &mut [f32],
+) {
+    let plane = g.h * g.w;
+    let nrows = channels * g.kh * g.kw;
+    assert!(dx.len() >= channels * plane, "col2im: output too short");
+    assert!(ld >= len, "col2im: rows overlap");
+    assert!(
+        nrows == 0 || cols.len() >= (nrows - 1) * ld + len,
+        "col2im: tile too short"
+    );
+    assert!(p0 + len <= g.oh * g.ow, "col2im: tile past the output");
+    let mut r = 0;
+    for c in 0..channels {
+        let dst = &mut dx[c * plane..(c + 1) * plane];
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let row = &cols[r * ld..r * ld + len];
+                r += 1;
+                segments(g, ky, kx, p0, len, |q, _, inside| {
+                    if let Some((a, b, s)) = inside {
+                        let src = &row[q + a..q + b];
+                        if g.sw == 1 {
+                            for (d, v) in dst[s..s + src.len()].iter_mut().zip(src) {
+                                *d += v;
+                            }
+                        } else {
+                            for (i, v) in src.iter().enumerate() {
+                                dst[s + i * g.sw] += v;
+                            }
+                        }
+                    }
+                });
+            }
+        }
+    }
+}

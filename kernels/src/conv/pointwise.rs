@@ -1,0 +1,198 @@
+//! 1x1 convolution with stride 1 and no padding: the input plane already is the patch matrix, so
+//! each image and group is one GEMM `W_g[Cout_g x Cin_g] @ X_g[Cin_g x H*W]` with no copy.
+//!
+//! Parallel split: whole (image, group) products when there are enough of them; otherwise pixel
+//! ranges (column blocks of X, read in place through strided views) with every output channel
+//! per task; only when planes are too small for ranges, blocks of at least 16 output channels
+//! (each task repacks X, which is then small).
+
+use super::{
+    accumulate_in_parts, channel_block, ranges_per_image, staged_ranges, units_balance,
+    with_gemm_epilogue, Conv2dShape, ConvEpilogueOp,
+};
+use crate::gemm::{gemm, MatMut, MatRef};
+use crate::parallel::{self, CONV_PAR_MIN_MACS};
+
+/// Fewest pixels per parallel range.
+const MIN_RANGE: usize = 256;
+
+/// Columns `p0..p0 + len` of the `rows x plane` matrix at `data[start..]`.
+fn columns(
+    data: &[f32],
+    start: usize,
+    rows: usize,
+    plane: usize,
+    p0: usize,
+    len: usize,
+) -> MatRef<'_> {
+    MatRef {
+        data: &data[start + p0..],
+        rows,
+        cols: len,
+        row_stride: plane,
+        col_stride: 1,
+    }
+}
+
+/// Forward.
+pub fn forward(shape: &Conv2dShape, x: &[f32], w: &[f32], out: &mut [f32], epi: &[ConvEpilogueOp]) {
+    let plane = shape.in_h * shape.in_w;
+    let (cin_g, cout_g, groups) = (
+        shape.in_per_group(),
+        shape.out_per_group(),
+        shape.params.groups,
+    );
+    let cin = shape.in_channels;
+    let wg = |gi: usize| {
+        MatRef::row_major(
+            &w[gi * cout_g * cin_g..(gi + 1) * cout_g * cin_g],
+            cout_g,
+            cin_g,
+        )
+    };
+    // Image n, group gi, pixels p0..p0+len into `dst` (rows of `ld`).
+    let run = |n: usize, gi: usize, p0: usize, len: usize, dst: &mut [f32], ld: usize| {
+        let xg = columns(x, (n * cin + gi * cin_g) * plane, cin_g, plane, p0, len);
+        let c = MatMut {
+            data: dst,
+            rows: cout_g,
+            cols: len,
+            row_stride: ld,
+        };
+        with_gemm_epilogue(shape, epi, n, gi * cout_g, cout_g, p0, len, |e| {
+            gemm(wg(gi), xg, 0.0, c, e)
+        });
+    };
+    let par = parallel::worth_splitting(shape.macs(), CONV_PAR_MIN_MACS);
+    if !par || units_balance(shape.batch * groups) {
+        parallel::for_each_chunk_mut(out, cout_g * plane, par, |i, o| {
+            run(i / groups, i % groups, 0, plane, o, plane)
+        });
+        return;
+    }
+    let per_image = ranges_per_image(shape, plane, MIN_RANGE);
+    let threads = parallel::num_threads();
+    if shape.batch * per_image >= threads {
+        staged_ranges(
+            out,
+            shape.batch,
+            shape.out_channels,
+            plane,
+            per_image,
+            |n, p0, len, blk| {
+                for gi in 0..groups {
+                    run(n, gi, p0, len, &mut blk[gi * cout_g * len..], len);
+                }
+            },
+        );
+        return;
+    }
+    // Small planes: blocks of output channels (each task packs the small X for itself).
+    let cb = channel_block(shape, cout_g, 16, threads, par);
+    parallel::for_each_chunk_mut(out, cb * plane, par, |i, o| {
+        let (n, c) = (i * cb / shape.out_channels, i * cb % shape.out_channels);
+        let gi = c / cout_g;
+        let xg = columns(x, (n * cin + gi * cin_g) * plane, cin_g, plane, 0, plane);
+        with_gemm_epilogue(shape, epi, n, c, cb, 0, plane, |e| {
+            gemm(
+                MatRef::row_major(&w[c * cin_g..(c + cb) * cin_g], cb, cin_g),
+                xg,
+                0.0,
+                MatMut::row_major(o, cb, plane),
+                e,
+            )
+        });
+    });
+}
+
+/// Input gradient: `dX_g = W_g^T @ dY_g` (overwrites `dx`).
+pub fn backward_input(shape: &Conv2dShape, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+    let plane = shape.in_h * shape.in_w;
+    let (cin_g, cout_g, groups) = (
+        shape.in_per_group(),
+        shape.out_per_group(),
+        shape.params.groups,
+    );
+    let cout = shape.out_channels;
+    let wt = |gi: usize| MatRef {
+        data: &w[gi * cout_g * cin_g..(gi + 1) * cout_g * cin_g],
+        rows: cin_g,
+        cols: cout_g,
+        row_stride: 1,
+        col_stride: cin_g,
+    };
+    let run = |n: usize, gi: usize, p0: usize, len: usize, dst: &mut [f32], ld: usize| {
+        let dyg = columns(dy, (n * cout + gi * cout_g) * plane, cout_g, plane, p0, len);
+        let c = MatMut {
+            data: dst,
+            rows: cin_g,
+            cols: len,
+            row_stride: ld,
+        };
+        gemm(wt(gi), dyg, 0.0, c, &[]);
+    };
+    let par = parallel::worth_splitting(shape.macs(), CONV_PAR_MIN_MACS);
+    if !par || units_balance(shape.batch * groups) {
+        parallel::for_each_chunk_mut(dx, cin_g * plane, par, |i, o| {
+            run(i / groups, i % groups, 0, plane, o, plane)
+        });
+    } else {
+        let per_image = ranges_per_image(shape, plane, MIN_RANGE);
+        staged_ranges(
+            dx,
+            shape.batch,
+            shape.in_channels,
+            plane,
+            per_image,
+            |n, p0, len, blk| {
+                for gi in 0..groups {
+                    run(n, gi, p0, len, &mut blk[gi * cin_g * len..], len);
+                }
+            },
+        );
+    }
+}
+
+/// Weight gradient: `dW_g += dY_g[:, r] @ X_g[:, r]^T` over images and pixel ranges `r`
+/// (overwrites `dw`, zeroed by the caller).
+pub fn backward_weight(shape: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    let plane = shape.in_h * shape.in_w;
+    let (cin_g, cout_g, groups) = (
+        shape.in_per_group(),
+        shape.out_per_group(),
+        shape.params.groups,
+    );
+    let (cin, cout) = (shape.in_channels, shape.out_channels);
+    let par = parallel::worth_splitting(shape.macs(), CONV_PAR_MIN_MACS);
+    // A single image is split into pixel ranges so every thread gets work.
+    let ranges = if par && shape.batch < parallel::num_threads() {
+        parallel::num_threads().min(plane.max(1))
+    } else {
+        1
+    };
+    accumulate_in_parts(shape.batch * ranges, par, dw, |items, acc| {
+        for item in items {
+            let (n, r) = (item / ranges, item % ranges);
+            let (q0, q1) = (r * plane / ranges, (r + 1) * plane / ranges);
+            for gi in 0..groups {
+                let dyg = columns(
+                    dy,
+                    (n * cout + gi * cout_g) * plane,
+                    cout_g,
+                    plane,
+                    q0,
+                    q1 - q0,
+                );
+                let xgt = columns(x, (n * cin + gi * cin_g) * plane, cin_g, plane, q0, q1 - q0).t();
+                let k = cout_g * cin_g;
+                gemm(
+                    dyg,
+                    xgt,
+                    1.0,
+                    MatMut::row_major(&mut acc[gi * k..(gi + 1) * k], cout_g, cin_g),
+                    &[],
+                );
+            }
+        }
+    });
+}

@@ -1,0 +1,400 @@
+//! Every path against the naive f64 convolution, over many geometries; SIMD against scalar for
+//! the depthwise row kernel; tiles that do not divide the pixel count; serial against parallel.
+
+use super::depthwise::{self, PlaneJob};
+use super::im2col::valid_range;
+use super::*;
+use crate::isa::{self, Isa};
+
+/// A small deterministic generator (xorshift64*), values uniform in [-1, 1).
+struct Rng(u64);
+
+impl Rng {
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                self.0 ^= self.0 >> 12;
+                self.0 ^= self.0 << 25;
+                self.0 ^= self.0 >> 27;
+                let r = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
+                r as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+}
+
+/// `(batch, cin, h, w, cout, kh, kw, stride, padding, dilation, groups)`.
+type Case = (
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    (usize, usize),
+    (usize, usize),
+    (usize, usize),
+    usize,
+);
+
+fn shape_of(c: Case) -> Conv2dShape {
+    let (batch, cin, h, w, cout, kh, kw, stride, padding, dilation, groups) = c;
+    Conv2dShape {
+        batch,
+        in_channels: cin,
+        in_h: h,
+        in_w: w,
+        out_channels: cout,
+        kernel_h: kh,
+        kernel_w: kw,
+        params: Conv2dParams {
+            stride,
+            padding,
+            dilation,
+            groups,
+        },
+    }
+}
+
+/// Small geometries covering every path and option (odd sizes, asymmetric everything).
+const CASES: &[Case] = &[
+    (1, 3, 7, 9, 4, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    (2, 4, 11, 8, 6, 3, 5, (2, 1), (1, 2), (1, 1), 1),
+    (1, 6, 13, 13, 4, 3, 3, (2, 2), (2, 2), (2, 2), 2),
+    (2, 5, 9, 10, 7, 1, 1, (1, 1), (0, 0), (1, 1), 1),
+    (1, 6, 8, 7, 9, 1, 1, (1, 1), (0, 0), (1, 1), 3),
+    (1, 4, 9, 9, 8, 1, 1, (2, 2), (0, 0), (1, 1), 1),
+    (1, 4, 6, 7, 5, 1, 1, (1, 1), (1, 0), (1, 1), 1),
+    (1, 8, 15, 17, 8, 3, 3, (1, 1), (1, 1), (1, 1), 8),
+    (2, 5, 14, 15, 10, 3, 3, (2, 2), (1, 1), (1, 1), 5),
+    (1, 3, 12, 11, 3, 5, 5, (1, 1), (2, 2), (2, 2), 3),
+    (1, 2, 20, 37, 6, 7, 7, (3, 3), (3, 3), (1, 1), 2),
+    (1, 1, 9, 9, 3, 3, 3, (1, 1), (0, 0), (1, 1), 1),
+    (3, 4, 6, 5, 4, 2, 3, (1, 2), (0, 1), (2, 1), 2),
+    (1, 3, 5, 5, 2, 5, 5, (1, 1), (0, 0), (1, 1), 1),
+    (1, 2, 4, 4, 3, 7, 7, (1, 1), (3, 3), (1, 1), 1),
+    (1, 2, 5, 45, 2, 3, 3, (1, 1), (1, 1), (1, 1), 2),
+    (2, 3, 6, 71, 3, 3, 3, (2, 2), (1, 1), (1, 1), 3),
+    (1, 4, 7, 7, 8, 3, 3, (1, 2), (2, 0), (3, 1), 4),
+    (1, 2, 3, 3, 2, 3, 3, (1, 1), (4, 4), (1, 1), 2),
+];
+
+/// Large enough to cross CONV_PAR_MIN_MACS: exercises every parallel split.
+const PAR_CASES: &[Case] = &[
+    (1, 32, 20, 20, 32, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    (3, 16, 12, 13, 24, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    (4, 16, 16, 17, 16, 3, 3, (2, 2), (1, 1), (1, 1), 2),
+    (1, 64, 16, 17, 64, 1, 1, (1, 1), (0, 0), (1, 1), 1),
+    (3, 32, 13, 13, 48, 1, 1, (1, 1), (0, 0), (1, 1), 2),
+    (2, 64, 30, 29, 64, 3, 3, (1, 1), (1, 1), (1, 1), 64),
+    (2, 96, 28, 29, 96, 3, 3, (2, 2), (1, 1), (1, 1), 96),
+    (8, 32, 4, 5, 32, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    (5, 24, 6, 6, 40, 3, 3, (1, 1), (1, 1), (1, 1), 2),
+    (1, 64, 6, 6, 64, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    (1, 64, 5, 6, 96, 3, 3, (1, 1), (1, 1), (1, 1), 2),
+    (1, 128, 7, 7, 96, 1, 1, (1, 1), (0, 0), (1, 1), 1),
+];
+
+fn assert_near(actual: &[f32], expected: &[f32], what: &str) {
+    assert_eq!(actual.len(), expected.len(), "{what}: lengths");
+    for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
+        let tol = 1e-4 * (1.0 + e.abs());
+        assert!(
+            (a - e).abs() <= tol || (a.is_nan() && e.is_nan()),
+            "{what}: element {i} is {a}, expected {e}"
+        );
+    }
+}
+
+fn paths(s: &Conv2dShape) -> Vec<ConvPath> {
+    let mut p = vec![ConvPath::General];
+    if s.path() == ConvPath::Pointwise {
+        p.push(ConvPath::Pointwise);
+    }
+    if s.in_per_group() == 1 {
+        p.push(ConvPath::Depthwise);
+    }
+    p
+}
+
+struct Data {
+    x: Vec<f32>,
+    w: Vec<f32>,
+    bias: Vec<f32>,
+    res: Vec<f32>,
+    dy: Vec<f32>,
+}
+
+fn data(s: &Conv2dShape, seed: u64) -> Data {
+    let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    Data {
+        x: r.vec(s.input_len()),
+        w: r.vec(s.weight_len()),
+        bias: r.vec(s.out_channels),
+        res: r.vec(s.output_len()),
+        dy: r.vec(s.output_len()),
+    }
+}
+
+fn epilogues<'a>(d: &'a Data) -> Vec<(&'static str, Vec<ConvEpilogueOp<'a>>)> {
+    use ConvEpilogueOp::*;
+    vec![
+        ("none", vec![]),
+        (
+            "bias+add+relu",
+            vec![Bias(&d.bias), Add(&d.res), Act(Activation::Relu)],
+        ),
+        ("bias+relu6", vec![Bias(&d.bias), Act(Activation::Relu6)]),
+        (
+            "bias+clamp",
+            vec![Bias(&d.bias), Act(Activation::Clamp { lo: -0.3, hi: 0.4 })],
+        ),
+        ("silu+bias", vec![Act(Activation::Silu), Bias(&d.bias)]),
+        ("add+gelu", vec![Add(&d.res), Act(Activation::Gelu)]),
+    ]
+}
+
+/// Pixel runs that do and do not divide the plane, and image groups that do and do not divide
+/// the batch, besides the default.
+fn tilings(s: &Conv2dShape) -> Vec<general::Tiling> {
+    use general::Tiling::*;
+    let (oh, ow) = s.out_hw();
+    vec![
+        general::tiling(s),
+        Pixels(1),
+        Pixels(7),
+        Pixels(13),
+        Pixels(oh * ow),
+        Images(1),
+        Images(2),
+        Images(s.batch),
+    ]
+}
+
+fn check_forward(c: Case, seed: u64) {
+    let s = shape_of(c);
+    let d = data(&s, seed);
+    for (name, epi) in epilogues(&d) {
+        let mut want = vec![0.0; s.output_len()];
+        naive::forward(&s, &d.x, &d.w, &mut want, &epi);
+        for path in paths(&s) {
+            let mut got = vec![f32::NAN; s.output_len()];
+            forward_with(path, &s, &d.x, &d.w, &mut got, &epi);
+            assert_near(&got, &want, &format!("{c:?} {path:?} {name}"));
+        }
+        for tiling in tilings(&s) {
+            let mut got = vec![f32::NAN; s.output_len()];
+            general::forward_tiled(&s, tiling, &d.x, &d.w, &mut got, &epi);
+            assert_near(&got, &want, &format!("{c:?} {tiling:?} {name}"));
+        }
+        if s.in_per_group() == 1 {
+            for isa in [Isa::Scalar, isa::current()] {
+                let mut got = vec![f32::NAN; s.output_len()];
+                depthwise::forward_isa(isa, &s, &d.x, &d.w, &mut got, &epi);
+                assert_near(&got, &want, &format!("{c:?} depthwise {isa:?} {name}"));
+            }
+        }
+    }
+}
+
+fn check_backward(c: Case, seed: u64) {
+    let s = shape_of(c);
+    let d = data(&s, seed);
+    let mut want_dx = vec![0.0; s.input_len()];
+    let mut want_dw = vec![0.0; s.weight_len()];
+    naive::backward_input(&s, &d.dy, &d.w, &mut want_dx);
+    naive::backward_weight(&s, &d.x, &d.dy, &mut want_dw);
+    for path in paths(&s) {
+        let mut dx = vec![f32::NAN; s.input_len()];
+        backward_input_with(path, &s, &d.dy, &d.w, &mut dx);
+        assert_near(&dx, &want_dx, &format!("{c:?} {path:?} grad input"));
+        let mut dw = vec![f32::NAN; s.weight_len()];
+        backward_weight_with(path, &s, &d.x, &d.dy, &mut dw);
+        assert_near(&dw, &want_dw, &format!("{c:?} {path:?} grad weight"));
+    }
+    for tiling in tilings(&s) {
+        let mut dx = vec![f32::NAN; s.input_len()];
+        general::backward_input_tiled(&s, tiling, &d.dy, &d.w, &mut dx);
+        assert_near(&dx, &want_dx, &format!("{c:?} {tiling:?} grad input"));
+        let mut dw = vec![0.0; s.weight_len()];
+        general::backward_weight_tiled(&s, tiling, &d.x, &d.dy, &mut dw);
+        assert_near(&dw, &want_dw, &format!("{c:?} {tiling:?} grad weight"));
+    }
+    let (oh, ow) = s.out_hw();
+    let mut want_db = vec![0.0f32; s.out_channels];
+    for (i, v) in d.dy.iter().enumerate() {
+        want_db[(i / (oh * ow)) % s.out_channels] += v;
+    }
+    let mut db = vec![f32::NAN; s.out_channels];
+    backward_bias(&s, &d.dy, &mut db);
+    assert_near(&db, &want_db, &format!("{c:?} grad bias"));
+}
+
+#[test]
+fn forward_matches_naive_on_every_path() {
+    for (i, &c) in CASES.iter().enumerate() {
+        check_forward(c, i as u64);
+    }
+}
+
+#[test]
+fn backward_matches_naive_on_every_path() {
+    for (i, &c) in CASES.iter().enumerate() {
+        check_backward(c, 100 + i as u64);
+    }
+}
+
+#[test]
+fn parallel_splits_match_naive() {
+    for (i, &c) in PAR_CASES.iter().enumerate() {
+        let s = shape_of(c);
+        assert!(
+            s.macs() >= crate::parallel::CONV_PAR_MIN_MACS,
+            "{c:?} too small"
+        );
+        check_forward(c, 200 + i as u64);
+        check_backward(c, 300 + i as u64);
+    }
+}
+
+#[test]
+fn dispatch_picks_the_specialised_paths() {
+    assert_eq!(shape_of(CASES[3]).path(), ConvPath::Pointwise);
+    assert_eq!(shape_of(CASES[4]).path(), ConvPath::Pointwise);
+    assert_eq!(shape_of(CASES[5]).path(), ConvPath::General);
+    assert_eq!(shape_of(CASES[7]).path(), ConvPath::Depthwise);
+    assert_eq!(shape_of(CASES[11]).path(), ConvPath::Depthwise);
+    assert_eq!(shape_of(CASES[0]).path(), ConvPath::General);
+}
+
+#[test]
+fn output_size_follows_pytorch() {
+    let p = Conv2dParams::default()
+        .stride(2, 1)
+        .padding(1, 0)
+        .dilation(1, 2);
+    // floor((H + 2p - d(k-1) - 1) / s) + 1
+    assert_eq!(p.output_size(7, 9, 3, 3), Some((4, 5)));
+    assert_eq!(Conv2dParams::default().output_size(2, 2, 3, 3), None);
+    assert_eq!(
+        Conv2dParams::default()
+            .padding(1, 1)
+            .output_size(2, 2, 3, 3),
+        Some((2, 2))
+    );
+    assert_eq!(
+        Conv2dParams::default().stride(0, 1).output_size(5, 5, 1, 1),
+        None
+    );
+    assert_eq!(
+        Conv2dParams::default()
+            .dilation(1, 0)
+            .output_size(5, 5, 1, 1),
+        None
+    );
+    assert_eq!(Conv2dParams::default().output_size(5, 5, 0, 1), None);
+}
+
+#[test]
+fn valid_range_brute_force() {
+    for out_len in 0..6 {
+        for in_len in 0..6 {
+            for stride in 1..4 {
+                for offset in 0..5 {
+                    for pad in 0..4 {
+                        let inside = |o: usize| {
+                            let i = (o * stride + offset) as isize - pad as isize;
+                            i >= 0 && i < in_len as isize
+                        };
+                        let (lo, hi) = valid_range(out_len, in_len, stride, offset, pad);
+                        for o in 0..out_len {
+                            assert_eq!(
+                                (lo..hi).contains(&o),
+                                inside(o),
+                                "{out_len} {in_len} {stride} {offset} {pad} at {o}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn depthwise_simd_matches_scalar() {
+    let mut r = Rng(7);
+    let src = r.vec(20_000);
+    let taps = r.vec(64);
+    for (sy, sx) in [(1, 1), (2, 2), (1, 2), (2, 1), (3, 3)] {
+        for (kh, kw) in [(1, 1), (3, 3), (5, 5), (7, 7), (2, 3)] {
+            for (dy, dx) in [(1, 1), (2, 2), (1, 2)] {
+                for nrows in [1, 2, 3, 4, 5, 9] {
+                    for ow in [1, 3, 4, 7, 8, 9, 15, 16, 17, 31, 33, 45] {
+                        for (lo, hi) in [(f32::NEG_INFINITY, f32::INFINITY), (0.0, 0.5)] {
+                            let ld = (ow + 8) * sx + kw * dx + 2;
+                            let job = PlaneJob {
+                                src: &src[3..],
+                                ld,
+                                taps: &taps,
+                                kh,
+                                kw,
+                                sy,
+                                sx,
+                                dy,
+                                dx,
+                                init: 0.25,
+                                lo,
+                                hi,
+                            };
+                            let oy0 = 1;
+                            assert!((oy0 + nrows + kh * dy) * sy * ld < src.len() - 3);
+                            let mut want = vec![0.0; ow * nrows];
+                            let mut got = vec![f32::NAN; ow * nrows];
+                            depthwise::rows_scalar(&job, oy0, ow, &mut want);
+                            depthwise::rows(isa::current(), &job, oy0, ow, &mut got);
+                            let what =
+                                format!("s {sy},{sx} k {kh}x{kw} d {dy},{dx} rows {nrows} ow {ow}");
+                            assert_near(&got, &want, &what);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn depthwise_keeps_nan() {
+    let mut src = vec![1.0f32; 64];
+    src[3] = f32::NAN;
+    let job = PlaneJob {
+        src: &src,
+        ld: 20,
+        taps: &[1.0],
+        kh: 1,
+        kw: 1,
+        sy: 1,
+        sx: 1,
+        dy: 1,
+        dx: 1,
+        init: 0.0,
+        lo: 0.0,
+        hi: 6.0,
+    };
+    let mut out = vec![0.0; 9];
+    depthwise::rows(isa::current(), &job, 0, 9, &mut out);
+    assert!(out[3].is_nan() && out[2] == 1.0);
+}
+
+#[test]
+fn empty_batch_is_a_no_op() {
+    let s = shape_of((0, 3, 5, 5, 4, 3, 3, (1, 1), (1, 1), (1, 1), 1));
+    let w = vec![1.0; s.weight_len()];
+    let mut out = vec![];
+    forward(&s, &[], &w, &mut out, &[]);
+    let mut dw = vec![f32::NAN; s.weight_len()];
+    backward_weight(&s, &[], &[], &mut dw);
+    assert!(dw.iter().all(|&v| v == 0.0));
+}
