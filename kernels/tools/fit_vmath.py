@@ -77,13 +77,13 @@ def fit_erf(deg=5, hi=1.0):
     return c, np.max(np.abs(y - ref) / ref)
 
 
-def fit_erfc(deg=9, lo=0.5, hi=10.5):
-    """erfc(x) = exp(-x^2) Q(s), s = 1 / (1 + x), on lo <= x <= hi (erfc underflows beyond)."""
-    x = np.linspace(lo, hi, 40000)
+def fit_erfc(deg=9, lo=0.0, hi=10.5):
+    """erfc(x) = exp(-x^2) Q(t), t = 1 / (1 + x / 2), on lo <= x <= hi (erfc underflows beyond)."""
+    x = np.linspace(lo, hi, 60000)
     q = np.array([math.erfc(v) * math.exp(v * v) for v in x])
-    c = lawson(powers(1 / (1 + x), deg), q, 1 / q)
+    c = lawson(powers(1 / (1 + 0.5 * x), deg), q, 1 / q)
     x32 = x.astype(f32)
-    y = horner32(c, (f32(1) / (x32 + f32(1))).astype(f32))
+    y = horner32(c, (f32(1) / (f32(0.5) * x32 + f32(1))).astype(f32))
     ref = np.array([math.erfc(v) * math.exp(v * v) for v in x32.astype(np.float64)])
     return c, np.max(np.abs(y - ref) / ref)
 
