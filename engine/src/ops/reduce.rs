@@ -8,6 +8,7 @@ use crate::autograd::Backward;
 use crate::error::{Error, Result};
 use crate::shape::{broadcast_strides, contiguous_strides, normalize_axis, numel};
 use crate::tensor::Tensor;
+use std::borrow::Cow;
 use tlc_kernels::reduce;
 
 /// The sorted, de-duplicated axes of `axes`, or an error naming the problem.
@@ -49,7 +50,7 @@ fn sum_raw(data: &[f32], shape: &[usize], axes: &[usize]) -> Vec<f32> {
         return data.to_vec();
     }
     let mut shape = shape.to_vec();
-    let mut cur: Vec<f32> = data.to_vec();
+    let mut cur: Cow<[f32]> = Cow::Borrowed(data);
     let mut end = axes.len();
     while end > 0 {
         let mut start = end - 1;
@@ -65,10 +66,10 @@ fn sum_raw(data: &[f32], shape: &[usize], axes: &[usize]) -> Vec<f32> {
         for d in &mut shape[first..=last] {
             *d = 1;
         }
-        cur = out;
+        cur = Cow::Owned(out);
         end = start;
     }
-    cur
+    cur.into_owned()
 }
 
 /// `grad` (of the keep-dim reduced shape `kept`) broadcast back to `shape`, times `scale`.
