@@ -417,7 +417,7 @@ mod tests {
                 apply_on(Isa::Scalar, act, &x, &mut ys);
                 apply_on(best, act, &x, &mut yv);
                 let mut yi = x.clone();
-                apply_inplace(act, &mut yi);
+                apply_inplace_on(best, act, &mut yi);
                 let (mut gs, mut gv) = (vec![0.0; n], vec![0.0; n]);
                 backward_on(Isa::Scalar, act, &x, &dy, &mut gs);
                 backward_on(best, act, &x, &dy, &mut gv);

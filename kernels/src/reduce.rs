@@ -2,8 +2,8 @@
 //!
 //! Tensors are seen as `[outer, axis, inner]`, contiguous, and reduce to `[outer, inner]`. With
 //! `inner == 1` (the last axis, or a whole tensor) each row is summed with four vector
-//! accumulators, blocks of which are added in f64 so long rows stay accurate; otherwise rows of
-//! `inner` values are added down the axis, vector by vector. Large inputs are split over the pool
+//! accumulators over short blocks whose sums are added in f64, so long rows stay accurate;
+//! otherwise rows of `inner` values are added down the axis, vector by vector. Large inputs are split over the pool
 //! (memory-bound: [`crate::parallel::ELEMWISE_PAR_MIN_ELEMS`]).
 //!
 //! `max` follows PyTorch: NaN is larger than everything (the first NaN wins), and the index is
@@ -13,8 +13,9 @@ use crate::isa::{self, Isa};
 use crate::parallel::{self, ELEMWISE_PAR_MIN_ELEMS};
 use crate::simd::{self, Simd, SimdFn};
 
-/// Elements summed in f32 vector accumulators before being added to the f64 total.
-const BLOCK: usize = 1024;
+/// Values each f32 accumulator lane sums before its block is added to the f64 total (blocks of
+/// 4 accumulators x LANES x this many elements; the same accuracy on every ISA).
+const LANE_RUN: usize = 32;
 
 fn check(what: &str, x: usize, out: usize, outer: usize, axis: usize, inner: usize) {
     assert!(
@@ -111,7 +112,7 @@ impl SimdFn for Sum<'_> {
 #[inline(always)]
 fn row_sum<S: Simd>(s: S, row: &[f32]) -> f32 {
     let mut total = 0.0f64;
-    for block in row.chunks(BLOCK) {
+    for block in row.chunks(4 * S::LANES * LANE_RUN) {
         let mut acc = [s.zero(); 4];
         let mut quads = block.chunks_exact(4 * S::LANES);
         for q in &mut quads {
