@@ -15,6 +15,7 @@ pub mod norm;
 pub mod parallel;
 pub mod pool;
 pub mod reduce;
+pub mod simd;
 pub mod softmax;
 pub mod vmath;
 

@@ -9,6 +9,10 @@
 pub const GEMM_PAR_MIN_MACS: usize = 1 << 18;
 /// Minimum elements before a memory-bound element-wise kernel is split across threads.
 pub const ELEMWISE_PAR_MIN_ELEMS: usize = 1 << 16;
+/// Minimum elements before a transcendental point-wise kernel (exp, erf, tanh: GELU, SiLU,
+/// sigmoid, ...) is split: each element costs tens of instructions, not one load and store, so
+/// smaller inputs than [`ELEMWISE_PAR_MIN_ELEMS`] already repay the pool's wake-up.
+pub const TRANSCENDENTAL_PAR_MIN_ELEMS: usize = 1 << 14;
 /// Minimum multiply-adds before a convolution (or its backward) is split across threads.
 pub const CONV_PAR_MIN_MACS: usize = 1 << 18;
 /// Minimum elements of a normalisation / pooling / softmax pass before it is split.
