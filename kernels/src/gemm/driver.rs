@@ -1,0 +1,189 @@
+//! The blocked GEMM (BLIS loop order) and its split across threads.
+//!
+//! `for jc (NC columns) / for pc (KC depth): pack the B block once (panels split over threads),
+//! then tasks over row chunks (or column panels when there are too few rows), each packing its own
+//! A blocks (MC rows, kept in L2) and running the micro-kernel over every tile. The epilogue runs
+//! on each tile right after the store of the last K block.
+
+use super::spec::Spec;
+use super::{pack, scratch, Epilogue, MatMut, MatRef, PackedB};
+use crate::parallel::{self, GEMM_PAR_MIN_MACS};
+
+/// Where B's panels come from.
+#[derive(Clone, Copy)]
+pub(crate) enum BSource<'a> {
+    /// A strided view, packed block by block during the call.
+    View(MatRef<'a>),
+    /// Panels packed once ahead of time ([`super::pack_b`]).
+    Packed(&'a PackedB),
+}
+
+/// C's base pointer and row stride, shared by the tasks, which write disjoint tiles.
+#[derive(Clone, Copy)]
+pub(crate) struct OutPtr {
+    pub ptr: *mut f32,
+    pub ldc: usize,
+}
+
+// SAFETY: an OutPtr is only dereferenced inside one GEMM call that holds the unique borrow of C,
+// and the tasks it is shared with write pairwise disjoint tiles of it.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above; the pointer itself is never mutated.
+unsafe impl Sync for OutPtr {}
+
+/// One K block of one N block, as the tasks see it.
+struct Block<'e> {
+    p0: usize,
+    kc: usize,
+    jc: usize,
+    panels: usize,
+    beta: f32,
+    epi: &'e Epilogue<'e>,
+}
+
+/// Threads to use for an `m x n x k` product (1 when it is too small to pay the pool's wake-up).
+pub(crate) fn threads_for(m: usize, n: usize, k: usize) -> usize {
+    let macs = m.saturating_mul(n).saturating_mul(k);
+    if parallel::worth_splitting(macs, GEMM_PAR_MIN_MACS) {
+        parallel::num_threads()
+    } else {
+        1
+    }
+}
+
+/// `C = beta * C + A * B` then `epi`, for `k > 0` and non-empty C.
+pub(crate) fn run(
+    spec: &Spec,
+    a: &MatRef,
+    b: BSource,
+    beta: f32,
+    c: MatMut,
+    epi: &Epilogue,
+    threads: usize,
+) {
+    let (m, k, n) = (a.rows, a.cols, c.cols);
+    let nr = spec.nr;
+    let (nkb, kc) = spec.k_blocks(k);
+    let out = OutPtr {
+        ptr: c.data.as_mut_ptr(),
+        ldc: c.row_stride,
+    };
+    for jc in (0..n).step_by(spec.nc) {
+        let ncb = spec.nc.min(n - jc);
+        let panels = ncb.div_ceil(nr);
+        for kb in 0..nkb {
+            let p0 = kb * kc;
+            let kcb = kc.min(k - p0);
+            let blk = Block {
+                p0,
+                kc: kcb,
+                jc,
+                panels,
+                beta: if kb == 0 { beta } else { 1.0 },
+                epi: if kb + 1 == nkb { epi } else { &[] },
+            };
+            let len = panels * kcb * nr;
+            match b {
+                BSource::Packed(pb) => {
+                    let off = p0 * pb.npad + (jc / nr) * kcb * nr;
+                    compute(
+                        spec,
+                        a,
+                        &pb.data()[off..off + len],
+                        &blk,
+                        out,
+                        m,
+                        n,
+                        threads,
+                    );
+                }
+                BSource::View(bv) => scratch::with(&scratch::B_BUF, len, |bb| {
+                    let per = panels.div_ceil(threads);
+                    parallel::for_each_chunk_mut(bb, per * kcb * nr, threads > 1, |ci, chunk| {
+                        pack::pack_b(&bv, p0, kcb, jc, ci * per, nr, chunk)
+                    });
+                    compute(spec, a, bb, &blk, out, m, n, threads);
+                }),
+            }
+        }
+    }
+}
+
+/// Run every tile of one packed B block, split into tasks when `threads > 1`.
+#[allow(clippy::too_many_arguments)]
+fn compute(
+    spec: &Spec,
+    a: &MatRef,
+    bb: &[f32],
+    blk: &Block,
+    out: OutPtr,
+    m: usize,
+    n: usize,
+    threads: usize,
+) {
+    let mr = spec.mr;
+    let row_groups = m.div_ceil(mr);
+    // Prefer row chunks (each thread its own A block, B panels shared); with too few rows for
+    // that, split the column panels instead.
+    let (tm, tn) = if threads <= 1 {
+        (1, 1)
+    } else if row_groups >= 2 * threads {
+        let tm = m.div_ceil(spec.mc).max(threads).div_ceil(threads) * threads;
+        (tm.min(row_groups), 1)
+    } else {
+        (1, blk.panels.min(2 * threads))
+    };
+    let rows_per = row_groups.div_ceil(tm) * mr;
+    let panels_per = blk.panels.div_ceil(tn);
+    parallel::for_each_index(tm * tn, threads > 1, |t| {
+        let (ti, tj) = (t / tn, t % tn);
+        let (i0, i1) = (ti * rows_per, m.min((ti + 1) * rows_per));
+        let (jp0, jp1) = (tj * panels_per, blk.panels.min((tj + 1) * panels_per));
+        if i0 < i1 && jp0 < jp1 {
+            macro_kernel(spec, a, bb, blk, out, n, (i0, i1), (jp0, jp1));
+        }
+    });
+}
+
+/// Rows `i0..i1` times panels `jp0..jp1` of one B block: pack A by MC blocks, run the tiles.
+#[allow(clippy::too_many_arguments)]
+fn macro_kernel(
+    spec: &Spec,
+    a: &MatRef,
+    bb: &[f32],
+    blk: &Block,
+    out: OutPtr,
+    n: usize,
+    (i0, i1): (usize, usize),
+    (jp0, jp1): (usize, usize),
+) {
+    let (mr, nr, kc) = (spec.mr, spec.nr, blk.kc);
+    let a_len = spec.mc.min(i1 - i0).div_ceil(mr) * mr * kc;
+    scratch::with(&scratch::A_BUF, a_len, |abuf| {
+        for ib in (i0..i1).step_by(spec.mc) {
+            let mcb = spec.mc.min(i1 - ib);
+            pack::pack_a(a, ib, mcb, blk.p0, kc, mr, abuf);
+            for jp in jp0..jp1 {
+                let col = blk.jc + jp * nr;
+                let cols = nr.min(n - col);
+                let bp = bb[jp * kc * nr..(jp + 1) * kc * nr].as_ptr();
+                for ir in 0..mcb.div_ceil(mr) {
+                    let row = ib + ir * mr;
+                    let rows = mr.min(ib + mcb - row);
+                    let ap = abuf[ir * kc * mr..(ir + 1) * kc * mr].as_ptr();
+                    // SAFETY: `ap` and `bp` hold kc * mr and kc * nr packed floats; the tile
+                    // (row..row + rows, col..col + cols) lies inside C (row < m, col < n, C in
+                    // bounds) and belongs to this task alone; kernels[rows - 1] exists for
+                    // 1 <= rows <= mr and matches this process's ISA.
+                    unsafe {
+                        let cp = out.ptr.add(row * out.ldc + col);
+                        (spec.kernels[rows - 1])(kc, ap, bp, nr, cp, out.ldc, cols, blk.beta);
+                        if !blk.epi.is_empty() {
+                            (spec.epilogue)(blk.epi, cp, out.ldc, row, rows, col, cols);
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
