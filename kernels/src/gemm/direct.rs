@@ -4,7 +4,7 @@
 //! ragged last panel of B is copied. No K blocking: each tile runs the whole depth and applies the
 //! epilogue at once.
 
-use super::driver::OutPtr;
+use super::driver::{needs_packing, ASource, OutPtr};
 use super::spec::Spec;
 use super::{pack, scratch, Epilogue, MatMut, MatRef};
 use crate::parallel;
@@ -29,15 +29,12 @@ pub(crate) fn run(
 ) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     let (mr, nr) = (spec.mr, spec.nr);
-    let row_panels = m.div_ceil(mr);
     let panels = n.div_ceil(nr);
     let out = OutPtr {
         ptr: c.data.as_mut_ptr(),
         ldc: c.row_stride,
     };
-    scratch::with(&scratch::B_BUF, row_panels * k * mr, |abuf| {
-        pack::pack_a(a, 0, m, 0, k, mr, abuf);
-        let abuf = &*abuf;
+    let body = |asrc: ASource| {
         let tasks = if threads > 1 {
             panels.min(2 * threads)
         } else {
@@ -52,68 +49,54 @@ pub(crate) fn run(
                     // Every read b[p * row_stride + col .. + nr] ends at or before column n - 1
                     // of row p < k: inside B's view.
                     let bp = b.data[col..].as_ptr();
-                    tiles(
-                        spec,
-                        abuf,
-                        bp,
-                        b.row_stride,
-                        out,
-                        m,
-                        k,
-                        col,
-                        cols,
-                        beta,
-                        epi,
-                    );
+                    tiles(spec, a, asrc, bp, b.row_stride, out, col, cols, beta, epi);
                 } else {
                     scratch::with(&scratch::A_BUF, k * nr, |edge| {
                         pack::pack_b(b, 0, k, 0, jp, nr, edge);
-                        tiles(
-                            spec,
-                            abuf,
-                            edge.as_ptr(),
-                            nr,
-                            out,
-                            m,
-                            k,
-                            col,
-                            cols,
-                            beta,
-                            epi,
-                        );
+                        tiles(spec, a, asrc, edge.as_ptr(), nr, out, col, cols, beta, epi);
                     });
                 }
             }
         });
-    });
+    };
+    if needs_packing(spec, a) {
+        scratch::with(&scratch::B_BUF, m.div_ceil(mr) * k * mr, |abuf| {
+            pack::pack_a(a, 0, m, 0, k, mr, abuf);
+            body(ASource::Packed {
+                buf: abuf,
+                row0: 0,
+                kc: k,
+            });
+        });
+    } else {
+        body(ASource::InPlace);
+    }
 }
 
 /// All row tiles of one column panel.
 #[allow(clippy::too_many_arguments)]
 fn tiles(
     spec: &Spec,
-    abuf: &[f32],
+    a: &MatRef,
+    asrc: ASource,
     bp: *const f32,
     ldb: usize,
     out: OutPtr,
-    m: usize,
-    k: usize,
     col: usize,
     cols: usize,
     beta: f32,
     epi: &Epilogue,
 ) {
-    let mr = spec.mr;
-    for ir in 0..m.div_ceil(mr) {
-        let row = ir * mr;
-        let rows = mr.min(m - row);
-        let ap = abuf[ir * k * mr..(ir + 1) * k * mr].as_ptr();
-        // SAFETY: `ap` holds k * mr packed floats; `bp + p * ldb` holds nr readable floats for
-        // p < k (checked by the caller); the tile lies inside C and this column panel belongs to
-        // the calling task alone.
+    let (m, k) = (a.rows, a.cols);
+    for row in (0..m).step_by(spec.mr) {
+        let rows = spec.mr.min(m - row);
+        let (kern, ap, rsa, csa) = asrc.tile(spec, a, row, rows, 0);
+        // SAFETY: `kern` reads A(i, p) for i < rows, p < k, inside A's view (or its packed
+        // copy); `bp + p * ldb` holds nr readable floats for p < k (checked by the caller); the
+        // tile lies inside C and this column panel belongs to the calling task alone.
         unsafe {
             let cp = out.ptr.add(row * out.ldc + col);
-            (spec.kernels[rows - 1])(k, ap, bp, ldb, cp, out.ldc, cols, beta);
+            kern(k, ap, rsa, csa, bp, ldb, cp, out.ldc, cols, beta);
             if !epi.is_empty() {
                 (spec.epilogue)(epi, cp, out.ldc, row, rows, col, cols);
             }

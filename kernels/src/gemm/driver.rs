@@ -5,7 +5,7 @@
 //! A blocks (MC rows, kept in L2) and running the micro-kernel over every tile. The epilogue runs
 //! on each tile right after the store of the last K block.
 
-use super::spec::Spec;
+use super::spec::{Spec, TileKernel};
 use super::{pack, scratch, Epilogue, MatMut, MatRef, PackedB};
 use crate::parallel::{self, GEMM_PAR_MIN_MACS};
 
@@ -145,7 +145,57 @@ fn compute(
     });
 }
 
-/// Rows `i0..i1` times panels `jp0..jp1` of one B block: pack A by MC blocks, run the tiles.
+/// Where the micro-kernels read A from: in place when A has a unit stride, else a packed block.
+#[derive(Clone, Copy)]
+pub(crate) enum ASource<'a> {
+    InPlace,
+    /// Rows `row0..` of A at depth `p0..p0 + kc`, packed by [`pack::pack_a`].
+    Packed {
+        buf: &'a [f32],
+        row0: usize,
+        kc: usize,
+    },
+}
+
+impl ASource<'_> {
+    /// The kernel, A pointer and A strides for the `rows`-row tile at (`row`, depth `p0`).
+    #[inline]
+    pub(crate) fn tile(
+        self,
+        spec: &Spec,
+        a: &MatRef,
+        row: usize,
+        rows: usize,
+        p0: usize,
+    ) -> (TileKernel, *const f32, usize, usize) {
+        match self {
+            ASource::InPlace => {
+                let kern = spec
+                    .kernel_for(a.row_stride, a.col_stride, rows)
+                    .expect("A has a unit stride");
+                let ap = a.data[row * a.row_stride + p0 * a.col_stride..].as_ptr();
+                (kern, ap, a.row_stride, a.col_stride)
+            }
+            ASource::Packed { buf, row0, kc } => {
+                let off = (row - row0) * kc;
+                (
+                    spec.cols[rows - 1],
+                    buf[off..off + kc * spec.mr].as_ptr(),
+                    1,
+                    spec.mr,
+                )
+            }
+        }
+    }
+}
+
+/// Whether A must be packed (neither stride is 1) for the micro-kernels to read it.
+pub(crate) fn needs_packing(spec: &Spec, a: &MatRef) -> bool {
+    spec.kernel_for(a.row_stride, a.col_stride, 1).is_none()
+}
+
+/// Rows `i0..i1` times panels `jp0..jp1` of one B block, by MC row blocks (packing A only when
+/// it has no unit stride).
 #[allow(clippy::too_many_arguments)]
 fn macro_kernel(
     spec: &Spec,
@@ -158,32 +208,48 @@ fn macro_kernel(
     (jp0, jp1): (usize, usize),
 ) {
     let (mr, nr, kc) = (spec.mr, spec.nr, blk.kc);
+    let block = |ib: usize, mcb: usize, asrc: ASource| {
+        for jp in jp0..jp1 {
+            let col = blk.jc + jp * nr;
+            let cols = nr.min(n - col);
+            let bp = bb[jp * kc * nr..(jp + 1) * kc * nr].as_ptr();
+            for row in (ib..ib + mcb).step_by(mr) {
+                let rows = mr.min(ib + mcb - row);
+                let (kern, ap, rsa, csa) = asrc.tile(spec, a, row, rows, blk.p0);
+                // SAFETY: `kern` reads A(i, p) for i < rows, p < kc, all inside A's view (or
+                // its packed copy); `bp` holds kc * nr packed floats; the tile (row..row + rows,
+                // col..col + cols) lies inside C (row < m, col < n, C in bounds) and belongs to
+                // this task alone; `kern` matches this process's ISA.
+                unsafe {
+                    let cp = out.ptr.add(row * out.ldc + col);
+                    kern(kc, ap, rsa, csa, bp, nr, cp, out.ldc, cols, blk.beta);
+                    if !blk.epi.is_empty() {
+                        (spec.epilogue)(blk.epi, cp, out.ldc, row, rows, col, cols);
+                    }
+                }
+            }
+        }
+    };
+    if !needs_packing(spec, a) {
+        for ib in (i0..i1).step_by(spec.mc) {
+            block(ib, spec.mc.min(i1 - ib), ASource::InPlace);
+        }
+        return;
+    }
     let a_len = spec.mc.min(i1 - i0).div_ceil(mr) * mr * kc;
     scratch::with(&scratch::A_BUF, a_len, |abuf| {
         for ib in (i0..i1).step_by(spec.mc) {
             let mcb = spec.mc.min(i1 - ib);
             pack::pack_a(a, ib, mcb, blk.p0, kc, mr, abuf);
-            for jp in jp0..jp1 {
-                let col = blk.jc + jp * nr;
-                let cols = nr.min(n - col);
-                let bp = bb[jp * kc * nr..(jp + 1) * kc * nr].as_ptr();
-                for ir in 0..mcb.div_ceil(mr) {
-                    let row = ib + ir * mr;
-                    let rows = mr.min(ib + mcb - row);
-                    let ap = abuf[ir * kc * mr..(ir + 1) * kc * mr].as_ptr();
-                    // SAFETY: `ap` and `bp` hold kc * mr and kc * nr packed floats; the tile
-                    // (row..row + rows, col..col + cols) lies inside C (row < m, col < n, C in
-                    // bounds) and belongs to this task alone; kernels[rows - 1] exists for
-                    // 1 <= rows <= mr and matches this process's ISA.
-                    unsafe {
-                        let cp = out.ptr.add(row * out.ldc + col);
-                        (spec.kernels[rows - 1])(kc, ap, bp, nr, cp, out.ldc, cols, blk.beta);
-                        if !blk.epi.is_empty() {
-                            (spec.epilogue)(blk.epi, cp, out.ldc, row, rows, col, cols);
-                        }
-                    }
-                }
-            }
+            block(
+                ib,
+                mcb,
+                ASource::Packed {
+                    buf: abuf,
+                    row0: ib,
+                    kc,
+                },
+            );
         }
     });
 }

@@ -8,19 +8,38 @@ use core::arch::x86_64::*;
 pub(crate) const MR: usize = 6;
 pub(crate) const NR: usize = 16;
 
-pub(crate) static KERNELS: &[TileKernel] = &[
-    tile::<1>, tile::<2>, tile::<3>, tile::<4>, tile::<5>, tile::<6>,
+/// Kernels for A with unit column stride (A(i, p) at `a + i * rsa + p`).
+pub(crate) static ROWS: &[TileKernel] = &[
+    tile::<1, true>,
+    tile::<2, true>,
+    tile::<3, true>,
+    tile::<4, true>,
+    tile::<5, true>,
+    tile::<6, true>,
 ];
 
-/// An `R x 16` tile; see [`TileKernel`] for the contract.
+/// Kernels for A with unit row stride (A(i, p) at `a + p * csa + i`: packed panels, A^T views).
+pub(crate) static COLS: &[TileKernel] = &[
+    tile::<1, false>,
+    tile::<2, false>,
+    tile::<3, false>,
+    tile::<4, false>,
+    tile::<5, false>,
+    tile::<6, false>,
+];
+
+/// An `R x 16` tile (`ROWS`: A has unit column stride, else unit row stride); see
+/// [`TileKernel`] for the contract.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA, and the pointers must satisfy the [`TileKernel`] contract.
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const R: usize>(
+unsafe fn tile<const R: usize, const ROWS: bool>(
     k: usize,
     a: *const f32,
+    rsa: usize,
+    csa: usize,
     b: *const f32,
     ldb: usize,
     c: *mut f32,
@@ -31,7 +50,7 @@ unsafe fn tile<const R: usize>(
     let mut lo = [_mm256_setzero_ps(); MR];
     let mut hi = [_mm256_setzero_ps(); MR];
     // SAFETY (whole block): every pointer offset stays within the contract's ranges: A step p
-    // reads a[p * MR + i] (i < R <= MR), B step p reads b[p * ldb .. + 16].
+    // reads A(i, p) for i < R, B step p reads b[p * ldb .. + 16].
     unsafe {
         // One k step into the accumulator pair (lo, hi).
         macro_rules! step {
@@ -39,9 +58,9 @@ unsafe fn tile<const R: usize>(
                 let bp = b.add($p * ldb);
                 let b0 = _mm256_loadu_ps(bp);
                 let b1 = _mm256_loadu_ps(bp.add(8));
-                let ap = a.add($p * MR);
+                let ap = if ROWS { a.add($p) } else { a.add($p * csa) };
                 for i in 0..R {
-                    let ai = _mm256_broadcast_ss(&*ap.add(i));
+                    let ai = _mm256_broadcast_ss(&*ap.add(if ROWS { i * rsa } else { i }));
                     $lo[i] = _mm256_fmadd_ps(ai, b0, $lo[i]);
                     $hi[i] = _mm256_fmadd_ps(ai, b1, $hi[i]);
                 }
@@ -60,14 +79,6 @@ unsafe fn tile<const R: usize>(
             for i in 0..R {
                 lo[i] = _mm256_add_ps(lo[i], lo2[i]);
                 hi[i] = _mm256_add_ps(hi[i], hi2[i]);
-            }
-        } else {
-            while p + 4 <= k {
-                step!(lo, hi, p);
-                step!(lo, hi, p + 1);
-                step!(lo, hi, p + 2);
-                step!(lo, hi, p + 3);
-                p += 4;
             }
         }
         while p < k {

@@ -8,19 +8,42 @@ use core::arch::aarch64::*;
 pub(crate) const MR: usize = 8;
 pub(crate) const NR: usize = 12;
 
-pub(crate) static KERNELS: &[TileKernel] = &[
-    tile::<1>, tile::<2>, tile::<3>, tile::<4>, tile::<5>, tile::<6>, tile::<7>, tile::<8>,
+/// Kernels for A with unit column stride (A(i, p) at `a + i * rsa + p`).
+pub(crate) static ROWS: &[TileKernel] = &[
+    tile::<1, true>,
+    tile::<2, true>,
+    tile::<3, true>,
+    tile::<4, true>,
+    tile::<5, true>,
+    tile::<6, true>,
+    tile::<7, true>,
+    tile::<8, true>,
 ];
 
-/// An `R x 12` tile; see [`TileKernel`] for the contract.
+/// Kernels for A with unit row stride (A(i, p) at `a + p * csa + i`: packed panels, A^T views).
+pub(crate) static COLS: &[TileKernel] = &[
+    tile::<1, false>,
+    tile::<2, false>,
+    tile::<3, false>,
+    tile::<4, false>,
+    tile::<5, false>,
+    tile::<6, false>,
+    tile::<7, false>,
+    tile::<8, false>,
+];
+
+/// An `R x 12` tile (`ROWS`: A has unit column stride, else unit row stride); see
+/// [`TileKernel`] for the contract.
 ///
 /// # Safety
 /// The pointers must satisfy the [`TileKernel`] contract (NEON is part of every aarch64 target).
 #[target_feature(enable = "neon")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const R: usize>(
+unsafe fn tile<const R: usize, const ROWS: bool>(
     k: usize,
     a: *const f32,
+    rsa: usize,
+    csa: usize,
     b: *const f32,
     ldb: usize,
     c: *mut f32,
@@ -29,17 +52,25 @@ unsafe fn tile<const R: usize>(
     beta: f32,
 ) {
     let mut acc = [[vdupq_n_f32(0.0); 3]; MR];
-    // SAFETY (whole block): A step p reads a[p * MR .. + 8] (a packed panel is MR wide whatever
-    // R is), B step p reads b[p * ldb .. + 12]; both inside the contract's ranges.
+    // SAFETY (whole block): A step p reads A(i, p) for i < R only, B step p reads
+    // b[p * ldb .. + 12]; both inside the contract's ranges.
     unsafe {
         for p in 0..k {
             let bp = b.add(p * ldb);
             let b0 = vld1q_f32(bp);
             let b1 = vld1q_f32(bp.add(4));
             let b2 = vld1q_f32(bp.add(8));
-            let ap = a.add(p * MR);
-            let a0 = vld1q_f32(ap);
-            let a1 = vld1q_f32(ap.add(4));
+            let (a0, a1) = if !ROWS && R == MR {
+                let ap = a.add(p * csa);
+                (vld1q_f32(ap), vld1q_f32(ap.add(4)))
+            } else {
+                // Gather exactly R values: lanes past R would read outside A.
+                let mut v = [0.0f32; MR];
+                for (i, x) in v.iter_mut().enumerate().take(R) {
+                    *x = *a.add(if ROWS { i * rsa + p } else { p * csa + i });
+                }
+                (vld1q_f32(v.as_ptr()), vld1q_f32(v.as_ptr().add(4)))
+            };
             macro_rules! row {
                 ($i:literal, $av:ident, $lane:literal) => {
                     if R > $i {

@@ -7,7 +7,10 @@ use super::EpilogueOp;
 pub(crate) const MR: usize = 4;
 pub(crate) const NR: usize = 8;
 
-pub(crate) static KERNELS: &[TileKernel] = &[tile::<1>, tile::<2>, tile::<3>, tile::<4>];
+/// Kernels for A with unit column stride.
+pub(crate) static ROWS: &[TileKernel] = &[tile::<1>, tile::<2>, tile::<3>, tile::<4>];
+/// Kernels for A with unit row stride (the strides are general here, so the tables agree).
+pub(crate) static COLS: &[TileKernel] = ROWS;
 
 /// An `R x NR` tile; see [`TileKernel`] for the contract.
 ///
@@ -17,6 +20,8 @@ pub(crate) static KERNELS: &[TileKernel] = &[tile::<1>, tile::<2>, tile::<3>, ti
 unsafe fn tile<const R: usize>(
     k: usize,
     a: *const f32,
+    rsa: usize,
+    csa: usize,
     b: *const f32,
     ldb: usize,
     c: *mut f32,
@@ -26,14 +31,15 @@ unsafe fn tile<const R: usize>(
 ) {
     let mut acc = [[0.0f32; NR]; R];
     for p in 0..k {
-        // SAFETY: the contract gives MR floats of A and NR floats of B for every p < k.
+        // SAFETY: the contract makes A(i, p) readable for i < R and NR floats of B row p.
         let (ap, bp) = unsafe {
-            (
-                std::slice::from_raw_parts(a.add(p * MR), R),
-                std::slice::from_raw_parts(b.add(p * ldb), NR),
-            )
+            let mut ap = [0.0f32; R];
+            for (i, v) in ap.iter_mut().enumerate() {
+                *v = *a.add(i * rsa + p * csa);
+            }
+            (ap, std::slice::from_raw_parts(b.add(p * ldb), NR))
         };
-        for (acc_i, &ai) in acc.iter_mut().zip(ap) {
+        for (acc_i, &ai) in acc.iter_mut().zip(&ap) {
             for (s, &bj) in acc_i.iter_mut().zip(bp) {
                 *s += ai * bj;
             }

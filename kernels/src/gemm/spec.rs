@@ -8,14 +8,19 @@
 use super::EpilogueOp;
 use crate::isa::Isa;
 
-/// `tile(k, a, b, ldb, c, ldc, cols, beta)`: C[0..r, 0..cols] = beta * C + A_panel * B_rows, where
-/// `r` is fixed by the kernel's position in [`Spec::kernels`]. `beta == 0` never reads C.
+/// `tile(k, a, rsa, csa, b, ldb, c, ldc, cols, beta)`: C[0..r, 0..cols] = beta * C + A * B_rows
+/// with A(i, p) at `a + i * rsa + p * csa`, where `r` is fixed by the kernel's position in its
+/// table. `beta == 0` never reads C.
 ///
-/// Contract: `a` holds `k * MR` floats, `b + p * ldb` holds `NR` floats for every `p < k`, and the
-/// `r` rows of `cols <= NR` floats at `c + i * ldc` are writable and owned by the caller.
+/// Contract: A(i, p) is readable for `i < r`, `p < k` (a kernel from [`Spec::rows`] assumes
+/// `csa == 1`, one from [`Spec::cols`] assumes `rsa == 1`); `b + p * ldb` holds `NR` readable
+/// floats for every `p < k`; the `r` rows of `cols <= NR` floats at `c + i * ldc` are writable
+/// and owned by the caller.
 pub(crate) type TileKernel = unsafe fn(
     k: usize,
     a: *const f32,
+    rsa: usize,
+    csa: usize,
     b: *const f32,
     ldb: usize,
     c: *mut f32,
@@ -49,8 +54,10 @@ pub(crate) struct Spec {
     pub mc: usize,
     /// Largest N block (columns of B packed at once, kept in L3); a multiple of `nr`.
     pub nc: usize,
-    /// `kernels[r - 1]` computes an `r x nr` tile, for `r` in `1..=mr`.
-    pub kernels: &'static [TileKernel],
+    /// `rows[r - 1]` computes an `r x nr` tile from A with unit column stride (row-major A).
+    pub rows: &'static [TileKernel],
+    /// `cols[r - 1]` computes an `r x nr` tile from A with unit row stride (packed or A^T).
+    pub cols: &'static [TileKernel],
     pub epilogue: TileEpilogue,
 }
 
@@ -61,6 +68,23 @@ impl std::fmt::Debug for Spec {
 }
 
 impl Spec {
+    /// The kernel for an `r`-row tile of `a` (unit column stride first, then unit row stride),
+    /// or None when A must be packed first.
+    pub fn kernel_for(
+        &self,
+        a_row_stride: usize,
+        a_col_stride: usize,
+        r: usize,
+    ) -> Option<TileKernel> {
+        if a_col_stride == 1 {
+            Some(self.rows[r - 1])
+        } else if a_row_stride == 1 {
+            Some(self.cols[r - 1])
+        } else {
+            None
+        }
+    }
+
     /// The K blocking for depth `k`: `(block count, block length)` with blocks as even as
     /// possible, so a depth just over `kc` is not split into a full block and a sliver.
     pub fn k_blocks(&self, k: usize) -> (usize, usize) {
@@ -76,7 +100,8 @@ static SCALAR: Spec = Spec {
     kc: 256,
     mc: 64,
     nc: 2048,
-    kernels: super::kernel_scalar::KERNELS,
+    rows: super::kernel_scalar::ROWS,
+    cols: super::kernel_scalar::COLS,
     epilogue: super::kernel_scalar::epilogue,
 };
 
@@ -88,7 +113,8 @@ static AVX2: Spec = Spec {
     kc: 256,
     mc: 144,
     nc: 4080 - 4080 % super::kernel_avx2::NR,
-    kernels: super::kernel_avx2::KERNELS,
+    rows: super::kernel_avx2::ROWS,
+    cols: super::kernel_avx2::COLS,
     epilogue: super::kernel_avx2::epilogue,
 };
 
@@ -100,7 +126,8 @@ static NEON: Spec = Spec {
     kc: 256,
     mc: 128,
     nc: 3072,
-    kernels: super::kernel_neon::KERNELS,
+    rows: super::kernel_neon::ROWS,
+    cols: super::kernel_neon::COLS,
     epilogue: super::kernel_neon::epilogue,
 };
 
