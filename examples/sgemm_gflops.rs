@@ -21,13 +21,15 @@ const DEFAULT_SHAPES: &[(usize, usize, usize)] = &[
     (128, 384, 1536),
 ];
 
-/// Seconds this thread has spent on a CPU (from /proc/thread-self/schedstat).
+/// Seconds this thread has spent on a CPU (from /proc/thread-self/schedstat, which the kernel
+/// updates at scheduler ticks: only long batches measure well with it).
 fn thread_cpu_secs() -> f64 {
     let s = std::fs::read_to_string("/proc/thread-self/schedstat").expect("schedstat");
     s.split_whitespace().next().unwrap().parse::<f64>().unwrap() * 1e-9
 }
 
-/// Median seconds per call of `f`, over batches of about 10 ms for `secs` seconds.
+/// Median seconds per call of `f`, over batches of about 10 ms (100 ms of CPU time with `cpu`)
+/// for `secs` seconds.
 fn time_per_call(secs: f64, cpu: bool, mut f: impl FnMut()) -> f64 {
     let clock = || {
         if cpu {
@@ -38,10 +40,12 @@ fn time_per_call(secs: f64, cpu: bool, mut f: impl FnMut()) -> f64 {
     };
     f();
     f();
-    let t = clock();
+    // Size batches by wall time: the CPU clock only advances at scheduler ticks.
+    let t = Instant::now();
     f();
-    let once = (clock() - t).max(1e-7);
-    let reps = ((0.01 / once) as usize).max(1);
+    let once = t.elapsed().as_secs_f64().max(1e-7);
+    let batch = if cpu { 0.1 } else { 0.01 };
+    let reps = ((batch / once) as usize).max(1);
     let mut samples = Vec::new();
     let start = Instant::now();
     while samples.len() < 5 || start.elapsed() < Duration::from_secs_f64(secs) {
@@ -49,7 +53,10 @@ fn time_per_call(secs: f64, cpu: bool, mut f: impl FnMut()) -> f64 {
         for _ in 0..reps {
             f();
         }
-        samples.push((clock() - t) / reps as f64);
+        let dt = clock() - t;
+        if dt > 0.0 {
+            samples.push(dt / reps as f64);
+        }
     }
     samples.sort_by(f64::total_cmp);
     samples[samples.len() / 2]

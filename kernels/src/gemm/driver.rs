@@ -7,7 +7,7 @@
 
 use super::spec::{Spec, TileKernel};
 use super::{pack, scratch, Epilogue, MatMut, MatRef, PackedB};
-use crate::parallel::{self, GEMM_PAR_MIN_MACS};
+use crate::parallel::{self, GEMM_BLOCKED_PAR_MIN_MACS, GEMM_PAR_MIN_MACS};
 
 /// Where B's panels come from.
 #[derive(Clone, Copy)]
@@ -41,10 +41,16 @@ struct Block<'e> {
     epi: &'e Epilogue<'e>,
 }
 
-/// Threads to use for an `m x n x k` product (1 when it is too small to pay the pool's wake-up).
-pub(crate) fn threads_for(m: usize, n: usize, k: usize) -> usize {
+/// Threads to use for an `m x n x k` product (1 when it is too small to pay the pool's wake-up);
+/// `blocked` for the packed path, whose two fork-joins per K block need more work to pay off.
+pub(crate) fn threads_for(m: usize, n: usize, k: usize, blocked: bool) -> usize {
     let macs = m.saturating_mul(n).saturating_mul(k);
-    if parallel::worth_splitting(macs, GEMM_PAR_MIN_MACS) {
+    let min = if blocked {
+        GEMM_BLOCKED_PAR_MIN_MACS
+    } else {
+        GEMM_PAR_MIN_MACS
+    };
+    if parallel::worth_splitting(macs, min) {
         parallel::num_threads()
     } else {
         1
@@ -194,6 +200,11 @@ pub(crate) fn needs_packing(spec: &Spec, a: &MatRef) -> bool {
     spec.kernel_for(a.row_stride, a.col_stride, 1).is_none()
 }
 
+/// Output columns from which the blocked path packs A even when it could read it in place:
+/// packing costs about 32/n of the product there, less than the TLB and prefetch misses of
+/// reading an MC x KC block spread over MC rows (or KC columns for A^T) of a large matrix.
+const PACK_A_MIN_N: usize = 256;
+
 /// Rows `i0..i1` times panels `jp0..jp1` of one B block, by MC row blocks (packing A only when
 /// it has no unit stride).
 #[allow(clippy::too_many_arguments)]
@@ -230,7 +241,7 @@ fn macro_kernel(
             }
         }
     };
-    if !needs_packing(spec, a) {
+    if n < PACK_A_MIN_N && !needs_packing(spec, a) {
         for ib in (i0..i1).step_by(spec.mc) {
             block(ib, spec.mc.min(i1 - ib), ASource::InPlace);
         }

@@ -130,3 +130,19 @@ pub(crate) unsafe fn epilogue(
     // SAFETY: forwarded contract.
     unsafe { super::epilogue::apply_tile(ops, c, ldc, row0, rows, col0, cols) }
 }
+
+/// The m = 1 path ([`super::gemv`]) compiled for this kernel family.
+///
+/// # Safety
+/// The CPU must support this family's target features; the [`super::gemv::GemvFn`] contract.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn gemv(
+    a: &super::MatRef,
+    b: &super::MatRef,
+    beta: f32,
+    out: &mut [f32],
+    j0: usize,
+    epi: &[EpilogueOp],
+) {
+    super::gemv::gemv::<true>(a, b, beta, out, j0, epi)
+}

@@ -82,3 +82,18 @@ pub(crate) unsafe fn epilogue(
     // SAFETY: forwarded contract.
     unsafe { super::epilogue::apply_tile(ops, c, ldc, row0, rows, col0, cols) }
 }
+
+/// The m = 1 path ([`super::gemv`]) compiled for this kernel family.
+///
+/// # Safety
+/// None beyond the [`super::gemv::GemvFn`] contract.
+pub(crate) unsafe fn gemv(
+    a: &super::MatRef,
+    b: &super::MatRef,
+    beta: f32,
+    out: &mut [f32],
+    j0: usize,
+    epi: &[EpilogueOp],
+) {
+    super::gemv::gemv::<false>(a, b, beta, out, j0, epi)
+}

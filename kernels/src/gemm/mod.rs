@@ -7,6 +7,7 @@
 mod direct;
 mod driver;
 mod epilogue;
+mod gemv;
 #[cfg(target_arch = "x86_64")]
 mod kernel_avx2;
 #[cfg(target_arch = "aarch64")]
@@ -20,6 +21,7 @@ mod tests;
 
 use crate::activation::{self, Activation};
 use crate::isa::Isa;
+use crate::parallel;
 use driver::BSource;
 use spec::Spec;
 
@@ -197,10 +199,19 @@ fn gemm_with(spec: &Spec, a: MatRef, b: MatRef, beta: f32, c: MatMut, epilogue: 
     if k == 0 {
         return scale_only(beta, c, epilogue);
     }
-    let threads = driver::threads_for(m, n, k);
-    if direct::applies(m, &b) {
+    if gemv::applies(m, &a, &b) {
+        let threads = driver::threads_for(m, n, k, false);
+        let per = n.div_ceil(2 * threads).next_multiple_of(16);
+        let out = &mut c.data[..n];
+        parallel::for_each_chunk_mut(out, per, threads > 1, |ci, chunk| {
+            // SAFETY: `spec.gemv` belongs to this process's ISA; its slices are bounds-checked.
+            unsafe { (spec.gemv)(&a, &b, beta, chunk, ci * per, epilogue) }
+        });
+    } else if direct::applies(m, &b) {
+        let threads = driver::threads_for(m, n, k, false);
         direct::run(spec, &a, &b, beta, c, epilogue, threads);
     } else {
+        let threads = driver::threads_for(m, n, k, true);
         driver::run(spec, &a, BSource::View(b), beta, c, epilogue, threads);
     }
 }
@@ -321,7 +332,8 @@ fn gemm_packed_with(
     if k == 0 {
         return scale_only(beta, c, epilogue);
     }
-    let threads = driver::threads_for(m, n, k);
+    // Pre-packed B: one fork-join per K block, like the small-m paths.
+    let threads = driver::threads_for(m, n, k, false);
     driver::run(spec, &a, BSource::Packed(b), beta, c, epilogue, threads);
 }
 

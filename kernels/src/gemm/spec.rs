@@ -59,6 +59,8 @@ pub(crate) struct Spec {
     /// `cols[r - 1]` computes an `r x nr` tile from A with unit row stride (packed or A^T).
     pub cols: &'static [TileKernel],
     pub epilogue: TileEpilogue,
+    /// The m = 1 path.
+    pub gemv: super::gemv::GemvFn,
 }
 
 impl std::fmt::Debug for Spec {
@@ -103,6 +105,7 @@ static SCALAR: Spec = Spec {
     rows: super::kernel_scalar::ROWS,
     cols: super::kernel_scalar::COLS,
     epilogue: super::kernel_scalar::epilogue,
+    gemv: super::kernel_scalar::gemv,
 };
 
 #[cfg(target_arch = "x86_64")]
@@ -116,6 +119,7 @@ static AVX2: Spec = Spec {
     rows: super::kernel_avx2::ROWS,
     cols: super::kernel_avx2::COLS,
     epilogue: super::kernel_avx2::epilogue,
+    gemv: super::kernel_avx2::gemv,
 };
 
 #[cfg(target_arch = "aarch64")]
@@ -129,6 +133,7 @@ static NEON: Spec = Spec {
     rows: super::kernel_neon::ROWS,
     cols: super::kernel_neon::COLS,
     epilogue: super::kernel_neon::epilogue,
+    gemv: super::kernel_neon::gemv,
 };
 
 /// The kernel family for `isa` (scalar when this build has no kernel for it).

@@ -399,13 +399,13 @@ fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
 #[test]
 fn threaded_results_equal_single_threaded() {
     // Threads only change which task runs a tile, never its arithmetic: results are bitwise equal.
-    let col_bias = values(300, 30);
+    let col_bias = values(600, 30);
     for (m, k, n) in [
-        (1, 700, 300),
-        (8, 400, 290),
-        (20, 500, 100),
+        (1, 2000, 600),
+        (8, 600, 290),
+        (20, 600, 100),
         (200, 300, 150),
-        (130, 70, 260),
+        (130, 170, 260),
     ] {
         let epi = [
             EpilogueOp::BiasPerCol(&col_bias[..n]),
