@@ -25,6 +25,14 @@ pub(crate) struct OutPtr {
     pub ldc: usize,
 }
 
+impl OutPtr {
+    /// The pointer (a method, so closures capture the whole Sync wrapper, not the raw field).
+    #[inline]
+    pub fn get(self) -> *mut f32 {
+        self.ptr
+    }
+}
+
 // SAFETY: an OutPtr is only dereferenced inside one GEMM call that holds the unique borrow of C,
 // and the tasks it is shared with write pairwise disjoint tiles of it.
 unsafe impl Send for OutPtr {}
@@ -104,13 +112,134 @@ pub(crate) fn run(
                     );
                 }
                 BSource::View(bv) => scratch::with(&scratch::B_BUF, len, |bb| {
-                    let per = panels.div_ceil(threads);
-                    parallel::for_each_chunk_mut(bb, per * kcb * nr, threads > 1, |ci, chunk| {
-                        pack::pack_b(&bv, p0, kcb, jc, ci * per, nr, chunk)
-                    });
-                    compute(spec, a, bb, &blk, out, m, n, threads);
+                    if threads > 1 {
+                        pack_and_compute(spec, a, &bv, bb, &blk, out, m, n, threads);
+                    } else {
+                        pack::pack_b(&bv, p0, kcb, jc, 0, nr, bb);
+                        compute(spec, a, bb, &blk, out, m, n, threads);
+                    }
                 }),
             }
+        }
+    }
+}
+
+/// Pack one B block and run its tiles in a single fork-join: every task first claims and packs
+/// groups of panels until none is left, waits until all claimed groups are packed, then runs its
+/// tiles. A task only ever waits for groups that running tasks have claimed, so it cannot wait on
+/// a task that never started (rayon may run the tasks one after another).
+#[allow(clippy::too_many_arguments)]
+fn pack_and_compute(
+    spec: &Spec,
+    a: &MatRef,
+    bv: &MatRef,
+    bb: &mut [f32],
+    blk: &Block,
+    out: OutPtr,
+    m: usize,
+    n: usize,
+    threads: usize,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (nr, kc) = (spec.nr, blk.kc);
+    let group = blk.panels.div_ceil(4 * threads).max(1);
+    let groups = blk.panels.div_ceil(group);
+    let (claimed, packed) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let len = bb.len();
+    let base = OutPtr {
+        ptr: bb.as_mut_ptr(),
+        ldc: 0,
+    };
+    let grid = TaskGrid::new(spec, m, blk.panels, threads);
+    parallel::for_each_index(grid.tasks(), true, |t| {
+        loop {
+            let g = claimed.fetch_add(1, Ordering::Relaxed);
+            if g >= groups {
+                break;
+            }
+            let jp0 = g * group;
+            let count = group.min(blk.panels - jp0);
+            // SAFETY: group g is panels jp0..jp0 + count, floats jp0*kc*nr .. (jp0+count)*kc*nr
+            // of `bb` (inside its len); the atomic claim hands each group to exactly one task,
+            // and nobody reads `bb` before every group is packed (below).
+            let chunk = unsafe {
+                std::slice::from_raw_parts_mut(base.get().add(jp0 * kc * nr), count * kc * nr)
+            };
+            pack::pack_b(bv, blk.p0, kc, blk.jc, jp0, nr, chunk);
+            packed.fetch_add(1, Ordering::Release);
+        }
+        let mut spins = 0u32;
+        while packed.load(Ordering::Acquire) < groups {
+            spins += 1;
+            if spins % 64 == 0 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        // SAFETY: every group was written and released before `packed` reached `groups`
+        // (acquired above); no task writes `bb` any more, so shared reads are sound.
+        let bb = unsafe { std::slice::from_raw_parts(base.get() as *const f32, len) };
+        grid.run(t, spec, a, bb, blk, out, m, n);
+    });
+}
+
+/// How one B block's tiles are split into tasks: row chunks (each thread its own A block, B
+/// panels shared) or, with too few rows for that, column panel ranges.
+struct TaskGrid {
+    tm: usize,
+    tn: usize,
+    rows_per: usize,
+    panels_per: usize,
+    panels: usize,
+}
+
+impl TaskGrid {
+    fn new(spec: &Spec, m: usize, panels: usize, threads: usize) -> Self {
+        let mr = spec.mr;
+        let row_groups = m.div_ceil(mr);
+        let (tm, tn) = if threads <= 1 {
+            (1, 1)
+        } else if row_groups >= 2 * threads {
+            let tm = m.div_ceil(spec.mc).max(threads).div_ceil(threads) * threads;
+            (tm.min(row_groups), 1)
+        } else {
+            (1, panels.min(2 * threads))
+        };
+        TaskGrid {
+            tm,
+            tn,
+            rows_per: row_groups.div_ceil(tm) * mr,
+            panels_per: panels.div_ceil(tn),
+            panels,
+        }
+    }
+
+    fn tasks(&self) -> usize {
+        self.tm * self.tn
+    }
+
+    /// Task `t`'s tiles.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        t: usize,
+        spec: &Spec,
+        a: &MatRef,
+        bb: &[f32],
+        blk: &Block,
+        out: OutPtr,
+        m: usize,
+        n: usize,
+    ) {
+        let (ti, tj) = (t / self.tn, t % self.tn);
+        let (i0, i1) = (ti * self.rows_per, m.min((ti + 1) * self.rows_per));
+        let (jp0, jp1) = (
+            tj * self.panels_per,
+            self.panels.min((tj + 1) * self.panels_per),
+        );
+        if i0 < i1 && jp0 < jp1 {
+            macro_kernel(spec, a, bb, blk, out, n, (i0, i1), (jp0, jp1));
         }
     }
 }
@@ -127,27 +256,9 @@ fn compute(
     n: usize,
     threads: usize,
 ) {
-    let mr = spec.mr;
-    let row_groups = m.div_ceil(mr);
-    // Prefer row chunks (each thread its own A block, B panels shared); with too few rows for
-    // that, split the column panels instead.
-    let (tm, tn) = if threads <= 1 {
-        (1, 1)
-    } else if row_groups >= 2 * threads {
-        let tm = m.div_ceil(spec.mc).max(threads).div_ceil(threads) * threads;
-        (tm.min(row_groups), 1)
-    } else {
-        (1, blk.panels.min(2 * threads))
-    };
-    let rows_per = row_groups.div_ceil(tm) * mr;
-    let panels_per = blk.panels.div_ceil(tn);
-    parallel::for_each_index(tm * tn, threads > 1, |t| {
-        let (ti, tj) = (t / tn, t % tn);
-        let (i0, i1) = (ti * rows_per, m.min((ti + 1) * rows_per));
-        let (jp0, jp1) = (tj * panels_per, blk.panels.min((tj + 1) * panels_per));
-        if i0 < i1 && jp0 < jp1 {
-            macro_kernel(spec, a, bb, blk, out, n, (i0, i1), (jp0, jp1));
-        }
+    let grid = TaskGrid::new(spec, m, blk.panels, threads);
+    parallel::for_each_index(grid.tasks(), threads > 1, |t| {
+        grid.run(t, spec, a, bb, blk, out, m, n)
     });
 }
 
@@ -203,7 +314,7 @@ pub(crate) fn needs_packing(spec: &Spec, a: &MatRef) -> bool {
 /// Output columns from which the blocked path packs A even when it could read it in place:
 /// packing costs about 32/n of the product there, less than the TLB and prefetch misses of
 /// reading an MC x KC block spread over MC rows (or KC columns for A^T) of a large matrix.
-const PACK_A_MIN_N: usize = 256;
+const PACK_A_MIN_N: usize = 512;
 
 /// Rows `i0..i1` times panels `jp0..jp1` of one B block, by MC row blocks (packing A only when
 /// it has no unit stride).
