@@ -8,9 +8,9 @@
 /// Minimum multiply-adds (m*n*k) before a GEMM is split across threads. Measured on 2 Zen 4
 /// cores: one fork-join (the m = 1 and small-m GEMM paths) pays off from about 0.5-1 M MACs.
 pub const GEMM_PAR_MIN_MACS: usize = 1 << 20;
-/// The same for the blocked (packed) GEMM path, which forks twice per K block (pack B, then
-/// compute): 128^3 (2 M MACs) still runs faster on one thread, 192^3 (7 M) gains 30% on two.
-pub const GEMM_BLOCKED_PAR_MIN_MACS: usize = 1 << 22;
+/// The same for the blocked (packed) GEMM path, which packs B and waits for all of it before
+/// computing: 128^3 (2 M MACs) gains 12% on two threads, 100^3 (1 M) nothing.
+pub const GEMM_BLOCKED_PAR_MIN_MACS: usize = 1 << 21;
 /// Minimum elements before a memory-bound element-wise kernel is split across threads.
 pub const ELEMWISE_PAR_MIN_ELEMS: usize = 1 << 16;
 /// Minimum multiply-adds before a convolution (or its backward) is split across threads.
