@@ -201,11 +201,10 @@ impl TaskGrid {
         let (tm, tn) = if threads <= 1 {
             (1, 1)
         } else if row_groups >= 2 * threads {
-            // Several tasks per thread, so a thread that wakes late or gets preempted on a
-            // shared machine leaves its share to be stolen instead of holding everyone up.
-            (m.div_ceil(spec.mc).max(4 * threads).min(row_groups), 1)
+            let tm = m.div_ceil(spec.mc).max(threads).div_ceil(threads) * threads;
+            (tm.min(row_groups), 1)
         } else {
-            (1, panels.min(4 * threads))
+            (1, panels.min(2 * threads))
         };
         TaskGrid {
             tm,
