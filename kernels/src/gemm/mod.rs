@@ -4,7 +4,26 @@
 //! to each output tile while it is still in cache. A and B are read through arbitrary row/column
 //! strides, so transposed operands cost nothing extra; C is row-major with a row stride.
 
+mod direct;
+mod driver;
+mod epilogue;
+mod gemv;
+#[cfg(target_arch = "x86_64")]
+mod kernel_avx2;
+#[cfg(target_arch = "aarch64")]
+mod kernel_neon;
+mod kernel_scalar;
+mod pack;
+mod scratch;
+mod spec;
+#[cfg(test)]
+mod tests;
+
 use crate::activation::{self, Activation};
+use crate::isa::Isa;
+use crate::parallel;
+use driver::BSource;
+use spec::Spec;
 
 /// A read-only matrix view: element (i, j) is `data[i * row_stride + j * col_stride]`.
 #[derive(Clone, Copy, Debug)]
@@ -99,15 +118,18 @@ pub enum EpilogueOp<'a> {
 pub type Epilogue<'a> = [EpilogueOp<'a>];
 
 fn check_shapes(a: &MatRef, b: &MatRef, c: &MatMut, epilogue: &Epilogue) {
-    assert_eq!(a.cols, b.rows, "gemm: inner dimensions differ");
+    assert!(b.in_bounds(), "gemm: view out of bounds");
+    check_a_c(a, b.rows, b.cols, c, epilogue);
+}
+
+/// The checks that do not involve B's data: dimensions, A and C bounds, the epilogue's operands.
+fn check_a_c(a: &MatRef, k: usize, n: usize, c: &MatMut, epilogue: &Epilogue) {
+    assert_eq!(a.cols, k, "gemm: inner dimensions differ");
     assert!(
-        a.rows == c.rows && b.cols == c.cols,
+        a.rows == c.rows && n == c.cols,
         "gemm: output dimensions differ"
     );
-    assert!(
-        a.in_bounds() && b.in_bounds() && c.in_bounds(),
-        "gemm: view out of bounds"
-    );
+    assert!(a.in_bounds() && c.in_bounds(), "gemm: view out of bounds");
     assert!(c.row_stride >= c.cols, "gemm: output rows overlap");
     for op in epilogue {
         match op {
@@ -158,13 +180,161 @@ pub fn apply_epilogue(
     }
 }
 
-/// `C = beta * C + A * B`, then `epilogue`. `beta` is usually 0 (overwrite) or 1 (accumulate).
+/// `C = beta * C + A * B`, then `epilogue`. `beta` is usually 0 (overwrite) or 1 (accumulate);
+/// with `beta == 0` C is never read (it may hold garbage).
 ///
 /// Panics if the views' dimensions disagree or address memory outside their slices: callers (the
 /// engine) validate shapes and report errors before reaching a kernel.
 pub fn gemm(a: MatRef, b: MatRef, beta: f32, c: MatMut, epilogue: &Epilogue) {
     check_shapes(&a, &b, &c, epilogue);
-    reference_gemm(a, b, beta, c, epilogue);
+    gemm_with(spec::current(), a, b, beta, c, epilogue);
+}
+
+/// [`gemm`] on a given kernel family (tests compare the SIMD families with the scalar one).
+fn gemm_with(spec: &Spec, a: MatRef, b: MatRef, beta: f32, c: MatMut, epilogue: &Epilogue) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        return scale_only(beta, c, epilogue);
+    }
+    if gemv::applies(m, &a, &b) {
+        let threads = driver::threads_for(m, n, k, false);
+        let per = n.div_ceil(2 * threads).next_multiple_of(16);
+        let out = &mut c.data[..n];
+        parallel::for_each_chunk_mut(out, per, threads > 1, |ci, chunk| {
+            // SAFETY: `spec.gemv` belongs to this process's ISA; its slices are bounds-checked.
+            unsafe { (spec.gemv)(&a, &b, beta, chunk, ci * per, epilogue) }
+        });
+    } else if direct::applies(m, &b) {
+        let threads = driver::threads_for(m, n, k, false);
+        direct::run(spec, &a, &b, beta, c, epilogue, threads);
+    } else {
+        let threads = driver::threads_for(m, n, k, true);
+        driver::run(spec, &a, BSource::View(b), beta, c, epilogue, threads);
+    }
+}
+
+/// An empty product: `C = beta * C` (zero when `beta == 0`, whatever C held), then the epilogue.
+fn scale_only(beta: f32, c: MatMut, epilogue: &Epilogue) {
+    let (m, n) = (c.rows, c.cols);
+    for r in c.data.chunks_mut(c.row_stride).take(m) {
+        if beta == 0.0 {
+            r[..n].fill(0.0);
+        } else {
+            r[..n].iter_mut().for_each(|v| *v *= beta);
+        }
+    }
+    apply_epilogue(epilogue, c.data, c.row_stride, 0, m, 0, n);
+}
+
+/// B packed once into the micro-kernel's panel layout, for weights multiplied many times
+/// (inference pre-packs every Linear/conv weight). Made by [`pack_b`], used by [`gemm_packed`].
+pub struct PackedB {
+    buf: Vec<f32>,
+    /// Start of the cache-line-aligned data inside `buf`.
+    start: usize,
+    k: usize,
+    n: usize,
+    /// `n` rounded up to the panel width: K block `[p0, p0 + kc)` starts at `p0 * npad`, its
+    /// panel `j` at `p0 * npad + j * kc * nr`.
+    npad: usize,
+    isa: Isa,
+}
+
+impl PackedB {
+    /// Rows of the packed B (the GEMM's depth k).
+    pub fn rows(&self) -> usize {
+        self.k
+    }
+
+    /// Columns of the packed B (the GEMM's n).
+    pub fn cols(&self) -> usize {
+        self.n
+    }
+
+    fn data(&self) -> &[f32] {
+        &self.buf[self.start..self.start + self.k * self.npad]
+    }
+}
+
+impl std::fmt::Debug for PackedB {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedB({}x{}, {})", self.k, self.n, self.isa.name())
+    }
+}
+
+/// Pack `b` (any strides) for [`gemm_packed`] with this process's kernel family.
+pub fn pack_b(b: MatRef) -> PackedB {
+    pack_b_with(spec::current(), b)
+}
+
+fn pack_b_with(spec: &Spec, b: MatRef) -> PackedB {
+    assert!(b.in_bounds(), "pack_b: view out of bounds");
+    let (k, n, nr) = (b.rows, b.cols, spec.nr);
+    let npad = n.div_ceil(nr) * nr;
+    let mut buf = Vec::new();
+    let start = {
+        let data = scratch::aligned(&mut buf, k * npad);
+        let start = data.as_ptr() as usize - buf.as_ptr() as usize;
+        start / std::mem::size_of::<f32>()
+    };
+    if n > 0 && k > 0 {
+        let (nkb, kc) = spec.k_blocks(k);
+        let data = &mut buf[start..start + k * npad];
+        for kb in 0..nkb {
+            let p0 = kb * kc;
+            let kcb = kc.min(k - p0);
+            pack::pack_b(
+                &b,
+                p0,
+                kcb,
+                0,
+                0,
+                nr,
+                &mut data[p0 * npad..(p0 + kcb) * npad],
+            );
+        }
+    }
+    PackedB {
+        buf,
+        start,
+        k,
+        n,
+        npad,
+        isa: spec.isa,
+    }
+}
+
+/// [`gemm`] with a pre-packed B: `C = beta * C + A * B`, then `epilogue`.
+pub fn gemm_packed(a: MatRef, b: &PackedB, beta: f32, c: MatMut, epilogue: &Epilogue) {
+    gemm_packed_with(spec::current(), a, b, beta, c, epilogue)
+}
+
+fn gemm_packed_with(
+    spec: &Spec,
+    a: MatRef,
+    b: &PackedB,
+    beta: f32,
+    c: MatMut,
+    epilogue: &Epilogue,
+) {
+    assert_eq!(
+        b.isa, spec.isa,
+        "gemm_packed: B was packed for another kernel family"
+    );
+    check_a_c(&a, b.k, b.n, &c, epilogue);
+    let (m, k, n) = (a.rows, a.cols, b.n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        return scale_only(beta, c, epilogue);
+    }
+    // Pre-packed B: one fork-join per K block, like the small-m paths.
+    let threads = driver::threads_for(m, n, k, false);
+    driver::run(spec, &a, BSource::Packed(b), beta, c, epilogue, threads);
 }
 
 /// The reference GEMM every optimised path is tested against: matrixmultiply's packed kernel,

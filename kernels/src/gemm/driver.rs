@@ -1,0 +1,377 @@
+//! The blocked GEMM (BLIS loop order) and its split across threads.
+//!
+//! `for jc (NC columns) / for pc (KC depth): pack the B block once (panels split over threads),
+//! then tasks over row chunks (or column panels when there are too few rows), each packing its own
+//! A blocks (MC rows, kept in L2) and running the micro-kernel over every tile. The epilogue runs
+//! on each tile right after the store of the last K block.
+
+use super::spec::{Spec, TileKernel};
+use super::{pack, scratch, Epilogue, MatMut, MatRef, PackedB};
+use crate::parallel::{self, GEMM_BLOCKED_PAR_MIN_MACS, GEMM_PAR_MIN_MACS};
+
+/// Where B's panels come from.
+#[derive(Clone, Copy)]
+pub(crate) enum BSource<'a> {
+    /// A strided view, packed block by block during the call.
+    View(MatRef<'a>),
+    /// Panels packed once ahead of time ([`super::pack_b`]).
+    Packed(&'a PackedB),
+}
+
+/// C's base pointer and row stride, shared by the tasks, which write disjoint tiles.
+#[derive(Clone, Copy)]
+pub(crate) struct OutPtr {
+    pub ptr: *mut f32,
+    pub ldc: usize,
+}
+
+impl OutPtr {
+    /// The pointer (a method, so closures capture the whole Sync wrapper, not the raw field).
+    #[inline]
+    pub fn get(self) -> *mut f32 {
+        self.ptr
+    }
+}
+
+// SAFETY: an OutPtr is only dereferenced inside one GEMM call that holds the unique borrow of C,
+// and the tasks it is shared with write pairwise disjoint tiles of it.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above; the pointer itself is never mutated.
+unsafe impl Sync for OutPtr {}
+
+/// One K block of one N block, as the tasks see it.
+struct Block<'e> {
+    p0: usize,
+    kc: usize,
+    jc: usize,
+    panels: usize,
+    beta: f32,
+    epi: &'e Epilogue<'e>,
+}
+
+/// Threads to use for an `m x n x k` product (1 when it is too small to pay the pool's wake-up);
+/// `blocked` for the packed path, whose two fork-joins per K block need more work to pay off.
+pub(crate) fn threads_for(m: usize, n: usize, k: usize, blocked: bool) -> usize {
+    let macs = m.saturating_mul(n).saturating_mul(k);
+    let min = if blocked {
+        GEMM_BLOCKED_PAR_MIN_MACS
+    } else {
+        GEMM_PAR_MIN_MACS
+    };
+    if parallel::worth_splitting(macs, min) {
+        parallel::num_threads()
+    } else {
+        1
+    }
+}
+
+/// `C = beta * C + A * B` then `epi`, for `k > 0` and non-empty C.
+pub(crate) fn run(
+    spec: &Spec,
+    a: &MatRef,
+    b: BSource,
+    beta: f32,
+    c: MatMut,
+    epi: &Epilogue,
+    threads: usize,
+) {
+    let (m, k, n) = (a.rows, a.cols, c.cols);
+    let nr = spec.nr;
+    let (nkb, kc) = spec.k_blocks(k);
+    let out = OutPtr {
+        ptr: c.data.as_mut_ptr(),
+        ldc: c.row_stride,
+    };
+    for jc in (0..n).step_by(spec.nc) {
+        let ncb = spec.nc.min(n - jc);
+        let panels = ncb.div_ceil(nr);
+        for kb in 0..nkb {
+            let p0 = kb * kc;
+            let kcb = kc.min(k - p0);
+            let blk = Block {
+                p0,
+                kc: kcb,
+                jc,
+                panels,
+                beta: if kb == 0 { beta } else { 1.0 },
+                epi: if kb + 1 == nkb { epi } else { &[] },
+            };
+            let len = panels * kcb * nr;
+            match b {
+                BSource::Packed(pb) => {
+                    let off = p0 * pb.npad + (jc / nr) * kcb * nr;
+                    compute(
+                        spec,
+                        a,
+                        &pb.data()[off..off + len],
+                        &blk,
+                        out,
+                        m,
+                        n,
+                        threads,
+                    );
+                }
+                BSource::View(bv) => scratch::with(&scratch::B_BUF, len, |bb| {
+                    if threads > 1 {
+                        pack_and_compute(spec, a, &bv, bb, &blk, out, m, n, threads);
+                    } else {
+                        pack::pack_b(&bv, p0, kcb, jc, 0, nr, bb);
+                        compute(spec, a, bb, &blk, out, m, n, threads);
+                    }
+                }),
+            }
+        }
+    }
+}
+
+/// Pack one B block and run its tiles in a single fork-join: every task first claims and packs
+/// groups of panels until none is left, waits until all claimed groups are packed, then runs its
+/// tiles. A task only ever waits for groups that running tasks have claimed, so it cannot wait on
+/// a task that never started (rayon may run the tasks one after another).
+#[allow(clippy::too_many_arguments)]
+fn pack_and_compute(
+    spec: &Spec,
+    a: &MatRef,
+    bv: &MatRef,
+    bb: &mut [f32],
+    blk: &Block,
+    out: OutPtr,
+    m: usize,
+    n: usize,
+    threads: usize,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (nr, kc) = (spec.nr, blk.kc);
+    let group = blk.panels.div_ceil(4 * threads).max(1);
+    let groups = blk.panels.div_ceil(group);
+    let (claimed, packed) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let len = bb.len();
+    let base = OutPtr {
+        ptr: bb.as_mut_ptr(),
+        ldc: 0,
+    };
+    let grid = TaskGrid::new(spec, m, blk.panels, threads);
+    parallel::for_each_index(grid.tasks(), true, |t| {
+        loop {
+            let g = claimed.fetch_add(1, Ordering::Relaxed);
+            if g >= groups {
+                break;
+            }
+            let jp0 = g * group;
+            let count = group.min(blk.panels - jp0);
+            // SAFETY: group g is panels jp0..jp0 + count, floats jp0*kc*nr .. (jp0+count)*kc*nr
+            // of `bb` (inside its len); the atomic claim hands each group to exactly one task,
+            // and nobody reads `bb` before every group is packed (below).
+            let chunk = unsafe {
+                std::slice::from_raw_parts_mut(base.get().add(jp0 * kc * nr), count * kc * nr)
+            };
+            pack::pack_b(bv, blk.p0, kc, blk.jc, jp0, nr, chunk);
+            packed.fetch_add(1, Ordering::Release);
+        }
+        let mut spins = 0u32;
+        while packed.load(Ordering::Acquire) < groups {
+            spins += 1;
+            if spins % 64 == 0 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        // SAFETY: every group was written and released before `packed` reached `groups`
+        // (acquired above); no task writes `bb` any more, so shared reads are sound.
+        let bb = unsafe { std::slice::from_raw_parts(base.get() as *const f32, len) };
+        grid.run(t, spec, a, bb, blk, out, m, n);
+    });
+}
+
+/// How one B block's tiles are split into tasks: row chunks (each thread its own A block, B
+/// panels shared) or, with too few rows for that, column panel ranges.
+struct TaskGrid {
+    tm: usize,
+    tn: usize,
+    rows_per: usize,
+    panels_per: usize,
+    panels: usize,
+}
+
+impl TaskGrid {
+    fn new(spec: &Spec, m: usize, panels: usize, threads: usize) -> Self {
+        let mr = spec.mr;
+        let row_groups = m.div_ceil(mr);
+        let (tm, tn) = if threads <= 1 {
+            (1, 1)
+        } else if row_groups >= 2 * threads {
+            let tm = m.div_ceil(spec.mc).max(threads).div_ceil(threads) * threads;
+            (tm.min(row_groups), 1)
+        } else {
+            (1, panels.min(2 * threads))
+        };
+        TaskGrid {
+            tm,
+            tn,
+            rows_per: row_groups.div_ceil(tm) * mr,
+            panels_per: panels.div_ceil(tn),
+            panels,
+        }
+    }
+
+    fn tasks(&self) -> usize {
+        self.tm * self.tn
+    }
+
+    /// Task `t`'s tiles.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        t: usize,
+        spec: &Spec,
+        a: &MatRef,
+        bb: &[f32],
+        blk: &Block,
+        out: OutPtr,
+        m: usize,
+        n: usize,
+    ) {
+        let (ti, tj) = (t / self.tn, t % self.tn);
+        let (i0, i1) = (ti * self.rows_per, m.min((ti + 1) * self.rows_per));
+        let (jp0, jp1) = (
+            tj * self.panels_per,
+            self.panels.min((tj + 1) * self.panels_per),
+        );
+        if i0 < i1 && jp0 < jp1 {
+            macro_kernel(spec, a, bb, blk, out, n, (i0, i1), (jp0, jp1));
+        }
+    }
+}
+
+/// Run every tile of one packed B block, split into tasks when `threads > 1`.
+#[allow(clippy::too_many_arguments)]
+fn compute(
+    spec: &Spec,
+    a: &MatRef,
+    bb: &[f32],
+    blk: &Block,
+    out: OutPtr,
+    m: usize,
+    n: usize,
+    threads: usize,
+) {
+    let grid = TaskGrid::new(spec, m, blk.panels, threads);
+    parallel::for_each_index(grid.tasks(), threads > 1, |t| {
+        grid.run(t, spec, a, bb, blk, out, m, n)
+    });
+}
+
+/// Where the micro-kernels read A from: in place when A has a unit stride, else a packed block.
+#[derive(Clone, Copy)]
+pub(crate) enum ASource<'a> {
+    InPlace,
+    /// Rows `row0..` of A at depth `p0..p0 + kc`, packed by [`pack::pack_a`].
+    Packed {
+        buf: &'a [f32],
+        row0: usize,
+        kc: usize,
+    },
+}
+
+impl ASource<'_> {
+    /// The kernel, A pointer and A strides for the `rows`-row tile at (`row`, depth `p0`).
+    #[inline]
+    pub(crate) fn tile(
+        self,
+        spec: &Spec,
+        a: &MatRef,
+        row: usize,
+        rows: usize,
+        p0: usize,
+    ) -> (TileKernel, *const f32, usize, usize) {
+        match self {
+            ASource::InPlace => {
+                let kern = spec
+                    .kernel_for(a.row_stride, a.col_stride, rows)
+                    .expect("A has a unit stride");
+                let ap = a.data[row * a.row_stride + p0 * a.col_stride..].as_ptr();
+                (kern, ap, a.row_stride, a.col_stride)
+            }
+            ASource::Packed { buf, row0, kc } => {
+                let off = (row - row0) * kc;
+                (
+                    spec.cols[rows - 1],
+                    buf[off..off + kc * spec.mr].as_ptr(),
+                    1,
+                    spec.mr,
+                )
+            }
+        }
+    }
+}
+
+/// Whether A must be packed (neither stride is 1) for the micro-kernels to read it.
+pub(crate) fn needs_packing(spec: &Spec, a: &MatRef) -> bool {
+    spec.kernel_for(a.row_stride, a.col_stride, 1).is_none()
+}
+
+/// Output columns from which the blocked path packs A even when it could read it in place:
+/// packing costs about 32/n of the product there, less than the TLB and prefetch misses of
+/// reading an MC x KC block spread over MC rows (or KC columns for A^T) of a large matrix.
+const PACK_A_MIN_N: usize = 512;
+
+/// Rows `i0..i1` times panels `jp0..jp1` of one B block, by MC row blocks (packing A only when
+/// it has no unit stride).
+#[allow(clippy::too_many_arguments)]
+fn macro_kernel(
+    spec: &Spec,
+    a: &MatRef,
+    bb: &[f32],
+    blk: &Block,
+    out: OutPtr,
+    n: usize,
+    (i0, i1): (usize, usize),
+    (jp0, jp1): (usize, usize),
+) {
+    let (mr, nr, kc) = (spec.mr, spec.nr, blk.kc);
+    let block = |ib: usize, mcb: usize, asrc: ASource| {
+        for jp in jp0..jp1 {
+            let col = blk.jc + jp * nr;
+            let cols = nr.min(n - col);
+            let bp = bb[jp * kc * nr..(jp + 1) * kc * nr].as_ptr();
+            for row in (ib..ib + mcb).step_by(mr) {
+                let rows = mr.min(ib + mcb - row);
+                let (kern, ap, rsa, csa) = asrc.tile(spec, a, row, rows, blk.p0);
+                // SAFETY: `kern` reads A(i, p) for i < rows, p < kc, all inside A's view (or
+                // its packed copy); `bp` holds kc * nr packed floats; the tile (row..row + rows,
+                // col..col + cols) lies inside C (row < m, col < n, C in bounds) and belongs to
+                // this task alone; `kern` matches this process's ISA.
+                unsafe {
+                    let cp = out.ptr.add(row * out.ldc + col);
+                    kern(kc, ap, rsa, csa, bp, nr, cp, out.ldc, cols, blk.beta);
+                    if !blk.epi.is_empty() {
+                        (spec.epilogue)(blk.epi, cp, out.ldc, row, rows, col, cols);
+                    }
+                }
+            }
+        }
+    };
+    if n < PACK_A_MIN_N && !needs_packing(spec, a) {
+        for ib in (i0..i1).step_by(spec.mc) {
+            block(ib, spec.mc.min(i1 - ib), ASource::InPlace);
+        }
+        return;
+    }
+    let a_len = spec.mc.min(i1 - i0).div_ceil(mr) * mr * kc;
+    scratch::with(&scratch::A_BUF, a_len, |abuf| {
+        for ib in (i0..i1).step_by(spec.mc) {
+            let mcb = spec.mc.min(i1 - ib);
+            pack::pack_a(a, ib, mcb, blk.p0, kc, mr, abuf);
+            block(
+                ib,
+                mcb,
+                ASource::Packed {
+                    buf: abuf,
+                    row0: ib,
+                    kc,
+                },
+            );
+        }
+    });
+}

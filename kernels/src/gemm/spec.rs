@@ -1,0 +1,153 @@
+//! Which micro-kernel and which cache blocking a GEMM runs with, per ISA.
+//!
+//! A micro-kernel computes an `r x NR` tile of C (`r <= MR`) from a packed A micro-panel (`MR`
+//! floats per k step) and `k` rows of B (`NR` floats each, `ldb` apart: a packed panel has
+//! `ldb == NR`, the direct small-m path points into B itself). The blocking follows BLIS: a
+//! `KC x NR` B micro-panel stays in L1, an `MC x KC` A block in L2, a `KC x NC` B block in L3.
+
+use super::EpilogueOp;
+use crate::isa::Isa;
+
+/// `tile(k, a, rsa, csa, b, ldb, c, ldc, cols, beta)`: C[0..r, 0..cols] = beta * C + A * B_rows
+/// with A(i, p) at `a + i * rsa + p * csa`, where `r` is fixed by the kernel's position in its
+/// table. `beta == 0` never reads C.
+///
+/// Contract: A(i, p) is readable for `i < r`, `p < k` (a kernel from [`Spec::rows`] assumes
+/// `csa == 1`, one from [`Spec::cols`] assumes `rsa == 1`); `b + p * ldb` holds `NR` readable
+/// floats for every `p < k`; the `r` rows of `cols <= NR` floats at `c + i * ldc` are writable
+/// and owned by the caller.
+pub(crate) type TileKernel = unsafe fn(
+    k: usize,
+    a: *const f32,
+    rsa: usize,
+    csa: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    beta: f32,
+);
+
+/// `epi(ops, c, ldc, row0, rows, col0, cols)`: the store epilogue over one finished tile at
+/// `c` (global position `row0`, `col0`), compiled with the ISA's target features.
+pub(crate) type TileEpilogue = unsafe fn(
+    ops: &[EpilogueOp],
+    c: *mut f32,
+    ldc: usize,
+    row0: usize,
+    rows: usize,
+    col0: usize,
+    cols: usize,
+);
+
+/// A micro-kernel family with its register tile and cache blocking.
+pub(crate) struct Spec {
+    pub isa: Isa,
+    /// Rows of the register tile (A micro-panel height).
+    pub mr: usize,
+    /// Columns of the register tile (B micro-panel width).
+    pub nr: usize,
+    /// Largest K block (depth of the packed panels).
+    pub kc: usize,
+    /// Largest M block (rows of A packed at once, kept in L2).
+    pub mc: usize,
+    /// Largest N block (columns of B packed at once, kept in L3); a multiple of `nr`.
+    pub nc: usize,
+    /// `rows[r - 1]` computes an `r x nr` tile from A with unit column stride (row-major A).
+    pub rows: &'static [TileKernel],
+    /// `cols[r - 1]` computes an `r x nr` tile from A with unit row stride (packed or A^T).
+    pub cols: &'static [TileKernel],
+    pub epilogue: TileEpilogue,
+    /// The m = 1 path.
+    pub gemv: super::gemv::GemvFn,
+}
+
+impl std::fmt::Debug for Spec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}-{}", self.mr, self.nr, self.isa.name())
+    }
+}
+
+impl Spec {
+    /// The kernel for an `r`-row tile of `a` (unit column stride first, then unit row stride),
+    /// or None when A must be packed first.
+    pub fn kernel_for(
+        &self,
+        a_row_stride: usize,
+        a_col_stride: usize,
+        r: usize,
+    ) -> Option<TileKernel> {
+        if a_col_stride == 1 {
+            Some(self.rows[r - 1])
+        } else if a_row_stride == 1 {
+            Some(self.cols[r - 1])
+        } else {
+            None
+        }
+    }
+
+    /// The K blocking for depth `k`: `(block count, block length)` with blocks as even as
+    /// possible, so a depth just over `kc` is not split into a full block and a sliver.
+    pub fn k_blocks(&self, k: usize) -> (usize, usize) {
+        let nb = k.div_ceil(self.kc).max(1);
+        (nb, k.div_ceil(nb))
+    }
+}
+
+static SCALAR: Spec = Spec {
+    isa: Isa::Scalar,
+    mr: super::kernel_scalar::MR,
+    nr: super::kernel_scalar::NR,
+    kc: 256,
+    mc: 64,
+    nc: 2048,
+    rows: super::kernel_scalar::ROWS,
+    cols: super::kernel_scalar::COLS,
+    epilogue: super::kernel_scalar::epilogue,
+    gemv: super::kernel_scalar::gemv,
+};
+
+#[cfg(target_arch = "x86_64")]
+static AVX2: Spec = Spec {
+    isa: Isa::Avx2Fma,
+    mr: super::kernel_avx2::MR,
+    nr: super::kernel_avx2::NR,
+    kc: 256,
+    mc: 144,
+    nc: 4080 - 4080 % super::kernel_avx2::NR,
+    rows: super::kernel_avx2::ROWS,
+    cols: super::kernel_avx2::COLS,
+    epilogue: super::kernel_avx2::epilogue,
+    gemv: super::kernel_avx2::gemv,
+};
+
+#[cfg(target_arch = "aarch64")]
+static NEON: Spec = Spec {
+    isa: Isa::Neon,
+    mr: super::kernel_neon::MR,
+    nr: super::kernel_neon::NR,
+    kc: 256,
+    mc: 128,
+    nc: 3072,
+    rows: super::kernel_neon::ROWS,
+    cols: super::kernel_neon::COLS,
+    epilogue: super::kernel_neon::epilogue,
+    gemv: super::kernel_neon::gemv,
+};
+
+/// The kernel family for `isa` (scalar when this build has no kernel for it).
+pub(crate) fn for_isa(isa: Isa) -> &'static Spec {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => &AVX2,
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => &NEON,
+        _ => &SCALAR,
+    }
+}
+
+/// The kernel family this process dispatches to.
+pub(crate) fn current() -> &'static Spec {
+    for_isa(crate::isa::current())
+}
