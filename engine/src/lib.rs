@@ -7,6 +7,7 @@
 
 pub mod autograd;
 pub mod error;
+pub mod graph;
 pub mod io;
 pub mod ops;
 pub mod optim;
@@ -18,6 +19,7 @@ pub mod testing;
 
 pub use autograd::{is_grad_enabled, no_grad, Backward, Gradients};
 pub use error::{Error, Result};
+pub use graph::{Graph, Mode, Model};
 pub use io::TensorStore;
 pub use ops::conv::Conv2dParams;
 pub use ops::pool::{AvgPool2dParams, MaxPool2dParams};
