@@ -2,5 +2,6 @@
 
 pub mod data;
 pub mod error;
+pub mod zoo;
 
 pub use error::{Error, Result};
