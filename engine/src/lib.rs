@@ -16,6 +16,7 @@ pub mod shape;
 pub mod storage;
 pub mod tensor;
 pub mod testing;
+pub mod tlc;
 
 pub use autograd::{is_grad_enabled, no_grad, Backward, Gradients};
 pub use error::{Error, Result};
