@@ -11,6 +11,7 @@ pub mod graph;
 pub mod io;
 pub mod ops;
 pub mod optim;
+pub mod passes;
 pub mod rng;
 pub mod shape;
 pub mod storage;
