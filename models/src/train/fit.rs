@@ -281,13 +281,19 @@ impl Trainer {
         let batches = Prefetcher::start(self.splits.train.clone(), self.loader(), epoch, 0)?;
         let (mut loss_sum, mut correct, mut seen, mut lr) = (0f64, 0usize, 0usize, cfg.lr);
         for (b, batch) in batches.enumerate() {
-            let diverged = |detail: String| Error::Diverged {
-                epoch: e1,
-                batch: b + 1,
-                detail: format!(
-                    "{detail}; the last checkpoint (epoch {epoch}) is kept -- lower --lr, add \
-                     --warmup or --clip-grad-norm"
-                ),
+            let diverged = |detail: String| {
+                let kept = if epoch == 0 {
+                    "no checkpoint was written yet".to_string()
+                } else {
+                    format!("the last checkpoint (epoch {epoch}) is kept")
+                };
+                Error::Diverged {
+                    epoch: e1,
+                    batch: b + 1,
+                    detail: format!(
+                        "{detail}; {kept} -- lower --lr, add --warmup or --clip-grad-norm"
+                    ),
+                }
             };
             lr = schedule.lr(cfg.lr, epoch * spe + b);
             self.optim.set_lr(lr);
