@@ -58,6 +58,24 @@ pub struct EvalMetrics {
     pub per_class: Vec<(usize, usize)>,
 }
 
+/// Remove the half-written files a run killed while saving leaves behind. The engine's atomic
+/// writer names its temporary `.<target>.tmp-<pid>-<n>` beside the target; the target itself is
+/// always whole, so these are garbage once their writer is gone.
+fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if [LAST, BEST, LOG]
+            .iter()
+            .any(|t| name.starts_with(&format!(".{t}.tmp-")))
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// A freshly initialised model of `spec`, seeded by `seed`.
 pub fn init_model(spec: &ArchSpec, seed: u64) -> Result<Model> {
     let (graph, init) = zoo::build(spec)?;
@@ -251,6 +269,7 @@ impl Trainer {
     pub fn run_epochs(&mut self, n: usize, progress: &mut dyn Progress) -> Result<()> {
         if let Some(dir) = &self.out {
             std::fs::create_dir_all(dir).map_err(|e| tlc_engine::Error::io(dir, e))?;
+            remove_stale_temporaries(dir);
             // A killed run may have died before rewriting the log; make it match the checkpoint.
             self.write_log(dir)?;
         }

@@ -172,12 +172,16 @@ fn resuming_from_a_checkpoint_equals_the_uninterrupted_run() {
     assert_eq!(loaded.checkpoint.train.as_ref().unwrap().epochs_done, 1);
     let state = loaded.checkpoint.train.clone().unwrap();
     let s = splits(384, &state.config);
+    // As if a run had been killed while writing its checkpoint.
+    let stale = dir.path().join(".last.safetensors.tmp-999999-0");
+    std::fs::write(&stale, b"half a checkpoint").unwrap();
     let mut resumed =
         Trainer::resume(loaded.checkpoint, state.config, s, Some(dir.path().into())).unwrap();
     resumed.run(&mut Silent).unwrap();
 
     assert_same_metrics(&resumed.state().history, &whole.state().history);
     assert_eq!(params(resumed.model()), params(whole.model()));
+    assert!(!stale.exists());
     // The log matches the history, one line per epoch.
     let log = std::fs::read_to_string(dir.path().join(LOG)).unwrap();
     let lines: Vec<EpochMetrics> = log
