@@ -1,3 +1,23 @@
-fn main() {
-    println!("tlc {}", env!("CARGO_PKG_VERSION"));
+//! The `tlc` command line: train, evaluate, inspect and run image classifiers, and a quick demo
+//! of the engine.
+
+mod cli;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    match cli::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                eprintln!("  caused by: {s}");
+                source = s.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -21,6 +21,17 @@ pub enum Error {
     /// An invalid option or configuration.
     #[error("{0}")]
     Config(String),
+    /// A checkpoint that cannot serve the request (no architecture metadata, a bad header entry,
+    /// tensors that do not fit the architecture).
+    #[error("checkpoint {}: {detail}", path.display())]
+    Checkpoint { path: PathBuf, detail: String },
+    /// Training produced a NaN or infinite loss or gradient; the last checkpoint is left as it was.
+    #[error("training diverged at epoch {epoch}, batch {batch}: {detail}")]
+    Diverged {
+        epoch: usize,
+        batch: usize,
+        detail: String,
+    },
 }
 
 impl Error {

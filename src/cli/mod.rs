@@ -1,0 +1,221 @@
+//! Arguments (clap derive) and dispatch. Each command lives in its own file; this one holds what
+//! they share: the global options, the architecture flags, and the error type.
+
+mod demo;
+mod eval;
+mod infer;
+mod info;
+mod progress;
+mod train;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use tlc_engine::TensorStore;
+use tlc_models::checkpoint::{describe, Checkpoint, Loaded, ARCH_KEY};
+use tlc_models::zoo::{Arch, ArchSpec};
+
+/// What the commands can fail with; printed as `error: ...` with exit code 1.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Models(#[from] tlc_models::Error),
+    #[error(transparent)]
+    Engine(#[from] tlc_engine::Error),
+    /// Options that do not go together.
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot set up {threads} worker threads: {detail}")]
+    Threads { threads: usize, detail: String },
+}
+
+pub type Result<T> = std::result::Result<T, CliError>;
+
+/// Till the Layers Collapse: a from-scratch tensor engine that trains, inspects and runs image
+/// classifiers (and makes them shallower).
+#[derive(Parser, Debug)]
+#[command(name = "tlc", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Worker threads for the compute kernels (0: one per core).
+    #[arg(long, global = true, default_value_t = 0)]
+    pub threads: usize,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a model of the zoo on Fashion-MNIST or CIFAR-10, checkpointing every epoch.
+    Train(train::TrainArgs),
+    /// Loss and accuracy of a checkpoint on a data set.
+    Eval(eval::EvalArgs),
+    /// Describe a checkpoint: architecture, training state, and every layer's shape, parameters
+    /// and multiply-accumulates.
+    Info(info::InfoArgs),
+    /// Run a checkpoint on the tensor `input` of a safetensors file (NCHW f32) and write the
+    /// logits as `output`.
+    Infer(infer::InferArgs),
+    /// A self-contained demo of the engine: a tiny CNN trained with tlc's autograd and SGD on a
+    /// synthetic image task for a few seconds.
+    Demo(demo::DemoArgs),
+}
+
+/// Run the parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    if cli.threads > 0 {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(cli.threads)
+            .build_global()
+            .map_err(|e| CliError::Threads {
+                threads: cli.threads,
+                detail: e.to_string(),
+            })?;
+    }
+    match cli.command {
+        Command::Train(a) => train::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Info(a) => info::run(a),
+        Command::Infer(a) => infer::run(a),
+        Command::Demo(a) => demo::run(a),
+    }
+}
+
+/// `--model`: one of the zoo's names (listed in `--help` and in error messages).
+fn arch_parser() -> impl clap::builder::TypedValueParser<Value = Arch> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Arch::ALL.map(Arch::name))
+        .try_map(|s| Arch::parse(&s).map_err(|e| e.to_string()))
+}
+
+/// The architecture flags. For training they define the network; for the other commands they
+/// are needed only for a plain export without tlc metadata, or to override the stored
+/// architecture (the file's tensors must then fit it).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ModelArgs {
+    /// Architecture.
+    #[arg(long, value_parser = arch_parser())]
+    pub model: Option<Arch>,
+    /// Channel width multiplier (0.25: a quarter of torchvision's channels).
+    #[arg(long)]
+    pub width: Option<f32>,
+    /// Input channels (1 for grey images). Default: the data's, else 3.
+    #[arg(long)]
+    pub in_ch: Option<usize>,
+    /// Number of classes. Default: the data's, else the architecture's.
+    #[arg(long)]
+    pub classes: Option<usize>,
+    /// Input height and width. Default: the data's, else the architecture's.
+    #[arg(long)]
+    pub image: Option<usize>,
+}
+
+/// What the data says the network's input and output look like (defaults for a plain export).
+#[derive(Clone, Copy, Debug)]
+pub struct DataShape {
+    pub channels: usize,
+    pub side: usize,
+    pub classes: Option<usize>,
+}
+
+impl ModelArgs {
+    fn any(&self) -> bool {
+        self.model.is_some()
+            || self.width.is_some()
+            || self.in_ch.is_some()
+            || self.classes.is_some()
+            || self.image.is_some()
+    }
+
+    /// The flags applied over `base`, or over the defaults of `--model` and the data's shape.
+    pub fn spec_over(&self, base: Option<&ArchSpec>, data: Option<DataShape>) -> Result<ArchSpec> {
+        let mut spec = match (self.model, base) {
+            (Some(m), Some(b)) if b.arch == m => b.clone(),
+            (Some(m), _) => {
+                let mut s = ArchSpec::new(m);
+                if let Some(d) = data {
+                    s.in_ch = d.channels;
+                    s.image = [d.side, d.side];
+                    s.classes = d.classes.unwrap_or(s.classes);
+                }
+                s
+            }
+            (None, Some(b)) => b.clone(),
+            (None, None) => {
+                return Err(CliError::Usage(
+                    "give the architecture with --model (and --width, --in-ch, ... as needed)"
+                        .into(),
+                ))
+            }
+        };
+        if let Some(w) = self.width {
+            spec.width = w;
+        }
+        if let Some(c) = self.in_ch {
+            spec.in_ch = c;
+        }
+        if let Some(c) = self.classes {
+            spec.classes = c;
+        }
+        if let Some(s) = self.image {
+            spec.image = [s, s];
+        }
+        spec.check()?;
+        Ok(spec)
+    }
+}
+
+/// Load a checkpoint from its file's `store`. Architecture flags, when given, override the
+/// stored architecture (or supply it for a plain export, with defaults from `data`).
+pub fn load_checkpoint(
+    path: &Path,
+    store: &TensorStore,
+    flags: &ModelArgs,
+    data: Option<DataShape>,
+) -> Result<Loaded> {
+    let stored = store
+        .metadata_get(ARCH_KEY)
+        .and_then(|j| tlc_models::zoo::ArchSpec::from_json(j).ok());
+    let given = if flags.any() {
+        Some(flags.spec_over(stored.as_ref(), data)?)
+    } else {
+        None
+    };
+    Ok(Checkpoint::from_store(path, store, given.as_ref())?)
+}
+
+/// One line naming a loaded checkpoint's network.
+pub fn network_line(l: &Loaded) -> String {
+    let m = &l.checkpoint.model;
+    let what = match &l.checkpoint.spec {
+        Some(s) => describe(s),
+        None => "a custom graph".into(),
+    };
+    format!(
+        "{}: {what}, {} parameters",
+        l.path.display(),
+        group_digits(m.num_params() as u64)
+    )
+}
+
+/// 1234567 -> "1,234,567".
+pub fn group_digits(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A path argument that must name an existing file.
+pub fn existing_file(p: &Path, what: &str) -> Result<PathBuf> {
+    if !p.is_file() {
+        return Err(CliError::Usage(format!(
+            "{what} {} does not exist or is not a file",
+            p.display()
+        )));
+    }
+    Ok(p.to_path_buf())
+}
