@@ -5,10 +5,12 @@
 
 pub mod fold_bn;
 pub mod merge;
+pub mod prune;
 pub mod rewrite;
 
 pub use fold_bn::fold_batch_norms;
 pub use merge::{fold_residuals, merge_conv_chains, merge_linear_chains, merge_parallel_branches};
+pub use prune::prune_dead_channels;
 pub use rewrite::remove_passthrough;
 
 use crate::error::Result;

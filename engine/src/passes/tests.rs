@@ -1,5 +1,6 @@
 use super::*;
 use crate::graph::{ActKind, BatchNormSpec, ConvSpec, Graph, LinearInit, LinearSpec, Model, Op};
+use crate::passes::prune_dead_channels;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use crate::testing::assert_close;
@@ -281,4 +282,78 @@ fn non_linear_graphs_are_left_alone() {
     let b = g.push("b", conv(3, 3, 3, 1, 0), &[r]);
     g.push("add", Op::Add, &[b, b]);
     check_collapse(g, &[1, 2, 6, 6], 5);
+}
+
+#[test]
+fn dead_channels_are_cut_from_producer_and_readers() {
+    // conv a -> relu -> conv b, and a linear pair; channels 1 and 3 of `a` and feature 2 of `fc1`
+    // are dead (zero rows and bias).
+    let mut g = Graph::new(&[2, 6, 6]);
+    let a = g.push(
+        "a",
+        Op::Conv2d(ConvSpec::new(2, 4, 3, 1, 1).with_bias(true)),
+        &[0],
+    );
+    let r = g.push("relu", Op::Activation { act: ActKind::Relu }, &[a]);
+    let b = g.push(
+        "b",
+        Op::Conv2d(ConvSpec::new(4, 3, 3, 1, 1).with_bias(true)),
+        &[r],
+    );
+    let p = g.push("pool", Op::AdaptiveAvgPool { out: [1, 1] }, &[b]);
+    let f = g.push("flatten", Op::Flatten { start: 1 }, &[p]);
+    let l = g.push(
+        "fc1",
+        Op::Linear(LinearSpec {
+            in_f: 3,
+            out_f: 4,
+            bias: true,
+        }),
+        &[f],
+    );
+    g.push(
+        "fc2",
+        Op::Linear(LinearSpec {
+            in_f: 4,
+            out_f: 2,
+            bias: true,
+        }),
+        &[l],
+    );
+    let mut m = random_model(g, 3);
+    for (name, rows, row) in [("a", vec![1, 3], 18), ("fc1", vec![2], 3)] {
+        for role in ["weight", "bias"] {
+            let t = m.get_mut(&format!("{name}.{role}")).unwrap();
+            let len = if role == "weight" { row } else { 1 };
+            t.update_data(|d| {
+                rows.iter()
+                    .for_each(|&o| d[o * len..(o + 1) * len].fill(0.0))
+            });
+        }
+    }
+    let x = Tensor::randn(&[2, 2, 6, 6], &mut Rng::new(1));
+    let p = prune_dead_channels(&m).unwrap();
+    assert_close(
+        &p.eval(&x).unwrap(),
+        &m.eval(&x).unwrap(),
+        1e-5,
+        "pruned vs zeroed",
+    );
+    assert_eq!(p.get("a.weight").unwrap().shape(), [2, 2, 3, 3]);
+    assert_eq!(p.get("b.weight").unwrap().shape(), [3, 2, 3, 3]);
+    assert_eq!(p.get("fc2.weight").unwrap().shape(), [2, 3]);
+    assert!(p.num_params() < m.num_params());
+}
+
+#[test]
+fn channels_read_by_an_add_are_kept() {
+    let mut g = Graph::new(&[2, 5, 5]);
+    let a = g.push("a", Op::Conv2d(ConvSpec::new(2, 2, 3, 1, 1)), &[0]);
+    g.push("add", Op::Add, &[a, 0]);
+    let mut m = random_model(g, 4);
+    m.get_mut("a.weight")
+        .unwrap()
+        .update_data(|d| d[..18].fill(0.0));
+    let p = prune_dead_channels(&m).unwrap();
+    assert_eq!(p.get("a.weight").unwrap().shape(), [2, 2, 3, 3]);
 }
