@@ -66,8 +66,10 @@ fn init_conv(c: &ConvSpec, role: &str, rng: &mut Rng) -> Tensor {
     if role == "bias" {
         return Tensor::zeros(&[c.out_ch]);
     }
-    // Kaiming normal, fan-out, ReLU gain (torchvision's ResNet/VGG/MobileNetV2 choice).
-    let fan_out = (c.out_ch / c.groups.max(1) * c.kernel[0] * c.kernel[1]).max(1);
+    // Kaiming normal, fan-out, ReLU gain (torchvision's ResNet/VGG/MobileNetV2 choice). PyTorch's
+    // fan-out is weight.size(0) * kh * kw, not divided by the groups: a depthwise 3x3 conv over
+    // C channels has fan-out 9 C.
+    let fan_out = (c.out_ch * c.kernel[0] * c.kernel[1]).max(1);
     let std = (2.0 / fan_out as f32).sqrt();
     Tensor::randn(&c.weight_shape(), rng)
         .scale(std)

@@ -248,3 +248,20 @@ fn consumers_and_activations() {
         .collect();
     assert_eq!(acts, ["relu", "block.relu"]);
 }
+
+#[test]
+fn conv_init_uses_pytorch_fan_out_for_grouped_convs() {
+    // torch.nn.init.kaiming_normal_(mode="fan_out") on a [64, 1, 3, 3] depthwise weight:
+    // fan-out = 64 * 9, std = sqrt(2 / 576) = 0.0589 (not sqrt(2 / 9) = 0.471).
+    let mut g = Graph::new(&[64, 8, 8]);
+    g.push(
+        "dw",
+        Op::Conv2d(ConvSpec::new(64, 64, 3, 1, 1).groups(64)),
+        &[0],
+    );
+    let m = Model::init(g, LinearInit::Uniform, &mut Rng::new(3)).unwrap();
+    let w = m.get("dw.weight").unwrap().to_vec();
+    let std = (w.iter().map(|v| v * v).sum::<f32>() / w.len() as f32).sqrt();
+    let want = (2.0f32 / 576.0).sqrt();
+    assert!((std / want - 1.0).abs() < 0.1, "std {std}, expected {want}");
+}

@@ -4,7 +4,9 @@
 //! An architecture is described by an [`ArchSpec`] (name and options); tlc's checkpoints store it
 //! in their header so a file describes its own network.
 
+mod mobilenet;
 mod resnet;
+mod vgg;
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -139,12 +141,9 @@ pub fn build(spec: &ArchSpec) -> Result<(Graph, LinearInit)> {
         Arch::Resnet18 | Arch::Resnet34 | Arch::Resnet18Cifar | Arch::Resnet34Cifar => {
             (resnet::build(spec), LinearInit::Uniform)
         }
-        Arch::Vgg16Bn | Arch::Vgg16BnCifar | Arch::MobilenetV2 => {
-            return Err(Error::Config(format!(
-                "{} is not built yet",
-                spec.arch.name()
-            )))
-        }
+        // torchvision initialises these classifiers with normal(0, 0.01) weights, zero biases.
+        Arch::Vgg16Bn | Arch::Vgg16BnCifar => (vgg::build(spec), LinearInit::Normal(0.01)),
+        Arch::MobilenetV2 => (mobilenet::build(spec), LinearInit::Normal(0.01)),
     };
     graph.validate().map_err(|e| {
         Error::Config(format!(
