@@ -30,3 +30,15 @@ fn resnet_candidates() {
     assert_eq!(count(Arch::Resnet18Cifar), (17, 17));
     assert_eq!(count(Arch::Resnet34), (33, 33));
 }
+
+#[test]
+fn vgg_candidates_include_the_classifier_relus() {
+    // 13 conv ReLUs after BN, 2 classifier ReLUs after linear layers (scored on calibration data).
+    assert_eq!(count(Arch::Vgg16Bn), (15, 13));
+    assert_eq!(count(Arch::Vgg16BnCifar), (15, 13));
+}
+
+#[test]
+fn mobilenet_v2_candidates() {
+    assert_eq!(count(Arch::MobilenetV2), (35, 35));
+}
