@@ -43,10 +43,18 @@ fn mlp() -> Model {
             .unwrap()
             .with_requires_grad(true);
     };
-    // act1: beta 5, gamma 0.1: always positive, so removing it changes nothing.
-    set(&mut m, "bn1.weight", vec![0.1; 8]);
-    set(&mut m, "bn1.bias", vec![5.0; 8]);
-    // act2: channels mostly ON or mostly OFF (|beta| = 1.5 gamma): nearly linear.
+    // act1: beta 20, gamma 1: always positive, so removing it changes nothing.
+    set(&mut m, "bn1.weight", vec![1.0; 8]);
+    set(&mut m, "bn1.bias", vec![20.0; 8]);
+    // act2: channels mostly ON or mostly OFF (|beta| = 1.5 gamma): nearly linear. fc2's bias
+    // takes away act1's offset, and bn2's running variance makes its input roughly N(0, 1).
+    let w2 = m.get("fc2.weight").unwrap().to_vec();
+    let b2: Vec<f32> = w2
+        .chunks(8)
+        .map(|r| -20.0 * r.iter().sum::<f32>())
+        .collect();
+    set(&mut m, "fc2.bias", b2);
+    *m.get_mut("bn2.running_var").unwrap() = Tensor::full(&[8], 0.1);
     set(&mut m, "bn2.weight", vec![1.0; 8]);
     set(
         &mut m,
@@ -157,8 +165,8 @@ fn entropy_ranking_picks_the_most_linear_layer() {
 #[test]
 fn calibration_scores_activations_without_batch_norm() {
     // fc1 -> relu -> fc2: the ReLU has no batch-norm in front.
-    let mut g = Graph::new(&[3]);
-    let x = g.push("fc1", linear(3, 5), &[0]);
+    let mut g = Graph::new(&[4]);
+    let x = g.push("fc1", linear(4, 5), &[0]);
     let x = g.push("relu", RELU, &[x]);
     g.push("fc2", linear(5, 2), &[x]);
     let m = Model::init(g, LinearInit::Uniform, &mut Rng::new(2)).unwrap();
