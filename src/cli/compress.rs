@@ -71,7 +71,8 @@ pub struct CompressArgs {
     #[arg(long)]
     pub min_acc: Option<f64>,
     /// Stop when validation accuracy falls more than this (a fraction, 0.01 = one point) under
-    /// the starting model's. The result is the last iteration within the budget.
+    /// the starting model's. The result is the last iteration within the budget; 1 disables it.
+    /// [default: 0.01]
     #[arg(long)]
     pub max_acc_drop: Option<f64>,
     /// Stop after this many iterations (a larger value on --resume continues).

@@ -64,7 +64,8 @@ pub struct CompressConfig {
     /// Stop when validation accuracy (a fraction) falls under this.
     pub min_acc: Option<f64>,
     /// Stop when validation accuracy falls more than this (a fraction: 0.01 is one point) under
-    /// the starting model's.
+    /// the starting model's. Default: one point, so a run with no target ends by itself where
+    /// removals start to cost accuracy.
     pub max_acc_drop: Option<f64>,
     /// Stop after this many iterations.
     pub max_iters: Option<usize>,
@@ -85,7 +86,7 @@ impl Default for CompressConfig {
             max_per_iter: 3,
             target_removed: None,
             min_acc: None,
-            max_acc_drop: None,
+            max_acc_drop: Some(0.01),
             max_iters: None,
             train_eval_limit: 5000,
             finetune: CompressConfig::default_finetune(),

@@ -9,12 +9,15 @@ fn plot_err(e: impl std::fmt::Debug) -> Error {
     Error::Config(format!("cannot draw the report's plot: {e:?}"))
 }
 
+/// A named, coloured line of points.
+type Series<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
+
 /// Accuracy (%) against activations removed: validation, test, training subset, and validation
 /// right after each removal (before fine-tuning).
 pub fn accuracy_svg(state: &CompressState) -> Result<String> {
     let its = &state.iterations;
     let pct = |v: f64| v * 100.0;
-    let series: Vec<(&str, RGBColor, Vec<(f64, f64)>)> = vec![
+    let series: Vec<Series> = vec![
         (
             "validation",
             RGBColor(31, 119, 180),
