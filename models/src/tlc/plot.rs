@@ -133,6 +133,12 @@ pub fn entropy_svg(state: &CompressState) -> Result<String> {
             .map(|i| n - 1 - i as i32)
     };
     let height = (200 + 24 * layers.len()).clamp(420, 2400) as u32;
+    // Zoom onto the values (entropies of a short training run all sit near 1 bit).
+    let min_h = ranked
+        .iter()
+        .flat_map(|(_, k)| k.entries.iter().filter_map(|e| e.row.entropy))
+        .fold(1.0f32, f32::min) as f64;
+    let lo = (((min_h - 0.02) * 50.0).floor() / 50.0).clamp(0.0, 0.9);
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (1000, height)).into_drawing_area();
@@ -143,7 +149,7 @@ pub fn entropy_svg(state: &CompressState) -> Result<String> {
             .margin(16)
             .x_label_area_size(44)
             .y_label_area_size((name_w * 8 + 20) as u32)
-            .build_cartesian_2d(0f64..1.04, -1i32..n)
+            .build_cartesian_2d(lo..1.0 + (1.0 - lo) * 0.04, -1i32..n)
             .map_err(plot_err)?;
         let names = layers.clone();
         chart
