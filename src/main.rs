@@ -1,5 +1,5 @@
-//! The `tlc` command line: train, evaluate, inspect and run image classifiers, and a quick demo
-//! of the engine.
+//! The `tlc` command line: train, evaluate, inspect, run and compress (TLC) image classifiers,
+//! and a quick demo of the engine.
 
 mod cli;
 

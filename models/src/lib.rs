@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod tlc;
 pub mod train;
 pub mod zoo;
 

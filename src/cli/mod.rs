@@ -1,11 +1,13 @@
 //! Arguments (clap derive) and dispatch. Each command lives in its own file; this one holds what
 //! they share: the global options, the architecture flags, and the error type.
 
+mod compress;
 mod demo;
 mod eval;
 mod infer;
 mod info;
 mod progress;
+mod scores;
 mod train;
 
 use clap::{Args, Parser, Subcommand};
@@ -54,6 +56,12 @@ pub enum Command {
     /// Run a checkpoint on the tensor `input` of a safetensors file (NCHW f32) and write the
     /// logits as `output`.
     Infer(infer::InferArgs),
+    /// TLC: remove activations layer by layer (rank by validation loss or entropy, linearize,
+    /// fine-tune with OFF channels held at zero), one checkpoint and report line per iteration.
+    Compress(compress::CompressArgs),
+    /// The per-layer TLC scores of a checkpoint (no data needed): channels, ON/OFF counts,
+    /// entropy and mean error likelihood of every removable activation.
+    Scores(scores::ScoresArgs),
     /// A self-contained demo of the engine: a tiny CNN trained with tlc's autograd and SGD on a
     /// synthetic image task for a few seconds.
     Demo(demo::DemoArgs),
@@ -76,6 +84,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Info(a) => info::run(a),
         Command::Infer(a) => infer::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Compress(a) => compress::run(a),
+        Command::Scores(a) => scores::run(a),
     }
 }
 

@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use tlc_engine::io::atomic::write_atomically;
-use tlc_engine::{clip_grad_norm, LrSchedule, Mode, Model, Optimizer, Rng};
+use tlc_engine::tlc::ChannelMask;
+use tlc_engine::{clip_grad_norm, Gradients, LrSchedule, Mode, Model, Optimizer, Rng};
 
 /// File names inside a run's output directory.
 pub const LAST: &str = "last.safetensors";
@@ -161,6 +162,8 @@ pub struct Trainer {
     state: TrainState,
     splits: Splits,
     out: Option<PathBuf>,
+    /// Rows held at zero through training (TLC's OFF channels): see [`Trainer::set_channel_masks`].
+    masks: Vec<ChannelMask>,
 }
 
 impl Trainer {
@@ -190,6 +193,7 @@ impl Trainer {
             state,
             splits,
             out,
+            masks: vec![],
         })
     }
 
@@ -228,7 +232,59 @@ impl Trainer {
             state,
             splits,
             out,
+            masks: vec![],
         })
+    }
+
+    /// Hold rows of parameters at zero from now on (TLC's OFF channels): every step zeroes the
+    /// masked rows of the gradients before the optimizer sees them (so momentum and adaptive
+    /// moments stay zero there and clipping ignores them), and of the parameters after the step
+    /// (weight decay of a zero row is zero, but a parameter updated by anything else stays exact).
+    /// The parameters are zeroed at once. Errors if a mask names a parameter the model does not
+    /// have or a row it does not have; nothing is changed then.
+    pub fn set_channel_masks(&mut self, masks: Vec<ChannelMask>) -> Result<()> {
+        for m in &masks {
+            let p = self.model.get(&m.param).ok_or_else(|| {
+                Error::Config(format!(
+                    "channel mask for `{}`, which the model does not have",
+                    m.param
+                ))
+            })?;
+            let rows = p.shape().first().copied().unwrap_or(1);
+            if let Some(&c) = m.channels.iter().find(|&&c| c >= rows) {
+                return Err(Error::Config(format!(
+                    "channel mask for `{}` names row {c} of {rows}",
+                    m.param
+                )));
+            }
+        }
+        self.masks = masks;
+        self.mask_params();
+        Ok(())
+    }
+
+    /// The masks held (see [`Trainer::set_channel_masks`]).
+    pub fn channel_masks(&self) -> &[ChannelMask] {
+        &self.masks
+    }
+
+    fn mask_params(&mut self) {
+        for m in &self.masks {
+            if let Some(p) = self.model.get_mut(&m.param) {
+                m.apply(p);
+            }
+        }
+    }
+
+    fn mask_grads(&self, grads: &mut Gradients) {
+        for m in &self.masks {
+            if let Some(p) = self.model.get(&m.param) {
+                if let Some(mut g) = grads.remove(p) {
+                    m.apply(&mut g);
+                    grads.insert(p, g);
+                }
+            }
+        }
     }
 
     /// The model as trained so far.
@@ -325,6 +381,7 @@ impl Trainer {
             }
             let mut grads = loss.backward()?;
             drop(loss);
+            self.mask_grads(&mut grads);
             if let Some(max) = cfg.clip_grad_norm {
                 clip_grad_norm(&mut grads, max)?;
             }
@@ -332,6 +389,7 @@ impl Trainer {
                 return Err(diverged("a gradient holds NaN or infinity".into()));
             }
             self.optim.step(self.model.params_mut(), &grads)?;
+            self.mask_params();
             let n = batch.labels.len();
             let pred = logits.argmax(1)?;
             correct += pred
