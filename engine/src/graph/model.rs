@@ -314,6 +314,7 @@ impl Model {
                     .as_ref()
                     .expect("inputs are computed first and freed after")
             };
+            let t0 = crate::autograd::profile::start();
             let y = match &n.op {
                 Op::Input { .. } => x.clone(),
                 Op::Conv2d(c) => {
@@ -395,6 +396,7 @@ impl Model {
                 Op::Dropout { p } => input(0).dropout(*p, train, rng)?,
                 Op::Identity => input(0).clone(),
             };
+            crate::autograd::profile::stop(t0, "forward", n.op.kind_name());
             for &i in &n.inputs {
                 if last_use[i] == id && i != out_id {
                     values[i] = None;
