@@ -4,6 +4,9 @@
 //! step time and images/s. With `--profile`, also the wall time per op kind, forward and backward,
 //! averaged per step (the timing hook is off otherwise and costs nothing).
 //!
+//! With `--convs`, instead times the kernels of each distinct convolution of the model alone
+//! (forward, input gradient, weight gradient), median ms over `--steps` calls each.
+//!
 //! `RAYON_NUM_THREADS=2 cargo run --release --example train_step -- [--batch 128] [--steps 10]
 //!  [--warmup 3] [--width 0.25] [--profile]`
 //!
@@ -12,6 +15,8 @@
 use std::time::Instant;
 use tlc::engine::autograd::profile;
 use tlc::engine::{Mode, Model, Optimizer, Rng, Sgd, SgdConfig, Tensor};
+use tlc::engine::graph::{Graph, Op};
+use tlc::kernels::conv::{self as kconv, Conv2dShape};
 use tlc_models::zoo::{build, Arch, ArchSpec};
 
 struct Args {
@@ -20,6 +25,7 @@ struct Args {
     warmup: usize,
     width: f32,
     profile: bool,
+    convs: bool,
 }
 
 fn args() -> Args {
@@ -29,6 +35,7 @@ fn args() -> Args {
         warmup: 3,
         width: 0.25,
         profile: false,
+        convs: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -39,6 +46,7 @@ fn args() -> Args {
             "--warmup" => a.warmup = val().parse().expect("--warmup"),
             "--width" => a.width = val().parse().expect("--width"),
             "--profile" => a.profile = true,
+            "--convs" => a.convs = true,
             other => panic!("unknown argument {other}"),
         }
     }
@@ -61,6 +69,9 @@ fn main() {
         image: [28, 28],
     };
     let (graph, init) = build(&spec).expect("model builds");
+    if a.convs {
+        return conv_shapes(&graph, a.batch, a.steps);
+    }
     let mut rng = Rng::new(0);
     let mut model = Model::init(graph, init, &mut rng).expect("model initialises");
     let mut opt = Sgd::new(SgdConfig::new(0.01).momentum(0.9).weight_decay(5e-4)).expect("sgd");
@@ -122,5 +133,74 @@ fn main() {
         a.batch as f64 / med,
         all.join(","),
         prof
+    );
+}
+
+/// Median ms of `f` over `reps` calls after one warm-up call.
+fn time_ms(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let v: Vec<f64> = (0..reps.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    median(&v)
+}
+
+/// Time each distinct convolution of `graph` at batch `batch`: forward, input and weight gradient.
+fn conv_shapes(graph: &Graph, batch: usize, reps: usize) {
+    let shapes = graph.infer_shapes().expect("shapes");
+    let mut seen: Vec<(Conv2dShape, usize)> = Vec::new();
+    for n in graph.nodes() {
+        if let Op::Conv2d(c) = &n.op {
+            let x = &shapes[n.inputs[0]];
+            let s = Conv2dShape {
+                batch,
+                in_channels: c.in_ch,
+                in_h: x[1],
+                in_w: x[2],
+                out_channels: c.out_ch,
+                kernel_h: c.kernel[0],
+                kernel_w: c.kernel[1],
+                params: c.params(),
+            };
+            match seen.iter_mut().find(|(t, _)| *t == s) {
+                Some((_, k)) => *k += 1,
+                None => seen.push((s, 1)),
+            }
+        }
+    }
+    let mut rng = Rng::new(1);
+    let mut rows = Vec::new();
+    let mut total = [0.0f64; 3];
+    for (s, count) in seen {
+        let x: Vec<f32> = (0..s.input_len()).map(|_| rng.normal()).collect();
+        let w: Vec<f32> = (0..s.weight_len()).map(|_| rng.normal()).collect();
+        let dy: Vec<f32> = (0..s.output_len()).map(|_| rng.normal()).collect();
+        let mut y = vec![0.0f32; s.output_len()];
+        let mut dx = vec![0.0f32; s.input_len()];
+        let mut dw = vec![0.0f32; s.weight_len()];
+        let f = time_ms(reps, || kconv::forward(&s, &x, &w, &mut y, &[]));
+        let bi = time_ms(reps, || kconv::backward_input(&s, &dy, &w, &mut dx));
+        let bw = time_ms(reps, || kconv::backward_weight(&s, &x, &dy, &mut dw));
+        let gflops = |ms: f64| 2.0 * s.macs() as f64 / ms / 1e6;
+        for (t, v) in total.iter_mut().zip([f, bi, bw]) {
+            *t += v * count as f64;
+        }
+        rows.push(format!(
+            "{{\"shape\":\"{}->{} {}x{} k{} s{}\",\"count\":{count},\"fwd_ms\":{f:.3},\"bwd_input_ms\":{bi:.3},\"bwd_weight_ms\":{bw:.3},\"fwd_gflops\":{:.1},\"bwd_input_gflops\":{:.1},\"bwd_weight_gflops\":{:.1}}}",
+            s.in_channels, s.out_channels, s.in_h, s.in_w, s.kernel_h, s.params.stride.0,
+            gflops(f), gflops(bi), gflops(bw)
+        ));
+    }
+    println!(
+        "{{\"batch\":{batch},\"threads\":{},\"total_ms\":{{\"fwd\":{:.2},\"bwd_input\":{:.2},\"bwd_weight\":{:.2}}},\"convs\":[\n{}\n]}}",
+        rayon::current_num_threads(),
+        total[0],
+        total[1],
+        total[2],
+        rows.join(",\n")
     );
 }
