@@ -136,9 +136,25 @@ fn main() {
     );
 }
 
-/// Median ms of `f` over `reps` calls after one warm-up call.
-fn time_ms(reps: usize, mut f: impl FnMut()) -> f64 {
+/// On-CPU seconds of all this process's threads so far (Linux schedstat, nanosecond resolution):
+/// on a machine shared with other work, CPU time measures the code where wall time measures the
+/// scheduler. Rayon workers spinning for work count too.
+fn process_cpu_secs() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    dir.filter_map(|e| {
+        let s = std::fs::read_to_string(e.ok()?.path().join("schedstat")).ok()?;
+        s.split_whitespace().next()?.parse::<f64>().ok()
+    })
+    .sum::<f64>()
+        * 1e-9
+}
+
+/// (median wall ms, mean process CPU ms) of `f` over `reps` calls after one warm-up call.
+fn time_ms(reps: usize, mut f: impl FnMut()) -> (f64, f64) {
     f();
+    let c0 = process_cpu_secs();
     let v: Vec<f64> = (0..reps.max(1))
         .map(|_| {
             let t = Instant::now();
@@ -146,7 +162,8 @@ fn time_ms(reps: usize, mut f: impl FnMut()) -> f64 {
             t.elapsed().as_secs_f64() * 1e3
         })
         .collect();
-    median(&v)
+    let cpu = (process_cpu_secs() - c0) * 1e3 / reps.max(1) as f64;
+    (median(&v), cpu)
 }
 
 /// Time each distinct convolution of `graph` at batch `batch`: forward, input and weight gradient.
@@ -175,6 +192,7 @@ fn conv_shapes(graph: &Graph, batch: usize, reps: usize) {
     let mut rng = Rng::new(1);
     let mut rows = Vec::new();
     let mut total = [0.0f64; 3];
+    let mut total_cpu = [0.0f64; 3];
     for (s, count) in seen {
         let x: Vec<f32> = (0..s.input_len()).map(|_| rng.normal()).collect();
         let w: Vec<f32> = (0..s.weight_len()).map(|_| rng.normal()).collect();
@@ -182,25 +200,31 @@ fn conv_shapes(graph: &Graph, batch: usize, reps: usize) {
         let mut y = vec![0.0f32; s.output_len()];
         let mut dx = vec![0.0f32; s.input_len()];
         let mut dw = vec![0.0f32; s.weight_len()];
-        let f = time_ms(reps, || kconv::forward(&s, &x, &w, &mut y, &[]));
-        let bi = time_ms(reps, || kconv::backward_input(&s, &dy, &w, &mut dx));
-        let bw = time_ms(reps, || kconv::backward_weight(&s, &x, &dy, &mut dw));
+        let (f, fc) = time_ms(reps, || kconv::forward(&s, &x, &w, &mut y, &[]));
+        let (bi, bic) = time_ms(reps, || kconv::backward_input(&s, &dy, &w, &mut dx));
+        let (bw, bwc) = time_ms(reps, || kconv::backward_weight(&s, &x, &dy, &mut dw));
         let gflops = |ms: f64| 2.0 * s.macs() as f64 / ms / 1e6;
         for (t, v) in total.iter_mut().zip([f, bi, bw]) {
             *t += v * count as f64;
         }
+        for (t, v) in total_cpu.iter_mut().zip([fc, bic, bwc]) {
+            *t += v * count as f64;
+        }
         rows.push(format!(
-            "{{\"shape\":\"{}->{} {}x{} k{} s{}\",\"count\":{count},\"fwd_ms\":{f:.3},\"bwd_input_ms\":{bi:.3},\"bwd_weight_ms\":{bw:.3},\"fwd_gflops\":{:.1},\"bwd_input_gflops\":{:.1},\"bwd_weight_gflops\":{:.1}}}",
+            "{{\"shape\":\"{}->{} {}x{} k{} s{}\",\"count\":{count},\"fwd_ms\":{f:.3},\"bwd_input_ms\":{bi:.3},\"bwd_weight_ms\":{bw:.3},\"fwd_gflops\":{:.1},\"bwd_input_gflops\":{:.1},\"bwd_weight_gflops\":{:.1},\"cpu_ms\":[{fc:.3},{bic:.3},{bwc:.3}]}}",
             s.in_channels, s.out_channels, s.in_h, s.in_w, s.kernel_h, s.params.stride.0,
             gflops(f), gflops(bi), gflops(bw)
         ));
     }
     println!(
-        "{{\"batch\":{batch},\"threads\":{},\"total_ms\":{{\"fwd\":{:.2},\"bwd_input\":{:.2},\"bwd_weight\":{:.2}}},\"convs\":[\n{}\n]}}",
+        "{{\"batch\":{batch},\"threads\":{},\"total_ms\":{{\"fwd\":{:.2},\"bwd_input\":{:.2},\"bwd_weight\":{:.2}}},\"total_cpu_ms\":{{\"fwd\":{:.2},\"bwd_input\":{:.2},\"bwd_weight\":{:.2}}},\"convs\":[\n{}\n]}}",
         rayon::current_num_threads(),
         total[0],
         total[1],
         total[2],
+        total_cpu[0],
+        total_cpu[1],
+        total_cpu[2],
         rows.join(",\n")
     );
 }
