@@ -14,8 +14,8 @@
 
 use std::time::Instant;
 use tlc::engine::autograd::profile;
-use tlc::engine::{Mode, Model, Optimizer, Rng, Sgd, SgdConfig, Tensor};
 use tlc::engine::graph::{Graph, Op};
+use tlc::engine::{Mode, Model, Optimizer, Rng, Sgd, SgdConfig, Tensor};
 use tlc::kernels::conv::{self as kconv, Conv2dShape};
 use tlc_models::zoo::{build, Arch, ArchSpec};
 

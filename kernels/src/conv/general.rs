@@ -17,7 +17,7 @@ use super::{
     accumulate_in_parts, channel_block, epilogue_row, ranges_per_image, staged_ranges,
     units_balance, with_gemm_epilogue, Conv2dShape, ConvEpilogueOp,
 };
-use crate::gemm::{gemm, MatMut, MatRef};
+use crate::gemm::{gemm_serial as gemm, MatMut, MatRef};
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
 
 /// Target bytes of patch matrix per GEMM call: the tile lives in L2 between im2col and the GEMM.
