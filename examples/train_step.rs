@@ -95,11 +95,13 @@ fn main() {
         step(&mut model, &mut rng);
     }
     let mut times = Vec::with_capacity(a.steps);
+    let c0 = process_cpu_secs();
     for _ in 0..a.steps {
         let t = Instant::now();
         step(&mut model, &mut rng);
         times.push(t.elapsed().as_secs_f64());
     }
+    let cpu_ms = (process_cpu_secs() - c0) * 1e3 / a.steps.max(1) as f64;
     let med = median(&times);
 
     let mut prof = String::new();
@@ -126,7 +128,7 @@ fn main() {
     }
     let all: Vec<String> = times.iter().map(|t| format!("{:.2}", t * 1e3)).collect();
     println!(
-        "{{\"batch\":{},\"threads\":{},\"median_ms\":{:.3},\"img_per_s\":{:.1},\"step_ms\":[{}]{}}}",
+        "{{\"batch\":{},\"threads\":{},\"median_ms\":{:.3},\"cpu_ms\":{cpu_ms:.3},\"img_per_s\":{:.1},\"step_ms\":[{}]{}}}",
         a.batch,
         rayon::current_num_threads(),
         med * 1e3,

@@ -9,7 +9,10 @@ weight decay 5e-4), on random data at batch `--batch`.
 tlc runs as `examples/train_step.rs` (built first with `cargo build --release`), PyTorch in this
 process with `torch.set_num_threads(--threads)`; the two alternate for `--rounds` rounds, and the
 table reports each side's best-of-rounds median images/s and the ratio tlc / torch (> 1: tlc
-faster). The machine is shared: compare the ratio, not the absolute numbers.
+faster), plus each side's process CPU time per step. The machine is shared: compare the ratio,
+not the absolute numbers; when other work oversubscribes the cores, OpenMP's barriers make torch's
+wall time collapse far more than tlc's, so only rounds on a quiet machine compare fairly (the CPU
+times help tell).
 
     /work/venv/bin/python benches/peers/train_vs_torch.py [--rounds 3] [--steps 10] [--profile]
 """
@@ -75,11 +78,13 @@ def time_torch(batch, steps, warmup):
     for _ in range(warmup):
         step()
     times = []
+    c0 = time.process_time()
     for _ in range(steps):
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
-    return batch / statistics.median(times)
+    cpu_ms = (time.process_time() - c0) * 1e3 / steps
+    return batch / statistics.median(times), cpu_ms
 
 
 def torch_profile(batch, steps):
@@ -121,14 +126,18 @@ def main():
     torch.set_num_threads(a.threads)
     subprocess.run(["cargo", "build", "--release", "-q", "--example", "train_step"], cwd=ROOT, check=True)
 
-    ours, theirs = [], []
+    ours, theirs, cpu_ours, cpu_theirs = [], [], [], []
     last = None
     for r in range(a.rounds):
         last = run_tlc(a.batch, a.steps, a.warmup, a.threads, a.profile and r == a.rounds - 1)
         ours.append(last["img_per_s"])
-        theirs.append(time_torch(a.batch, a.steps, a.warmup))
+        cpu_ours.append(last["cpu_ms"])
+        ips, cpu = time_torch(a.batch, a.steps, a.warmup)
+        theirs.append(ips)
+        cpu_theirs.append(cpu)
         print(f"round {r + 1}: tlc {ours[-1]:7.1f} img/s   torch {theirs[-1]:7.1f} img/s   "
-              f"ratio {ours[-1] / theirs[-1]:.2f}", flush=True)
+              f"ratio {ours[-1] / theirs[-1]:.2f}   (CPU ms/step: tlc {cpu_ours[-1]:.0f}, "
+              f"torch {cpu_theirs[-1]:.0f})", flush=True)
 
     o, t = max(ours), max(theirs)
     per_round = [a_ / b_ for a_, b_ in zip(ours, theirs)]
@@ -136,6 +145,9 @@ def main():
     print(f"tlc   best {o:7.1f} img/s (medians {', '.join(f'{v:.0f}' for v in ours)})")
     print(f"torch best {t:7.1f} img/s (medians {', '.join(f'{v:.0f}' for v in theirs)})")
     print(f"ratio tlc/torch: best/best {o / t:.2f}, per-round median {statistics.median(per_round):.2f}")
+    co, ct = min(cpu_ours), min(cpu_theirs)
+    print(f"CPU ms per step (all threads, best round): tlc {co:.0f}, torch {ct:.0f}: "
+          f"CPU-time ratio torch/tlc {ct / co:.2f} (spinning threads count on both sides)")
 
     if a.profile and last and "profile" in last:
         print("\ntlc per-op wall time per step (ms):")
