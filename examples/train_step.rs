@@ -5,7 +5,8 @@
 //! averaged per step (the timing hook is off otherwise and costs nothing).
 //!
 //! With `--convs`, instead times the kernels of each distinct convolution of the model alone
-//! (forward, input gradient, weight gradient), median ms over `--steps` calls each.
+//! (forward, input gradient, weight gradient), median ms over `--steps` calls each; `--filter S`
+//! keeps the shapes whose name (e.g. `16->16 28x28 k3 s1`) contains S.
 //!
 //! `RAYON_NUM_THREADS=2 cargo run --release --example train_step -- [--batch 128] [--steps 10]
 //!  [--warmup 3] [--width 0.25] [--profile]`
@@ -26,6 +27,7 @@ struct Args {
     width: f32,
     profile: bool,
     convs: bool,
+    filter: String,
 }
 
 fn args() -> Args {
@@ -36,6 +38,7 @@ fn args() -> Args {
         width: 0.25,
         profile: false,
         convs: false,
+        filter: String::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -47,6 +50,7 @@ fn args() -> Args {
             "--width" => a.width = val().parse().expect("--width"),
             "--profile" => a.profile = true,
             "--convs" => a.convs = true,
+            "--filter" => a.filter = val(),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -70,7 +74,7 @@ fn main() {
     };
     let (graph, init) = build(&spec).expect("model builds");
     if a.convs {
-        return conv_shapes(&graph, a.batch, a.steps);
+        return conv_shapes(&graph, a.batch, a.steps, &a.filter);
     }
     let mut rng = Rng::new(0);
     let mut model = Model::init(graph, init, &mut rng).expect("model initialises");
@@ -169,7 +173,7 @@ fn time_ms(reps: usize, mut f: impl FnMut()) -> (f64, f64) {
 }
 
 /// Time each distinct convolution of `graph` at batch `batch`: forward, input and weight gradient.
-fn conv_shapes(graph: &Graph, batch: usize, reps: usize) {
+fn conv_shapes(graph: &Graph, batch: usize, reps: usize, filter: &str) {
     let shapes = graph.infer_shapes().expect("shapes");
     let mut seen: Vec<(Conv2dShape, usize)> = Vec::new();
     for n in graph.nodes() {
@@ -196,6 +200,13 @@ fn conv_shapes(graph: &Graph, batch: usize, reps: usize) {
     let mut total = [0.0f64; 3];
     let mut total_cpu = [0.0f64; 3];
     for (s, count) in seen {
+        let name = format!(
+            "{}->{} {}x{} k{} s{}",
+            s.in_channels, s.out_channels, s.in_h, s.in_w, s.kernel_h, s.params.stride.0
+        );
+        if !name.contains(filter) {
+            continue;
+        }
         let x: Vec<f32> = (0..s.input_len()).map(|_| rng.normal()).collect();
         let w: Vec<f32> = (0..s.weight_len()).map(|_| rng.normal()).collect();
         let dy: Vec<f32> = (0..s.output_len()).map(|_| rng.normal()).collect();
@@ -213,8 +224,7 @@ fn conv_shapes(graph: &Graph, batch: usize, reps: usize) {
             *t += v * count as f64;
         }
         rows.push(format!(
-            "{{\"shape\":\"{}->{} {}x{} k{} s{}\",\"count\":{count},\"fwd_ms\":{f:.3},\"bwd_input_ms\":{bi:.3},\"bwd_weight_ms\":{bw:.3},\"fwd_gflops\":{:.1},\"bwd_input_gflops\":{:.1},\"bwd_weight_gflops\":{:.1},\"cpu_ms\":[{fc:.3},{bic:.3},{bwc:.3}]}}",
-            s.in_channels, s.out_channels, s.in_h, s.in_w, s.kernel_h, s.params.stride.0,
+            "{{\"shape\":\"{name}\",\"count\":{count},\"fwd_ms\":{f:.3},\"bwd_input_ms\":{bi:.3},\"bwd_weight_ms\":{bw:.3},\"fwd_gflops\":{:.1},\"bwd_input_gflops\":{:.1},\"bwd_weight_gflops\":{:.1},\"cpu_ms\":[{fc:.3},{bic:.3},{bwc:.3}]}}",
             gflops(f), gflops(bi), gflops(bw)
         ));
     }

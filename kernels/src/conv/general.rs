@@ -11,7 +11,7 @@
 //! pixels within an image (large planes) or several whole images side by side (small planes, where
 //! one image alone would give a GEMM too narrow to be efficient).
 
-use super::im2col::{col2im_tile, im2col_tile, Geom};
+use super::im2col::{col2im_tile, im2col_planes, im2col_tile, Geom};
 use super::scratch::with_scratch;
 use super::{
     accumulate_in_parts, channel_block, epilogue_row, ranges_per_image, staged_ranges,
@@ -101,13 +101,28 @@ impl Dims {
         )
     }
 
-    /// im2col of `mm` whole images from `n0`, group `gi`, side by side in `cols` (`K x mm*plane`).
-    fn images_to_cols(&self, x: &[f32], n0: usize, mm: usize, gi: usize, cols: &mut [f32]) {
+    /// Floats of the padded-plane scratch [`Dims::images_to_cols`] needs.
+    fn pad_len(&self) -> usize {
+        (self.g.h + 2 * self.g.ph) * (self.g.w + 2 * self.g.pw)
+    }
+
+    /// im2col of `mm` whole images from `n0`, group `gi`, side by side in `cols` (`K x mm*plane`),
+    /// using `pad` ([`Dims::pad_len`] floats) for the padded planes.
+    #[allow(clippy::too_many_arguments)]
+    fn images_to_cols(
+        &self,
+        x: &[f32],
+        n0: usize,
+        mm: usize,
+        gi: usize,
+        cols: &mut [f32],
+        pad: &mut [f32],
+    ) {
         let ld = mm * self.plane_out;
         for j in 0..mm {
             let xg = &x[((n0 + j) * self.cin + gi * self.cin_g) * self.plane_in..];
             let dst = &mut cols[j * self.plane_out..];
-            im2col_tile(&self.g, xg, self.cin_g, 0, self.plane_out, dst, ld);
+            im2col_planes(&self.g, xg, self.cin_g, dst, ld, pad);
         }
     }
 
@@ -146,10 +161,11 @@ pub fn forward_tiled(
             parallel::for_each_chunk_mut(out, m * img_out, par, |ci, o| {
                 let (n0, mm) = (ci * m, o.len() / img_out);
                 let ld = mm * d.plane_out;
-                with_scratch((d.k + d.cout) * ld, |buf| {
-                    let (cols, cbuf) = buf.split_at_mut(d.k * ld);
+                with_scratch((d.k + d.cout) * ld + d.pad_len(), |buf| {
+                    let (cols, rest) = buf.split_at_mut(d.k * ld);
+                    let (cbuf, pad) = rest.split_at_mut(d.cout * ld);
                     for gi in 0..d.groups {
-                        d.images_to_cols(x, n0, mm, gi, cols);
+                        d.images_to_cols(x, n0, mm, gi, cols, pad);
                         let rows = &mut cbuf[gi * d.cout_g * ld..(gi + 1) * d.cout_g * ld];
                         gemm(
                             d.weights(w, gi),
@@ -273,8 +289,15 @@ fn forward_pixel_tiles(
     });
 }
 
-/// Input gradient with the default tiling.
+/// Input gradient with the default tiling. For stride 1 (one group, padding below the kernel)
+/// it is the forward of the transposed convolution on `dY`: an im2col and a GEMM, where the
+/// tiled form below needs a GEMM and a col2im scatter-add, slower per element.
 pub fn backward_input(shape: &Conv2dShape, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+    if super::shifted::supports(shape) {
+        let ts = super::shifted::transposed(shape);
+        forward(&ts, dy, &super::shifted::flipped_weights(shape, w), dx, &[]);
+        return;
+    }
     backward_input_tiled(shape, tiling(shape), dy, w, dx);
 }
 
@@ -395,13 +418,14 @@ pub fn backward_weight_tiled(
             let chunks = shape.batch.div_ceil(m);
             accumulate_in_parts(chunks, par, dw, |items, acc| {
                 let ld = m * plane_out;
-                with_scratch((k + d.cout_g) * ld, |buf| {
+                with_scratch((k + d.cout_g) * ld + d.pad_len(), |buf| {
+                    let (buf, pad) = buf.split_at_mut((k + d.cout_g) * ld);
                     for ci in items {
                         let (n0, mm) = (ci * m, m.min(shape.batch - ci * m));
                         let ld = mm * plane_out;
                         let (cols, dyb) = buf.split_at_mut(k * ld);
                         for gi in 0..d.groups {
-                            d.images_to_cols(x, n0, mm, gi, cols);
+                            d.images_to_cols(x, n0, mm, gi, cols, pad);
                             d.gather_images(dy, n0, mm, gi, dyb);
                             gemm(
                                 MatRef::row_major(&dyb[..d.cout_g * ld], d.cout_g, ld),

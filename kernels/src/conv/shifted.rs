@@ -163,7 +163,7 @@ pub fn forward(s: &Conv2dShape, x: &[f32], w: &[f32], out: &mut [f32], epi: &[Co
 
 /// The convolution whose forward is the input gradient of `s` (stride 1): input `dY`, the kernel
 /// flipped with input and output channels swapped, padding `k - 1 - p`.
-fn transposed(s: &Conv2dShape) -> Conv2dShape {
+pub(crate) fn transposed(s: &Conv2dShape) -> Conv2dShape {
     let (oh, ow) = s.out_hw();
     let (ph, pw) = s.params.padding;
     Conv2dShape {
@@ -178,10 +178,8 @@ fn transposed(s: &Conv2dShape) -> Conv2dShape {
     }
 }
 
-/// Input gradient (overwrites `dx`; `s` must satisfy [`supports`]).
-pub fn backward_input(s: &Conv2dShape, dy: &[f32], w: &[f32], dx: &mut [f32]) {
-    let ts = transposed(s);
-    debug_assert_eq!(ts.out_hw(), (s.in_h, s.in_w));
+/// The weights of [`transposed`]`(s)`: `[Cin, Cout, kh, kw]`, each kernel flipped.
+pub(crate) fn flipped_weights(s: &Conv2dShape, w: &[f32]) -> Vec<f32> {
     let (cin, cout, kh, kw) = (s.in_channels, s.out_channels, s.kernel_h, s.kernel_w);
     let taps = kh * kw;
     let mut wf = vec![0.0f32; w.len()];
@@ -194,7 +192,14 @@ pub fn backward_input(s: &Conv2dShape, dy: &[f32], w: &[f32], dx: &mut [f32]) {
             }
         }
     }
-    forward(&ts, dy, &wf, dx, &[]);
+    wf
+}
+
+/// Input gradient (overwrites `dx`; `s` must satisfy [`supports`]).
+pub fn backward_input(s: &Conv2dShape, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+    let ts = transposed(s);
+    debug_assert_eq!(ts.out_hw(), (s.in_h, s.in_w));
+    forward(&ts, dy, &flipped_weights(s, w), dx, &[]);
 }
 
 /// Weight gradient (overwrites `dw`; `s` must satisfy [`supports`]).
