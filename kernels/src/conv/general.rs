@@ -416,7 +416,11 @@ pub fn backward_weight_tiled(
         Tiling::Images(m) => {
             let m = m.max(1);
             let chunks = shape.batch.div_ceil(m);
-            accumulate_in_parts(chunks, par, dw, |items, acc| {
+            // dW_g^T[K x Cout_g] += cols[K x P] @ dY_g^T[P x Cout_g]: the GEMM reads the patch
+            // matrix in place and packs only the (smaller) dY, K / Cout_g times fewer floats than
+            // packing the transposed patches; transposed into `dw` at the end.
+            let mut acc_t = vec![0.0f32; dw.len()];
+            accumulate_in_parts(chunks, par, &mut acc_t, |items, acc| {
                 let ld = m * plane_out;
                 with_scratch((k + d.cout_g) * ld + d.pad_len(), |buf| {
                     let (buf, pad) = buf.split_at_mut((k + d.cout_g) * ld);
@@ -428,13 +432,13 @@ pub fn backward_weight_tiled(
                             d.images_to_cols(x, n0, mm, gi, cols, pad);
                             d.gather_images(dy, n0, mm, gi, dyb);
                             gemm(
-                                MatRef::row_major(&dyb[..d.cout_g * ld], d.cout_g, ld),
-                                MatRef::row_major(&cols[..k * ld], k, ld).t(),
+                                MatRef::row_major(&cols[..k * ld], k, ld),
+                                MatRef::row_major(&dyb[..d.cout_g * ld], d.cout_g, ld).t(),
                                 1.0,
                                 MatMut::row_major(
                                     &mut acc[gi * d.cout_g * k..(gi + 1) * d.cout_g * k],
-                                    d.cout_g,
                                     k,
+                                    d.cout_g,
                                 ),
                                 &[],
                             );
@@ -442,6 +446,16 @@ pub fn backward_weight_tiled(
                     }
                 })
             });
+            for (dst, src) in dw
+                .chunks_exact_mut(d.cout_g * k)
+                .zip(acc_t.chunks_exact(d.cout_g * k))
+            {
+                for (c, row) in dst.chunks_exact_mut(k).enumerate() {
+                    for (j, v) in row.iter_mut().enumerate() {
+                        *v += src[j * d.cout_g + c];
+                    }
+                }
+            }
         }
         Tiling::Pixels(tile) => {
             let tile = tile.clamp(1, plane_out.max(1));
