@@ -11,7 +11,7 @@
 //! pixels within an image (large planes) or several whole images side by side (small planes, where
 //! one image alone would give a GEMM too narrow to be efficient).
 
-use super::im2col::{col2im_tile, im2col_planes, im2col_tile, Geom};
+use super::im2col::{col2im_tile, copy_run, im2col_planes, im2col_tile, Geom};
 use super::scratch::with_scratch;
 use super::{
     accumulate_in_parts, channel_block, epilogue_row, ranges_per_image, staged_ranges,
@@ -132,7 +132,10 @@ impl Dims {
         for j in 0..mm {
             for c in 0..self.cout_g {
                 let src = (n0 + j) * self.cout * plane + (gi * self.cout_g + c) * plane;
-                buf[c * ld + j * plane..][..plane].copy_from_slice(&dy[src..src + plane]);
+                copy_run(
+                    &mut buf[c * ld + j * plane..][..plane],
+                    &dy[src..src + plane],
+                );
             }
         }
     }
@@ -179,7 +182,7 @@ pub fn forward_tiled(
                     for j in 0..mm {
                         for c in 0..d.cout {
                             let row = &mut o[(j * d.cout + c) * d.plane_out..][..d.plane_out];
-                            row.copy_from_slice(&cbuf[c * ld + j * d.plane_out..][..d.plane_out]);
+                            copy_run(row, &cbuf[c * ld + j * d.plane_out..][..d.plane_out]);
                             epilogue_row(epi, row, c, ((n0 + j) * d.cout + c) * d.plane_out);
                         }
                     }

@@ -19,6 +19,7 @@
 //! dominates when channels are few (ResNet's 16- and 32-channel stages at 28x28 and 14x14); the
 //! price is `ws / OW` extra columns, small for wide planes, hence [`preferred`]'s width bound.
 
+use super::im2col::copy_run;
 use super::scratch::with_scratch;
 use super::{accumulate_in_parts, epilogue_row, units_balance, Conv2dShape, ConvEpilogueOp};
 use crate::gemm::{gemm_packed_serial, gemm_serial, pack_b, MatMut, MatRef};
@@ -99,11 +100,22 @@ impl Layout {
             .zip(buf.chunks_exact_mut(self.plane))
             .take(channels)
         {
-            dst.fill(0.0);
+            // Zero only the padding: the top rows and each gap of `pw` between data rows (and
+            // the first row's left padding), then the bottom rows and the overhang.
+            let first = self.ph * self.ws + self.pw;
+            dst[..first].fill(0.0);
             for (y, row) in src.chunks_exact(self.w).enumerate() {
-                let at = (self.ph + y) * self.ws + self.pw;
-                dst[at..at + self.w].copy_from_slice(row);
+                let at = first + y * self.ws;
+                copy_run(&mut dst[at..at + self.w], row);
+                let gap = (at + self.w + self.pw).min(dst.len());
+                if gap == at + self.w + 1 {
+                    dst[at + self.w] = 0.0;
+                } else {
+                    dst[at + self.w..gap].fill(0.0);
+                }
             }
+            let end = (first + self.h * self.ws).min(dst.len());
+            dst[end..].fill(0.0);
         }
     }
 
@@ -153,7 +165,7 @@ pub fn forward(s: &Conv2dShape, x: &[f32], w: &[f32], out: &mut [f32], epi: &[Co
                 .enumerate()
             {
                 for (drow, srow) in dst.chunks_exact_mut(l.ow).zip(src.chunks_exact(l.ws)) {
-                    drow.copy_from_slice(&srow[..l.ow]);
+                    copy_run(drow, &srow[..l.ow]);
                 }
                 epilogue_row(epi, dst, c, (n * cout + c) * plane_out);
             }
@@ -221,7 +233,7 @@ pub fn backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32]) {
                     .zip(db.chunks_exact_mut(l.grid))
                 {
                     for (srow, drow) in src.chunks_exact(l.ow).zip(dst.chunks_exact_mut(l.ws)) {
-                        drow[..l.ow].copy_from_slice(srow);
+                        copy_run(&mut drow[..l.ow], srow);
                         drow[l.ow..].fill(0.0);
                     }
                 }
