@@ -46,8 +46,8 @@ pub mod profile {
 
     static ON: AtomicBool = AtomicBool::new(false);
     /// (phase, kind) -> (seconds, calls).
-    static TIMES: Mutex<BTreeMap<(&'static str, &'static str), (f64, u64)>> =
-        Mutex::new(BTreeMap::new());
+    type Totals = BTreeMap<(&'static str, &'static str), (f64, u64)>;
+    static TIMES: Mutex<Totals> = Mutex::new(BTreeMap::new());
 
     /// Turn timing on or off (process-wide).
     pub fn set_enabled(on: bool) {
