@@ -36,6 +36,58 @@ pub(crate) struct GradMeta {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Opt-in wall-clock timing of the model executor's forward ops and of each backward op, by op
+/// kind, for profiling training steps. Off by default: one relaxed atomic load per op when off.
+pub mod profile {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    static ON: AtomicBool = AtomicBool::new(false);
+    /// (phase, kind) -> (seconds, calls).
+    type Totals = BTreeMap<(&'static str, &'static str), (f64, u64)>;
+    static TIMES: Mutex<Totals> = Mutex::new(BTreeMap::new());
+
+    /// Turn timing on or off (process-wide).
+    pub fn set_enabled(on: bool) {
+        ON.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether timing is on.
+    #[inline]
+    pub fn enabled() -> bool {
+        ON.load(Ordering::Relaxed)
+    }
+
+    /// A start time when timing is on.
+    #[inline]
+    pub fn start() -> Option<Instant> {
+        enabled().then(Instant::now)
+    }
+
+    /// Add the time since `t0` (from [`start`]) to `(phase, kind)`.
+    #[inline]
+    pub fn stop(t0: Option<Instant>, phase: &'static str, kind: &'static str) {
+        if let Some(t0) = t0 {
+            let dt = t0.elapsed().as_secs_f64();
+            let mut m = TIMES.lock().unwrap_or_else(|e| e.into_inner());
+            let e = m.entry((phase, kind)).or_insert((0.0, 0));
+            e.0 += dt;
+            e.1 += 1;
+        }
+    }
+
+    /// The totals so far, `(phase, kind, seconds, calls)`, clearing them.
+    pub fn take() -> Vec<(&'static str, &'static str, f64, u64)> {
+        let mut m = TIMES.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut *m)
+            .into_iter()
+            .map(|((p, k), (s, c))| (p, k, s, c))
+            .collect()
+    }
+}
+
 impl GradMeta {
     pub(crate) fn leaf() -> Self {
         GradMeta {
@@ -217,7 +269,9 @@ impl Tensor {
                     leaves.insert(meta.id, g);
                     continue;
                 };
+                let t0 = profile::start();
                 let input_grads = node.op.backward(&g, &node.inputs)?;
+                profile::stop(t0, "backward", node.op.name());
                 if input_grads.len() != node.inputs.len() {
                     return Err(Error::invalid(
                         node.op.name(),
@@ -234,7 +288,9 @@ impl Tensor {
                             format!("backward produced a gradient of shape {:?} for an input of shape {:?}", ig.shape(), input.shape()),
                         ));
                     }
+                    let t0 = profile::start();
                     accumulate(&mut grads, id, ig);
+                    profile::stop(t0, "backward", "accumulate");
                 }
             }
             Ok(())

@@ -11,13 +11,13 @@
 //! pixels within an image (large planes) or several whole images side by side (small planes, where
 //! one image alone would give a GEMM too narrow to be efficient).
 
-use super::im2col::{col2im_tile, im2col_tile, Geom};
+use super::im2col::{col2im_tile, copy_run, im2col_planes, im2col_tile, Geom};
 use super::scratch::with_scratch;
 use super::{
     accumulate_in_parts, channel_block, epilogue_row, ranges_per_image, staged_ranges,
     units_balance, with_gemm_epilogue, Conv2dShape, ConvEpilogueOp,
 };
-use crate::gemm::{gemm, MatMut, MatRef};
+use crate::gemm::{gemm_serial as gemm, MatMut, MatRef};
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
 
 /// Target bytes of patch matrix per GEMM call: the tile lives in L2 between im2col and the GEMM.
@@ -101,13 +101,28 @@ impl Dims {
         )
     }
 
-    /// im2col of `mm` whole images from `n0`, group `gi`, side by side in `cols` (`K x mm*plane`).
-    fn images_to_cols(&self, x: &[f32], n0: usize, mm: usize, gi: usize, cols: &mut [f32]) {
+    /// Floats of the padded-plane scratch [`Dims::images_to_cols`] needs.
+    fn pad_len(&self) -> usize {
+        (self.g.h + 2 * self.g.ph) * (self.g.w + 2 * self.g.pw)
+    }
+
+    /// im2col of `mm` whole images from `n0`, group `gi`, side by side in `cols` (`K x mm*plane`),
+    /// using `pad` ([`Dims::pad_len`] floats) for the padded planes.
+    #[allow(clippy::too_many_arguments)]
+    fn images_to_cols(
+        &self,
+        x: &[f32],
+        n0: usize,
+        mm: usize,
+        gi: usize,
+        cols: &mut [f32],
+        pad: &mut [f32],
+    ) {
         let ld = mm * self.plane_out;
         for j in 0..mm {
             let xg = &x[((n0 + j) * self.cin + gi * self.cin_g) * self.plane_in..];
             let dst = &mut cols[j * self.plane_out..];
-            im2col_tile(&self.g, xg, self.cin_g, 0, self.plane_out, dst, ld);
+            im2col_planes(&self.g, xg, self.cin_g, dst, ld, pad);
         }
     }
 
@@ -117,7 +132,10 @@ impl Dims {
         for j in 0..mm {
             for c in 0..self.cout_g {
                 let src = (n0 + j) * self.cout * plane + (gi * self.cout_g + c) * plane;
-                buf[c * ld + j * plane..][..plane].copy_from_slice(&dy[src..src + plane]);
+                copy_run(
+                    &mut buf[c * ld + j * plane..][..plane],
+                    &dy[src..src + plane],
+                );
             }
         }
     }
@@ -146,10 +164,11 @@ pub fn forward_tiled(
             parallel::for_each_chunk_mut(out, m * img_out, par, |ci, o| {
                 let (n0, mm) = (ci * m, o.len() / img_out);
                 let ld = mm * d.plane_out;
-                with_scratch((d.k + d.cout) * ld, |buf| {
-                    let (cols, cbuf) = buf.split_at_mut(d.k * ld);
+                with_scratch((d.k + d.cout) * ld + d.pad_len(), |buf| {
+                    let (cols, rest) = buf.split_at_mut(d.k * ld);
+                    let (cbuf, pad) = rest.split_at_mut(d.cout * ld);
                     for gi in 0..d.groups {
-                        d.images_to_cols(x, n0, mm, gi, cols);
+                        d.images_to_cols(x, n0, mm, gi, cols, pad);
                         let rows = &mut cbuf[gi * d.cout_g * ld..(gi + 1) * d.cout_g * ld];
                         gemm(
                             d.weights(w, gi),
@@ -163,7 +182,7 @@ pub fn forward_tiled(
                     for j in 0..mm {
                         for c in 0..d.cout {
                             let row = &mut o[(j * d.cout + c) * d.plane_out..][..d.plane_out];
-                            row.copy_from_slice(&cbuf[c * ld + j * d.plane_out..][..d.plane_out]);
+                            copy_run(row, &cbuf[c * ld + j * d.plane_out..][..d.plane_out]);
                             epilogue_row(epi, row, c, ((n0 + j) * d.cout + c) * d.plane_out);
                         }
                     }
@@ -273,8 +292,15 @@ fn forward_pixel_tiles(
     });
 }
 
-/// Input gradient with the default tiling.
+/// Input gradient with the default tiling. For stride 1 (one group, padding below the kernel)
+/// it is the forward of the transposed convolution on `dY`: an im2col and a GEMM, where the
+/// tiled form below needs a GEMM and a col2im scatter-add, slower per element.
 pub fn backward_input(shape: &Conv2dShape, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+    if super::shifted::supports(shape) {
+        let ts = super::shifted::transposed(shape);
+        forward(&ts, dy, &super::shifted::flipped_weights(shape, w), dx, &[]);
+        return;
+    }
     backward_input_tiled(shape, tiling(shape), dy, w, dx);
 }
 
@@ -393,24 +419,29 @@ pub fn backward_weight_tiled(
         Tiling::Images(m) => {
             let m = m.max(1);
             let chunks = shape.batch.div_ceil(m);
-            accumulate_in_parts(chunks, par, dw, |items, acc| {
+            // dW_g^T[K x Cout_g] += cols[K x P] @ dY_g^T[P x Cout_g]: the GEMM reads the patch
+            // matrix in place and packs only the (smaller) dY, K / Cout_g times fewer floats than
+            // packing the transposed patches; transposed into `dw` at the end.
+            let mut acc_t = vec![0.0f32; dw.len()];
+            accumulate_in_parts(chunks, par, &mut acc_t, |items, acc| {
                 let ld = m * plane_out;
-                with_scratch((k + d.cout_g) * ld, |buf| {
+                with_scratch((k + d.cout_g) * ld + d.pad_len(), |buf| {
+                    let (buf, pad) = buf.split_at_mut((k + d.cout_g) * ld);
                     for ci in items {
                         let (n0, mm) = (ci * m, m.min(shape.batch - ci * m));
                         let ld = mm * plane_out;
                         let (cols, dyb) = buf.split_at_mut(k * ld);
                         for gi in 0..d.groups {
-                            d.images_to_cols(x, n0, mm, gi, cols);
+                            d.images_to_cols(x, n0, mm, gi, cols, pad);
                             d.gather_images(dy, n0, mm, gi, dyb);
                             gemm(
-                                MatRef::row_major(&dyb[..d.cout_g * ld], d.cout_g, ld),
-                                MatRef::row_major(&cols[..k * ld], k, ld).t(),
+                                MatRef::row_major(&cols[..k * ld], k, ld),
+                                MatRef::row_major(&dyb[..d.cout_g * ld], d.cout_g, ld).t(),
                                 1.0,
                                 MatMut::row_major(
                                     &mut acc[gi * d.cout_g * k..(gi + 1) * d.cout_g * k],
-                                    d.cout_g,
                                     k,
+                                    d.cout_g,
                                 ),
                                 &[],
                             );
@@ -418,6 +449,16 @@ pub fn backward_weight_tiled(
                     }
                 })
             });
+            for (dst, src) in dw
+                .chunks_exact_mut(d.cout_g * k)
+                .zip(acc_t.chunks_exact(d.cout_g * k))
+            {
+                for (c, row) in dst.chunks_exact_mut(k).enumerate() {
+                    for (j, v) in row.iter_mut().enumerate() {
+                        *v += src[j * d.cout_g + c];
+                    }
+                }
+            }
         }
         Tiling::Pixels(tile) => {
             let tile = tile.clamp(1, plane_out.max(1));

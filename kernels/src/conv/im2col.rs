@@ -210,3 +210,78 @@ pub fn col2im_tile(
         }
     }
 }
+
+/// `dst.copy_from_slice(src)` for the short runs of small planes (a row of 4 to 30 floats), with
+/// fixed-size moves instead of a call to `memcpy`, whose overhead dominates at these lengths.
+#[inline(always)]
+pub(crate) fn copy_run(dst: &mut [f32], src: &[f32]) {
+    let n = dst.len();
+    assert_eq!(n, src.len(), "copy_run: lengths differ");
+    if n >= 8 {
+        let mut i = 0;
+        while i + 8 <= n {
+            dst[i..i + 8].copy_from_slice(&src[i..i + 8]);
+            i += 8;
+        }
+        if i < n {
+            dst[n - 8..].copy_from_slice(&src[n - 8..]);
+        }
+    } else if n >= 4 {
+        dst[..4].copy_from_slice(&src[..4]);
+        dst[n - 4..].copy_from_slice(&src[n - 4..]);
+    } else {
+        for (d, v) in dst.iter_mut().zip(src) {
+            *d = *v;
+        }
+    }
+}
+
+/// [`im2col_tile`] of whole output planes (`p0 = 0`, `len = oh * ow`) through a zero-padded copy
+/// of one input plane at a time in `pad` (at least `(h + 2 * ph) * (w + 2 * pw)` floats, contents
+/// unspecified): each patch row is then `oh` plain runs of `ow` reads, with no per-segment
+/// padding logic, which matters for the small planes of deep layers (7x7, 4x4).
+pub fn im2col_planes(
+    g: &Geom,
+    x: &[f32],
+    channels: usize,
+    cols: &mut [f32],
+    ld: usize,
+    pad: &mut [f32],
+) {
+    let (plane, len) = (g.h * g.w, g.oh * g.ow);
+    let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
+    let nrows = channels * g.kh * g.kw;
+    assert!(x.len() >= channels * plane, "im2col: input too short");
+    assert!(ld >= len, "im2col: rows overlap");
+    assert!(
+        nrows == 0 || cols.len() >= (nrows - 1) * ld + len,
+        "im2col: tile too short"
+    );
+    let pad = &mut pad[..hp * wp];
+    // The border stays zero; each channel overwrites the interior.
+    pad.fill(0.0);
+    let mut r = 0;
+    for c in 0..channels {
+        let src = &x[c * plane..(c + 1) * plane];
+        for (y, row) in src.chunks_exact(g.w).enumerate() {
+            let at = (y + g.ph) * wp + g.pw;
+            copy_run(&mut pad[at..at + g.w], row);
+        }
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let row = &mut cols[r * ld..r * ld + len];
+                r += 1;
+                for (oy, out) in row.chunks_exact_mut(g.ow).enumerate() {
+                    let s = (oy * g.sh + ky * g.dh) * wp + kx * g.dw;
+                    if g.sw == 1 {
+                        copy_run(out, &pad[s..s + g.ow]);
+                    } else {
+                        for (i, d) in out.iter_mut().enumerate() {
+                            *d = pad[s + i * g.sw];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -27,6 +27,7 @@ pub mod im2col;
 pub mod naive;
 pub mod pointwise;
 mod scratch;
+pub mod shifted;
 #[cfg(test)]
 mod tests;
 
@@ -169,6 +170,8 @@ impl Conv2dShape {
             ConvPath::Pointwise
         } else if self.in_per_group() == 1 {
             ConvPath::Depthwise
+        } else if shifted::preferred(self) {
+            ConvPath::Shifted
         } else {
             ConvPath::General
         }
@@ -197,6 +200,8 @@ pub enum ConvPath {
     Depthwise,
     /// Tiled im2col + GEMM: any geometry.
     General,
+    /// Stride 1, one group: GEMMs over shifted views of a padded plane, no im2col.
+    Shifted,
 }
 
 /// One step of the forward's store epilogue, applied in list order.
@@ -408,7 +413,7 @@ pub fn forward(
 
 /// [`forward`] through a chosen path (benchmarks and tests compare paths on the same problem).
 /// Panics if `path` cannot run `shape` (pointwise needs 1x1/stride 1/no padding; depthwise one
-/// input channel per group); [`ConvPath::General`] runs anything.
+/// input channel per group; shifted [`shifted::supports`]); [`ConvPath::General`] runs anything.
 pub fn forward_with(
     path: ConvPath,
     shape: &Conv2dShape,
@@ -426,6 +431,13 @@ pub fn forward_with(
         ConvPath::Pointwise => pointwise::forward(shape, input, weight, output, epilogue),
         ConvPath::Depthwise => depthwise::forward(shape, input, weight, output, epilogue),
         ConvPath::General => general::forward(shape, input, weight, output, epilogue),
+        ConvPath::Shifted => {
+            assert!(
+                shifted::supports(shape),
+                "conv2d: shifted path needs stride 1"
+            );
+            shifted::forward(shape, input, weight, output, epilogue)
+        }
     }
 }
 
@@ -456,6 +468,13 @@ pub fn backward_input_with(
         ConvPath::Pointwise => pointwise::backward_input(shape, grad_out, weight, grad_input),
         ConvPath::Depthwise => depthwise::backward_input(shape, grad_out, weight, grad_input),
         ConvPath::General => general::backward_input(shape, grad_out, weight, grad_input),
+        ConvPath::Shifted => {
+            assert!(
+                shifted::supports(shape),
+                "conv2d: shifted path needs stride 1"
+            );
+            shifted::backward_input(shape, grad_out, weight, grad_input)
+        }
     }
 }
 
@@ -486,6 +505,13 @@ pub fn backward_weight_with(
         ConvPath::Pointwise => pointwise::backward_weight(shape, input, grad_out, grad_weight),
         ConvPath::Depthwise => depthwise::backward_weight(shape, input, grad_out, grad_weight),
         ConvPath::General => general::backward_weight(shape, input, grad_out, grad_weight),
+        ConvPath::Shifted => {
+            assert!(
+                shifted::supports(shape),
+                "conv2d: shifted path needs stride 1"
+            );
+            shifted::backward_weight(shape, input, grad_out, grad_weight)
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use super::{
     accumulate_in_parts, channel_block, ranges_per_image, staged_ranges, units_balance,
     with_gemm_epilogue, Conv2dShape, ConvEpilogueOp,
 };
-use crate::gemm::{gemm, MatMut, MatRef};
+use crate::gemm::{gemm_serial as gemm, MatMut, MatRef};
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
 
 /// Fewest pixels per parallel range.

@@ -190,8 +190,28 @@ pub fn gemm(a: MatRef, b: MatRef, beta: f32, c: MatMut, epilogue: &Epilogue) {
     gemm_with(spec::current(), a, b, beta, c, epilogue);
 }
 
+/// [`gemm`] on the calling thread only, for callers that already split their work across the
+/// pool (a convolution's per-image tasks): a nested fork-join per call only adds overhead there.
+pub fn gemm_serial(a: MatRef, b: MatRef, beta: f32, c: MatMut, epilogue: &Epilogue) {
+    check_shapes(&a, &b, &c, epilogue);
+    gemm_threads(spec::current(), a, b, beta, c, epilogue, 1);
+}
+
 /// [`gemm`] on a given kernel family (tests compare the SIMD families with the scalar one).
 fn gemm_with(spec: &Spec, a: MatRef, b: MatRef, beta: f32, c: MatMut, epilogue: &Epilogue) {
+    gemm_threads(spec, a, b, beta, c, epilogue, usize::MAX)
+}
+
+/// [`gemm_with`] on at most `max_threads` threads.
+fn gemm_threads(
+    spec: &Spec,
+    a: MatRef,
+    b: MatRef,
+    beta: f32,
+    c: MatMut,
+    epilogue: &Epilogue,
+    max_threads: usize,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     if m == 0 || n == 0 {
         return;
@@ -200,7 +220,7 @@ fn gemm_with(spec: &Spec, a: MatRef, b: MatRef, beta: f32, c: MatMut, epilogue: 
         return scale_only(beta, c, epilogue);
     }
     if gemv::applies(m, &a, &b) {
-        let threads = driver::threads_for(m, n, k, false);
+        let threads = driver::threads_for(m, n, k, false).min(max_threads);
         let per = n.div_ceil(2 * threads).next_multiple_of(16);
         let out = &mut c.data[..n];
         parallel::for_each_chunk_mut(out, per, threads > 1, |ci, chunk| {
@@ -208,10 +228,10 @@ fn gemm_with(spec: &Spec, a: MatRef, b: MatRef, beta: f32, c: MatMut, epilogue: 
             unsafe { (spec.gemv)(&a, &b, beta, chunk, ci * per, epilogue) }
         });
     } else if direct::applies(m, &b) {
-        let threads = driver::threads_for(m, n, k, false);
+        let threads = driver::threads_for(m, n, k, false).min(max_threads);
         direct::run(spec, &a, &b, beta, c, epilogue, threads);
     } else {
-        let threads = driver::threads_for(m, n, k, true);
+        let threads = driver::threads_for(m, n, k, true).min(max_threads);
         driver::run(spec, &a, BSource::View(b), beta, c, epilogue, threads);
     }
 }
@@ -309,7 +329,12 @@ fn pack_b_with(spec: &Spec, b: MatRef) -> PackedB {
 
 /// [`gemm`] with a pre-packed B: `C = beta * C + A * B`, then `epilogue`.
 pub fn gemm_packed(a: MatRef, b: &PackedB, beta: f32, c: MatMut, epilogue: &Epilogue) {
-    gemm_packed_with(spec::current(), a, b, beta, c, epilogue)
+    gemm_packed_with(spec::current(), a, b, beta, c, epilogue, usize::MAX)
+}
+
+/// [`gemm_packed`] on the calling thread only (see [`gemm_serial`]).
+pub fn gemm_packed_serial(a: MatRef, b: &PackedB, beta: f32, c: MatMut, epilogue: &Epilogue) {
+    gemm_packed_with(spec::current(), a, b, beta, c, epilogue, 1)
 }
 
 fn gemm_packed_with(
@@ -319,6 +344,7 @@ fn gemm_packed_with(
     beta: f32,
     c: MatMut,
     epilogue: &Epilogue,
+    max_threads: usize,
 ) {
     assert_eq!(
         b.isa, spec.isa,
@@ -333,7 +359,7 @@ fn gemm_packed_with(
         return scale_only(beta, c, epilogue);
     }
     // Pre-packed B: one fork-join per K block, like the small-m paths.
-    let threads = driver::threads_for(m, n, k, false);
+    let threads = driver::threads_for(m, n, k, false).min(max_threads);
     driver::run(spec, &a, BSource::Packed(b), beta, c, epilogue, threads);
 }
 

@@ -159,7 +159,7 @@ impl Case<'_> {
             Path::Plain(s) => gemm_with(s, a, b, self.beta, out, self.epi),
             Path::Packed(s) => {
                 let pb = pack_b_with(s, b);
-                gemm_packed_with(s, a, &pb, self.beta, out, self.epi)
+                gemm_packed_with(s, a, &pb, self.beta, out, self.epi, usize::MAX)
             }
         }
         let what = format!(
