@@ -64,6 +64,7 @@ fn median(v: &[f64]) -> f64 {
 }
 
 fn main() {
+    tlc_kernels::alloc::keep_freed_memory();
     let a = args();
     let spec = ArchSpec {
         arch: Arch::Resnet18Cifar,

@@ -8,6 +8,8 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    // The CLI is the application: training's per-step buffers stay in the process (see the doc).
+    tlc_kernels::alloc::keep_freed_memory();
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

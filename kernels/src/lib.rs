@@ -6,6 +6,7 @@
 //! [`parallel`] only.
 
 pub mod activation;
+pub mod alloc;
 pub mod attention;
 pub mod conv;
 pub mod elementwise;

@@ -289,10 +289,7 @@ impl Model {
             ));
         }
         match mode {
-            Mode::Train => {
-                keep_freed_memory();
-                self.run(x, true, rng)
-            }
+            Mode::Train => self.run(x, true, rng),
             Mode::Eval => no_grad(|| self.run(x, false, rng)),
         }
     }
@@ -421,36 +418,6 @@ impl std::fmt::Debug for Model {
             self.graph.nodes().len(),
             self.num_params()
         )
-    }
-}
-
-/// Tune glibc's allocator for training, once per process: a training step frees and reallocates
-/// the same activation-sized buffers (megabytes each) every step, and by default glibc returns
-/// them to the kernel (`mmap` for blocks above its adaptive threshold, heap trimming past twice
-/// that), so every step page-faults them back in, the kernel zeroing each page: about 22,000
-/// faults and 5-10% of a ResNet-18 CIFAR step at batch 128. Fixing the mmap threshold at 32 MiB
-/// and trimming only past 256 MiB of free heap keeps the buffers in the process. Set
-/// `TLC_KEEP_MALLOC_DEFAULTS` to leave the allocator alone. No-op off glibc.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            if std::env::var_os("TLC_KEEP_MALLOC_DEFAULTS").is_some() {
-                return;
-            }
-            extern "C" {
-                fn mallopt(param: i32, value: i32) -> i32;
-            }
-            const M_TRIM_THRESHOLD: i32 = -1;
-            const M_MMAP_THRESHOLD: i32 = -3;
-            // SAFETY: mallopt is glibc's documented, thread-safe tuning call (this build targets
-            // glibc); it takes two ints and only changes allocation policy, never live blocks.
-            unsafe {
-                mallopt(M_MMAP_THRESHOLD, 32 << 20);
-                mallopt(M_TRIM_THRESHOLD, 256 << 20);
-            }
-        });
     }
 }
 
