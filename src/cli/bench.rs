@@ -1,21 +1,27 @@
 //! `tlc bench`: compile a checkpoint into the fused inference plan ([`Plan`]) and time it on
 //! random input: median and p90 latency per batch, peak resident memory, and a per-step profile
 //! (median time of each fused step). `--eval` also times the graph executor (`Model::eval`) on the
-//! same input for comparison.
+//! same input for comparison. Without `--checkpoint`, `--model` (and its options) is benchmarked
+//! with freshly initialised weights.
 
-use super::{existing_file, load_checkpoint, network_line, CliError, DataShape, ModelArgs, Result};
+use super::{
+    existing_file, group_digits, load_checkpoint, network_line, CliError, DataShape, ModelArgs,
+    Result,
+};
 use clap::Args;
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tlc_engine::plan::Plan;
-use tlc_engine::{Rng, Tensor, TensorStore};
+use tlc_engine::{Model, Rng, Tensor, TensorStore};
+use tlc_models::checkpoint::describe;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// The checkpoint (a tlc checkpoint, or a plain safetensors export with --model ...).
+    /// Without it, --model is timed with freshly initialised weights.
     #[arg(long)]
-    pub checkpoint: PathBuf,
+    pub checkpoint: Option<PathBuf>,
     /// Samples per inference.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
@@ -95,7 +101,6 @@ fn time_runs(warmup: usize, iters: usize, seconds: f64, mut f: impl FnMut()) -> 
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let path = existing_file(&args.checkpoint, "--checkpoint")?;
     if args.batch == 0 || args.iters == 0 {
         return Err(CliError::Usage(
             "--batch and --iters must be at least 1".into(),
@@ -108,9 +113,27 @@ pub fn run(args: BenchArgs) -> Result<()> {
             classes: None,
         })
     });
-    let store = TensorStore::load(&path)?;
-    let loaded = load_checkpoint(&path, &store, &args.model, data)?;
-    let model = &loaded.checkpoint.model;
+    let (model, what) = match &args.checkpoint {
+        Some(p) => {
+            let path = existing_file(p, "--checkpoint")?;
+            let store = TensorStore::load(&path)?;
+            let loaded = load_checkpoint(&path, &store, &args.model, data)?;
+            let line = network_line(&loaded);
+            (loaded.checkpoint.model, line)
+        }
+        None => {
+            let spec = args.model.spec_over(None, data)?;
+            let (graph, init) = tlc_models::zoo::build(&spec)?;
+            let m = Model::init(graph, init, &mut Rng::new(0))?;
+            let line = format!(
+                "{} with freshly initialised weights, {} parameters",
+                describe(&spec),
+                group_digits(m.num_params() as u64)
+            );
+            (m, line)
+        }
+    };
+    let model = &model;
     let shape = args
         .input_shape
         .clone()
@@ -192,7 +215,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         println!("{obj}");
         return Ok(());
     }
-    println!("{}", network_line(&loaded));
+    println!("{what}");
     let (bufs, floats) = plan.arena();
     println!(
         "plan: {} fused steps, batch {}, input {}, {threads} thread(s); arena {bufs} buffers, {:.2} MB",
