@@ -17,8 +17,11 @@
 //! Buffers: every value (a step's output, or the input) lives in one physical buffer chosen by
 //! liveness (interval colouring: a buffer is reused once its last reader has run), allocated at
 //! compile time. [`Plan::run`] takes a step's output buffer out of the arena, computes into it
-//! and puts it back, so a steady-state inference allocates nothing in the plan itself (what the
-//! kernels do is theirs; see the tests). Thread thresholds are the kernels' own.
+//! and puts it back, so a steady-state inference allocates nothing in the plan itself. The conv,
+//! GEMM, activation and element-wise kernels reuse per-thread scratch; the pool kernels
+//! (`max_pool2d`'s padded row, `avg_pool2d`'s and the non-global `adaptive_avg_pool2d`'s column
+//! sums) still allocate one row per parallel piece per call (`tests/plan_alloc.rs` counts it).
+//! Thread thresholds are the kernels' own: nothing here decides parallelism.
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Model, NodeId, Op};
