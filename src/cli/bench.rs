@@ -169,6 +169,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let runs = times.len();
     let (median, p90) = stats(&mut times);
+    // Before the executor runs: its temporaries are not the plan's footprint.
+    let rss = peak_rss_mb();
     let eval = if args.eval {
         let xe = if shape == model.graph().input_shape() {
             x.clone()
@@ -184,7 +186,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
     } else {
         None
     };
-    let rss = peak_rss_mb();
     let steps: Vec<_> = plan
         .steps()
         .zip(step_ms.iter_mut())
