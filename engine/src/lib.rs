@@ -12,6 +12,7 @@ pub mod io;
 pub mod ops;
 pub mod optim;
 pub mod passes;
+pub mod plan;
 pub mod rng;
 pub mod shape;
 pub mod storage;

@@ -1,6 +1,8 @@
 //! Arguments (clap derive) and dispatch. Each command lives in its own file; this one holds what
 //! they share: the global options, the architecture flags, and the error type.
 
+mod bench;
+mod collapse;
 mod compress;
 mod demo;
 mod eval;
@@ -62,6 +64,12 @@ pub enum Command {
     /// The per-layer TLC scores of a checkpoint (no data needed): channels, ON/OFF counts,
     /// entropy and mean error likelihood of every removable activation.
     Scores(scores::ScoresArgs),
+    /// Write the collapsed checkpoint: batch-norms folded, linear chains merged, dead channels
+    /// pruned (exact in evaluation mode); prints what was merged per chain.
+    Collapse(collapse::CollapseArgs),
+    /// Compile a checkpoint into the fused inference plan and time it: median and p90 latency,
+    /// peak RSS and a per-step profile.
+    Bench(bench::BenchArgs),
     /// A self-contained demo of the engine: a tiny CNN trained with tlc's autograd and SGD on a
     /// synthetic image task for a few seconds.
     Demo(demo::DemoArgs),
@@ -86,6 +94,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo(a) => demo::run(a),
         Command::Compress(a) => compress::run(a),
         Command::Scores(a) => scores::run(a),
+        Command::Collapse(a) => collapse::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 

@@ -1,0 +1,678 @@
+//! The inference plan: a model compiled for one batch size into a flat list of fused steps over a
+//! buffer arena planned at compile time.
+//!
+//! [`Plan::compile`] folds batch-norms into the layers before them and drops pass-through nodes
+//! (on a copy), infers every shape for the batch, then emits one step per remaining node, fusing:
+//! - a convolution or linear layer with its bias, the activation that is its sole reader, and a
+//!   residual add that is its sole reader when the add's other operand is already computed (then
+//!   the activation after the add fuses too): all applied by the kernel's store epilogue, in one
+//!   pass over the output;
+//! - flatten as a zero-copy alias of its input.
+//!
+//! Pools, and adds, activations and batch-norms that cannot fuse (an evaluation-mode scale-shift),
+//! are steps of their own. Convolution weights stay in the layout the kernel reads
+//! (`[out, in/groups, kh, kw]`); linear weights are pre-packed once ([`PackedB`]) except for a
+//! one-row product (batch 1 classifier), which the GEMV path reads straight from `W`.
+//!
+//! Buffers: every value (a step's output, or the input) lives in one physical buffer chosen by
+//! liveness (interval colouring: a buffer is reused once its last reader has run), allocated at
+//! compile time. [`Plan::run`] takes a step's output buffer out of the arena, computes into it
+//! and puts it back, so a steady-state inference allocates nothing in the plan itself. The conv,
+//! GEMM, activation and element-wise kernels reuse per-thread scratch; the pool kernels
+//! (`max_pool2d`'s padded row, `avg_pool2d`'s and the non-global `adaptive_avg_pool2d`'s column
+//! sums) still allocate one row per parallel piece per call (`tests/plan_alloc.rs` counts it).
+//! Thread thresholds are the kernels' own: nothing here decides parallelism.
+
+use crate::error::{Error, Result};
+use crate::graph::{Graph, Model, NodeId, Op};
+use crate::passes::{fold_batch_norms, remove_passthrough};
+use tlc_kernels::conv::{self, Conv2dShape, ConvEpilogueOp};
+use tlc_kernels::elementwise::{self, BinaryOp};
+use tlc_kernels::gemm::{gemm, gemm_packed, pack_b, EpilogueOp, MatMut, MatRef, PackedB};
+use tlc_kernels::pool::{self, PoolDims, Window2d};
+use tlc_kernels::{activation, Activation};
+
+/// Index of a value (a step's output or the input) in the plan.
+type ValueId = usize;
+
+/// Where a value lives: a physical buffer and the value's length in it.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    buf: usize,
+    len: usize,
+}
+
+enum LinearWeight {
+    /// `W^T` packed for the GEMM micro-kernel.
+    Packed(PackedB),
+    /// `W` `[out, in]` as stored, read as `W^T` by the one-row (GEMV) path.
+    Rows(Vec<f32>),
+}
+
+enum Kernel {
+    /// Inputs: `[x]` or `[x, residual]`.
+    Conv {
+        shape: Conv2dShape,
+        weight: Vec<f32>,
+        bias: Option<Vec<f32>>,
+        act: Option<Activation>,
+    },
+    /// Inputs: `[x]` or `[x, residual]`.
+    Linear {
+        rows: usize,
+        in_f: usize,
+        out_f: usize,
+        weight: LinearWeight,
+        bias: Option<Vec<f32>>,
+        act: Option<Activation>,
+    },
+    MaxPool {
+        dims: PoolDims,
+        win: Window2d,
+    },
+    AvgPool {
+        dims: PoolDims,
+        win: Window2d,
+    },
+    AdaptiveAvgPool {
+        dims: PoolDims,
+    },
+    /// Sum of every input.
+    Add,
+    Act(Activation),
+    /// `y = x * scale[c] + shift[c]` over planes of `plane` elements.
+    ScaleShift {
+        scale: Vec<f32>,
+        shift: Vec<f32>,
+        plane: usize,
+    },
+}
+
+/// What a step is, for profiles.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepInfo {
+    /// The graph node(s) the step computes, joined by ` > ` when fused.
+    pub name: String,
+    /// Kind and fused epilogue, e.g. `conv3x3/s1 +bias+add+relu`.
+    pub kind: String,
+    /// Multiply-accumulates of the step for the whole batch.
+    pub macs: u64,
+}
+
+struct Step {
+    kernel: Kernel,
+    inputs: Vec<ValueId>,
+    out: ValueId,
+    info: StepInfo,
+}
+
+/// A model compiled for one batch size (see the module documentation).
+pub struct Plan {
+    steps: Vec<Step>,
+    slots: Vec<Slot>,
+    bufs: Vec<Vec<f32>>,
+    input: ValueId,
+    output: ValueId,
+    batch: usize,
+    input_shape: Vec<usize>,
+    output_shape: Vec<usize>,
+}
+
+fn plan_err(detail: impl Into<String>) -> Error {
+    Error::invalid("plan", detail)
+}
+
+fn act_name(a: Activation) -> String {
+    format!("{a:?}").to_lowercase()
+}
+
+/// The nodes the output depends on.
+fn live_nodes(g: &Graph) -> Vec<bool> {
+    let mut live = vec![false; g.nodes().len()];
+    live[g.output()] = true;
+    for id in (0..g.nodes().len()).rev() {
+        if live[id] {
+            g.node(id).inputs.iter().for_each(|&i| live[i] = true);
+        }
+    }
+    live
+}
+
+impl Plan {
+    /// Compile `model` for batches of `batch` samples of its graph's input shape.
+    pub fn compile(model: &Model, batch: usize) -> Result<Plan> {
+        let shape = model.graph().input_shape().to_vec();
+        Plan::compile_for(model, batch, &shape)
+    }
+
+    /// Compile `model` for batches of `batch` samples of shape `input_shape` (a convolutional
+    /// network runs at other resolutions than the one its graph was built for, when every layer
+    /// still fits).
+    pub fn compile_for(model: &Model, batch: usize, input_shape: &[usize]) -> Result<Plan> {
+        if batch == 0 {
+            return Err(plan_err("the batch must hold at least one sample"));
+        }
+        let mut m = model.clone();
+        if m.graph().input_shape() != input_shape {
+            let mut g = m.graph().clone();
+            if let Op::Input { shape } = &mut g.node_mut(0).op {
+                *shape = input_shape.to_vec();
+            }
+            m.set_graph(g)?;
+        }
+        let m = remove_passthrough(&fold_batch_norms(&m)?)?;
+        Compiler::new(&m, batch)?.run()
+    }
+
+    /// Run one batch (`input`: `[batch, ...input shape]`, row-major) and return the output
+    /// (`[batch, ...output shape]`). Panics if `input` has the wrong length.
+    pub fn run(&mut self, input: &[f32]) -> &[f32] {
+        self.run_observed(input, |_| {})
+    }
+
+    /// [`Plan::run`], calling `after_step(i)` when step `i` is done (profiles time the steps with
+    /// it; tests count allocations).
+    pub fn run_observed(&mut self, input: &[f32], mut after_step: impl FnMut(usize)) -> &[f32] {
+        let inp = self.slots[self.input];
+        assert_eq!(
+            input.len(),
+            inp.len,
+            "plan: input of {} values, expected {} ({} x {:?})",
+            input.len(),
+            inp.len,
+            self.batch,
+            self.input_shape
+        );
+        self.bufs[inp.buf][..inp.len].copy_from_slice(input);
+        for (i, step) in self.steps.iter().enumerate() {
+            let o = self.slots[step.out];
+            let mut out = std::mem::take(&mut self.bufs[o.buf]);
+            let bufs = &self.bufs;
+            let slots = &self.slots;
+            let val = |k: usize| -> &[f32] {
+                let s = slots[step.inputs[k]];
+                &bufs[s.buf][..s.len]
+            };
+            exec(&step.kernel, step.inputs.len(), &val, &mut out[..o.len]);
+            self.bufs[o.buf] = out;
+            after_step(i);
+        }
+        let s = self.slots[self.output];
+        &self.bufs[s.buf][..s.len]
+    }
+
+    /// The steps, in execution order.
+    pub fn steps(&self) -> impl Iterator<Item = &StepInfo> {
+        self.steps.iter().map(|s| &s.info)
+    }
+
+    /// Number of steps.
+    pub fn len(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Whether the plan has no step (the graph is its input).
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// Samples per run.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Per-sample input shape.
+    pub fn input_shape(&self) -> &[usize] {
+        &self.input_shape
+    }
+
+    /// Per-sample output shape.
+    pub fn output_shape(&self) -> &[usize] {
+        &self.output_shape
+    }
+
+    /// Number of physical buffers and their total size in floats.
+    pub fn arena(&self) -> (usize, usize) {
+        (self.bufs.len(), self.bufs.iter().map(|b| b.len()).sum())
+    }
+}
+
+/// Run one kernel: `val(k)` is input `k`, `y` the output.
+fn exec<'a>(kernel: &Kernel, n_in: usize, val: &dyn Fn(usize) -> &'a [f32], y: &mut [f32]) {
+    match kernel {
+        Kernel::Conv {
+            shape,
+            weight,
+            bias,
+            act,
+        } => {
+            let mut epi = [ConvEpilogueOp::Act(Activation::Identity); 3];
+            let mut n = 0;
+            if let Some(b) = bias {
+                epi[n] = ConvEpilogueOp::Bias(b);
+                n += 1;
+            }
+            if n_in > 1 {
+                epi[n] = ConvEpilogueOp::Add(val(1));
+                n += 1;
+            }
+            if let Some(a) = act {
+                epi[n] = ConvEpilogueOp::Act(*a);
+                n += 1;
+            }
+            conv::forward(shape, val(0), weight, y, &epi[..n]);
+        }
+        Kernel::Linear {
+            rows,
+            in_f,
+            out_f,
+            weight,
+            bias,
+            act,
+        } => {
+            let (rows, in_f, out_f) = (*rows, *in_f, *out_f);
+            let mut epi = [EpilogueOp::Act(Activation::Identity); 3];
+            let mut n = 0;
+            if let Some(b) = bias {
+                epi[n] = EpilogueOp::BiasPerCol(b);
+                n += 1;
+            }
+            if n_in > 1 {
+                epi[n] = EpilogueOp::Add(MatRef::row_major(val(1), rows, out_f));
+                n += 1;
+            }
+            if let Some(a) = act {
+                epi[n] = EpilogueOp::Act(*a);
+                n += 1;
+            }
+            let a = MatRef::row_major(val(0), rows, in_f);
+            let c = MatMut::row_major(y, rows, out_f);
+            match weight {
+                LinearWeight::Packed(p) => gemm_packed(a, p, 0.0, c, &epi[..n]),
+                LinearWeight::Rows(w) => {
+                    gemm(a, MatRef::row_major(w, out_f, in_f).t(), 0.0, c, &epi[..n])
+                }
+            }
+        }
+        Kernel::MaxPool { dims, win } => pool::max_pool2d(val(0), *dims, *win, y),
+        Kernel::AvgPool { dims, win } => pool::avg_pool2d(val(0), *dims, *win, true, y),
+        Kernel::AdaptiveAvgPool { dims } => pool::adaptive_avg_pool2d(val(0), *dims, y),
+        Kernel::Add => {
+            elementwise::binary(BinaryOp::Add, val(0), val(1), y);
+            for k in 2..n_in {
+                y.iter_mut().zip(val(k)).for_each(|(o, v)| *o += v);
+            }
+        }
+        Kernel::Act(a) => activation::apply(*a, val(0), y),
+        Kernel::ScaleShift {
+            scale,
+            shift,
+            plane,
+        } => {
+            let c = scale.len();
+            for (p, (yo, xo)) in y
+                .chunks_exact_mut(*plane)
+                .zip(val(0).chunks_exact(*plane))
+                .enumerate()
+            {
+                let (s, t) = (scale[p % c], shift[p % c]);
+                yo.iter_mut().zip(xo).for_each(|(o, v)| *o = v * s + t);
+            }
+        }
+    }
+}
+
+/// Compile-time state: the folded graph, its shapes, and the values made so far.
+struct Compiler<'m> {
+    m: &'m Model,
+    g: &'m Graph,
+    batch: usize,
+    shapes: Vec<Vec<usize>>,
+    macs: Vec<u64>,
+    consumers: Vec<Vec<NodeId>>,
+    /// The value of each node once computed (fused nodes share their step's value).
+    value: Vec<Option<ValueId>>,
+    /// Length of each value.
+    lens: Vec<usize>,
+    steps: Vec<Step>,
+}
+
+impl<'m> Compiler<'m> {
+    fn new(m: &'m Model, batch: usize) -> Result<Compiler<'m>> {
+        let g = m.graph();
+        let n = g.nodes().len();
+        Ok(Compiler {
+            m,
+            g,
+            batch,
+            shapes: g.infer_shapes()?,
+            macs: g.macs()?,
+            consumers: g.consumers(),
+            value: vec![None; n],
+            lens: vec![],
+            steps: vec![],
+        })
+    }
+
+    fn tensor(&self, node: NodeId, role: &str) -> Result<Vec<f32>> {
+        let name = format!("{}.{role}", self.g.node(node).name);
+        self.m
+            .get(&name)
+            .map(|t| t.to_vec())
+            .ok_or_else(|| plan_err(format!("the model has no tensor `{name}`")))
+    }
+
+    fn numel(&self, node: NodeId) -> usize {
+        self.batch * self.shapes[node].iter().product::<usize>()
+    }
+
+    fn new_value(&mut self, node: NodeId) -> ValueId {
+        self.lens.push(self.numel(node));
+        self.lens.len() - 1
+    }
+
+    /// Whether `id`'s value goes to exactly one reader (and is not the network's output).
+    fn sole_reader(&self, id: NodeId) -> Option<NodeId> {
+        (self.consumers[id].len() == 1 && id != self.g.output()).then(|| self.consumers[id][0])
+    }
+
+    fn act_of(&self, id: NodeId) -> Option<Activation> {
+        match self.g.node(id).op {
+            Op::Activation { act } => Some(act.activation()),
+            _ => None,
+        }
+    }
+
+    /// The nodes fused behind the layer `id`: its activation, or a residual add (with the other
+    /// operand) and the activation after it. Returns (fused nodes, residual operand, activation).
+    fn epilogue(&self, id: NodeId) -> (Vec<NodeId>, Option<ValueId>, Option<Activation>) {
+        let Some(next) = self.sole_reader(id) else {
+            return (vec![], None, None);
+        };
+        if let Some(a) = self.act_of(next) {
+            return (vec![next], None, Some(a));
+        }
+        let n = self.g.node(next);
+        if !matches!(n.op, Op::Add) || n.inputs.len() != 2 {
+            return (vec![], None, None);
+        }
+        let other = if n.inputs[0] == id {
+            n.inputs[1]
+        } else {
+            n.inputs[0]
+        };
+        let Some(r) = self.value[other].filter(|_| other != id) else {
+            return (vec![], None, None);
+        };
+        match self
+            .sole_reader(next)
+            .and_then(|a| Some((a, self.act_of(a)?)))
+        {
+            Some((a, act)) => (vec![next, a], Some(r), Some(act)),
+            None => (vec![next], Some(r), None),
+        }
+    }
+
+    fn push(
+        &mut self,
+        node: NodeId,
+        fused: &[NodeId],
+        kernel: Kernel,
+        inputs: Vec<ValueId>,
+        kind: String,
+    ) {
+        let last = fused.last().copied().unwrap_or(node);
+        let out = self.new_value(last);
+        let mut name = self.g.node(node).name.clone();
+        for &f in fused {
+            name.push_str(" > ");
+            name.push_str(&self.g.node(f).name);
+        }
+        for &n in std::iter::once(&node).chain(fused) {
+            self.value[n] = Some(out);
+        }
+        self.steps.push(Step {
+            kernel,
+            inputs,
+            out,
+            info: StepInfo {
+                name,
+                kind,
+                macs: self.macs[node] * self.batch as u64,
+            },
+        });
+    }
+
+    fn input_value(&self, id: NodeId, k: usize) -> ValueId {
+        self.value[self.g.node(id).inputs[k]].expect("inputs come first")
+    }
+
+    fn run(mut self) -> Result<Plan> {
+        let g = self.g;
+        let live = live_nodes(g);
+        let input = self.new_value(0);
+        self.value[0] = Some(input);
+        for id in (1..g.nodes().len()).filter(|&i| live[i]) {
+            if self.value[id].is_some() {
+                continue;
+            }
+            let node = g.node(id);
+            let x = self.input_value(id, 0);
+            let xs = &self.shapes[node.inputs[0]];
+            let ys = &self.shapes[id];
+            match &node.op {
+                Op::Input { .. } => unreachable!("the input is node 0"),
+                Op::Conv2d(c) => {
+                    let shape = Conv2dShape {
+                        batch: self.batch,
+                        in_channels: c.in_ch,
+                        in_h: xs[1],
+                        in_w: xs[2],
+                        out_channels: c.out_ch,
+                        kernel_h: c.kernel[0],
+                        kernel_w: c.kernel[1],
+                        params: c.params(),
+                    };
+                    let (fused, residual, act) = self.epilogue(id);
+                    let bias = c.bias.then(|| self.tensor(id, "bias")).transpose()?;
+                    let mut kind = format!("conv{}x{}/s{}", c.kernel[0], c.kernel[1], c.stride[0]);
+                    if c.is_depthwise() {
+                        kind.push_str(" dw");
+                    } else if c.groups > 1 {
+                        kind.push_str(&format!(" g{}", c.groups));
+                    }
+                    kind.push_str(&epilogue_kind(bias.is_some(), residual.is_some(), act));
+                    let kernel = Kernel::Conv {
+                        shape,
+                        weight: self.tensor(id, "weight")?,
+                        bias,
+                        act,
+                    };
+                    let inputs = std::iter::once(x).chain(residual).collect();
+                    self.push(id, &fused, kernel, inputs, kind);
+                }
+                Op::Linear(l) => {
+                    let rows = self.numel(node.inputs[0]) / l.in_f.max(1);
+                    let (fused, residual, act) = self.epilogue(id);
+                    let bias = l.bias.then(|| self.tensor(id, "bias")).transpose()?;
+                    let w = self.tensor(id, "weight")?;
+                    let weight = if rows == 1 {
+                        LinearWeight::Rows(w)
+                    } else {
+                        LinearWeight::Packed(pack_b(MatRef::row_major(&w, l.out_f, l.in_f).t()))
+                    };
+                    let kind = format!(
+                        "linear{}{}",
+                        if rows == 1 { " (gemv)" } else { "" },
+                        epilogue_kind(bias.is_some(), residual.is_some(), act)
+                    );
+                    let kernel = Kernel::Linear {
+                        rows,
+                        in_f: l.in_f,
+                        out_f: l.out_f,
+                        weight,
+                        bias,
+                        act,
+                    };
+                    let inputs = std::iter::once(x).chain(residual).collect();
+                    self.push(id, &fused, kernel, inputs, kind);
+                }
+                Op::MaxPool(p) | Op::AvgPool(p) => {
+                    let dims = PoolDims {
+                        planes: self.batch * xs[0],
+                        h: xs[1],
+                        w: xs[2],
+                        out_h: ys[1],
+                        out_w: ys[2],
+                    };
+                    let win = Window2d {
+                        kernel: p.kernel,
+                        stride: p.stride,
+                        padding: p.padding,
+                        dilation: [1, 1],
+                    };
+                    let what = format!("{}x{}/s{}", p.kernel[0], p.kernel[1], p.stride[0]);
+                    let (kernel, kind) = if matches!(node.op, Op::MaxPool(_)) {
+                        (Kernel::MaxPool { dims, win }, format!("max_pool{what}"))
+                    } else {
+                        (Kernel::AvgPool { dims, win }, format!("avg_pool{what}"))
+                    };
+                    self.push(id, &[], kernel, vec![x], kind);
+                }
+                Op::AdaptiveAvgPool { out } => {
+                    let dims = PoolDims {
+                        planes: self.batch * xs[0],
+                        h: xs[1],
+                        w: xs[2],
+                        out_h: out[0],
+                        out_w: out[1],
+                    };
+                    let kind = format!("adaptive_avg_pool{}x{}", out[0], out[1]);
+                    self.push(id, &[], Kernel::AdaptiveAvgPool { dims }, vec![x], kind);
+                }
+                Op::Flatten { .. } | Op::Identity | Op::Dropout { .. } => {
+                    self.value[id] = Some(x);
+                }
+                Op::Add => {
+                    let inputs = (0..node.inputs.len())
+                        .map(|k| self.input_value(id, k))
+                        .collect();
+                    self.push(id, &[], Kernel::Add, inputs, "add".into());
+                }
+                Op::Activation { act } => {
+                    let a = act.activation();
+                    self.push(id, &[], Kernel::Act(a), vec![x], act_name(a));
+                }
+                Op::BatchNorm(b) => {
+                    let (gamma, beta) = (self.tensor(id, "weight")?, self.tensor(id, "bias")?);
+                    let (mean, var) = (
+                        self.tensor(id, "running_mean")?,
+                        self.tensor(id, "running_var")?,
+                    );
+                    let scale: Vec<f32> = gamma
+                        .iter()
+                        .zip(&var)
+                        .map(|(g, v)| g / (v + b.eps).sqrt())
+                        .collect();
+                    let shift = (0..scale.len())
+                        .map(|c| beta[c] - mean[c] * scale[c])
+                        .collect();
+                    let plane = xs[1..].iter().product::<usize>();
+                    let kernel = Kernel::ScaleShift {
+                        scale,
+                        shift,
+                        plane,
+                    };
+                    self.push(id, &[], kernel, vec![x], "batch_norm".into());
+                }
+            }
+        }
+        let output = self.value[g.output()].expect("the output is live");
+        let (slots, bufs) = assign_buffers(&self.steps, &self.lens, input, output);
+        Ok(Plan {
+            steps: self.steps,
+            slots,
+            bufs,
+            input,
+            output,
+            batch: self.batch,
+            input_shape: self.shapes[0].clone(),
+            output_shape: self.shapes[g.output()].clone(),
+        })
+    }
+}
+
+fn epilogue_kind(bias: bool, add: bool, act: Option<Activation>) -> String {
+    let mut s = String::new();
+    if bias || add || act.is_some() {
+        s.push(' ');
+    }
+    if bias {
+        s.push_str("+bias");
+    }
+    if add {
+        s.push_str("+add");
+    }
+    if let Some(a) = act {
+        s.push('+');
+        s.push_str(&act_name(a));
+    }
+    s
+}
+
+/// Physical buffers by liveness: value `v` is live from the step that writes it to the last step
+/// that reads it (the input from before the first step, the output to after the last); values
+/// whose lives do not overlap share a buffer. Greedy in order of definition, best fit.
+fn assign_buffers(
+    steps: &[Step],
+    lens: &[usize],
+    input: ValueId,
+    output: ValueId,
+) -> (Vec<Slot>, Vec<Vec<f32>>) {
+    // Times: the input is written at 0, step i runs at i + 1, the output is read at steps + 1.
+    let mut def = vec![0usize; lens.len()];
+    let mut last = vec![0usize; lens.len()];
+    for (i, s) in steps.iter().enumerate() {
+        def[s.out] = i + 1;
+        last[s.out] = last[s.out].max(i + 1);
+        for &v in &s.inputs {
+            last[v] = last[v].max(i + 1);
+        }
+    }
+    def[input] = 0;
+    last[output] = steps.len() + 1;
+    let mut order: Vec<ValueId> = (0..lens.len()).collect();
+    order.sort_by_key(|&v| (def[v], v));
+    // Per buffer: capacity and the time its current value dies.
+    let mut bufs: Vec<(usize, usize)> = vec![];
+    let mut slots = vec![Slot { buf: 0, len: 0 }; lens.len()];
+    for v in order {
+        let free = |b: &&(usize, usize)| b.1 < def[v];
+        let fit = bufs
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| free(b) && b.0 >= lens[v])
+            .min_by_key(|(_, b)| b.0)
+            .or_else(|| {
+                bufs.iter()
+                    .enumerate()
+                    .filter(|(_, b)| free(b))
+                    .max_by_key(|(_, b)| b.0)
+            })
+            .map(|(i, _)| i);
+        let b = fit.unwrap_or_else(|| {
+            bufs.push((0, 0));
+            bufs.len() - 1
+        });
+        bufs[b] = (bufs[b].0.max(lens[v]), last[v]);
+        slots[v] = Slot {
+            buf: b,
+            len: lens[v],
+        };
+    }
+    let bufs = bufs.into_iter().map(|(cap, _)| vec![0.0; cap]).collect();
+    (slots, bufs)
+}
+
+#[cfg(test)]
+mod tests;

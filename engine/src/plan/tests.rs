@@ -1,0 +1,201 @@
+use super::*;
+use crate::graph::{ActKind, BatchNormSpec, ConvSpec, LinearInit, LinearSpec, PoolSpec};
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use crate::testing::assert_close;
+
+/// A model of `g` with every parameter and BN statistic random (biases and shifts non-zero).
+fn random_model(g: Graph, seed: u64) -> Model {
+    let mut rng = Rng::new(seed);
+    let mut m = Model::init(g, LinearInit::Uniform, &mut rng).unwrap();
+    let names: Vec<String> = m.to_store().names().map(String::from).collect();
+    for name in names {
+        let shape = m.get(&name).unwrap().shape().to_vec();
+        let (lo, hi) = match name.rsplit('.').next().unwrap() {
+            "running_var" => (0.5, 2.0),
+            "weight" if shape.len() == 1 => (0.5, 1.5),
+            "weight" => (-0.4, 0.4),
+            "num_batches_tracked" => continue,
+            _ => (-0.5, 0.5),
+        };
+        *m.get_mut(&name).unwrap() = Tensor::rand_uniform(&shape, lo, hi, &mut rng);
+    }
+    m
+}
+
+fn bn(ch: usize) -> Op {
+    Op::BatchNorm(BatchNormSpec {
+        channels: ch,
+        eps: 1e-5,
+        momentum: 0.1,
+    })
+}
+
+fn conv(i: usize, o: usize, k: usize, s: usize, p: usize) -> Op {
+    Op::Conv2d(ConvSpec::new(i, o, k, s, p))
+}
+
+fn act(a: ActKind) -> Op {
+    Op::Activation { act: a }
+}
+
+/// Compile `g` (random weights) for `batch`, run it twice, compare with `Model::eval`; the kinds.
+fn check(g: Graph, batch: usize) -> Vec<String> {
+    let m = random_model(g, 7);
+    let mut shape = vec![batch];
+    shape.extend_from_slice(m.graph().input_shape());
+    let mut plan = Plan::compile(&m, batch).unwrap();
+    let mut out_shape = vec![batch];
+    out_shape.extend_from_slice(plan.output_shape());
+    for seed in [1, 2, 1] {
+        let x = Tensor::randn(&shape, &mut Rng::new(seed));
+        let y = plan.run(&x.to_vec()).to_vec();
+        let e = m.eval(&x).unwrap();
+        assert_close(
+            &Tensor::from_vec(y, &out_shape).unwrap(),
+            &e,
+            1e-4,
+            "plan vs eval",
+        );
+    }
+    plan.steps().map(|s| s.kind.clone()).collect()
+}
+
+#[test]
+fn conv_bn_relu_fuses_into_one_step() {
+    let mut g = Graph::new(&[3, 9, 9]);
+    let c = g.push("c", conv(3, 8, 3, 2, 1), &[0]);
+    let b = g.push("bn", bn(8), &[c]);
+    g.push("r", act(ActKind::Relu6), &[b]);
+    assert_eq!(check(g.clone(), 1), ["conv3x3/s2 +bias+relu6"]);
+    assert_eq!(check(g, 3).len(), 1);
+}
+
+#[test]
+fn residual_block_fuses_add_and_activation() {
+    let mut g = Graph::new(&[4, 8, 8]);
+    let c1 = g.push("c1", conv(4, 4, 3, 1, 1), &[0]);
+    let b1 = g.push("b1", bn(4), &[c1]);
+    let r1 = g.push("r1", act(ActKind::Relu), &[b1]);
+    let c2 = g.push("c2", conv(4, 4, 3, 1, 1), &[r1]);
+    let b2 = g.push("b2", bn(4), &[c2]);
+    let a = g.push("add", Op::Add, &[b2, r1]);
+    let r2 = g.push("r2", act(ActKind::Relu), &[a]);
+    // A downsample-like shortcut: conv on the block output, added to a later conv.
+    let c3 = g.push("c3", conv(4, 6, 1, 2, 0), &[r2]);
+    let c4 = g.push("c4", conv(4, 6, 3, 2, 1), &[r2]);
+    let a2 = g.push("add2", Op::Add, &[c3, c4]);
+    g.push("r3", act(ActKind::Silu), &[a2]);
+    assert_eq!(
+        check(g, 2),
+        [
+            "conv3x3/s1 +bias+relu",
+            "conv3x3/s1 +bias+add+relu",
+            "conv1x1/s2",
+            "conv3x3/s2 +add+silu"
+        ]
+    );
+}
+
+#[test]
+fn unfusable_nodes_get_their_own_steps() {
+    let mut g = Graph::new(&[3, 10, 10]);
+    let c = g.push("c", conv(3, 4, 3, 1, 1).clone(), &[0]);
+    // The conv feeds two readers: nothing fuses; BN after an add does not fold.
+    let r = g.push("r", act(ActKind::Relu), &[c]);
+    let a = g.push("a", Op::Add, &[c, r, c]);
+    let b = g.push("bn", bn(4), &[a]);
+    let mp = g.push("mp", Op::MaxPool(PoolSpec::new(3, 2, 1)), &[b]);
+    let ap = g.push("ap", Op::AvgPool(PoolSpec::new(2, 1, 1)), &[mp]);
+    let gp = g.push("gp", Op::AdaptiveAvgPool { out: [2, 2] }, &[ap]);
+    let f = g.push("f", Op::Flatten { start: 1 }, &[gp]);
+    let d = g.push("d", Op::Dropout { p: 0.5 }, &[f]);
+    let l1 = g.push(
+        "l1",
+        Op::Linear(LinearSpec {
+            in_f: 16,
+            out_f: 12,
+            bias: true,
+        }),
+        &[d],
+    );
+    let t = g.push("t", act(ActKind::Tanh), &[l1]);
+    g.push(
+        "l2",
+        Op::Linear(LinearSpec {
+            in_f: 12,
+            out_f: 5,
+            bias: false,
+        }),
+        &[t],
+    );
+    let kinds = check(g.clone(), 1);
+    assert_eq!(
+        kinds,
+        [
+            "conv3x3/s1",
+            "relu",
+            "add",
+            "batch_norm",
+            "max_pool3x3/s2",
+            "avg_pool2x2/s1",
+            "adaptive_avg_pool2x2",
+            "linear (gemv) +bias+tanh",
+            "linear (gemv)"
+        ]
+    );
+    let kinds = check(g, 4);
+    assert_eq!(kinds[7], "linear +bias+tanh");
+}
+
+#[test]
+fn buffers_are_reused_by_liveness() {
+    // A chain of 12 convs needs two buffers besides the input (and the output may share them).
+    let mut g = Graph::new(&[4, 6, 6]);
+    let mut x = 0;
+    for i in 0..12 {
+        x = g.push(format!("c{i}"), conv(4, 4, 3, 1, 1), &[x]);
+        x = g.push(format!("r{i}"), act(ActKind::Relu), &[x]);
+    }
+    let m = random_model(g, 3);
+    let plan = Plan::compile(&m, 2).unwrap();
+    assert_eq!(plan.len(), 12);
+    let (bufs, floats) = plan.arena();
+    assert!(bufs <= 3, "{bufs} buffers");
+    assert_eq!(floats, bufs * 2 * 4 * 36);
+}
+
+#[test]
+fn another_resolution_compiles_for_convolutional_graphs() {
+    let mut g = Graph::new(&[3, 8, 8]);
+    let c = g.push("c", conv(3, 5, 3, 1, 1), &[0]);
+    let p = g.push("p", Op::AdaptiveAvgPool { out: [1, 1] }, &[c]);
+    g.push("f", Op::Flatten { start: 1 }, &[p]);
+    let m = random_model(g, 2);
+    let mut plan = Plan::compile_for(&m, 1, &[3, 16, 12]).unwrap();
+    assert_eq!(plan.output_shape(), [5]);
+    assert_eq!(plan.run(&vec![0.5; 3 * 16 * 12]).len(), 5);
+    assert!(Plan::compile_for(&m, 1, &[4, 8, 8]).is_err());
+    assert!(Plan::compile(&m, 0).is_err());
+}
+
+#[test]
+fn linear_residual_fuses_into_the_gemm_epilogue() {
+    // A transformer-style MLP block on tokens: x + fc2(gelu(fc1(x))), then a ReLU.
+    let lin = |i, o| {
+        Op::Linear(LinearSpec {
+            in_f: i,
+            out_f: o,
+            bias: true,
+        })
+    };
+    let mut g = Graph::new(&[5, 12]);
+    let f1 = g.push("fc1", lin(12, 20), &[0]);
+    let a = g.push("gelu", act(ActKind::Gelu), &[f1]);
+    let f2 = g.push("fc2", lin(20, 12), &[a]);
+    let s = g.push("add", Op::Add, &[0, f2]);
+    g.push("relu", act(ActKind::Relu), &[s]);
+    let want = ["linear +bias+gelu", "linear +bias+add+relu"];
+    assert_eq!(check(g.clone(), 1), want);
+    assert_eq!(check(g, 3), want);
+}

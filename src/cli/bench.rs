@@ -1,0 +1,271 @@
+//! `tlc bench`: compile a checkpoint into the fused inference plan ([`Plan`]) and time it on
+//! random input: median and p90 latency per batch, peak resident memory, and a per-step profile
+//! (median time of each fused step). `--eval` also times the graph executor (`Model::eval`) on the
+//! same input for comparison. Without `--checkpoint`, `--model` (and its options) is benchmarked
+//! with freshly initialised weights.
+
+use super::{
+    existing_file, group_digits, load_checkpoint, network_line, CliError, DataShape, ModelArgs,
+    Result,
+};
+use clap::Args;
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tlc_engine::plan::Plan;
+use tlc_engine::{Model, Rng, Tensor, TensorStore};
+use tlc_models::checkpoint::describe;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// The checkpoint (a tlc checkpoint, or a plain safetensors export with --model ...).
+    /// Without it, --model is timed with freshly initialised weights.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Samples per inference.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Per-sample input shape `C,H,W` (default: the one the graph was built for).
+    #[arg(long, value_parser = parse_shape)]
+    pub input_shape: Option<Shape>,
+    /// Timed runs at most (after the warm-up).
+    #[arg(long, default_value_t = 1000)]
+    pub iters: usize,
+    /// Stop timing after this many seconds (at least 10 runs are timed).
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Untimed runs first (kernel scratch buffers and caches warm up).
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+    /// Also time the graph executor (`Model::eval`) on the same input.
+    #[arg(long)]
+    pub eval: bool,
+    /// Print only one line of JSON on stdout: median_ms, p90_ms, peak_rss_mb, steps, ...
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// A per-sample shape (`--input-shape 3,32,32`).
+#[derive(Clone, Debug)]
+pub struct Shape(pub Vec<usize>);
+
+fn parse_shape(s: &str) -> std::result::Result<Shape, String> {
+    let dims: Vec<usize> = s
+        .split([',', 'x'])
+        .map(|d| d.trim().parse::<usize>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| format!("`{s}` is not a shape like 3,32,32: {e}"))?;
+    if dims.is_empty() || dims.contains(&0) {
+        return Err(format!("`{s}`: dimensions must be positive"));
+    }
+    Ok(Shape(dims))
+}
+
+/// Median and 90th percentile of `v` (sorted in place), in milliseconds.
+fn stats(v: &mut [f64]) -> (f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    let p90 = v[((n as f64 * 0.9).ceil() as usize).clamp(1, n) - 1];
+    (median, p90)
+}
+
+/// Peak resident set size of this process in MiB (Linux: `VmHWM`; `None` elsewhere).
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Time `f` `warmup` times untimed, then until `iters` runs or `seconds` (at least 10 runs).
+fn time_runs(warmup: usize, iters: usize, seconds: f64, mut f: impl FnMut()) -> Vec<f64> {
+    for _ in 0..warmup {
+        f();
+    }
+    let budget = Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let mut times = Vec::with_capacity(iters);
+    while times.len() < iters && (times.len() < 10 || start.elapsed() < budget) {
+        let t = Instant::now();
+        f();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.batch == 0 || args.iters == 0 {
+        return Err(CliError::Usage(
+            "--batch and --iters must be at least 1".into(),
+        ));
+    }
+    let data = args.input_shape.as_ref().and_then(|Shape(s)| {
+        (s.len() == 3 && s[1] == s[2]).then(|| DataShape {
+            channels: s[0],
+            side: s[1],
+            classes: None,
+        })
+    });
+    let (model, what) = match &args.checkpoint {
+        Some(p) => {
+            let path = existing_file(p, "--checkpoint")?;
+            let store = TensorStore::load(&path)?;
+            let loaded = load_checkpoint(&path, &store, &args.model, data)?;
+            let line = network_line(&loaded);
+            (loaded.checkpoint.model, line)
+        }
+        None => {
+            let spec = args.model.spec_over(None, data)?;
+            let (graph, init) = tlc_models::zoo::build(&spec)?;
+            let m = Model::init(graph, init, &mut Rng::new(0))?;
+            let line = format!(
+                "{} with freshly initialised weights, {} parameters",
+                describe(&spec),
+                group_digits(m.num_params() as u64)
+            );
+            (m, line)
+        }
+    };
+    let model = &model;
+    let shape = args
+        .input_shape
+        .clone()
+        .map_or_else(|| model.graph().input_shape().to_vec(), |s| s.0);
+    let mut plan = Plan::compile_for(model, args.batch, &shape).map_err(|e| {
+        CliError::Usage(format!(
+            "cannot compile the network for input {shape:?}: {e}"
+        ))
+    })?;
+    let mut full = vec![args.batch];
+    full.extend_from_slice(&shape);
+    let x = Tensor::randn(&full, &mut Rng::new(0));
+    let xv = x.to_vec();
+
+    // Timed runs, each step timed through the observer (one clock read per step).
+    let n_steps = plan.len();
+    for _ in 0..args.warmup {
+        plan.run(&xv);
+    }
+    let mut step_ms: Vec<Vec<f64>> = vec![Vec::with_capacity(args.iters); n_steps];
+    let mut times = Vec::with_capacity(args.iters);
+    let budget = Duration::from_secs_f64(args.seconds);
+    let start = Instant::now();
+    while times.len() < args.iters && (times.len() < 10 || start.elapsed() < budget) {
+        let t0 = Instant::now();
+        let mut last = t0;
+        plan.run_observed(&xv, |i| {
+            let now = Instant::now();
+            step_ms[i].push((now - last).as_secs_f64() * 1e3);
+            last = now;
+        });
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    let runs = times.len();
+    let (median, p90) = stats(&mut times);
+    // Before the executor runs: its temporaries are not the plan's footprint.
+    let rss = peak_rss_mb();
+    let eval = if args.eval {
+        let xe = if shape == model.graph().input_shape() {
+            x.clone()
+        } else {
+            return Err(CliError::Usage(
+                "--eval needs the graph's own input shape (drop --input-shape)".into(),
+            ));
+        };
+        let mut t = time_runs(args.warmup.min(2), args.iters, args.seconds, || {
+            let _ = model.eval(&xe);
+        });
+        Some(stats(&mut t))
+    } else {
+        None
+    };
+    let steps: Vec<_> = plan
+        .steps()
+        .zip(step_ms.iter_mut())
+        .map(|(s, t)| (s.clone(), stats(t).0))
+        .collect();
+    let threads = rayon::current_num_threads();
+
+    if args.json {
+        let mut obj = json!({
+            "median_ms": median,
+            "p90_ms": p90,
+            "peak_rss_mb": rss,
+            "runs": runs,
+            "batch": args.batch,
+            "input_shape": shape,
+            "threads": threads,
+            "steps": steps.iter().map(|(s, ms)| json!({
+                "name": s.name,
+                "kind": s.kind,
+                "median_ms": ms,
+                "macs": s.macs,
+            })).collect::<Vec<_>>(),
+        });
+        if let Some((m, p)) = eval {
+            obj["eval_median_ms"] = json!(m);
+            obj["eval_p90_ms"] = json!(p);
+        }
+        println!("{obj}");
+        return Ok(());
+    }
+    println!("{what}");
+    let (bufs, floats) = plan.arena();
+    println!(
+        "plan: {} fused steps, batch {}, input {}, {threads} thread(s); arena {bufs} buffers, {:.2} MB",
+        n_steps,
+        args.batch,
+        shape
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("x"),
+        floats as f64 * 4.0 / 1e6
+    );
+    println!(
+        "latency: median {median:.3} ms, p90 {p90:.3} ms over {runs} runs; peak RSS {}",
+        rss.map_or("unknown".into(), |r| format!("{r:.1} MB"))
+    );
+    if let Some((m, p)) = eval {
+        println!(
+            "Model::eval: median {m:.3} ms, p90 {p:.3} ms ({:.2}x the plan's median)",
+            m / median
+        );
+    }
+    let total: f64 = steps.iter().map(|(_, ms)| ms).sum();
+    let nw = steps
+        .iter()
+        .map(|(s, _)| s.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let kw = steps
+        .iter()
+        .map(|(s, _)| s.kind.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "\n{:>3}  {:<nw$}  {:<kw$}  {:>9}  {:>6}  {:>10}",
+        "#", "step", "kind", "median ms", "share", "MMACs"
+    );
+    for (i, (s, ms)) in steps.iter().enumerate() {
+        println!(
+            "{:>3}  {:<nw$}  {:<kw$}  {:>9.4}  {:>5.1}%  {:>10.3}",
+            i + 1,
+            s.name,
+            s.kind,
+            ms,
+            100.0 * ms / total.max(1e-12),
+            s.macs as f64 / 1e6
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! `tlc collapse`: write the collapsed form of a checkpoint (every exact evaluation-mode
+//! simplification: batch-norms folded into their layers, identities and dropout dropped, linear
+//! conv/linear chains merged, parallel linear branches summed, residual identities folded, dead
+//! channels pruned) as a self-describing tlc checkpoint whose `tlc.graph` is the rewritten graph.
+//! Prints what was merged per chain and checks the result against the original on random input.
+
+use super::{existing_file, group_digits, load_checkpoint, network_line, ModelArgs, Result};
+use clap::Args;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use tlc_engine::graph::{Graph, Op};
+use tlc_engine::passes::{collapse, fold_batch_norms, prune_dead_channels, remove_passthrough};
+use tlc_engine::plan::Plan;
+use tlc_engine::{Model, Rng, Tensor, TensorStore};
+use tlc_models::checkpoint::Checkpoint;
+
+#[derive(Args, Debug)]
+pub struct CollapseArgs {
+    /// The checkpoint (a tlc checkpoint, or a plain safetensors export with --model ...).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Where to write the collapsed checkpoint.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Keep dead channels (all-zero output rows) instead of pruning them.
+    #[arg(long)]
+    pub no_prune: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// Node counts by kind, e.g. `13 conv2d, 2 linear`.
+fn census(g: &Graph) -> String {
+    let mut by: BTreeMap<&str, usize> = BTreeMap::new();
+    for n in g.nodes().iter().skip(1) {
+        *by.entry(n.op.kind_name()).or_default() += 1;
+    }
+    by.iter()
+        .map(|(k, n)| format!("{n} {k}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn layer(op: &Op) -> String {
+    match op {
+        Op::Conv2d(c) => format!(
+            "conv {}x{}/s{} pad {}{}, {} -> {} channels",
+            c.kernel[0],
+            c.kernel[1],
+            c.stride[0],
+            c.padding[0],
+            if c.is_depthwise() { ", depthwise" } else { "" },
+            c.in_ch,
+            c.out_ch
+        ),
+        Op::Linear(l) => format!("linear {} -> {}", l.in_f, l.out_f),
+        other => other.kind_name().to_string(),
+    }
+}
+
+fn out_channels(op: &Op) -> Option<usize> {
+    match op {
+        Op::Conv2d(c) => Some(c.out_ch),
+        Op::Linear(l) => Some(l.out_f),
+        _ => None,
+    }
+}
+
+fn total_macs(g: &Graph) -> Result<u64> {
+    Ok(g.macs()?.iter().sum())
+}
+
+fn plan_steps(m: &Model) -> Result<usize> {
+    Ok(Plan::compile(m, 1)?.len())
+}
+
+pub fn run(args: CollapseArgs) -> Result<()> {
+    let path = existing_file(&args.checkpoint, "--checkpoint")?;
+    let store = TensorStore::load(&path)?;
+    let loaded = load_checkpoint(&path, &store, &args.model, None)?;
+    println!("{}", network_line(&loaded));
+    let original = &loaded.checkpoint.model;
+    let folded = remove_passthrough(&fold_batch_norms(original)?)?;
+    let merged = collapse(&folded)?;
+    let result = if args.no_prune {
+        merged.clone()
+    } else {
+        prune_dead_channels(&merged)?
+    };
+
+    let (g0, g1, g2) = (original.graph(), folded.graph(), result.graph());
+    let count = |g: &Graph, f: fn(&Op) -> bool| g.nodes().iter().filter(|n| f(&n.op)).count();
+    let is_bn = |op: &Op| matches!(op, Op::BatchNorm(_));
+    let is_pass = |op: &Op| matches!(op, Op::Identity | Op::Dropout { .. });
+    println!(
+        "folded {} batch-norm(s) into their layers, dropped {} identity/dropout node(s)",
+        count(g0, is_bn) - count(g1, is_bn),
+        count(g0, is_pass)
+    );
+    let before: HashMap<&str, &Op> = g1
+        .nodes()
+        .iter()
+        .map(|n| (n.name.as_str(), &n.op))
+        .collect();
+    let mut chains = 0;
+    for n in g2.nodes() {
+        if before.contains_key(n.name.as_str()) {
+            continue;
+        }
+        chains += 1;
+        println!(
+            "merged {} layers into {}: {}",
+            n.name.matches('+').count() + 1,
+            n.name,
+            layer(&n.op)
+        );
+    }
+    let is_add = |op: &Op| matches!(op, Op::Add);
+    let folded_adds = count(g1, is_add) - count(g2, is_add);
+    if folded_adds > 0 {
+        println!("absorbed {folded_adds} add(s) (residual identities, parallel branches) into convolutions");
+    }
+    if chains == 0 && folded_adds == 0 {
+        println!("no linear chain to merge (every layer is followed by a non-linearity)");
+    }
+    let merged_ch: HashMap<&str, &Op> = merged
+        .graph()
+        .nodes()
+        .iter()
+        .map(|n| (n.name.as_str(), &n.op))
+        .collect();
+    for n in g2.nodes() {
+        if let (Some(a), Some(b)) = (
+            merged_ch
+                .get(n.name.as_str())
+                .and_then(|op| out_channels(op)),
+            out_channels(&n.op),
+        ) {
+            if b < a {
+                println!("pruned {}: {a} -> {b} output channels", n.name);
+            }
+        }
+    }
+    println!("layers: {} -> {}", census(g0), census(g2));
+    let (m0, m2) = (total_macs(g0)?, total_macs(g2)?);
+    println!(
+        "multiply-accumulates per sample: {} -> {} ({:.2}x fewer); parameters {} -> {}; fused plan \
+         steps at batch 1: {} -> {}",
+        group_digits(m0),
+        group_digits(m2),
+        m0 as f64 / m2.max(1) as f64,
+        group_digits(original.num_params() as u64),
+        group_digits(result.num_params() as u64),
+        plan_steps(original)?,
+        plan_steps(&result)?
+    );
+
+    let mut shape = vec![2];
+    shape.extend_from_slice(g0.input_shape());
+    let x = Tensor::randn(&shape, &mut Rng::new(0));
+    let (y0, y2) = (original.eval(&x)?.to_vec(), result.eval(&x)?.to_vec());
+    let scale = y0.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+    let err = y0
+        .iter()
+        .zip(&y2)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    println!(
+        "check on 2 random inputs: max |difference| {err:.3e} (outputs up to {scale:.3e}, relative \
+         {:.1e})",
+        err / scale
+    );
+
+    let ckpt = Checkpoint {
+        model: result,
+        spec: loaded.checkpoint.spec.clone(),
+        train: loaded.checkpoint.train.clone(),
+        optim: None,
+    };
+    ckpt.save(&args.out)?;
+    println!(
+        "wrote {} (tlc.graph holds the collapsed graph)",
+        args.out.display()
+    );
+    Ok(())
+}

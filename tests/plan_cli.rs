@@ -1,0 +1,172 @@
+//! `tlc collapse` and `tlc bench` end to end on checkpoints written here (no data needed).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use tlc_engine::passes::collapse;
+use tlc_engine::testing::assert_close;
+use tlc_engine::tlc::{candidates, linearize, ChannelStats, LayerScore, ScoreSource};
+use tlc_engine::{Model, Rng, Tensor};
+use tlc_models::checkpoint::{Checkpoint, GraphSource};
+use tlc_models::zoo::{build, Arch, ArchSpec};
+
+const TLC: &str = env!("CARGO_BIN_EXE_tlc");
+
+fn tmp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tlc-plan-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn tlc(args: &[&str]) -> Output {
+    Command::new(TLC)
+        .args(args)
+        .args(["--threads", "2"])
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = tlc(args);
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "tlc {args:?}: {o}\n{e}");
+    o
+}
+
+/// resnet18-cifar at width 0.125 with random BN statistics, every relu1 linearized by TLC.
+fn linearized_resnet() -> (Model, ArchSpec) {
+    let spec = ArchSpec {
+        width: 0.125,
+        image: [16, 16],
+        ..ArchSpec::new(Arch::Resnet18Cifar)
+    };
+    let (g, init) = build(&spec).unwrap();
+    let mut rng = Rng::new(3);
+    let mut m = Model::init(g, init, &mut rng).unwrap();
+    let names: Vec<String> = m.to_store().names().map(String::from).collect();
+    for name in names {
+        let shape = m.get(&name).unwrap().shape().to_vec();
+        let range = match name.rsplit('.').next().unwrap() {
+            "running_mean" | "bias" => (-0.3, 0.3),
+            "running_var" => (0.5, 1.5),
+            "weight" if shape.len() == 1 => (0.5, 1.5),
+            _ => continue,
+        };
+        *m.get_mut(&name).unwrap() = Tensor::rand_uniform(&shape, range.0, range.1, &mut rng);
+    }
+    loop {
+        let g = m.graph().clone();
+        let next = candidates(&g).unwrap().into_iter().find(|c| {
+            g.node(c.act).name.ends_with("relu1") && matches!(c.source, ScoreSource::BatchNorm(_))
+        });
+        let Some(c) = next else { break };
+        let ScoreSource::BatchNorm(bn) = c.source else {
+            unreachable!()
+        };
+        let bn = g.node(bn).name.clone();
+        let stats = ChannelStats {
+            shift: m.get(&format!("{bn}.bias")).unwrap().to_vec(),
+            scale: m.get(&format!("{bn}.weight")).unwrap().to_vec(),
+        };
+        linearize(&mut m, &c, &LayerScore::new(&stats)).unwrap();
+    }
+    (m, spec)
+}
+
+#[test]
+fn collapse_writes_a_self_describing_checkpoint_and_bench_runs_it() {
+    let dir = tmp("collapse");
+    let (m, spec) = linearized_resnet();
+    let src = dir.join("linearized.safetensors");
+    Checkpoint::of_model(m.clone(), Some(spec.clone()))
+        .save(&src)
+        .unwrap();
+    let out = dir.join("collapsed.safetensors");
+    let text = ok(&[
+        "collapse",
+        "--checkpoint",
+        src.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(text.contains("folded 20 batch-norm(s)"), "{text}");
+    assert!(
+        text.contains("merged 3 layers into layer1.0.conv1+conv2+residual: conv 5x5/s1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("merged 3 layers into layer2.0.conv1+conv2+0: conv 7x7/s2"),
+        "{text}"
+    );
+    assert!(text.contains("absorbed 8 add(s)"), "{text}");
+    assert!(text.contains("relative"), "{text}");
+
+    // The stored graph wins over the spec, loaded with or without the architecture flags.
+    let loaded = Checkpoint::load(&out, None).unwrap();
+    assert_eq!(loaded.graph_source, GraphSource::Stored);
+    let c = &loaded.checkpoint.model;
+    assert_eq!(c.graph(), collapse(&m).unwrap().graph());
+    assert_eq!(
+        Checkpoint::load(&out, Some(&spec)).unwrap().graph_source,
+        GraphSource::Stored
+    );
+    let x = Tensor::randn(&[2, 3, 16, 16], &mut Rng::new(4));
+    assert_close(
+        &c.eval(&x).unwrap(),
+        &m.eval(&x).unwrap(),
+        1e-4,
+        "collapsed file",
+    );
+
+    // Bench, text and JSON.
+    let text = ok(&[
+        "bench",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--iters",
+        "5",
+        "--eval",
+    ]);
+    assert!(text.contains("latency: median"), "{text}");
+    assert!(text.contains("Model::eval: median"), "{text}");
+    assert!(text.contains("conv5x5/s1 +bias+relu"), "{text}");
+    let json = ok(&[
+        "bench",
+        "--checkpoint",
+        src.to_str().unwrap(),
+        "--iters",
+        "5",
+        "--batch",
+        "2",
+        "--input-shape",
+        "3,24,24",
+        "--json",
+    ]);
+    assert_eq!(json.trim().lines().count(), 1, "{json}");
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    for key in ["median_ms", "p90_ms"] {
+        assert!(v[key].as_f64().unwrap() > 0.0, "{key} in {json}");
+    }
+    assert!(v["median_ms"].as_f64() <= v["p90_ms"].as_f64());
+    assert!(v["peak_rss_mb"].as_f64().unwrap_or(1.0) > 0.0);
+    assert_eq!(v["batch"], 2);
+    assert_eq!(v["input_shape"], serde_json::json!([3, 24, 24]));
+    let steps = v["steps"].as_array().unwrap();
+    assert!(steps.len() > 10);
+    assert!(steps
+        .iter()
+        .all(|s| s["name"].is_string() && s["median_ms"].is_f64()));
+
+    let err = tlc(&[
+        "bench",
+        "--checkpoint",
+        src.to_str().unwrap(),
+        "--input-shape",
+        "5,16,16",
+    ]);
+    assert_eq!(err.status.code(), Some(1));
+    let _ = std::fs::remove_dir_all(&dir);
+}

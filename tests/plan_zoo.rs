@@ -1,0 +1,145 @@
+//! The fused inference plan against the executor (`Model::eval`) on whole zoo models: narrow
+//! widths, random weights and non-trivial batch-norm statistics, batch 1 and 3; and on a
+//! TLC-linearized model after collapse.
+
+use tlc_engine::passes::{collapse, prune_dead_channels};
+use tlc_engine::plan::Plan;
+use tlc_engine::testing::assert_close;
+use tlc_engine::tlc::{candidates, linearize, ChannelStats, LayerScore, ScoreSource};
+use tlc_engine::{Model, Rng, Tensor};
+use tlc_models::zoo::{build, Arch, ArchSpec};
+
+/// A narrow model of `arch` with random BN statistics and shifts.
+fn model(arch: Arch, width: f32, image: usize) -> Model {
+    let spec = ArchSpec {
+        width,
+        image: [image, image],
+        classes: 7,
+        ..ArchSpec::new(arch)
+    };
+    let (g, init) = build(&spec).unwrap();
+    let mut rng = Rng::new(3);
+    let mut m = Model::init(g, init, &mut rng).unwrap();
+    let names: Vec<String> = m.to_store().names().map(String::from).collect();
+    for name in names {
+        let shape = m.get(&name).unwrap().shape().to_vec();
+        let range = match name.rsplit('.').next().unwrap() {
+            "running_mean" | "bias" => (-0.3, 0.3),
+            "running_var" => (0.5, 1.5),
+            "weight" if shape.len() == 1 => (0.5, 1.5),
+            _ => continue,
+        };
+        *m.get_mut(&name).unwrap() = Tensor::rand_uniform(&shape, range.0, range.1, &mut rng);
+    }
+    m
+}
+
+/// Compile for batches of 1 and 3 and compare two runs each with `Model::eval`; the step count.
+fn check(m: &Model, what: &str) -> usize {
+    let mut steps = 0;
+    for batch in [1, 3] {
+        let mut plan = Plan::compile(m, batch).unwrap();
+        let mut shape = vec![batch];
+        shape.extend_from_slice(m.graph().input_shape());
+        for seed in [5, 6] {
+            let x = Tensor::randn(&shape, &mut Rng::new(seed));
+            let expect = m.eval(&x).unwrap();
+            let y = plan.run(&x.to_vec()).to_vec();
+            let y = Tensor::from_vec(y, expect.shape()).unwrap();
+            assert_close(&y, &expect, 1e-4, &format!("{what}, batch {batch}"));
+        }
+        steps = plan.len();
+    }
+    steps
+}
+
+fn kinds(m: &Model) -> Vec<String> {
+    Plan::compile(m, 1)
+        .unwrap()
+        .steps()
+        .map(|s| s.kind.clone())
+        .collect()
+}
+
+#[test]
+fn resnet18_cifar_plan_matches_eval() {
+    let m = model(Arch::Resnet18Cifar, 0.125, 16);
+    // Stem conv, 8 blocks of two convs (+3 downsample convs), pool, fc: every BN, ReLU and
+    // residual add is fused into a convolution.
+    assert_eq!(check(&m, "resnet18-cifar"), 1 + 16 + 3 + 1 + 1);
+    let k = kinds(&m);
+    assert_eq!(
+        k.iter().filter(|k| k.ends_with("+bias+add+relu")).count(),
+        8
+    );
+}
+
+#[test]
+fn resnet18_imagenet_form_plan_matches_eval() {
+    let m = model(Arch::Resnet18, 0.0625, 40);
+    check(&m, "resnet18");
+    assert!(kinds(&m).iter().any(|k| k.starts_with("max_pool")));
+}
+
+#[test]
+fn vgg16_bn_plan_matches_eval() {
+    check(&model(Arch::Vgg16BnCifar, 0.0625, 32), "vgg16-bn-cifar");
+    let m = model(Arch::Vgg16Bn, 0.0625, 32);
+    check(&m, "vgg16-bn");
+    let k = kinds(&m);
+    assert_eq!(
+        k.iter().filter(|k| *k == "conv3x3/s1 +bias+relu").count(),
+        13
+    );
+    assert_eq!(k.iter().filter(|k| k.starts_with("linear")).count(), 3);
+}
+
+#[test]
+fn mobilenet_v2_plan_matches_eval() {
+    let m = model(Arch::MobilenetV2, 0.25, 32);
+    check(&m, "mobilenet-v2");
+    let k = kinds(&m);
+    assert!(k.iter().any(|k| k == "conv3x3/s1 dw +bias+relu6"), "{k:?}");
+    // Inverted residuals: the projection conv takes the block input in its epilogue (10 blocks,
+    // and at width 0.25 the first block too, its 32 and 16 channels both rounding to 8).
+    assert_eq!(
+        k.iter().filter(|k| *k == "conv1x1/s1 +bias+add").count(),
+        11
+    );
+}
+
+/// Linearize every candidate whose activation name `pick` accepts (TLC's own ON/OFF decisions).
+fn linearize_where(m: &mut Model, pick: impl Fn(&str) -> bool) {
+    loop {
+        let g = m.graph().clone();
+        let next = candidates(&g)
+            .unwrap()
+            .into_iter()
+            .find(|c| pick(&g.node(c.act).name) && matches!(c.source, ScoreSource::BatchNorm(_)));
+        let Some(c) = next else { return };
+        let ScoreSource::BatchNorm(bn) = c.source else {
+            unreachable!()
+        };
+        let bn = &g.node(bn).name;
+        let stats = ChannelStats {
+            shift: m.get(&format!("{bn}.bias")).unwrap().to_vec(),
+            scale: m.get(&format!("{bn}.weight")).unwrap().to_vec(),
+        };
+        linearize(m, &c, &LayerScore::new(&stats)).unwrap();
+    }
+}
+
+#[test]
+fn collapsed_tlc_models_plan_matches_eval() {
+    let mut m = model(Arch::Resnet18Cifar, 0.125, 16);
+    linearize_where(&mut m, |n| n.ends_with("relu1"));
+    let c = prune_dead_channels(&collapse(&m).unwrap()).unwrap();
+    let full = check(&m, "linearized resnet18-cifar");
+    let collapsed = check(&c, "collapsed resnet18-cifar");
+    assert!(collapsed < full, "{collapsed} steps vs {full}");
+
+    let mut m = model(Arch::MobilenetV2, 0.25, 32);
+    linearize_where(&mut m, |n| n.contains(".conv."));
+    let c = prune_dead_channels(&collapse(&m).unwrap()).unwrap();
+    check(&c, "collapsed mobilenet-v2");
+}
