@@ -24,7 +24,7 @@
 //! price is `ws / OW` extra columns, small for wide planes, hence [`preferred`]'s width bound.
 
 use super::im2col::copy_run;
-use super::scratch::with_scratch;
+use super::scratch::{with_scratch, with_staging};
 use super::{accumulate_in_parts, epilogue_row, units_balance, Conv2dShape, ConvEpilogueOp};
 use crate::gemm::{gemm_packed_serial, gemm_serial, pack_b, MatMut, MatRef};
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
@@ -167,47 +167,53 @@ pub fn forward(s: &Conv2dShape, x: &[f32], w: &[f32], out: &mut [f32], epi: &[Co
     let l = Layout::new(s);
     let (cin, cout, kh, kw) = (s.in_channels, s.out_channels, l.kh, l.kw);
     let depth = cin * kh;
-    // Weights by kernel column: wk[kx] is the row-major [Cout x (Cin, kh)] matrix of column kx.
-    let mut wk = vec![0.0f32; w.len()];
-    for co in 0..cout {
-        for ci in 0..cin {
-            for ky in 0..kh {
-                for kx in 0..kw {
-                    wk[(kx * cout + co) * depth + ci * kh + ky] =
-                        w[((co * cin + ci) * kh + ky) * kw + kx];
+    // Weights by kernel column: wk[kx] is the row-major [Cout x (Cin, kh)] matrix of column kx,
+    // in the call-level staging slot so inference allocates nothing after warm-up.
+    with_staging(w.len(), |wk| {
+        for co in 0..cout {
+            for ci in 0..cin {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        wk[(kx * cout + co) * depth + ci * kh + ky] =
+                            w[((co * cin + ci) * kh + ky) * kw + kx];
+                    }
                 }
             }
         }
-    }
-    let (img_in, img_out, plane_out) = (cin * l.h * l.w, cout * l.oh * l.ow, l.oh * l.ow);
-    let par = parallel::worth_splitting(s.macs(), CONV_PAR_MIN_MACS);
-    parallel::for_each_chunk_mut(out, img_out, par, |n, o| {
-        with_scratch(cin * l.plane + depth * l.zst + cout * l.grid, |buf| {
-            let (xb, rest) = buf.split_at_mut(cin * l.plane);
-            let (z, yb) = rest.split_at_mut(depth * l.zst);
-            l.pad(&x[n * img_in..(n + 1) * img_in], cin, xb);
-            l.stack(xb, cin, z);
-            for kx in 0..kw {
-                gemm_serial(
-                    MatRef::row_major(&wk[kx * cout * depth..(kx + 1) * cout * depth], cout, depth),
-                    l.column(z, cin, kx),
-                    if kx == 0 { 0.0 } else { 1.0 },
-                    MatMut::row_major(yb, cout, l.grid),
-                    &[],
-                );
-            }
-            for (c, (dst, src)) in o
-                .chunks_exact_mut(plane_out)
-                .zip(yb.chunks_exact(l.grid))
-                .enumerate()
-            {
-                for (drow, srow) in dst.chunks_exact_mut(l.ow).zip(src.chunks_exact(l.ws)) {
-                    copy_run(drow, &srow[..l.ow]);
+        let (img_in, img_out, plane_out) = (cin * l.h * l.w, cout * l.oh * l.ow, l.oh * l.ow);
+        let par = parallel::worth_splitting(s.macs(), CONV_PAR_MIN_MACS);
+        parallel::for_each_chunk_mut(out, img_out, par, |n, o| {
+            with_scratch(cin * l.plane + depth * l.zst + cout * l.grid, |buf| {
+                let (xb, rest) = buf.split_at_mut(cin * l.plane);
+                let (z, yb) = rest.split_at_mut(depth * l.zst);
+                l.pad(&x[n * img_in..(n + 1) * img_in], cin, xb);
+                l.stack(xb, cin, z);
+                for kx in 0..kw {
+                    gemm_serial(
+                        MatRef::row_major(
+                            &wk[kx * cout * depth..(kx + 1) * cout * depth],
+                            cout,
+                            depth,
+                        ),
+                        l.column(z, cin, kx),
+                        if kx == 0 { 0.0 } else { 1.0 },
+                        MatMut::row_major(yb, cout, l.grid),
+                        &[],
+                    );
                 }
-                epilogue_row(epi, dst, c, (n * cout + c) * plane_out);
-            }
-        })
-    });
+                for (c, (dst, src)) in o
+                    .chunks_exact_mut(plane_out)
+                    .zip(yb.chunks_exact(l.grid))
+                    .enumerate()
+                {
+                    for (drow, srow) in dst.chunks_exact_mut(l.ow).zip(src.chunks_exact(l.ws)) {
+                        copy_run(drow, &srow[..l.ow]);
+                    }
+                    epilogue_row(epi, dst, c, (n * cout + c) * plane_out);
+                }
+            })
+        });
+    })
 }
 
 /// The convolution whose forward is the input gradient of `s` (stride 1): input `dY`, the kernel
