@@ -222,6 +222,26 @@ pub fn gradcheck(
     Ok(())
 }
 
+/// Give `m` non-trivial batch-norm statistics and affine parameters and non-zero biases: a fresh
+/// model's gamma 1, beta 0, mean 0, var 1 and zero biases hide mistakes in passes and executors.
+/// With `weights`, conv and linear weights are redrawn uniformly in ±0.4 too. Parameters keep
+/// whether they require gradients.
+pub fn randomize_model(m: &mut crate::graph::Model, weights: bool, rng: &mut Rng) {
+    let names: Vec<String> = m.to_store().names().map(String::from).collect();
+    for name in names {
+        let t = m.get_mut(&name).expect("names come from the model");
+        let shape = t.shape().to_vec();
+        let (lo, hi) = match name.rsplit('.').next().unwrap_or("") {
+            "running_var" => (0.5, 1.5),
+            "running_mean" | "bias" => (-0.3, 0.3),
+            "weight" if shape.len() == 1 => (0.5, 1.5),
+            "weight" if weights => (-0.4, 0.4),
+            _ => continue,
+        };
+        *t = Tensor::rand_uniform(&shape, lo, hi, rng).with_requires_grad(t.requires_grad());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 //! one does (evaluation mode), border pixels included, with fewer layers.
 
 use tlc_engine::passes::collapse;
-use tlc_engine::testing::assert_close;
+use tlc_engine::testing::{assert_close, randomize_model};
 use tlc_engine::tlc::{candidates, linearize, ChannelStats, LayerScore, ScoreSource};
 use tlc_engine::{Model, Rng, Tensor};
 use tlc_models::zoo::{build, Arch, ArchSpec};
@@ -19,17 +19,7 @@ fn model(arch: Arch, width: f32, image: usize) -> Model {
     let (g, init) = build(&spec).unwrap();
     let mut rng = Rng::new(3);
     let mut m = Model::init(g, init, &mut rng).unwrap();
-    let names: Vec<String> = m.to_store().names().map(String::from).collect();
-    for name in names {
-        let shape = m.get(&name).unwrap().shape().to_vec();
-        let range = match name.rsplit('.').next().unwrap() {
-            "running_mean" | "bias" => (-0.3, 0.3),
-            "running_var" => (0.5, 1.5),
-            "weight" if shape.len() == 1 => (0.5, 1.5),
-            _ => continue,
-        };
-        *m.get_mut(&name).unwrap() = Tensor::rand_uniform(&shape, range.0, range.1, &mut rng);
-    }
+    randomize_model(&mut m, false, &mut rng);
     m
 }
 

@@ -8,18 +8,7 @@ use crate::testing::assert_close;
 fn random_model(g: Graph, seed: u64) -> Model {
     let mut rng = Rng::new(seed);
     let mut m = Model::init(g, LinearInit::Uniform, &mut rng).unwrap();
-    let names: Vec<String> = m.to_store().names().map(String::from).collect();
-    for name in names {
-        let shape = m.get(&name).unwrap().shape().to_vec();
-        let (lo, hi) = match name.rsplit('.').next().unwrap() {
-            "running_var" => (0.5, 2.0),
-            "weight" if shape.len() == 1 => (0.5, 1.5),
-            "weight" => (-0.4, 0.4),
-            "num_batches_tracked" => continue,
-            _ => (-0.5, 0.5),
-        };
-        *m.get_mut(&name).unwrap() = Tensor::rand_uniform(&shape, lo, hi, &mut rng);
-    }
+    crate::testing::randomize_model(&mut m, true, &mut rng);
     m
 }
 
