@@ -8,7 +8,7 @@
 //! Work is split over channels (statistics) or runs of planes / rows (element passes) once it is
 //! big enough ([`crate::parallel`]); small batches stay on the calling thread.
 
-pub mod lanes;
+mod rows;
 
 use crate::parallel::{self, ROWWISE_PAR_MIN_ELEMS};
 use rayon::prelude::*;
@@ -173,8 +173,8 @@ pub fn channel_mean_var(x: &[f32], dims: ChannelDims, mean: &mut [f32], var: &mu
     }
     per_channel_pair(x.len(), mean, var, |ch| {
         let planes = || (0..dims.n).map(move |b| &x[(b * c + ch) * hw..][..hw]);
-        let m = (planes().map(|p| lanes::sum(p) as f64).sum::<f64>() / count) as f32;
-        let q: f64 = planes().map(|p| lanes::sum_sq_dev(p, m) as f64).sum();
+        let m = (planes().map(|p| rows::sum(p) as f64).sum::<f64>() / count) as f32;
+        let q: f64 = planes().map(|p| rows::sum_sq_dev(p, m) as f64).sum();
         (m, (q / count) as f32)
     });
 }
@@ -211,13 +211,32 @@ fn channel_grad_sums(
         let (mut s, mut d) = (0.0f64, 0.0f64);
         for b in 0..dims.n {
             let o = (b * c + ch) * hw;
-            let (ps, pd) = lanes::sum_and_centered_dot(&dy[o..o + hw], &x[o..o + hw], mean[ch]);
+            let (ps, pd) = rows::sum_and_centered_dot(&dy[o..o + hw], &x[o..o + hw], mean[ch]);
             s += ps as f64;
             d += pd as f64;
         }
         (s as f32, d as f32)
     });
     (sdy, sdxm)
+}
+
+/// dbeta = `Σ dy` and dgamma = `Σ dy (x - mean) invstd` from [`channel_grad_sums`], where
+/// wanted.
+fn write_affine_grads(
+    sdy: &[f32],
+    sdxm: &[f32],
+    invstd: &[f32],
+    dgamma: Option<&mut [f32]>,
+    dbeta: Option<&mut [f32]>,
+) {
+    if let Some(db) = dbeta {
+        db.copy_from_slice(sdy);
+    }
+    if let Some(dg) = dgamma {
+        for ((g, &s), &is) in dg.iter_mut().zip(sdxm).zip(invstd) {
+            *g = s * is;
+        }
+    }
 }
 
 /// An element pass over `out` (laid out like the input), in parallel runs when big enough:
@@ -280,7 +299,7 @@ pub fn channel_scale_shift(
                 *y = v * s + t;
             }
         },
-        |ch, o, out| lanes::scale_shift(&x[o..o + hw], scale[ch], shift[ch], out),
+        |ch, o, out| rows::scale_shift(&x[o..o + hw], scale[ch], shift[ch], out),
     );
 }
 
@@ -304,7 +323,7 @@ fn channel_affine2(dy: &[f32], x: &[f32], dims: ChannelDims, kpq: [&[f32]; 3], d
                 *d = k * g + (p * v + q);
             }
         },
-        |ch, o, out| lanes::affine2(&dy[o..o + hw], &x[o..o + hw], k[ch], p[ch], q[ch], out),
+        |ch, o, out| rows::affine2(&dy[o..o + hw], &x[o..o + hw], k[ch], p[ch], q[ch], out),
     );
 }
 
@@ -366,14 +385,7 @@ pub fn batch_norm_train_backward(
     dims.check("batch_norm_train_backward", x.len());
     let c = dims.c;
     let (sdy, sdxm) = channel_grad_sums(dy, x, dims, mean);
-    if let Some(db) = grads.dbeta {
-        db.copy_from_slice(&sdy);
-    }
-    if let Some(dg) = grads.dgamma {
-        for ch in 0..c {
-            dg[ch] = sdxm[ch] * invstd[ch];
-        }
-    }
+    write_affine_grads(&sdy, &sdxm, invstd, grads.dgamma, grads.dbeta);
     if let Some(dx) = grads.dx {
         dims.check("batch_norm_train_backward", dx.len());
         // dx = k (dy - mean(dy) - xhat mean(dy xhat)), k = gamma invstd, rewritten as
@@ -409,14 +421,7 @@ pub fn batch_norm_eval_backward(
     dims.check("batch_norm_eval_backward", x.len());
     if grads.dgamma.is_some() || grads.dbeta.is_some() {
         let (sdy, sdxm) = channel_grad_sums(dy, x, dims, mean);
-        if let Some(db) = grads.dbeta {
-            db.copy_from_slice(&sdy);
-        }
-        if let Some(dg) = grads.dgamma {
-            for ch in 0..dims.c {
-                dg[ch] = sdxm[ch] * invstd[ch];
-            }
-        }
+        write_affine_grads(&sdy, &sdxm, invstd, grads.dgamma, grads.dbeta);
     }
     if let Some(dx) = grads.dx {
         dims.check("batch_norm_eval_backward", dx.len());
@@ -456,12 +461,12 @@ fn layer_norm_row(
     y: &mut [f32],
 ) -> (f32, f32) {
     let d = x.len() as f32;
-    let m = lanes::sum(x) / d;
-    let r = 1.0 / (lanes::sum_sq_dev(x, m) / d + eps).sqrt();
+    let m = rows::sum(x) / d;
+    let r = 1.0 / (rows::sum_sq_dev(x, m) / d + eps).sqrt();
     if let (Some(g), Some(b)) = (gamma, beta) {
-        lanes::normalize_affine(x, m, r, g, b, y);
+        rows::normalize_affine(x, m, r, g, b, y);
     } else {
-        lanes::scale_shift(x, r, -m * r, y);
+        rows::scale_shift(x, r, -m * r, y);
         if let Some(g) = gamma {
             y.iter_mut().zip(g).for_each(|(y, g)| *y *= g);
         }
@@ -560,16 +565,16 @@ fn layer_norm_backward_rows(
             // dx = s (g - mean(g) - xhat mean(g xhat)) with g = dy gamma, xhat = (x - m) s,
             // rewritten as s g + p x + q.
             let (s1, s2) = match sv.gamma {
-                Some(w) => lanes::weighted_sum_and_centered_dot(gs, w, xs, m),
-                None => lanes::sum_and_centered_dot(gs, xs, m),
+                Some(w) => rows::weighted_sum_and_centered_dot(gs, w, xs, m),
+                None => rows::sum_and_centered_dot(gs, xs, m),
             };
             let (c1, c2) = (s1 / df, s2 * s / df);
             let p = -s * s * c2;
             let q = s * s * c2 * m - s * c1;
             let out = &mut dx[j * d..][..d];
             match sv.gamma {
-                Some(w) => lanes::weighted_affine2(gs, w, xs, s, p, q, out),
-                None => lanes::affine2(gs, xs, s, p, q, out),
+                Some(w) => rows::weighted_affine2(gs, w, xs, s, p, q, out),
+                None => rows::affine2(gs, xs, s, p, q, out),
             }
         }
         if let Some(dg) = dg.as_deref_mut() {
@@ -657,15 +662,7 @@ mod tests {
     use super::*;
 
     fn data(n: usize, seed: u64, offset: f32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                offset + ((s >> 11) % 10_000) as f32 / 2500.0 - 2.0
-            })
-            .collect()
+        crate::simd::test_values(n, seed, offset - 2.0, offset + 2.0)
     }
 
     fn assert_close(a: &[f32], b: &[f64], tol: f64, what: &str) {

@@ -9,8 +9,8 @@
 //! PyTorch does (first maximum in row-major window order, NaN wins). Planes are spread over the pool once
 //! a pass is big enough ([`crate::parallel::rowwise_pieces`]).
 
-use crate::norm::lanes;
 use crate::parallel;
+use crate::simd::{self, Scalar, Simd, SimdFn, MAX_LANES};
 use rayon::prelude::*;
 
 /// A 2-D pooling window: `[height, width]` pairs of PyTorch's kernel_size, stride, padding and
@@ -138,9 +138,171 @@ fn padded_row(dims: PoolDims, win: Window2d) -> Vec<f32> {
     vec![f32::NEG_INFINITY; (pw + dims.w).max(span) + 16]
 }
 
+/// `acc = max_nan(acc, x)` element-wise: NaN in either operand gives NaN (PyTorch's rule).
+#[inline(always)]
+fn max_into<S: Simd>(s: S, acc: &mut [f32], x: &[f32]) {
+    assert_eq!(acc.len(), x.len(), "max_into: lengths differ");
+    let body = acc.len() - acc.len() % S::LANES;
+    let (a_body, a_tail) = acc.split_at_mut(body);
+    for (a, x) in a_body
+        .chunks_exact_mut(S::LANES)
+        .zip(x.chunks_exact(S::LANES))
+    {
+        s.store(a, s.max_nan(s.load(a), s.load(x)));
+    }
+    for (a, &v) in a_tail.iter_mut().zip(&x[body..]) {
+        *a = Scalar.max_nan(*a, v);
+    }
+}
+
+/// The vector of `row[at], row[at + STRIDE], ..` (strides 1 and 2), reading `STRIDE LANES`
+/// elements.
+///
+/// # Safety
+/// `at + STRIDE LANES <= row.len()`.
+#[inline(always)]
+unsafe fn load_strided<S: Simd, const STRIDE: usize>(s: S, row: &[f32], at: usize) -> S::V {
+    debug_assert!(at + STRIDE * S::LANES <= row.len());
+    // SAFETY: the caller's contract.
+    let v = unsafe { row.get_unchecked(at..at + STRIDE * S::LANES) };
+    if STRIDE == 1 {
+        s.load(v)
+    } else {
+        s.load_even(v)
+    }
+}
+
+/// Whether the windows of the vector of outputs from `o` on (each spanning `span`) read only
+/// inside a row of `len` through [`load_strided`]: every offset read is at most
+/// `STRIDE o + span`, and a load reads `STRIDE LANES` elements.
+#[inline(always)]
+fn fits<S: Simd>(stride: usize, o: usize, span: usize, len: usize) -> bool {
+    stride * (o + S::LANES) + span <= len
+}
+
+/// `out[o] = max over j < k of row[o stride + j dilation]`, NaN-propagating: the horizontal half
+/// of a separable max-pool over a row already padded with -inf. Strides 1 and 2 are vectorised.
+#[inline(always)]
+fn window_max<S: Simd>(
+    s: S,
+    row: &[f32],
+    (stride, dilation, k): (usize, usize, usize),
+    out: &mut [f32],
+) {
+    #[inline(always)]
+    fn vectors<S: Simd, const STRIDE: usize>(
+        s: S,
+        row: &[f32],
+        (dilation, k): (usize, usize),
+        out: &mut [f32],
+    ) -> usize {
+        let span = (k - 1) * dilation;
+        let mut o = 0;
+        for y in out.chunks_exact_mut(S::LANES) {
+            if !fits::<S>(STRIDE, o, span, row.len()) {
+                break;
+            }
+            // SAFETY (every load): fits() checked the window reads stay in the row.
+            let mut m = unsafe { load_strided::<S, STRIDE>(s, row, STRIDE * o) };
+            for j in 1..k {
+                // SAFETY: as above.
+                let v = unsafe { load_strided::<S, STRIDE>(s, row, STRIDE * o + j * dilation) };
+                m = s.max_nan(m, v);
+            }
+            s.store(y, m);
+            o += S::LANES;
+        }
+        o
+    }
+    let done = match stride {
+        1 => vectors::<S, 1>(s, row, (dilation, k), out),
+        2 => vectors::<S, 2>(s, row, (dilation, k), out),
+        _ => 0,
+    };
+    for (o, y) in out.iter_mut().enumerate().skip(done) {
+        let base = o * stride;
+        *y = (1..k).fold(row[base], |m, j| {
+            Scalar.max_nan(m, row[base + j * dilation])
+        });
+    }
+}
+
+/// For each output `o`, scanning its window `j = k-1 .. 0`: where `row[o stride + j dilation]`
+/// equals `target[o]`, set `code[o] = base + o stride + j dilation` (wrapping). Called on a
+/// window's rows from last to first, it leaves in `code` the first match in row-major order:
+/// the argmax half of a max-pool with indices. NaN never matches.
+#[inline(always)]
+fn window_match<S: Simd>(
+    s: S,
+    row: &[f32],
+    (stride, dilation, k): (usize, usize, usize),
+    target: &[f32],
+    base: u32,
+    code: &mut [u32],
+) {
+    #[inline(always)]
+    fn vectors<S: Simd, const STRIDE: usize>(
+        s: S,
+        row: &[f32],
+        (dilation, k): (usize, usize),
+        target: &[f32],
+        base: u32,
+        code: &mut [u32],
+    ) -> usize {
+        let span = (k - 1) * dilation;
+        let mut steps = [0u32; MAX_LANES];
+        for (i, v) in steps.iter_mut().enumerate() {
+            *v = (i * STRIDE) as u32;
+        }
+        let lane = s.load_u32(&steps);
+        let mut o = 0;
+        for (t, c) in target
+            .chunks_exact(S::LANES)
+            .zip(code.chunks_exact_mut(S::LANES))
+        {
+            if !fits::<S>(STRIDE, o, span, row.len()) {
+                break;
+            }
+            let (t, mut acc) = (s.load(t), s.load_u32(c));
+            for j in (0..k).rev() {
+                let off = STRIDE * o + j * dilation;
+                // SAFETY: fits() checked the window reads stay in the row.
+                let v = unsafe { load_strided::<S, STRIDE>(s, row, off) };
+                let cand = s.add_u32(s.splat_u32(base.wrapping_add(off as u32)), lane);
+                acc = s.select_u32(s.eq(v, t), cand, acc);
+            }
+            s.store_u32(c, acc);
+            o += S::LANES;
+        }
+        o
+    }
+    assert_eq!(target.len(), code.len(), "window_match: lengths differ");
+    let done = match stride {
+        1 => vectors::<S, 1>(s, row, (dilation, k), target, base, code),
+        2 => vectors::<S, 2>(s, row, (dilation, k), target, base, code),
+        _ => 0,
+    };
+    for (o, (c, &t)) in code.iter_mut().zip(target).enumerate().skip(done) {
+        for j in (0..k).rev() {
+            let pos = o * stride + j * dilation;
+            if row[pos] == t {
+                *c = base.wrapping_add(pos as u32);
+            }
+        }
+    }
+}
+
 /// Max-pool one plane: per output row, the vertical max of the window's rows into `row`, then
 /// the window max along it.
-fn max_plane(plane: &[f32], dims: PoolDims, win: Window2d, row: &mut [f32], out: &mut [f32]) {
+#[inline(always)]
+fn max_plane<S: Simd>(
+    s: S,
+    plane: &[f32],
+    dims: PoolDims,
+    win: Window2d,
+    row: &mut [f32],
+    out: &mut [f32],
+) {
     let PoolDims { h, w, out_w, .. } = dims;
     let ([kh, kw], [sh, sw], [ph, pw], [dh, dw]) =
         (win.kernel, win.stride, win.padding, win.dilation);
@@ -154,7 +316,7 @@ fn max_plane(plane: &[f32], dims: PoolDims, win: Window2d, row: &mut [f32], out:
             }
             let src = &plane[r as usize * w..][..w];
             if any {
-                lanes::max_into(mid, src);
+                max_into(s, mid, src);
             } else {
                 mid.copy_from_slice(src);
                 any = true;
@@ -163,7 +325,7 @@ fn max_plane(plane: &[f32], dims: PoolDims, win: Window2d, row: &mut [f32], out:
         if !any {
             mid.fill(f32::NEG_INFINITY);
         }
-        lanes::window_max(row, sw, dw, kw, out_row);
+        window_max(s, row, (sw, dw, kw), out_row);
     }
 }
 
@@ -174,14 +336,56 @@ pub fn max_pool2d(x: &[f32], dims: PoolDims, win: Window2d, y: &mut [f32]) {
     if y.is_empty() {
         return;
     }
-    let (ip, op) = (dims.in_plane(), dims.out_plane());
     let pieces = parallel::rowwise_pieces(x.len());
-    parallel::for_each_item_run_mut(y, op, pieces, |first, run| {
-        let mut row = padded_row(dims, win);
-        for (k, out) in run.chunks_exact_mut(op).enumerate() {
-            max_plane(&x[(first + k) * ip..][..ip], dims, win, &mut row, out);
-        }
+    parallel::for_each_item_run_mut(y, dims.out_plane(), pieces, |first, run| {
+        simd::dispatch(MaxPlanes {
+            x,
+            dims,
+            win,
+            first,
+            y: run,
+            indices: None,
+        })
     });
+}
+
+/// Max-pool of whole planes `first..` of `x` into `y`, and their argmax into `indices` if given.
+struct MaxPlanes<'a> {
+    x: &'a [f32],
+    dims: PoolDims,
+    win: Window2d,
+    first: usize,
+    y: &'a mut [f32],
+    indices: Option<&'a mut [u32]>,
+}
+
+impl SimdFn for MaxPlanes<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn call<S: Simd>(self, s: S) {
+        let Self { x, dims, win, .. } = self;
+        let (ip, op) = (dims.in_plane(), dims.out_plane());
+        let mut row = padded_row(dims, win);
+        let plane = |k: usize| &x[(self.first + k) * ip..][..ip];
+        match self.indices {
+            None => {
+                for (k, out) in self.y.chunks_exact_mut(op).enumerate() {
+                    max_plane(s, plane(k), dims, win, &mut row, out);
+                }
+            }
+            Some(indices) => {
+                for (k, (yp, ixp)) in self
+                    .y
+                    .chunks_exact_mut(op)
+                    .zip(indices.chunks_exact_mut(op))
+                    .enumerate()
+                {
+                    max_plane(s, plane(k), dims, win, &mut row, yp);
+                    argmax_plane(s, plane(k), dims, win, yp, &mut row, ixp);
+                }
+            }
+        }
+    }
 }
 
 /// Index value for an output whose window holds no input element (its value is -inf).
@@ -226,7 +430,9 @@ fn argmax_scalar(plane: &[f32], w: usize, rows: Span, cols: Span, best: f32) -> 
 /// matched last to first against the maxima in SIMD, each row through the same -inf padded row
 /// buffer as [`max_plane`]; -inf maxima (which the padding matches too) and NaN maxima (which
 /// match nothing) are redone by the scalar rule.
-fn argmax_plane(
+#[inline(always)]
+fn argmax_plane<S: Simd>(
+    s: S,
     plane: &[f32],
     dims: PoolDims,
     win: Window2d,
@@ -251,7 +457,7 @@ fn argmax_plane(
             let r = r as usize;
             row[pw..pw + w].copy_from_slice(&plane[r * w..][..w]);
             let base = ((r * w) as u32).wrapping_sub(pw as u32);
-            lanes::window_match(row, (sw, dw, kw), y_row, base, idx_row);
+            window_match(s, row, (sw, dw, kw), y_row, base, idx_row);
         }
         for (ox, (&best, at)) in y_row.iter().zip(idx_row.iter_mut()).enumerate() {
             if best == f32::NEG_INFINITY || best.is_nan() {
@@ -288,21 +494,19 @@ pub fn max_pool2d_with_indices(
         "max_pool2d_with_indices: plane too large"
     );
     win.check();
-    let (ip, op) = (dims.in_plane(), dims.out_plane());
+    let op = dims.out_plane();
     if y.is_empty() {
         return;
     }
     let run = |first: usize, y: &mut [f32], idx: &mut [u32]| {
-        let mut row = padded_row(dims, win);
-        for (k, (yp, ixp)) in y
-            .chunks_exact_mut(op)
-            .zip(idx.chunks_exact_mut(op))
-            .enumerate()
-        {
-            let plane = &x[(first + k) * ip..][..ip];
-            max_plane(plane, dims, win, &mut row, yp);
-            argmax_plane(plane, dims, win, yp, &mut row, ixp);
-        }
+        simd::dispatch(MaxPlanes {
+            x,
+            dims,
+            win,
+            first,
+            y,
+            indices: Some(idx),
+        })
     };
     let pieces = parallel::rowwise_pieces(x.len());
     if pieces <= 1 || dims.planes < 2 {
@@ -456,12 +660,7 @@ pub fn adaptive_avg_pool2d(x: &[f32], dims: PoolDims, y: &mut [f32]) {
     let ip = dims.in_plane();
     let pieces = parallel::rowwise_pieces(x.len());
     if out_h == 1 && out_w == 1 {
-        let inv = 1.0 / ip as f32;
-        parallel::for_each_item_run_mut(y, 1, pieces, |first, run| {
-            for (k, o) in run.iter_mut().enumerate() {
-                *o = lanes::sum(&x[(first + k) * ip..][..ip]) * inv;
-            }
-        });
+        crate::reduce::mean(x, y, dims.planes, ip, 1);
         return;
     }
     if y.is_empty() {
@@ -520,15 +719,7 @@ mod tests {
     use super::*;
 
     fn data(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 11) % 100_000) as f32 / 25_000.0 - 2.0
-            })
-            .collect()
+        crate::simd::test_values(n, seed, -2.0, 2.0)
     }
 
     /// (h, w, window, ceil_mode): odd sizes, stride != kernel, padding, dilation, ceil mode, and
@@ -592,7 +783,7 @@ mod tests {
                                 - win.padding[1] as isize;
                             if r >= 0 && c >= 0 && (r as usize) < d.h && (c as usize) < d.w {
                                 let v = x[p * d.h * d.w + r as usize * d.w + c as usize];
-                                m = lanes::max_nan(m, v);
+                                m = Scalar.max_nan(m, v);
                             }
                         }
                     }

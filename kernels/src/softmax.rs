@@ -13,7 +13,7 @@
 use crate::isa::{self, Isa};
 use crate::parallel::{self, ROWWISE_PAR_MIN_ELEMS};
 use crate::simd::{self, Simd, SimdFn, MAX_LANES};
-use crate::vmath::exp_v;
+use crate::vmath::{exp_v, ExpSub};
 
 /// Which normalisation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -262,34 +262,6 @@ fn row_max<S: Simd>(s: S, x: &[f32]) -> f32 {
     m
 }
 
-/// `sum(exp(x - m))`, writing `exp(x - m)` to `y` when given. The tail is padded with -inf,
-/// whose exponential adds 0.
-#[inline(always)]
-fn row_exp_sum<S: Simd>(s: S, x: &[f32], mut y: Option<&mut [f32]>, m: f32) -> f32 {
-    let mv = s.splat(m);
-    let mut acc = s.zero();
-    let body = x.len() - x.len() % S::LANES;
-    for (k, c) in x[..body].chunks_exact(S::LANES).enumerate() {
-        let e = exp_v(s, s.sub(s.load(c), mv));
-        acc = s.add(acc, e);
-        if let Some(y) = y.as_deref_mut() {
-            s.store(&mut y[k * S::LANES..], e);
-        }
-    }
-    let tail = x.len() - body;
-    if tail > 0 {
-        let mut buf = [f32::NEG_INFINITY; MAX_LANES];
-        buf[..tail].copy_from_slice(&x[body..]);
-        let e = exp_v(s, s.sub(s.load(&buf), mv));
-        acc = s.add(acc, e);
-        if let Some(y) = y {
-            s.store(&mut buf, e);
-            y[body..].copy_from_slice(&buf[..tail]);
-        }
-    }
-    s.reduce_add(acc)
-}
-
 /// `y = (x - m) - l` over a row: subtracting the maximum first keeps the entries near it exact
 /// (`x - (m + l)` would round `m + l` to the maximum's ulp).
 #[inline(always)]
@@ -310,59 +282,28 @@ fn row_sub2<S: Simd>(s: S, x: &[f32], y: &mut [f32], m: f32, l: f32) {
 #[inline(always)]
 fn row_forward<S: Simd>(s: S, kind: SoftmaxKind, x: &[f32], y: &mut [f32]) {
     let m = row_max(s, x);
+    // exp(x - m) into y; log-softmax then overwrites it.
+    let sum = simd::map(s, ExpSub::<false>(m), [x], y);
     match kind {
         SoftmaxKind::Softmax => {
-            let sum = row_exp_sum(s, x, Some(&mut *y), m);
             let r = 1.0 / sum;
             y.iter_mut().for_each(|v| *v *= r);
         }
-        SoftmaxKind::LogSoftmax => {
-            let sum = row_exp_sum(s, x, None, m);
-            row_sub2(s, x, y, m, sum.ln());
-        }
+        SoftmaxKind::LogSoftmax => row_sub2(s, x, y, m, sum.ln()),
     }
-}
-
-/// `sum(a * b)` over a row.
-#[inline(always)]
-fn row_dot<S: Simd>(s: S, a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = s.zero();
-    let body = a.len() - a.len() % S::LANES;
-    for (ac, bc) in a[..body]
-        .chunks_exact(S::LANES)
-        .zip(b[..body].chunks_exact(S::LANES))
-    {
-        acc = s.mul_add(s.load(ac), s.load(bc), acc);
-    }
-    let mut sum = s.reduce_add(acc);
-    for (x, y) in a[body..].iter().zip(&b[body..]) {
-        sum += x * y;
-    }
-    sum
-}
-
-/// `sum(a)` over a row.
-#[inline(always)]
-fn row_sum<S: Simd>(s: S, a: &[f32]) -> f32 {
-    let mut acc = s.zero();
-    let body = a.len() - a.len() % S::LANES;
-    for c in a[..body].chunks_exact(S::LANES) {
-        acc = s.add(acc, s.load(c));
-    }
-    a[body..].iter().fold(s.reduce_add(acc), |t, v| t + v)
 }
 
 #[inline(always)]
 fn row_backward<S: Simd>(s: S, kind: SoftmaxKind, y: &[f32], dy: &[f32], dx: &mut [f32]) {
     match kind {
         SoftmaxKind::Softmax => {
-            let dot = row_dot(s, dy, y);
+            let [dot] = simd::sums(s, simd::Dot, [dy, y]);
             for ((d, &yv), &g) in dx.iter_mut().zip(y).zip(dy) {
                 *d = yv * (g - dot);
             }
         }
         SoftmaxKind::LogSoftmax => {
-            let sum = row_sum(s, dy);
+            let [sum] = simd::sums(s, simd::Sum, [dy]);
             let sv = s.splat(sum);
             let body = y.len() - y.len() % S::LANES;
             for ((yc, gc), dc) in y[..body]

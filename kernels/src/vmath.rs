@@ -132,6 +132,34 @@ pub fn exp_v<S: Simd>(s: S, x: S::V) -> S::V {
     s.mul_pow2(y, n)
 }
 
+/// Below this, [`exp_ftz_v`] gives 0: e^x would be under 2^-126, a subnormal.
+pub const EXP_FTZ_BELOW: f32 = -87.336_54;
+
+/// e^x per lane with results that would be subnormal flushed to 0 (and -inf giving 0, NaN
+/// propagating, as in [`exp_v`]). For probabilities that feed a GEMM: a subnormal there adds
+/// nothing to any sum but can cost a microcode assist per multiply.
+#[inline(always)]
+pub fn exp_ftz_v<S: Simd>(s: S, x: S::V) -> S::V {
+    s.select(s.lt(x, s.splat(EXP_FTZ_BELOW)), s.zero(), exp_v(s, x))
+}
+
+/// `e^(x - m)` per lane, the numerator of a softmax whose row maximum is `m`; with `FTZ`,
+/// through [`exp_ftz_v`] (attention, whose probabilities feed a GEMM).
+#[derive(Clone, Copy, Debug)]
+pub struct ExpSub<const FTZ: bool>(pub f32);
+
+impl<const FTZ: bool> UnaryLanes for ExpSub<FTZ> {
+    #[inline(always)]
+    fn apply<S: Simd>(self, s: S, x: S::V) -> S::V {
+        let d = s.sub(x, s.splat(self.0));
+        if FTZ {
+            exp_ftz_v(s, d)
+        } else {
+            exp_v(s, d)
+        }
+    }
+}
+
 /// tanh(x) per lane.
 #[inline(always)]
 pub fn tanh_v<S: Simd>(s: S, x: S::V) -> S::V {
@@ -258,7 +286,7 @@ impl SimdFn for MapKernel<'_> {
         macro_rules! run {
             ($f:expr) => {
                 match self.x {
-                    Some(x) => simd::map(s, $f, x, self.y),
+                    Some(x) => simd::map(s, $f, [x], self.y),
                     None => simd::map_inplace(s, $f, self.y),
                 }
             };
@@ -269,7 +297,7 @@ impl SimdFn for MapKernel<'_> {
             MathFn::Erf => run!(MathFn::Erf),
             MathFn::NormalCdf => run!(MathFn::NormalCdf),
             MathFn::Sigmoid => run!(MathFn::Sigmoid),
-        }
+        };
     }
 }
 
@@ -468,6 +496,51 @@ pub(crate) mod tests {
         exp(&[88.8, 1000.0, -104.0, -1000.0, 0.0, 88.7], &mut y);
         assert_eq!(&y[..5], &[f32::INFINITY, f32::INFINITY, 0.0, 0.0, 1.0]);
         assert!(y[5].is_finite());
+    }
+
+    /// `x = e^(x - m)` flushed as attention needs it, returning the sum.
+    struct Ftz<'a>(&'a mut [f32], f32);
+
+    impl SimdFn for Ftz<'_> {
+        type Output = f32;
+        fn call<S: Simd>(self, s: S) -> f32 {
+            simd::map_inplace(s, ExpSub::<true>(self.1), self.0)
+        }
+    }
+
+    #[test]
+    fn exp_ftz_flushes_underflow_and_propagates_nan() {
+        for isa in isas() {
+            let mut row = vec![0.5f32; 19];
+            row[2] = f32::NAN;
+            row[17] = f32::NAN;
+            row[5] = f32::NEG_INFINITY;
+            row[18] = -200.0;
+            row[7] = -1e30;
+            row[8] = -87.4; // e^x is subnormal: flushed
+            row[9] = -87.3; // e^x is normal: kept
+            let s = simd::dispatch_on(isa, Ftz(&mut row, 0.0));
+            assert!(s.is_nan(), "{isa:?}");
+            assert!(row[2].is_nan() && row[17].is_nan());
+            assert_eq!([row[5], row[18], row[7], row[8]], [0.0; 4], "{isa:?}");
+            assert!(
+                row[9] > f32::MIN_POSITIVE && row[9] < 1.3e-38,
+                "{isa:?}: {}",
+                row[9]
+            );
+            assert!((row[0] - 0.5f32.exp()).abs() <= 2e-7 * row[0]);
+            // Unflushed results are exp's own, to the bit.
+            let xs = grid(-87.33, 88.0, 20_000, &[0.0, 1e-30]);
+            let mut flushed = xs.clone();
+            simd::dispatch_on(isa, Ftz(&mut flushed, 0.0));
+            let mut plain = vec![0.0; xs.len()];
+            eval_on(isa, MathFn::Exp, &xs, &mut plain);
+            assert_eq!(flushed, plain, "{isa:?}");
+            // Subtracting the maximum first: the largest entry gives exactly 1.
+            let mut row = [3.0f32, 7.5, -2.0];
+            simd::dispatch_on(isa, Ftz(&mut row, 7.5));
+            assert_eq!(row[1], 1.0);
+        }
     }
 
     #[test]
