@@ -637,7 +637,10 @@ mod tests {
 
     /// Deterministic values in [-2, 2).
     fn values(n: usize, seed: u64) -> Vec<f32> {
-        crate::simd::test_values(n, seed, -2.0, 2.0)
+        crate::simd::test_bits(seed)
+            .take(n)
+            .map(|s| (s >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0)
+            .collect()
     }
 
     #[derive(Clone, Copy, Debug, PartialEq)]

@@ -719,7 +719,10 @@ mod tests {
     use super::*;
 
     fn data(n: usize, seed: u64) -> Vec<f32> {
-        crate::simd::test_values(n, seed, -2.0, 2.0)
+        crate::simd::test_bits(seed)
+            .take(n)
+            .map(|s| ((s >> 11) % 100_000) as f32 / 25_000.0 - 2.0)
+            .collect()
     }
 
     /// (h, w, window, ceil_mode): odd sizes, stride != kernel, padding, dilation, ceil mode, and

@@ -71,6 +71,8 @@ pub trait Simd: Copy + Send + Sync + 'static {
     /// `a * 2^n` for integral `n` in [-252, 254] (two exact power-of-two factors, so results in
     /// the subnormal range and overflow to infinity come out right).
     fn mul_pow2(self, a: Self::V, n: Self::V) -> Self::V;
+    /// 2^n for integral `n` in [-126, 127] (a normal float, built from its exponent bits).
+    fn pow2(self, n: Self::V) -> Self::V;
     /// Lanes where `a < b`.
     fn lt(self, a: Self::V, b: Self::V) -> Self::M;
     /// Lanes where `a > b`.
@@ -137,19 +139,18 @@ pub fn dispatch_on<F: SimdFn>(isa: Isa, f: F) -> F::Output {
 /// Run `f` with `isa`, which this CPU must support (both callers check).
 #[inline(always)]
 fn run_supported<F: SimdFn>(isa: Isa, f: F) -> F::Output {
-    match isa {
+    // One call site for every ISA, so the kernel's arguments are built once, in place (a copy
+    // per branch costs store-forwarding stalls that show on short rows).
+    let run: unsafe fn(F) -> F::Output = match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => {
-            // SAFETY: the callers pass Avx2Fma only when isa::detect() found AVX2 and FMA.
-            unsafe { run_avx2(f) }
-        }
+        Isa::Avx2Fma => run_avx2::<F>,
         #[cfg(target_arch = "aarch64")]
-        Isa::Neon => {
-            // SAFETY: the callers pass Neon only when isa::detect() found NEON.
-            unsafe { run_neon(f) }
-        }
-        _ => run_scalar(f),
-    }
+        Isa::Neon => run_neon::<F>,
+        _ => run_scalar::<F>,
+    };
+    // SAFETY: the callers pass Avx2Fma (Neon) only when isa::detect() found AVX2 and FMA
+    // (NEON), the one requirement of run_avx2 (run_neon); run_scalar has none.
+    unsafe { run(f) }
 }
 
 /// The scalar instance, out of line so that the dispatch inlines into its callers as a call.
@@ -511,6 +512,10 @@ impl Simd for Scalar {
         a * f32::from_bits(((h + 127) as u32) << 23) * f32::from_bits(((n - h + 127) as u32) << 23)
     }
     #[inline(always)]
+    fn pow2(self, n: f32) -> f32 {
+        f32::from_bits(((n as i32 + 127) as u32) << 23)
+    }
+    #[inline(always)]
     fn lt(self, a: f32, b: f32) -> bool {
         a < b
     }
@@ -685,6 +690,10 @@ mod avx2 {
                     _mm256_castsi256_ps(p2),
                 )
             };
+            pow2(n: __m256) -> __m256 => {
+                let e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+                _mm256_castsi256_ps(_mm256_slli_epi32::<23>(e))
+            };
             lt(a: __m256, b: __m256) -> __m256 => _mm256_cmp_ps::<_CMP_LT_OQ>(a, b);
             gt(a: __m256, b: __m256) -> __m256 => _mm256_cmp_ps::<_CMP_GT_OQ>(a, b);
             eq(a: __m256, b: __m256) -> __m256 => _mm256_cmp_ps::<_CMP_EQ_OQ>(a, b);
@@ -824,6 +833,10 @@ mod neon {
                     vreinterpretq_f32_s32(p2),
                 )
             };
+            pow2(n: float32x4_t) -> float32x4_t => {
+                let e = vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127));
+                vreinterpretq_f32_s32(vshlq_n_s32::<23>(e))
+            };
             lt(a: float32x4_t, b: float32x4_t) -> uint32x4_t => vcltq_f32(a, b);
             gt(a: float32x4_t, b: float32x4_t) -> uint32x4_t => vcgtq_f32(a, b);
             eq(a: float32x4_t, b: float32x4_t) -> uint32x4_t => vceqq_f32(a, b);
@@ -840,18 +853,16 @@ mod neon {
     }
 }
 
-/// Deterministic inputs for the kernels' tests: xorshift64 from `seed`, uniform in `[lo, hi)`.
+/// Deterministic bits for the kernels' tests to make inputs from: xorshift64 from `seed`.
 #[cfg(test)]
-pub(crate) fn test_values(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+pub(crate) fn test_bits(seed: u64) -> impl Iterator<Item = u64> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 * (hi - lo) + lo
-        })
-        .collect()
+    std::iter::repeat_with(move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    })
 }
 
 #[cfg(test)]
@@ -861,7 +872,7 @@ mod tests {
     /// The lane operations under test, as one binary function each.
     #[derive(Clone, Copy)]
     struct Op(usize);
-    const OPS: usize = 11;
+    const OPS: usize = 12;
 
     impl BinaryLanes for Op {
         fn apply<S: Simd>(self, s: S, a: S::V, b: S::V) -> S::V {
@@ -876,6 +887,11 @@ mod tests {
                 7 => s.select(s.lt(a, b), a, b),
                 8 => s.select(s.is_nan(a), b, a),
                 9 => s.max_nan(a, b),
+                10 => {
+                    // The data first in min/max: NaN skipped, n integral in [-126, 127].
+                    let n = s.max(s.min(s.round(b), s.splat(127.0)), s.splat(-126.0));
+                    s.mul(a, s.pow2(n))
+                }
                 _ => s.neg_mul_add(a, b, a),
             }
         }

@@ -119,28 +119,45 @@ fn poly<S: Simd, const N: usize>(s: S, x: S::V, c: &[f32; N]) -> S::V {
     s.mul_add(odd, x, even)
 }
 
-/// e^x per lane.
+/// `(y, n)` with e^x = y 2^n, for `x` already clamped into [EXP_LO, EXP_HI]: Cody and Waite's
+/// reduction r = x - n ln 2, then y = e^r by the polynomial.
 #[inline(always)]
-pub fn exp_v<S: Simd>(s: S, x: S::V) -> S::V {
-    // Data second in max/min so NaN propagates.
-    let x = s.min(s.splat(EXP_HI), s.max(s.splat(EXP_LO), x));
+fn exp_parts<S: Simd>(s: S, x: S::V) -> (S::V, S::V) {
     let n = s.round(s.mul(x, s.splat(LOG2_E)));
     let r = s.neg_mul_add(n, s.splat(LN2_HI), x);
     let r = s.neg_mul_add(n, s.splat(LN2_LO), r);
     let p = poly(s, r, &EXP_P);
-    let y = s.add(s.mul_add(s.mul(r, r), p, r), s.splat(1.0));
+    (s.add(s.mul_add(s.mul(r, r), p, r), s.splat(1.0)), n)
+}
+
+/// e^x per lane.
+#[inline(always)]
+pub fn exp_v<S: Simd>(s: S, x: S::V) -> S::V {
+    // Data second in max/min so NaN propagates.
+    let (y, n) = exp_parts(s, s.min(s.splat(EXP_HI), s.max(s.splat(EXP_LO), x)));
     s.mul_pow2(y, n)
 }
 
 /// Below this, [`exp_ftz_v`] gives 0: e^x would be under 2^-126, a subnormal.
 pub const EXP_FTZ_BELOW: f32 = -87.336_54;
+/// [`exp_ftz_v`] clamps its argument to this from above: the largest `x` whose `n` is 127.
+const EXP_FTZ_HI: f32 = 88.37;
 
-/// e^x per lane with results that would be subnormal flushed to 0 (and -inf giving 0, NaN
-/// propagating, as in [`exp_v`]). For probabilities that feed a GEMM: a subnormal there adds
-/// nothing to any sum but can cost a microcode assist per multiply.
+/// e^x per lane for softmax probabilities that feed a GEMM (attention): results that would be
+/// subnormal are flushed to 0 (a subnormal adds nothing to any sum there but can cost a
+/// microcode assist per multiply), -inf gives 0, NaN propagates, and arguments above 88.37 are
+/// clamped (finite results; a softmax's arguments are at most 0). The same polynomial as
+/// [`exp_v`], equal to it bit for bit in between; the scaling is one exact power-of-two
+/// factor, which the flushed range allows.
 #[inline(always)]
 pub fn exp_ftz_v<S: Simd>(s: S, x: S::V) -> S::V {
-    s.select(s.lt(x, s.splat(EXP_FTZ_BELOW)), s.zero(), exp_v(s, x))
+    let xc = s.min(s.splat(EXP_FTZ_HI), s.max(s.splat(EXP_FTZ_BELOW), x));
+    let (y, n) = exp_parts(s, xc);
+    s.select(
+        s.lt(x, s.splat(EXP_FTZ_BELOW)),
+        s.zero(),
+        s.mul(y, s.pow2(n)),
+    )
 }
 
 /// `e^(x - m)` per lane, the numerator of a softmax whose row maximum is `m`; with `FTZ`,
@@ -536,6 +553,10 @@ pub(crate) mod tests {
             let mut plain = vec![0.0; xs.len()];
             eval_on(isa, MathFn::Exp, &xs, &mut plain);
             assert_eq!(flushed, plain, "{isa:?}");
+            // Clamped above: finite.
+            let mut big = [1000.0f32, 88.37, f32::INFINITY];
+            simd::dispatch_on(isa, Ftz(&mut big, 0.0));
+            assert!(big.iter().all(|v| v.is_finite() && *v > 1e38), "{isa:?}: {big:?}");
             // Subtracting the maximum first: the largest entry gives exactly 1.
             let mut row = [3.0f32, 7.5, -2.0];
             simd::dispatch_on(isa, Ftz(&mut row, 7.5));
