@@ -481,7 +481,11 @@ impl SimdFn for LayerNormRows<'_> {
             x, d, gamma, beta, ..
         } = self;
         let mut stats = self.stats;
-        for (j, (xr, yr)) in x.chunks_exact(d).zip(self.y.chunks_exact_mut(d)).enumerate() {
+        for (j, (xr, yr)) in x
+            .chunks_exact(d)
+            .zip(self.y.chunks_exact_mut(d))
+            .enumerate()
+        {
             let (m, r) = layer_norm_row(s, xr, gamma, beta, self.eps, yr);
             if let Some((mean, rstd)) = stats.as_mut() {
                 (mean[j], rstd[j]) = (m, r);
@@ -606,7 +610,11 @@ fn layer_norm_backward_rows(
     dg: Option<&mut [f32]>,
     db: Option<&mut [f32]>,
 ) {
-    struct Run<'a>(LayerNormSaved<'a>, (usize, usize), [Option<&'a mut [f32]>; 3]);
+    struct Run<'a>(
+        LayerNormSaved<'a>,
+        (usize, usize),
+        [Option<&'a mut [f32]>; 3],
+    );
     impl SimdFn for Run<'_> {
         type Output = ();
         #[inline(always)]

@@ -213,17 +213,6 @@ pub(crate) unsafe fn lanes<S: Simd, T>(x: &[T], i: usize) -> &[T] {
     unsafe { x.get_unchecked(i..i + S::LANES) }
 }
 
-/// [`lanes`], mutable.
-///
-/// # Safety
-/// `i + S::LANES <= x.len()`.
-#[inline(always)]
-pub(crate) unsafe fn lanes_mut<S: Simd, T>(x: &mut [T], i: usize) -> &mut [T] {
-    debug_assert!(i + S::LANES <= x.len());
-    // SAFETY: the caller's contract.
-    unsafe { x.get_unchecked_mut(i..i + S::LANES) }
-}
-
 /// The vectors at `i` of each input.
 ///
 /// # Safety
@@ -234,6 +223,26 @@ unsafe fn load_at<S: Simd, const N: usize>(s: S, x: [&[f32]; N], i: usize) -> [S
     for (v, x) in v.iter_mut().zip(x) {
         // SAFETY: the caller's contract.
         *v = s.load(unsafe { lanes::<S, _>(x, i) });
+    }
+    v
+}
+
+/// The vectors at `at` of each input, the first given as its chunk `x0` (`x[0][at..]`).
+///
+/// # Safety
+/// `at + S::LANES` is at most every input's length.
+#[inline(always)]
+unsafe fn load_with<S: Simd, const N: usize>(
+    s: S,
+    x0: &[f32],
+    x: [&[f32]; N],
+    at: usize,
+) -> [S::V; N] {
+    let mut v = [s.load(x0); N];
+    #[allow(clippy::needless_range_loop)] // an iterator here costs spills
+    for q in 1..N {
+        // SAFETY: the caller's contract.
+        v[q] = s.load(unsafe { lanes::<S, _>(x[q], at) });
     }
     v
 }
@@ -249,19 +258,25 @@ pub fn map<S: Simd, F: LanesN<N>, const N: usize>(
     y: &mut [f32],
 ) -> f32 {
     let n = y.len();
+    assert!(N > 0, "simd::map: no input");
     assert!(x.iter().all(|x| x.len() == n), "simd::map: lengths differ");
     let mut acc = s.zero();
     // Counted loops (not `while i + LANES <= n`): the compiler then knows the trip count and
     // unrolls.
-    for k in 0..n / S::LANES {
-        let i = k * S::LANES;
-        // SAFETY: i + LANES <= n, the length of every input (asserted above).
-        let v = f.apply_n(s, unsafe { load_at(s, x, i) });
-        // SAFETY: i + LANES <= n = y.len().
-        s.store(unsafe { lanes_mut::<S, _>(y, i) }, v);
+    let i = n - n % S::LANES;
+    // The output and first input step through chunk iterators: the compiler schedules the long,
+    // latency-bound lane functions of vmath better in that loop than in an indexed one (GELU
+    // runs 8% faster). The other inputs are indexed alongside.
+    for (k, (x0, yc)) in x[0][..i]
+        .chunks_exact(S::LANES)
+        .zip(y[..i].chunks_exact_mut(S::LANES))
+        .enumerate()
+    {
+        // SAFETY: (k + 1) LANES <= n, the length of every input (asserted above).
+        let v = f.apply_n(s, unsafe { load_with(s, x0, x, k * S::LANES) });
+        s.store(yc, v);
         acc = s.add(acc, v);
     }
-    let i = n - n % S::LANES;
     let mut sum = s.reduce_add(acc);
     if i < n {
         let mut buf = [[0.0f32; MAX_LANES]; N];

@@ -556,7 +556,10 @@ pub(crate) mod tests {
             // Clamped above: finite.
             let mut big = [1000.0f32, 88.37, f32::INFINITY];
             simd::dispatch_on(isa, Ftz(&mut big, 0.0));
-            assert!(big.iter().all(|v| v.is_finite() && *v > 1e38), "{isa:?}: {big:?}");
+            assert!(
+                big.iter().all(|v| v.is_finite() && *v > 1e38),
+                "{isa:?}: {big:?}"
+            );
             // Subtracting the maximum first: the largest entry gives exactly 1.
             let mut row = [3.0f32, 7.5, -2.0];
             simd::dispatch_on(isa, Ftz(&mut row, 7.5));

@@ -196,7 +196,10 @@ mod tests {
             });
             for (k, (p, q)) in outs[0].iter().zip(&outs[1]).enumerate() {
                 for (i, (&p, &q)) in p.iter().zip(q).enumerate() {
-                    assert!((p - q).abs() <= 1e-5 * q.abs().max(1.0), "pass {k}[{i}] n={n}");
+                    assert!(
+                        (p - q).abs() <= 1e-5 * q.abs().max(1.0),
+                        "pass {k}[{i}] n={n}"
+                    );
                 }
             }
         }
@@ -215,7 +218,9 @@ mod tests {
         assert_eq!(total, want);
         let mut y = vec![0.0; x.len()];
         map_planes(
-            each().enumerate().map(|(k, p)| (ScaleShift(k as f32, 1.0), p)),
+            each()
+                .enumerate()
+                .map(|(k, p)| (ScaleShift(k as f32, 1.0), p)),
             &mut y,
             hw,
         );
