@@ -660,7 +660,9 @@ pub fn adaptive_avg_pool2d(x: &[f32], dims: PoolDims, y: &mut [f32]) {
     let ip = dims.in_plane();
     let pieces = parallel::rowwise_pieces(x.len());
     if out_h == 1 && out_w == 1 {
-        crate::reduce::mean(x, y, dims.planes, ip, 1);
+        parallel::for_each_item_run_mut(y, 1, pieces, |first, run| {
+            simd::dispatch(PlaneMeans(&x[first * ip..][..run.len() * ip], ip, run))
+        });
         return;
     }
     if y.is_empty() {
@@ -680,6 +682,20 @@ pub fn adaptive_avg_pool2d(x: &[f32], dims: PoolDims, y: &mut [f32]) {
             }
         }
     });
+}
+
+/// `y[p]` = the mean of plane `p` of `x` (planes of `ip`), one SIMD sum each.
+struct PlaneMeans<'a>(&'a [f32], usize, &'a mut [f32]);
+
+impl SimdFn for PlaneMeans<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn call<S: Simd>(self, s: S) {
+        let inv = 1.0 / self.1 as f32;
+        for (o, plane) in self.2.iter_mut().zip(self.0.chunks_exact(self.1)) {
+            *o = simd::sums(s, simd::Sum, [plane])[0] * inv;
+        }
+    }
 }
 
 /// Backward of [`adaptive_avg_pool2d`].

@@ -160,20 +160,15 @@ pub fn exp_ftz_v<S: Simd>(s: S, x: S::V) -> S::V {
     )
 }
 
-/// `e^(x - m)` per lane, the numerator of a softmax whose row maximum is `m`; with `FTZ`,
-/// through [`exp_ftz_v`] (attention, whose probabilities feed a GEMM).
+/// `e^(x - m)` per lane through [`exp_ftz_v`]: the numerator of a softmax whose row maximum
+/// is `m`, for probabilities that feed a GEMM (attention).
 #[derive(Clone, Copy, Debug)]
-pub struct ExpSub<const FTZ: bool>(pub f32);
+pub struct ExpSubFtz(pub f32);
 
-impl<const FTZ: bool> UnaryLanes for ExpSub<FTZ> {
+impl UnaryLanes for ExpSubFtz {
     #[inline(always)]
     fn apply<S: Simd>(self, s: S, x: S::V) -> S::V {
-        let d = s.sub(x, s.splat(self.0));
-        if FTZ {
-            exp_ftz_v(s, d)
-        } else {
-            exp_v(s, d)
-        }
+        exp_ftz_v(s, s.sub(x, s.splat(self.0)))
     }
 }
 
@@ -521,7 +516,7 @@ pub(crate) mod tests {
     impl SimdFn for Ftz<'_> {
         type Output = f32;
         fn call<S: Simd>(self, s: S) -> f32 {
-            simd::map_inplace(s, ExpSub::<true>(self.1), self.0)
+            simd::map_inplace(s, ExpSubFtz(self.1), self.0)
         }
     }
 

@@ -10,7 +10,7 @@
 
 use crate::isa::Isa;
 use crate::simd::{self, Scalar, Simd, SimdFn};
-use crate::vmath::ExpSub;
+use crate::vmath::ExpSubFtz;
 
 /// `row[j] = row[j] * scale + a[j] + b[j]` (each term optional), returning the maximum of the
 /// result (-inf for an empty row; NaNs are skipped by the maximum and caught by the exp).
@@ -102,7 +102,7 @@ impl SimdFn for ExpSubSum<'_> {
     type Output = f32;
     #[inline(always)]
     fn call<S: Simd>(self, s: S) -> f32 {
-        simd::map_inplace(s, ExpSub::<true>(self.1), self.0)
+        simd::map_inplace(s, ExpSubFtz(self.1), self.0)
     }
 }
 
