@@ -172,12 +172,12 @@ unsafe fn load_strided<S: Simd, const STRIDE: usize>(s: S, row: &[f32], at: usiz
     }
 }
 
-/// Whether the windows of the vector of outputs from `o` on (each spanning `span`) read only
-/// inside a row of `len` through [`load_strided`]: every offset read is at most
-/// `STRIDE o + span`, and a load reads `STRIDE LANES` elements.
+/// How many vectors of outputs, from the first on, have windows (each spanning `span`) that
+/// [`load_strided`] reads inside a row of `len`: the vector from output `o` reads up to offset
+/// `STRIDE o + span + STRIDE LANES`, so vector `v` fits while `STRIDE LANES (v + 1) + span <= len`.
 #[inline(always)]
-fn fits<S: Simd>(stride: usize, o: usize, span: usize, len: usize) -> bool {
-    stride * (o + S::LANES) + span <= len
+fn fitting_vectors<S: Simd>(stride: usize, span: usize, len: usize) -> usize {
+    len.saturating_sub(span) / (stride * S::LANES)
 }
 
 /// `out[o] = max over j < k of row[o stride + j dilation]`, NaN-propagating: the horizontal half
@@ -196,13 +196,10 @@ fn window_max<S: Simd>(
         (dilation, k): (usize, usize),
         out: &mut [f32],
     ) -> usize {
-        let span = (k - 1) * dilation;
+        let fit = fitting_vectors::<S>(STRIDE, (k - 1) * dilation, row.len());
         let mut o = 0;
-        for y in out.chunks_exact_mut(S::LANES) {
-            if !fits::<S>(STRIDE, o, span, row.len()) {
-                break;
-            }
-            // SAFETY (every load): fits() checked the window reads stay in the row.
+        for y in out.chunks_exact_mut(S::LANES).take(fit) {
+            // SAFETY (every load): fitting_vectors() bounds the window reads to the row.
             let mut m = unsafe { load_strided::<S, STRIDE>(s, row, STRIDE * o) };
             for j in 1..k {
                 // SAFETY: as above.
@@ -249,7 +246,7 @@ fn window_match<S: Simd>(
         base: u32,
         code: &mut [u32],
     ) -> usize {
-        let span = (k - 1) * dilation;
+        let fit = fitting_vectors::<S>(STRIDE, (k - 1) * dilation, row.len());
         let mut steps = [0u32; MAX_LANES];
         for (i, v) in steps.iter_mut().enumerate() {
             *v = (i * STRIDE) as u32;
@@ -259,14 +256,12 @@ fn window_match<S: Simd>(
         for (t, c) in target
             .chunks_exact(S::LANES)
             .zip(code.chunks_exact_mut(S::LANES))
+            .take(fit)
         {
-            if !fits::<S>(STRIDE, o, span, row.len()) {
-                break;
-            }
             let (t, mut acc) = (s.load(t), s.load_u32(c));
             for j in (0..k).rev() {
                 let off = STRIDE * o + j * dilation;
-                // SAFETY: fits() checked the window reads stay in the row.
+                // SAFETY: fitting_vectors() bounds the window reads to the row.
                 let v = unsafe { load_strided::<S, STRIDE>(s, row, off) };
                 let cand = s.add_u32(s.splat_u32(base.wrapping_add(off as u32)), lane);
                 acc = s.select_u32(s.eq(v, t), cand, acc);
@@ -811,6 +806,92 @@ mod tests {
             }
         }
         y
+    }
+
+    /// The row kernels with a chosen ISA (scalar if this CPU lacks it).
+    enum RowOp<'a> {
+        Max(&'a [f32], (usize, usize, usize), &'a mut [f32]),
+        Match(&'a [f32], (usize, usize, usize), &'a [f32], &'a mut [u32]),
+        Into(&'a mut [f32], &'a [f32]),
+    }
+
+    impl SimdFn for RowOp<'_> {
+        type Output = ();
+        fn call<S: Simd>(self, s: S) {
+            match self {
+                RowOp::Max(row, w, out) => window_max(s, row, w, out),
+                RowOp::Match(row, w, t, code) => window_match(s, row, w, t, 1000, code),
+                RowOp::Into(acc, x) => max_into(s, acc, x),
+            }
+        }
+    }
+
+    fn isas() -> [crate::isa::Isa; 2] {
+        [crate::isa::detect(), crate::isa::Isa::Scalar]
+    }
+
+    /// Window max and window match, SIMD and scalar, against their definitions at every stride,
+    /// dilation and window size, with rows exactly as long as the windows need and longer.
+    #[test]
+    fn window_kernels_match_their_definitions() {
+        for out_len in [0usize, 1, 3, 7, 8, 9, 17, 56] {
+            for (stride, dilation, k) in
+                (1..=3).flat_map(|s| (1..=2).flat_map(move |d| (1..=4).map(move |k| (s, d, k))))
+            {
+                for slack in [0, 1, 5, 20] {
+                    let need = (out_len.max(1) - 1) * stride + (k - 1) * dilation + 1;
+                    let len = if out_len == 0 { slack } else { need + slack };
+                    // Few distinct values, so windows hold several copies of their maximum.
+                    let row: Vec<f32> = data(len, (out_len * 31 + k + slack) as u64)
+                        .iter()
+                        .map(|v| (v * 2.0).round())
+                        .collect();
+                    let window = |o: usize| (0..k).map(move |j| o * stride + j * dilation);
+                    let want: Vec<f32> = (0..out_len)
+                        .map(|o| window(o).map(|p| row[p]).fold(f32::MIN, f32::max))
+                        .collect();
+                    let what = format!("out {out_len} s {stride} d {dilation} k {k} +{slack}");
+                    for isa in isas() {
+                        let mut y = vec![0.0; out_len];
+                        let w = (stride, dilation, k);
+                        simd::dispatch_on(isa, RowOp::Max(&row, w, &mut y));
+                        assert_eq!(y, want, "max {what} {isa:?}");
+                        let mut target = want.clone();
+                        if out_len > 2 {
+                            target[1] = f32::NAN;
+                            target[2] = 99.0;
+                        }
+                        let mut code = vec![7u32; out_len];
+                        simd::dispatch_on(isa, RowOp::Match(&row, w, &target, &mut code));
+                        for (o, &c) in code.iter().enumerate() {
+                            let first = window(o).find(|&p| row[p] == target[o]);
+                            assert_eq!(c, first.map_or(7, |p| 1000 + p as u32), "{what}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn row_max_propagates_nan_like_pytorch() {
+        for isa in isas() {
+            for n in [5usize, 8, 19] {
+                let mut acc = data(n, 9);
+                let mut x = data(n, 10);
+                x[n - 1] = f32::NAN;
+                acc[0] = f32::NAN;
+                simd::dispatch_on(isa, RowOp::Into(&mut acc, &x));
+                assert!(acc[0].is_nan() && acc[n - 1].is_nan());
+                assert!(acc[1..n - 1].iter().all(|v| !v.is_nan()));
+                let mut row = data(2 * n + 4, 11);
+                row[4] = f32::NAN;
+                let mut out = vec![0.0; n];
+                simd::dispatch_on(isa, RowOp::Max(&row, (2, 1, 3), &mut out));
+                assert!(out[1].is_nan() && out[2].is_nan() && !out[0].is_nan());
+                assert!(!out[3].is_nan(), "{isa:?} n={n}");
+            }
+        }
     }
 
     #[test]
