@@ -75,10 +75,12 @@ const SMALL_PLANE: usize = 64;
 
 /// Each channel's value repeated `hw` times: a per-channel vector in the layout of one sample.
 fn per_element(values: &[f32], hw: usize) -> Vec<f32> {
-    values
-        .iter()
-        .flat_map(|&v| std::iter::repeat(v).take(hw))
-        .collect()
+    // Sized up front: collecting a flat_map grows the vector step by step.
+    let mut out = Vec::with_capacity(values.len() * hw);
+    for &v in values {
+        out.resize(out.len() + hw, v);
+    }
+    out
 }
 
 /// Fill `a[ch], b[ch] = f(ch)` for every channel, spreading channels over the pool when the
