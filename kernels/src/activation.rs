@@ -227,11 +227,11 @@ impl SimdFn for Run<'_> {
     fn call<S: Simd>(self, s: S) {
         match self.1 {
             Kernel::InPlace(x) => specialise!(self.0, |a| simd::map_inplace(s, a, x)),
-            Kernel::Map(x, y) => specialise!(self.0, |a| simd::map(s, a, x, y)),
+            Kernel::Map(x, y) => specialise!(self.0, |a| simd::map(s, a, [x], y)),
             Kernel::Backward(x, dy, dx) => {
-                specialise!(self.0, |a| simd::zip_map(s, Grad(a), x, dy, dx))
+                specialise!(self.0, |a| simd::map(s, Grad(a), [x, dy], dx))
             }
-        }
+        };
     }
 }
 

@@ -8,9 +8,10 @@
 //! Work is split over channels (statistics) or runs of planes / rows (element passes) once it is
 //! big enough ([`crate::parallel`]); small batches stay on the calling thread.
 
-pub mod lanes;
+mod rows;
 
 use crate::parallel::{self, ROWWISE_PAR_MIN_ELEMS};
+use crate::simd::{self, LanesN, Simd, SimdFn};
 use rayon::prelude::*;
 
 /// How batch norm sees its input: `n` samples of `c` channels of `hw` contiguous elements
@@ -74,10 +75,12 @@ const SMALL_PLANE: usize = 64;
 
 /// Each channel's value repeated `hw` times: a per-channel vector in the layout of one sample.
 fn per_element(values: &[f32], hw: usize) -> Vec<f32> {
-    values
-        .iter()
-        .flat_map(|&v| std::iter::repeat(v).take(hw))
-        .collect()
+    // Sized up front: collecting a flat_map grows the vector step by step.
+    let mut out = Vec::with_capacity(values.len() * hw);
+    for &v in values {
+        out.resize(out.len() + hw, v);
+    }
+    out
 }
 
 /// Fill `a[ch], b[ch] = f(ch)` for every channel, spreading channels over the pool when the
@@ -172,9 +175,10 @@ pub fn channel_mean_var(x: &[f32], dims: ChannelDims, mean: &mut [f32], var: &mu
         return;
     }
     per_channel_pair(x.len(), mean, var, |ch| {
-        let planes = || (0..dims.n).map(move |b| &x[(b * c + ch) * hw..][..hw]);
-        let m = (planes().map(|p| lanes::sum(p) as f64).sum::<f64>() / count) as f32;
-        let q: f64 = planes().map(|p| lanes::sum_sq_dev(p, m) as f64).sum();
+        let planes = || (0..dims.n).map(move |b| [&x[(b * c + ch) * hw..][..hw]]);
+        let [sum] = rows::plane_sums(simd::Sum, planes());
+        let m = (sum / count) as f32;
+        let [q] = rows::plane_sums(rows::SqDev(m), planes());
         (m, (q / count) as f32)
     });
 }
@@ -208,26 +212,44 @@ fn channel_grad_sums(
         return (sdy, sdxm);
     }
     per_channel_pair(x.len(), &mut sdy, &mut sdxm, |ch| {
-        let (mut s, mut d) = (0.0f64, 0.0f64);
-        for b in 0..dims.n {
+        let planes = (0..dims.n).map(|b| {
             let o = (b * c + ch) * hw;
-            let (ps, pd) = lanes::sum_and_centered_dot(&dy[o..o + hw], &x[o..o + hw], mean[ch]);
-            s += ps as f64;
-            d += pd as f64;
-        }
+            [&dy[o..o + hw], &x[o..o + hw]]
+        });
+        let [s, d] = rows::plane_sums(rows::CenteredDot(mean[ch]), planes);
         (s as f32, d as f32)
     });
     (sdy, sdxm)
 }
 
+/// dbeta = `Σ dy` and dgamma = `Σ dy (x - mean) invstd` from [`channel_grad_sums`], where
+/// wanted.
+fn write_affine_grads(
+    sdy: &[f32],
+    sdxm: &[f32],
+    invstd: &[f32],
+    dgamma: Option<&mut [f32]>,
+    dbeta: Option<&mut [f32]>,
+) {
+    if let Some(db) = dbeta {
+        db.copy_from_slice(sdy);
+    }
+    if let Some(dg) = dgamma {
+        for ((g, &s), &is) in dg.iter_mut().zip(sdxm).zip(invstd) {
+            *g = s * is;
+        }
+    }
+}
+
 /// An element pass over `out` (laid out like the input), in parallel runs when big enough:
-/// small planes call `small(offset, sample_out)` once per sample, large planes call
-/// `plane(channel, offset, plane_out)` once per plane; `offset` locates the output in the input.
-fn for_each_plane(
+/// small planes call `small(offset, sample_out)` once per sample; each large plane is the lane
+/// function and input planes `plane(channel, offset)` gives, mapped ([`rows::map_planes`]);
+/// `offset` locates the output in the input.
+fn for_each_plane<'a, L: LanesN<N>, const N: usize>(
     out: &mut [f32],
     dims: ChannelDims,
     small: impl Fn(usize, &mut [f32]) + Sync + Send,
-    plane: impl Fn(usize, usize, &mut [f32]) + Sync + Send,
+    plane: impl Fn(usize, usize) -> (L, [&'a [f32]; N]) + Sync + Send,
 ) {
     let (c, hw) = (dims.c, dims.hw);
     if out.is_empty() {
@@ -245,11 +267,12 @@ fn for_each_plane(
     }
     parallel::for_each_item_run_mut(out, hw, pieces, |first, run| {
         // Count channels rather than take `p % c` per plane.
-        let mut ch = first % c;
-        for (k, out) in run.chunks_exact_mut(hw).enumerate() {
-            plane(ch, (first + k) * hw, out);
-            ch = if ch + 1 == c { 0 } else { ch + 1 };
-        }
+        let planes = (first..).scan(first % c, |ch, p| {
+            let this = *ch;
+            *ch = if this + 1 == c { 0 } else { this + 1 };
+            Some(plane(this, p * hw))
+        });
+        rows::map_planes(planes, run, hw);
     });
 }
 
@@ -280,7 +303,7 @@ pub fn channel_scale_shift(
                 *y = v * s + t;
             }
         },
-        |ch, o, out| lanes::scale_shift(&x[o..o + hw], scale[ch], shift[ch], out),
+        |ch, o| (rows::ScaleShift(scale[ch], shift[ch]), [&x[o..o + hw]]),
     );
 }
 
@@ -304,7 +327,14 @@ fn channel_affine2(dy: &[f32], x: &[f32], dims: ChannelDims, kpq: [&[f32]; 3], d
                 *d = k * g + (p * v + q);
             }
         },
-        |ch, o, out| lanes::affine2(&dy[o..o + hw], &x[o..o + hw], k[ch], p[ch], q[ch], out),
+        |ch, o| {
+            let f = rows::Affine2 {
+                k: k[ch],
+                p: p[ch],
+                q: q[ch],
+            };
+            (f, [&dy[o..o + hw], &x[o..o + hw]])
+        },
     );
 }
 
@@ -366,14 +396,7 @@ pub fn batch_norm_train_backward(
     dims.check("batch_norm_train_backward", x.len());
     let c = dims.c;
     let (sdy, sdxm) = channel_grad_sums(dy, x, dims, mean);
-    if let Some(db) = grads.dbeta {
-        db.copy_from_slice(&sdy);
-    }
-    if let Some(dg) = grads.dgamma {
-        for ch in 0..c {
-            dg[ch] = sdxm[ch] * invstd[ch];
-        }
-    }
+    write_affine_grads(&sdy, &sdxm, invstd, grads.dgamma, grads.dbeta);
     if let Some(dx) = grads.dx {
         dims.check("batch_norm_train_backward", dx.len());
         // dx = k (dy - mean(dy) - xhat mean(dy xhat)), k = gamma invstd, rewritten as
@@ -409,14 +432,7 @@ pub fn batch_norm_eval_backward(
     dims.check("batch_norm_eval_backward", x.len());
     if grads.dgamma.is_some() || grads.dbeta.is_some() {
         let (sdy, sdxm) = channel_grad_sums(dy, x, dims, mean);
-        if let Some(db) = grads.dbeta {
-            db.copy_from_slice(&sdy);
-        }
-        if let Some(dg) = grads.dgamma {
-            for ch in 0..dims.c {
-                dg[ch] = sdxm[ch] * invstd[ch];
-            }
-        }
+        write_affine_grads(&sdy, &sdxm, invstd, grads.dgamma, grads.dbeta);
     }
     if let Some(dx) = grads.dx {
         dims.check("batch_norm_eval_backward", dx.len());
@@ -447,8 +463,43 @@ fn check_layer_norm(x: &[f32], d: usize, gamma: Option<&[f32]>, beta: Option<&[f
     );
 }
 
+/// Layer norm of the `d`-element rows of `x` into `y`, each row's
+/// `(mean, rstd)` into `stats` when given: one dispatch for the run.
+struct LayerNormRows<'a> {
+    x: &'a [f32],
+    d: usize,
+    gamma: Option<&'a [f32]>,
+    beta: Option<&'a [f32]>,
+    eps: f32,
+    y: &'a mut [f32],
+    stats: Option<(&'a mut [f32], &'a mut [f32])>,
+}
+
+impl SimdFn for LayerNormRows<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn call<S: Simd>(self, s: S) {
+        let Self {
+            x, d, gamma, beta, ..
+        } = self;
+        let mut stats = self.stats;
+        for (j, (xr, yr)) in x
+            .chunks_exact(d)
+            .zip(self.y.chunks_exact_mut(d))
+            .enumerate()
+        {
+            let (m, r) = layer_norm_row(s, xr, gamma, beta, self.eps, yr);
+            if let Some((mean, rstd)) = stats.as_mut() {
+                (mean[j], rstd[j]) = (m, r);
+            }
+        }
+    }
+}
+
 /// Normalise one row into `y`; returns its `(mean, rstd)`.
-fn layer_norm_row(
+#[inline(always)]
+fn layer_norm_row<S: Simd>(
+    s: S,
     x: &[f32],
     gamma: Option<&[f32]>,
     beta: Option<&[f32]>,
@@ -456,12 +507,12 @@ fn layer_norm_row(
     y: &mut [f32],
 ) -> (f32, f32) {
     let d = x.len() as f32;
-    let m = lanes::sum(x) / d;
-    let r = 1.0 / (lanes::sum_sq_dev(x, m) / d + eps).sqrt();
+    let m = simd::sums(s, simd::Sum, [x])[0] / d;
+    let r = 1.0 / (simd::sums(s, rows::SqDev(m), [x])[0] / d + eps).sqrt();
     if let (Some(g), Some(b)) = (gamma, beta) {
-        lanes::normalize_affine(x, m, r, g, b, y);
+        simd::map(s, rows::Normalize(m, r), [x, g, b], y);
     } else {
-        lanes::scale_shift(x, r, -m * r, y);
+        simd::map(s, rows::ScaleShift(r, -m * r), [x], y);
         if let Some(g) = gamma {
             y.iter_mut().zip(g).for_each(|(y, g)| *y *= g);
         }
@@ -494,10 +545,15 @@ pub fn layer_norm_forward(
     let rows = x.len() / d;
     let (mut mean, mut rstd) = (vec![0.0f32; rows], vec![0.0f32; rows]);
     let run = |first: usize, y: &mut [f32], mean: &mut [f32], rstd: &mut [f32]| {
-        for (j, yr) in y.chunks_exact_mut(d).enumerate() {
-            let xr = &x[(first + j) * d..][..d];
-            (mean[j], rstd[j]) = layer_norm_row(xr, gamma, beta, eps, yr);
-        }
+        simd::dispatch(LayerNormRows {
+            x: &x[first * d..][..y.len()],
+            d,
+            gamma,
+            beta,
+            eps,
+            y,
+            stats: Some((mean, rstd)),
+        })
     };
     match rows_per_piece(x.len(), d) {
         None => run(0, y, &mut mean, &mut rstd),
@@ -523,9 +579,15 @@ pub fn layer_norm_infer(
     check_layer_norm(x, d, gamma, beta);
     assert_eq!(x.len(), y.len(), "layer_norm_infer: lengths differ");
     parallel::for_each_item_run_mut(y, d, parallel::rowwise_pieces(y.len()), |first, run| {
-        for (j, yr) in run.chunks_exact_mut(d).enumerate() {
-            layer_norm_row(&x[(first + j) * d..][..d], gamma, beta, eps, yr);
-        }
+        simd::dispatch(LayerNormRows {
+            x: &x[first * d..][..run.len()],
+            d,
+            gamma,
+            beta,
+            eps,
+            y: run,
+            stats: None,
+        })
     });
 }
 
@@ -545,6 +607,32 @@ struct LayerNormSaved<'a> {
 /// row `first`) and their dgamma/dbeta contributions added into `dg`/`db`.
 fn layer_norm_backward_rows(
     sv: LayerNormSaved,
+    rows: (usize, usize),
+    dx: Option<&mut [f32]>,
+    dg: Option<&mut [f32]>,
+    db: Option<&mut [f32]>,
+) {
+    struct Run<'a>(
+        LayerNormSaved<'a>,
+        (usize, usize),
+        [Option<&'a mut [f32]>; 3],
+    );
+    impl SimdFn for Run<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn call<S: Simd>(self, s: S) {
+            let [dx, dg, db] = self.2;
+            layer_norm_backward_rows_with(s, self.0, self.1, dx, dg, db);
+        }
+    }
+    simd::dispatch(Run(sv, rows, [dx, dg, db]))
+}
+
+/// [`layer_norm_backward_rows`] with the ISA `s`.
+#[inline(always)]
+fn layer_norm_backward_rows_with<S: Simd>(
+    s: S,
+    sv: LayerNormSaved,
     (first, rows): (usize, usize),
     mut dx: Option<&mut [f32]>,
     mut dg: Option<&mut [f32]>,
@@ -555,26 +643,27 @@ fn layer_norm_backward_rows(
     for j in 0..rows {
         let r = first + j;
         let (gs, xs) = (&sv.dy[r * d..][..d], &sv.x[r * d..][..d]);
-        let (m, s) = (sv.mean[r], sv.rstd[r]);
+        let (m, rs) = (sv.mean[r], sv.rstd[r]);
         if let Some(dx) = dx.as_deref_mut() {
-            // dx = s (g - mean(g) - xhat mean(g xhat)) with g = dy gamma, xhat = (x - m) s,
-            // rewritten as s g + p x + q.
-            let (s1, s2) = match sv.gamma {
-                Some(w) => lanes::weighted_sum_and_centered_dot(gs, w, xs, m),
-                None => lanes::sum_and_centered_dot(gs, xs, m),
+            // dx = rs (g - mean(g) - xhat mean(g xhat)) with g = dy gamma, xhat = (x - m) rs,
+            // rewritten as rs g + p x + q.
+            let [s1, s2] = match sv.gamma {
+                Some(w) => simd::sums(s, rows::CenteredDot(m), [gs, w, xs]),
+                None => simd::sums(s, rows::CenteredDot(m), [gs, xs]),
             };
-            let (c1, c2) = (s1 / df, s2 * s / df);
-            let p = -s * s * c2;
-            let q = s * s * c2 * m - s * c1;
+            let (c1, c2) = (s1 / df, s2 * rs / df);
+            let p = -rs * rs * c2;
+            let q = rs * rs * c2 * m - rs * c1;
             let out = &mut dx[j * d..][..d];
+            let f = rows::Affine2 { k: rs, p, q };
             match sv.gamma {
-                Some(w) => lanes::weighted_affine2(gs, w, xs, s, p, q, out),
-                None => lanes::affine2(gs, xs, s, p, q, out),
-            }
+                Some(w) => simd::map(s, f, [gs, w, xs], out),
+                None => simd::map(s, f, [gs, xs], out),
+            };
         }
         if let Some(dg) = dg.as_deref_mut() {
             for (g, (&dy, &v)) in dg.iter_mut().zip(gs.iter().zip(xs)) {
-                *g += dy * (v - m) * s;
+                *g += dy * (v - m) * rs;
             }
         }
         if let Some(db) = db.as_deref_mut() {
@@ -657,14 +746,9 @@ mod tests {
     use super::*;
 
     fn data(n: usize, seed: u64, offset: f32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                offset + ((s >> 11) % 10_000) as f32 / 2500.0 - 2.0
-            })
+        crate::simd::test_bits(seed)
+            .take(n)
+            .map(|s| offset + ((s >> 11) % 10_000) as f32 / 2500.0 - 2.0)
             .collect()
     }
 

@@ -9,8 +9,8 @@
 //! PyTorch does (first maximum in row-major window order, NaN wins). Planes are spread over the pool once
 //! a pass is big enough ([`crate::parallel::rowwise_pieces`]).
 
-use crate::norm::lanes;
 use crate::parallel;
+use crate::simd::{self, Scalar, Simd, SimdFn, MAX_LANES};
 use rayon::prelude::*;
 
 /// A 2-D pooling window: `[height, width]` pairs of PyTorch's kernel_size, stride, padding and
@@ -138,9 +138,166 @@ fn padded_row(dims: PoolDims, win: Window2d) -> Vec<f32> {
     vec![f32::NEG_INFINITY; (pw + dims.w).max(span) + 16]
 }
 
+/// `acc = max_nan(acc, x)` element-wise: NaN in either operand gives NaN (PyTorch's rule).
+#[inline(always)]
+fn max_into<S: Simd>(s: S, acc: &mut [f32], x: &[f32]) {
+    assert_eq!(acc.len(), x.len(), "max_into: lengths differ");
+    let body = acc.len() - acc.len() % S::LANES;
+    let (a_body, a_tail) = acc.split_at_mut(body);
+    for (a, x) in a_body
+        .chunks_exact_mut(S::LANES)
+        .zip(x.chunks_exact(S::LANES))
+    {
+        s.store(a, s.max_nan(s.load(a), s.load(x)));
+    }
+    for (a, &v) in a_tail.iter_mut().zip(&x[body..]) {
+        *a = Scalar.max_nan(*a, v);
+    }
+}
+
+/// The vector of `row[at], row[at + STRIDE], ..` (strides 1 and 2), reading `STRIDE LANES`
+/// elements.
+///
+/// # Safety
+/// `at + STRIDE LANES <= row.len()`.
+#[inline(always)]
+unsafe fn load_strided<S: Simd, const STRIDE: usize>(s: S, row: &[f32], at: usize) -> S::V {
+    debug_assert!(at + STRIDE * S::LANES <= row.len());
+    // SAFETY: the caller's contract.
+    let v = unsafe { row.get_unchecked(at..at + STRIDE * S::LANES) };
+    if STRIDE == 1 {
+        s.load(v)
+    } else {
+        s.load_even(v)
+    }
+}
+
+/// How many vectors of outputs, from the first on, have windows (each spanning `span`) that
+/// [`load_strided`] reads inside a row of `len`: the vector from output `o` reads up to offset
+/// `STRIDE o + span + STRIDE LANES`, so vector `v` fits while `STRIDE LANES (v + 1) + span <= len`.
+#[inline(always)]
+fn fitting_vectors<S: Simd>(stride: usize, span: usize, len: usize) -> usize {
+    len.saturating_sub(span) / (stride * S::LANES)
+}
+
+/// `out[o] = max over j < k of row[o stride + j dilation]`, NaN-propagating: the horizontal half
+/// of a separable max-pool over a row already padded with -inf. Strides 1 and 2 are vectorised.
+#[inline(always)]
+fn window_max<S: Simd>(
+    s: S,
+    row: &[f32],
+    (stride, dilation, k): (usize, usize, usize),
+    out: &mut [f32],
+) {
+    #[inline(always)]
+    fn vectors<S: Simd, const STRIDE: usize>(
+        s: S,
+        row: &[f32],
+        (dilation, k): (usize, usize),
+        out: &mut [f32],
+    ) -> usize {
+        let fit = fitting_vectors::<S>(STRIDE, (k - 1) * dilation, row.len());
+        let mut o = 0;
+        for y in out.chunks_exact_mut(S::LANES).take(fit) {
+            // SAFETY (every load): fitting_vectors() bounds the window reads to the row.
+            let mut m = unsafe { load_strided::<S, STRIDE>(s, row, STRIDE * o) };
+            for j in 1..k {
+                // SAFETY: as above.
+                let v = unsafe { load_strided::<S, STRIDE>(s, row, STRIDE * o + j * dilation) };
+                m = s.max_nan(m, v);
+            }
+            s.store(y, m);
+            o += S::LANES;
+        }
+        o
+    }
+    let done = match stride {
+        1 => vectors::<S, 1>(s, row, (dilation, k), out),
+        2 => vectors::<S, 2>(s, row, (dilation, k), out),
+        _ => 0,
+    };
+    for (o, y) in out.iter_mut().enumerate().skip(done) {
+        let base = o * stride;
+        *y = (1..k).fold(row[base], |m, j| {
+            Scalar.max_nan(m, row[base + j * dilation])
+        });
+    }
+}
+
+/// For each output `o`, scanning its window `j = k-1 .. 0`: where `row[o stride + j dilation]`
+/// equals `target[o]`, set `code[o] = base + o stride + j dilation` (wrapping). Called on a
+/// window's rows from last to first, it leaves in `code` the first match in row-major order:
+/// the argmax half of a max-pool with indices. NaN never matches.
+#[inline(always)]
+fn window_match<S: Simd>(
+    s: S,
+    row: &[f32],
+    (stride, dilation, k): (usize, usize, usize),
+    target: &[f32],
+    base: u32,
+    code: &mut [u32],
+) {
+    #[inline(always)]
+    fn vectors<S: Simd, const STRIDE: usize>(
+        s: S,
+        row: &[f32],
+        (dilation, k): (usize, usize),
+        target: &[f32],
+        base: u32,
+        code: &mut [u32],
+    ) -> usize {
+        let fit = fitting_vectors::<S>(STRIDE, (k - 1) * dilation, row.len());
+        let mut steps = [0u32; MAX_LANES];
+        for (i, v) in steps.iter_mut().enumerate() {
+            *v = (i * STRIDE) as u32;
+        }
+        let lane = s.load_u32(&steps);
+        let mut o = 0;
+        for (t, c) in target
+            .chunks_exact(S::LANES)
+            .zip(code.chunks_exact_mut(S::LANES))
+            .take(fit)
+        {
+            let (t, mut acc) = (s.load(t), s.load_u32(c));
+            for j in (0..k).rev() {
+                let off = STRIDE * o + j * dilation;
+                // SAFETY: fitting_vectors() bounds the window reads to the row.
+                let v = unsafe { load_strided::<S, STRIDE>(s, row, off) };
+                let cand = s.add_u32(s.splat_u32(base.wrapping_add(off as u32)), lane);
+                acc = s.select_u32(s.eq(v, t), cand, acc);
+            }
+            s.store_u32(c, acc);
+            o += S::LANES;
+        }
+        o
+    }
+    assert_eq!(target.len(), code.len(), "window_match: lengths differ");
+    let done = match stride {
+        1 => vectors::<S, 1>(s, row, (dilation, k), target, base, code),
+        2 => vectors::<S, 2>(s, row, (dilation, k), target, base, code),
+        _ => 0,
+    };
+    for (o, (c, &t)) in code.iter_mut().zip(target).enumerate().skip(done) {
+        for j in (0..k).rev() {
+            let pos = o * stride + j * dilation;
+            if row[pos] == t {
+                *c = base.wrapping_add(pos as u32);
+            }
+        }
+    }
+}
+
 /// Max-pool one plane: per output row, the vertical max of the window's rows into `row`, then
 /// the window max along it.
-fn max_plane(plane: &[f32], dims: PoolDims, win: Window2d, row: &mut [f32], out: &mut [f32]) {
+#[inline(always)]
+fn max_plane<S: Simd>(
+    s: S,
+    plane: &[f32],
+    dims: PoolDims,
+    win: Window2d,
+    row: &mut [f32],
+    out: &mut [f32],
+) {
     let PoolDims { h, w, out_w, .. } = dims;
     let ([kh, kw], [sh, sw], [ph, pw], [dh, dw]) =
         (win.kernel, win.stride, win.padding, win.dilation);
@@ -154,7 +311,7 @@ fn max_plane(plane: &[f32], dims: PoolDims, win: Window2d, row: &mut [f32], out:
             }
             let src = &plane[r as usize * w..][..w];
             if any {
-                lanes::max_into(mid, src);
+                max_into(s, mid, src);
             } else {
                 mid.copy_from_slice(src);
                 any = true;
@@ -163,7 +320,7 @@ fn max_plane(plane: &[f32], dims: PoolDims, win: Window2d, row: &mut [f32], out:
         if !any {
             mid.fill(f32::NEG_INFINITY);
         }
-        lanes::window_max(row, sw, dw, kw, out_row);
+        window_max(s, row, (sw, dw, kw), out_row);
     }
 }
 
@@ -174,14 +331,56 @@ pub fn max_pool2d(x: &[f32], dims: PoolDims, win: Window2d, y: &mut [f32]) {
     if y.is_empty() {
         return;
     }
-    let (ip, op) = (dims.in_plane(), dims.out_plane());
     let pieces = parallel::rowwise_pieces(x.len());
-    parallel::for_each_item_run_mut(y, op, pieces, |first, run| {
-        let mut row = padded_row(dims, win);
-        for (k, out) in run.chunks_exact_mut(op).enumerate() {
-            max_plane(&x[(first + k) * ip..][..ip], dims, win, &mut row, out);
-        }
+    parallel::for_each_item_run_mut(y, dims.out_plane(), pieces, |first, run| {
+        simd::dispatch(MaxPlanes {
+            x,
+            dims,
+            win,
+            first,
+            y: run,
+            indices: None,
+        })
     });
+}
+
+/// Max-pool of whole planes `first..` of `x` into `y`, and their argmax into `indices` if given.
+struct MaxPlanes<'a> {
+    x: &'a [f32],
+    dims: PoolDims,
+    win: Window2d,
+    first: usize,
+    y: &'a mut [f32],
+    indices: Option<&'a mut [u32]>,
+}
+
+impl SimdFn for MaxPlanes<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn call<S: Simd>(self, s: S) {
+        let Self { x, dims, win, .. } = self;
+        let (ip, op) = (dims.in_plane(), dims.out_plane());
+        let mut row = padded_row(dims, win);
+        let plane = |k: usize| &x[(self.first + k) * ip..][..ip];
+        match self.indices {
+            None => {
+                for (k, out) in self.y.chunks_exact_mut(op).enumerate() {
+                    max_plane(s, plane(k), dims, win, &mut row, out);
+                }
+            }
+            Some(indices) => {
+                for (k, (yp, ixp)) in self
+                    .y
+                    .chunks_exact_mut(op)
+                    .zip(indices.chunks_exact_mut(op))
+                    .enumerate()
+                {
+                    max_plane(s, plane(k), dims, win, &mut row, yp);
+                    argmax_plane(s, plane(k), dims, win, yp, &mut row, ixp);
+                }
+            }
+        }
+    }
 }
 
 /// Index value for an output whose window holds no input element (its value is -inf).
@@ -226,7 +425,9 @@ fn argmax_scalar(plane: &[f32], w: usize, rows: Span, cols: Span, best: f32) -> 
 /// matched last to first against the maxima in SIMD, each row through the same -inf padded row
 /// buffer as [`max_plane`]; -inf maxima (which the padding matches too) and NaN maxima (which
 /// match nothing) are redone by the scalar rule.
-fn argmax_plane(
+#[inline(always)]
+fn argmax_plane<S: Simd>(
+    s: S,
     plane: &[f32],
     dims: PoolDims,
     win: Window2d,
@@ -251,7 +452,7 @@ fn argmax_plane(
             let r = r as usize;
             row[pw..pw + w].copy_from_slice(&plane[r * w..][..w]);
             let base = ((r * w) as u32).wrapping_sub(pw as u32);
-            lanes::window_match(row, (sw, dw, kw), y_row, base, idx_row);
+            window_match(s, row, (sw, dw, kw), y_row, base, idx_row);
         }
         for (ox, (&best, at)) in y_row.iter().zip(idx_row.iter_mut()).enumerate() {
             if best == f32::NEG_INFINITY || best.is_nan() {
@@ -288,21 +489,19 @@ pub fn max_pool2d_with_indices(
         "max_pool2d_with_indices: plane too large"
     );
     win.check();
-    let (ip, op) = (dims.in_plane(), dims.out_plane());
+    let op = dims.out_plane();
     if y.is_empty() {
         return;
     }
     let run = |first: usize, y: &mut [f32], idx: &mut [u32]| {
-        let mut row = padded_row(dims, win);
-        for (k, (yp, ixp)) in y
-            .chunks_exact_mut(op)
-            .zip(idx.chunks_exact_mut(op))
-            .enumerate()
-        {
-            let plane = &x[(first + k) * ip..][..ip];
-            max_plane(plane, dims, win, &mut row, yp);
-            argmax_plane(plane, dims, win, yp, &mut row, ixp);
-        }
+        simd::dispatch(MaxPlanes {
+            x,
+            dims,
+            win,
+            first,
+            y,
+            indices: Some(idx),
+        })
     };
     let pieces = parallel::rowwise_pieces(x.len());
     if pieces <= 1 || dims.planes < 2 {
@@ -456,11 +655,8 @@ pub fn adaptive_avg_pool2d(x: &[f32], dims: PoolDims, y: &mut [f32]) {
     let ip = dims.in_plane();
     let pieces = parallel::rowwise_pieces(x.len());
     if out_h == 1 && out_w == 1 {
-        let inv = 1.0 / ip as f32;
         parallel::for_each_item_run_mut(y, 1, pieces, |first, run| {
-            for (k, o) in run.iter_mut().enumerate() {
-                *o = lanes::sum(&x[(first + k) * ip..][..ip]) * inv;
-            }
+            simd::dispatch(PlaneMeans(&x[first * ip..][..run.len() * ip], ip, run))
         });
         return;
     }
@@ -481,6 +677,20 @@ pub fn adaptive_avg_pool2d(x: &[f32], dims: PoolDims, y: &mut [f32]) {
             }
         }
     });
+}
+
+/// `y[p]` = the mean of plane `p` of `x` (planes of `ip`), one SIMD sum each.
+struct PlaneMeans<'a>(&'a [f32], usize, &'a mut [f32]);
+
+impl SimdFn for PlaneMeans<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn call<S: Simd>(self, s: S) {
+        let inv = 1.0 / self.1 as f32;
+        for (o, plane) in self.2.iter_mut().zip(self.0.chunks_exact(self.1)) {
+            *o = simd::sums(s, simd::Sum, [plane])[0] * inv;
+        }
+    }
 }
 
 /// Backward of [`adaptive_avg_pool2d`].
@@ -520,14 +730,9 @@ mod tests {
     use super::*;
 
     fn data(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 11) % 100_000) as f32 / 25_000.0 - 2.0
-            })
+        crate::simd::test_bits(seed)
+            .take(n)
+            .map(|s| ((s >> 11) % 100_000) as f32 / 25_000.0 - 2.0)
             .collect()
     }
 
@@ -592,7 +797,7 @@ mod tests {
                                 - win.padding[1] as isize;
                             if r >= 0 && c >= 0 && (r as usize) < d.h && (c as usize) < d.w {
                                 let v = x[p * d.h * d.w + r as usize * d.w + c as usize];
-                                m = lanes::max_nan(m, v);
+                                m = Scalar.max_nan(m, v);
                             }
                         }
                     }
@@ -601,6 +806,92 @@ mod tests {
             }
         }
         y
+    }
+
+    /// The row kernels with a chosen ISA (scalar if this CPU lacks it).
+    enum RowOp<'a> {
+        Max(&'a [f32], (usize, usize, usize), &'a mut [f32]),
+        Match(&'a [f32], (usize, usize, usize), &'a [f32], &'a mut [u32]),
+        Into(&'a mut [f32], &'a [f32]),
+    }
+
+    impl SimdFn for RowOp<'_> {
+        type Output = ();
+        fn call<S: Simd>(self, s: S) {
+            match self {
+                RowOp::Max(row, w, out) => window_max(s, row, w, out),
+                RowOp::Match(row, w, t, code) => window_match(s, row, w, t, 1000, code),
+                RowOp::Into(acc, x) => max_into(s, acc, x),
+            }
+        }
+    }
+
+    fn isas() -> [crate::isa::Isa; 2] {
+        [crate::isa::detect(), crate::isa::Isa::Scalar]
+    }
+
+    /// Window max and window match, SIMD and scalar, against their definitions at every stride,
+    /// dilation and window size, with rows exactly as long as the windows need and longer.
+    #[test]
+    fn window_kernels_match_their_definitions() {
+        for out_len in [0usize, 1, 3, 7, 8, 9, 17, 56] {
+            for (stride, dilation, k) in
+                (1..=3).flat_map(|s| (1..=2).flat_map(move |d| (1..=4).map(move |k| (s, d, k))))
+            {
+                for slack in [0, 1, 5, 20] {
+                    let need = (out_len.max(1) - 1) * stride + (k - 1) * dilation + 1;
+                    let len = if out_len == 0 { slack } else { need + slack };
+                    // Few distinct values, so windows hold several copies of their maximum.
+                    let row: Vec<f32> = data(len, (out_len * 31 + k + slack) as u64)
+                        .iter()
+                        .map(|v| (v * 2.0).round())
+                        .collect();
+                    let window = |o: usize| (0..k).map(move |j| o * stride + j * dilation);
+                    let want: Vec<f32> = (0..out_len)
+                        .map(|o| window(o).map(|p| row[p]).fold(f32::MIN, f32::max))
+                        .collect();
+                    let what = format!("out {out_len} s {stride} d {dilation} k {k} +{slack}");
+                    for isa in isas() {
+                        let mut y = vec![0.0; out_len];
+                        let w = (stride, dilation, k);
+                        simd::dispatch_on(isa, RowOp::Max(&row, w, &mut y));
+                        assert_eq!(y, want, "max {what} {isa:?}");
+                        let mut target = want.clone();
+                        if out_len > 2 {
+                            target[1] = f32::NAN;
+                            target[2] = 99.0;
+                        }
+                        let mut code = vec![7u32; out_len];
+                        simd::dispatch_on(isa, RowOp::Match(&row, w, &target, &mut code));
+                        for (o, &c) in code.iter().enumerate() {
+                            let first = window(o).find(|&p| row[p] == target[o]);
+                            assert_eq!(c, first.map_or(7, |p| 1000 + p as u32), "{what}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn row_max_propagates_nan_like_pytorch() {
+        for isa in isas() {
+            for n in [5usize, 8, 19] {
+                let mut acc = data(n, 9);
+                let mut x = data(n, 10);
+                x[n - 1] = f32::NAN;
+                acc[0] = f32::NAN;
+                simd::dispatch_on(isa, RowOp::Into(&mut acc, &x));
+                assert!(acc[0].is_nan() && acc[n - 1].is_nan());
+                assert!(acc[1..n - 1].iter().all(|v| !v.is_nan()));
+                let mut row = data(2 * n + 4, 11);
+                row[4] = f32::NAN;
+                let mut out = vec![0.0; n];
+                simd::dispatch_on(isa, RowOp::Max(&row, (2, 1, 3), &mut out));
+                assert!(out[1].is_nan() && out[2].is_nan() && !out[0].is_nan());
+                assert!(!out[3].is_nan(), "{isa:?} n={n}");
+            }
+        }
     }
 
     #[test]

@@ -108,21 +108,12 @@ impl SimdFn for Sum<'_> {
     }
 }
 
-/// The sum of a row: four vector accumulators per block, blocks added in f64.
+/// The sum of a row: blocks summed by [`simd::sums`] (four vector accumulators), added in f64.
 #[inline(always)]
 fn row_sum<S: Simd>(s: S, row: &[f32]) -> f32 {
     let mut total = 0.0f64;
     for block in row.chunks(4 * S::LANES * LANE_RUN) {
-        let mut acc = [s.zero(); 4];
-        let mut quads = block.chunks_exact(4 * S::LANES);
-        for q in &mut quads {
-            for (k, a) in acc.iter_mut().enumerate() {
-                *a = s.add(*a, s.load(&q[k * S::LANES..]));
-            }
-        }
-        let v = s.add(s.add(acc[0], acc[1]), s.add(acc[2], acc[3]));
-        let tail: f32 = quads.remainder().iter().sum();
-        total += s.reduce_add(v) as f64 + tail as f64;
+        total += simd::sums(s, simd::Sum, [block])[0] as f64;
     }
     total as f32
 }

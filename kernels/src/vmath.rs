@@ -119,17 +119,57 @@ fn poly<S: Simd, const N: usize>(s: S, x: S::V, c: &[f32; N]) -> S::V {
     s.mul_add(odd, x, even)
 }
 
-/// e^x per lane.
+/// `(y, n)` with e^x = y 2^n, for `x` already clamped into [EXP_LO, EXP_HI]: Cody and Waite's
+/// reduction r = x - n ln 2, then y = e^r by the polynomial.
 #[inline(always)]
-pub fn exp_v<S: Simd>(s: S, x: S::V) -> S::V {
-    // Data second in max/min so NaN propagates.
-    let x = s.min(s.splat(EXP_HI), s.max(s.splat(EXP_LO), x));
+fn exp_parts<S: Simd>(s: S, x: S::V) -> (S::V, S::V) {
     let n = s.round(s.mul(x, s.splat(LOG2_E)));
     let r = s.neg_mul_add(n, s.splat(LN2_HI), x);
     let r = s.neg_mul_add(n, s.splat(LN2_LO), r);
     let p = poly(s, r, &EXP_P);
-    let y = s.add(s.mul_add(s.mul(r, r), p, r), s.splat(1.0));
+    (s.add(s.mul_add(s.mul(r, r), p, r), s.splat(1.0)), n)
+}
+
+/// e^x per lane.
+#[inline(always)]
+pub fn exp_v<S: Simd>(s: S, x: S::V) -> S::V {
+    // Data second in max/min so NaN propagates.
+    let (y, n) = exp_parts(s, s.min(s.splat(EXP_HI), s.max(s.splat(EXP_LO), x)));
     s.mul_pow2(y, n)
+}
+
+/// Below this, [`exp_ftz_v`] gives 0: e^x would be under 2^-126, a subnormal.
+pub const EXP_FTZ_BELOW: f32 = -87.336_54;
+/// [`exp_ftz_v`] clamps its argument to this from above: the largest `x` whose `n` is 127.
+const EXP_FTZ_HI: f32 = 88.37;
+
+/// e^x per lane for softmax probabilities that feed a GEMM (attention): results that would be
+/// subnormal are flushed to 0 (a subnormal adds nothing to any sum there but can cost a
+/// microcode assist per multiply), -inf gives 0, NaN propagates, and arguments above 88.37 are
+/// clamped (finite results; a softmax's arguments are at most 0). The same polynomial as
+/// [`exp_v`], equal to it bit for bit in between; the scaling is one exact power-of-two
+/// factor, which the flushed range allows.
+#[inline(always)]
+pub fn exp_ftz_v<S: Simd>(s: S, x: S::V) -> S::V {
+    let xc = s.min(s.splat(EXP_FTZ_HI), s.max(s.splat(EXP_FTZ_BELOW), x));
+    let (y, n) = exp_parts(s, xc);
+    s.select(
+        s.lt(x, s.splat(EXP_FTZ_BELOW)),
+        s.zero(),
+        s.mul(y, s.pow2(n)),
+    )
+}
+
+/// `e^(x - m)` per lane through [`exp_ftz_v`]: the numerator of a softmax whose row maximum
+/// is `m`, for probabilities that feed a GEMM (attention).
+#[derive(Clone, Copy, Debug)]
+pub struct ExpSubFtz(pub f32);
+
+impl UnaryLanes for ExpSubFtz {
+    #[inline(always)]
+    fn apply<S: Simd>(self, s: S, x: S::V) -> S::V {
+        exp_ftz_v(s, s.sub(x, s.splat(self.0)))
+    }
 }
 
 /// tanh(x) per lane.
@@ -258,7 +298,7 @@ impl SimdFn for MapKernel<'_> {
         macro_rules! run {
             ($f:expr) => {
                 match self.x {
-                    Some(x) => simd::map(s, $f, x, self.y),
+                    Some(x) => simd::map(s, $f, [x], self.y),
                     None => simd::map_inplace(s, $f, self.y),
                 }
             };
@@ -269,7 +309,7 @@ impl SimdFn for MapKernel<'_> {
             MathFn::Erf => run!(MathFn::Erf),
             MathFn::NormalCdf => run!(MathFn::NormalCdf),
             MathFn::Sigmoid => run!(MathFn::Sigmoid),
-        }
+        };
     }
 }
 
@@ -468,6 +508,58 @@ pub(crate) mod tests {
         exp(&[88.8, 1000.0, -104.0, -1000.0, 0.0, 88.7], &mut y);
         assert_eq!(&y[..5], &[f32::INFINITY, f32::INFINITY, 0.0, 0.0, 1.0]);
         assert!(y[5].is_finite());
+    }
+
+    /// `x = e^(x - m)` flushed as attention needs it, returning the sum.
+    struct Ftz<'a>(&'a mut [f32], f32);
+
+    impl SimdFn for Ftz<'_> {
+        type Output = f32;
+        fn call<S: Simd>(self, s: S) -> f32 {
+            simd::map_inplace(s, ExpSubFtz(self.1), self.0)
+        }
+    }
+
+    #[test]
+    fn exp_ftz_flushes_underflow_and_propagates_nan() {
+        for isa in isas() {
+            let mut row = vec![0.5f32; 19];
+            row[2] = f32::NAN;
+            row[17] = f32::NAN;
+            row[5] = f32::NEG_INFINITY;
+            row[18] = -200.0;
+            row[7] = -1e30;
+            row[8] = -87.4; // e^x is subnormal: flushed
+            row[9] = -87.3; // e^x is normal: kept
+            let s = simd::dispatch_on(isa, Ftz(&mut row, 0.0));
+            assert!(s.is_nan(), "{isa:?}");
+            assert!(row[2].is_nan() && row[17].is_nan());
+            assert_eq!([row[5], row[18], row[7], row[8]], [0.0; 4], "{isa:?}");
+            assert!(
+                row[9] > f32::MIN_POSITIVE && row[9] < 1.3e-38,
+                "{isa:?}: {}",
+                row[9]
+            );
+            assert!((row[0] - 0.5f32.exp()).abs() <= 2e-7 * row[0]);
+            // Unflushed results are exp's own, to the bit.
+            let xs = grid(-87.33, 88.0, 20_000, &[0.0, 1e-30]);
+            let mut flushed = xs.clone();
+            simd::dispatch_on(isa, Ftz(&mut flushed, 0.0));
+            let mut plain = vec![0.0; xs.len()];
+            eval_on(isa, MathFn::Exp, &xs, &mut plain);
+            assert_eq!(flushed, plain, "{isa:?}");
+            // Clamped above: finite.
+            let mut big = [1000.0f32, 88.37, f32::INFINITY];
+            simd::dispatch_on(isa, Ftz(&mut big, 0.0));
+            assert!(
+                big.iter().all(|v| v.is_finite() && *v > 1e38),
+                "{isa:?}: {big:?}"
+            );
+            // Subtracting the maximum first: the largest entry gives exactly 1.
+            let mut row = [3.0f32, 7.5, -2.0];
+            simd::dispatch_on(isa, Ftz(&mut row, 7.5));
+            assert_eq!(row[1], 1.0);
+        }
     }
 
     #[test]
