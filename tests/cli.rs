@@ -7,8 +7,8 @@
 //! shows tlc's error message, which names that command.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use tlc::engine::{Tensor, TensorStore};
@@ -16,64 +16,8 @@ use tlc_models::checkpoint::Checkpoint;
 use tlc_models::data::fashion_mnist;
 use tlc_models::train::EpochMetrics;
 
-const TLC: &str = env!("CARGO_BIN_EXE_tlc");
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let d = std::env::temp_dir().join(format!("tlc-cli-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        TempDir(d)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tlc(args: &[&str]) -> Output {
-    // Two threads: CI's machine, and tests in parallel should not oversubscribe it further.
-    Command::new(TLC)
-        .args(args)
-        .args(["--threads", "2"])
-        .output()
-        .expect("the tlc binary runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Run and require success, returning stdout.
-fn ok(args: &[&str]) -> String {
-    let out = tlc(args);
-    assert!(
-        out.status.success(),
-        "tlc {args:?} failed ({}):\n{}\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-/// Run and require a clean failure (exit code 1, `error: ...`, no panic), returning stderr.
-fn fails(args: &[&str]) -> String {
-    let out = tlc(args);
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "tlc {args:?}: {err}");
-    assert!(err.starts_with("error: "), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    err
-}
+mod common;
+use common::{fails, ok, text, tlc, TempDir, TLC};
 
 fn log(dir: &Path) -> Vec<EpochMetrics> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))

@@ -7,8 +7,8 @@
 //! dataset-fashion-mnist`; `.ci/run` installs it).
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use tlc::engine::graph::Op;
@@ -16,63 +16,8 @@ use tlc::engine::TensorStore;
 use tlc_models::checkpoint::Checkpoint;
 use tlc_models::tlc::{report, stored_state, CompressState, StopReason};
 
-const TLC: &str = env!("CARGO_BIN_EXE_tlc");
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let d = std::env::temp_dir().join(format!("tlc-compress-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        TempDir(d)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tlc(args: &[&str]) -> Output {
-    Command::new(TLC)
-        .args(args)
-        .args(["--threads", "2"])
-        .output()
-        .expect("the tlc binary runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = tlc(args);
-    assert!(
-        out.status.success(),
-        "tlc {args:?} failed ({}):\n{}\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = tlc(args);
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "tlc {args:?}: {err}");
-    assert!(
-        err.starts_with("error: ") && !err.contains("panicked"),
-        "{err}"
-    );
-    err
-}
+mod common;
+use common::{fails, ok, TempDir, TLC};
 
 /// Whether every element of an XML document is closed in order (no XML crate needed).
 fn well_formed_xml(doc: &str) -> bool {
