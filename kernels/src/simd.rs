@@ -1008,7 +1008,7 @@ mod tests {
             for o in (0..n).step_by(S::LANES) {
                 let v = s.load_even(&self.0[2 * o..]);
                 s.store(&mut even[o..], v);
-                let cand = s.add_u32(s.splat_u32(u32::MAX - 3 + 2 * o as u32), lane);
+                let cand = s.add_u32(s.splat_u32((u32::MAX - 3).wrapping_add(2 * o as u32)), lane);
                 let hit = s.eq(v, s.splat(self.1));
                 let c = s.select_u32(hit, cand, s.load_u32(&code[o..]));
                 s.store_u32(&mut code[o..], c);
