@@ -57,16 +57,23 @@ fn allocations(m: &Model, batch: usize) -> Vec<(String, String, usize)> {
     let mut shape = vec![batch];
     shape.extend_from_slice(plan.input_shape());
     let x = Tensor::randn(&shape, &mut Rng::new(2)).to_vec();
-    for _ in 0..3 {
+    // Warm-up: every worker thread's scratch must have grown to the sizes the steps need.
+    for _ in 0..20 {
         plan.run(&x);
     }
-    let mut counts = vec![0; plan.len()];
-    let mut before = ALLOCS.load(Ordering::SeqCst);
-    plan.run_observed(&x, |i| {
-        let now = ALLOCS.load(Ordering::SeqCst);
-        counts[i] = now - before;
-        before = now;
-    });
+    // Per step, the fewest allocations over several runs: a per-call allocation shows in every
+    // run. (With two threads a step still allocates now and then — about one run in ten on
+    // ResNet-18 — while a worker that rayon rarely hands a task grows its scratch late; that
+    // residue is to be removed, not hidden: see the issue note.)
+    let mut counts = vec![usize::MAX; plan.len()];
+    for _ in 0..5 {
+        let mut before = ALLOCS.load(Ordering::SeqCst);
+        plan.run_observed(&x, |i| {
+            let now = ALLOCS.load(Ordering::SeqCst);
+            counts[i] = counts[i].min(now - before);
+            before = now;
+        });
+    }
     plan.steps()
         .zip(counts)
         .filter(|(_, c)| *c > 0)
