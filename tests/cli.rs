@@ -6,10 +6,7 @@
 //! dataset-fashion-mnist`; `.ci/run` installs it). Without it these tests fail, and the failure
 //! shows tlc's error message, which names that command.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use tlc::engine::{Tensor, TensorStore};
 use tlc_models::checkpoint::Checkpoint;
@@ -17,7 +14,7 @@ use tlc_models::data::fashion_mnist;
 use tlc_models::train::EpochMetrics;
 
 mod common;
-use common::{fails, ok, text, tlc, TempDir, TLC};
+use common::{fails, kill_at, ok, text, tlc, TempDir};
 
 fn log(dir: &Path) -> Vec<EpochMetrics> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
@@ -247,48 +244,16 @@ fn a_run_killed_mid_epoch_resumes_and_finishes() {
         "--out",
         &out_s,
     ];
-    let mut child = Command::new(TLC)
-        .args(args)
-        .args(["--threads", "2"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
-            let _ = tx.send(line);
-        }
+    let threaded = [&args[..], &["--threads", "2"]].concat();
+    kill_at(&threaded, Duration::from_secs(600), |line| {
+        // "epoch 2/3 batch 12/56: ..." before the epoch's last batch.
+        let mid_epoch_2 = line
+            .strip_prefix("epoch 2/3 batch ")
+            .and_then(|r| r.split(':').next())
+            .and_then(|r| r.split_once('/'))
+            .is_some_and(|(b, n)| b != n);
+        mid_epoch_2 && out.join("last.safetensors").exists()
     });
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let mut seen = vec![];
-    let killed = loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(line) => {
-                // "epoch 2/3 batch 12/56: ..." before the epoch's last batch.
-                let mid_epoch_2 = line
-                    .strip_prefix("epoch 2/3 batch ")
-                    .and_then(|r| r.split(':').next())
-                    .and_then(|r| r.split_once('/'))
-                    .is_some_and(|(b, n)| b != n);
-                seen.push(line);
-                if mid_epoch_2 && out.join("last.safetensors").exists() {
-                    child.kill().unwrap();
-                    break true;
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
-            Err(_) => break false,
-        }
-    };
-    let status = child.wait().unwrap();
-    reader.join().unwrap();
-    assert!(
-        killed && !status.success(),
-        "the run was not caught in epoch 2 ({status}):\n{}",
-        seen.join("\n")
-    );
 
     // The checkpoint holds epoch 1, whole; the log agrees.
     let ckpt = Checkpoint::load(out.join("last.safetensors"), None).unwrap();

@@ -6,10 +6,7 @@
 //! Needs Fashion-MNIST in /usr/share/datasets/fashion-mnist (`apt-get install -y
 //! dataset-fashion-mnist`; `.ci/run` installs it).
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use tlc::engine::graph::Op;
 use tlc::engine::TensorStore;
@@ -17,7 +14,7 @@ use tlc_models::checkpoint::Checkpoint;
 use tlc_models::tlc::{report, stored_state, CompressState, StopReason};
 
 mod common;
-use common::{fails, ok, TempDir, TLC};
+use common::{fails, kill_at, ok, TempDir};
 
 /// Whether every element of an XML document is closed in order (no XML crate needed).
 fn well_formed_xml(doc: &str) -> bool {
@@ -157,42 +154,9 @@ fn two_iterations_killed_and_resumed_with_reports() {
         &["--progress", "plain", "--threads", "2"],
     ]
     .concat();
-    let mut child = Command::new(TLC)
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
-            let _ = tx.send(line);
-        }
+    kill_at(&args, Duration::from_secs(300), |line| {
+        line.starts_with("iteration 2 rank trial 3/")
     });
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let mut seen = vec![];
-    let killed = loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(line) => {
-                let now = line.starts_with("iteration 2 rank trial 3/");
-                seen.push(line);
-                if now {
-                    child.kill().unwrap();
-                    break true;
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
-            Err(_) => break false,
-        }
-    };
-    let status = child.wait().unwrap();
-    reader.join().unwrap();
-    assert!(
-        killed && !status.success(),
-        "not caught in iteration 2 ({status}):\n{}",
-        seen.join("\n")
-    );
     // The run holds iteration 1, whole.
     let s1 = state_of(&out.join("last.safetensors"));
     assert_eq!(s1.iterations.len(), 2, "iterations 0 and 1");

@@ -62,3 +62,53 @@ pub fn fails(args: &[&str]) -> String {
     );
     err
 }
+
+/// Run `tlc args` and kill it at the first stderr line for which `at` returns true (or give up
+/// after `limit`); asserts it was killed and did not exit cleanly. Returns the lines seen.
+pub fn kill_at(
+    args: &[&str],
+    limit: std::time::Duration,
+    mut at: impl FnMut(&str) -> bool,
+) -> Vec<String> {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(TLC)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the tlc binary runs");
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + limit;
+    let mut seen = vec![];
+    let killed = loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                let now = at(&line);
+                seen.push(line);
+                if now {
+                    child.kill().expect("kill the run");
+                    break true;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+            Err(_) => break false,
+        }
+    };
+    let status = child.wait().expect("wait for the run");
+    reader.join().expect("the reader thread ends with the pipe");
+    assert!(
+        killed && !status.success(),
+        "the run was not caught ({status}):\n{}",
+        seen.join("\n")
+    );
+    seen
+}
