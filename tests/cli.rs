@@ -277,6 +277,46 @@ fn a_run_killed_mid_epoch_resumes_and_finishes() {
     assert!(again.contains("already finished 3 of 3"), "{again}");
 }
 
+/// VGG's five 2x2 pools do not fit 28x28 images: the error says how to pad them, a run with
+/// `--pad-to 32` trains, and `eval` pads the test images the same way from the checkpoint alone.
+#[test]
+fn small_images_are_padded_for_vgg_and_eval_pads_alike() {
+    let dir = TempDir::new("pad");
+    let out = dir.path("run");
+    let base = [
+        "train",
+        "--model",
+        "vgg16-bn-cifar",
+        "--width",
+        "0.0625",
+        "--in-ch",
+        "1",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "1000",
+        "--batch",
+        "50",
+        "--progress",
+        "quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let e = fails(&base);
+    assert!(e.contains("--pad-to 32"), "{e}");
+    ok(&[&base[..], &["--pad-to", "32"]].concat());
+    let h = log(&out);
+    let acc = h[0].test_acc.expect("the test set is evaluated");
+    let last = out.join("last.safetensors");
+    let info = ok(&["info", "--checkpoint", last.to_str().unwrap()]);
+    assert!(info.contains("32x32"), "{info}");
+    // Unpadded 28x28 images could not even pass the network; the loss pins the same inputs.
+    let ev = ok(&["eval", "--checkpoint", last.to_str().unwrap()]);
+    assert!((eval_accuracy(&ev) - acc).abs() < 1e-4, "{ev} vs {acc}");
+    let loss = h[0].test_loss.expect("the test loss is logged");
+    assert!(ev.contains(&format!("loss {loss:.4}")), "{ev} vs {loss}");
+}
+
 #[test]
 fn missing_or_corrupt_data_is_a_clean_error() {
     let dir = TempDir::new("data");

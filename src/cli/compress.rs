@@ -271,7 +271,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
         _ => "fashion-mnist".to_string(),
     };
     let source = DataSource::parse(&data_arg)?;
-    let (train, test) = source.load()?;
+    let (train, test) = source.load_padded(trained.as_ref().and_then(|t| t.config.pad_to))?;
     let shape = Some(DataShape {
         channels: train.channels,
         side: train.height,
@@ -294,6 +294,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
         ft.batch_size = c.batch_size;
         ft.eval_batch_size = c.eval_batch_size;
         ft.augment = c.augment;
+        ft.pad_to = c.pad_to;
         ft.seed = c.seed;
         ft.train_limit = c.train_limit;
         ft.test_limit = c.test_limit;

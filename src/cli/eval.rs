@@ -69,7 +69,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
     };
     let source = DataSource::parse(&data_arg)?;
-    let (train, test) = source.load()?;
+    let (train, test) = source.load_padded(stored_cfg.as_ref().and_then(|c| c.pad_to))?;
     let shape = Some(DataShape {
         channels: train.channels,
         side: train.height,

@@ -106,6 +106,10 @@ pub struct TrainArgs {
     /// Evaluate on the first this many test images.
     #[arg(long)]
     pub test_limit: Option<usize>,
+    /// Zero-pad the images to this side length (centred), e.g. 32 so 28x28 Fashion-MNIST passes
+    /// VGG's five 2x2 pools. Stored in the checkpoint; evaluation and compression pad the same way.
+    #[arg(long)]
+    pub pad_to: Option<usize>,
     /// Evaluate the test set after every epoch (false: after the last only). [default: true]
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub test_every_epoch: Option<bool>,
@@ -135,6 +139,9 @@ impl TrainArgs {
         }
         if self.clip_grad_norm.is_some() {
             c.clip_grad_norm = self.clip_grad_norm;
+        }
+        if self.pad_to.is_some() {
+            c.pad_to = self.pad_to;
         }
         if self.train_limit.is_some() {
             c.train_limit = self.train_limit;
@@ -195,7 +202,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     let mut cfg = args.config_over(&base);
     let source = DataSource::parse(&cfg.data)?;
-    let (train, test) = source.load()?;
+    let (train, test) = source.load_padded(cfg.pad_to)?;
     if args.crop_padding.is_none() {
         cfg.augment.crop_padding = if train.height >= 32 { 4 } else { 2 };
     }

@@ -103,6 +103,37 @@ impl Dataset {
         self.subset(&idx)
     }
 
+    /// The images zero-padded (centred) to `side` x `side`, e.g. Fashion-MNIST's 28x28 to the 32x32
+    /// that networks with five stride-2 stages (VGG) need.
+    pub fn pad_to(&self, side: usize) -> Result<Dataset> {
+        let (h, w) = (self.height, self.width);
+        if side < h || side < w {
+            return Err(Error::Config(format!(
+                "cannot pad {h}x{w} images to {side}x{side}: padding only enlarges"
+            )));
+        }
+        let (top, left) = ((side - h) / 2, (side - w) / 2);
+        let planes = self.len() * self.channels;
+        let mut pixels = vec![0u8; planes * side * side];
+        for (src, dst) in self
+            .pixels
+            .chunks_exact(h * w)
+            .zip(pixels.chunks_exact_mut(side * side))
+        {
+            for (y, row) in src.chunks_exact(w).enumerate() {
+                let at = (top + y) * side + left;
+                dst[at..at + w].copy_from_slice(row);
+            }
+        }
+        Ok(Dataset {
+            pixels,
+            labels: self.labels.clone(),
+            height: side,
+            width: side,
+            ..self.clone_meta()
+        })
+    }
+
     /// Split off a validation set: a seeded random `val_fraction` of the images, the rest for
     /// training. Deterministic for a given seed.
     pub fn split(&self, val_fraction: f32, seed: u64) -> Result<(Dataset, Dataset)> {
@@ -173,5 +204,26 @@ mod tests {
         let (_, v3) = d.split(0.2, 6).unwrap();
         assert_ne!(v1.pixels, v3.pixels);
         assert!(d.split(1.0, 0).is_err());
+    }
+
+    #[test]
+    fn padding_centres_each_plane() {
+        // Two 2-channel 2x2 images padded to 4x4: each plane lands at rows/cols 1..3.
+        let d = Dataset::new((1..=16).collect(), vec![0, 1], (2, 2, 2), 2).unwrap();
+        let p = d.pad_to(4).unwrap();
+        assert_eq!((p.len(), p.channels, p.height, p.width), (2, 2, 4, 4));
+        assert_eq!(p.labels, d.labels);
+        let plane = |img: usize, c: usize| &p.image(img)[c * 16..(c + 1) * 16];
+        #[rustfmt::skip]
+        assert_eq!(plane(1, 1), &[0, 0, 0, 0,
+                                  0, 13, 14, 0,
+                                  0, 15, 16, 0,
+                                  0, 0, 0, 0]);
+        assert_eq!(
+            plane(0, 0).iter().map(|&v| v as u32).sum::<u32>(),
+            1 + 2 + 3 + 4
+        );
+        assert_eq!(d.pad_to(2).unwrap().pixels, d.pixels);
+        assert!(d.pad_to(1).is_err());
     }
 }

@@ -82,6 +82,9 @@ pub struct TrainConfig {
     /// The data set as given on the command line (`fashion-mnist`, or a directory), so a resumed
     /// run finds its data; empty for data supplied in memory.
     pub data: String,
+    /// Zero-pad every image to this side length before anything else (absent in older checkpoints).
+    #[serde(default)]
+    pub pad_to: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -109,6 +112,7 @@ impl Default for TrainConfig {
             test_limit: None,
             test_every_epoch: true,
             data: String::new(),
+            pad_to: None,
         }
     }
 }

@@ -80,6 +80,15 @@ impl DataSource {
         }
     }
 
+    /// The (train, test) sets, zero-padded to `pad_to` x `pad_to` when given.
+    pub fn load_padded(&self, pad_to: Option<usize>) -> Result<(Dataset, Dataset)> {
+        let (train, test) = self.load()?;
+        match pad_to {
+            Some(side) => Ok((train.pad_to(side)?, test.pad_to(side)?)),
+            None => Ok((train, test)),
+        }
+    }
+
     /// The class names, in label order.
     pub fn class_names(&self) -> &'static [&'static str] {
         match self {
@@ -160,9 +169,9 @@ impl Splits {
         })
     }
 
-    /// Load `source` and split it.
+    /// Load `source` (padded as `cfg` says) and split it.
     pub fn load(source: &DataSource, cfg: &TrainConfig) -> Result<Splits> {
-        let (train, test) = source.load()?;
+        let (train, test) = source.load_padded(cfg.pad_to)?;
         Splits::new(train, Some(test), cfg)
     }
 }

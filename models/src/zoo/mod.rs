@@ -147,11 +147,17 @@ pub fn build(spec: &ArchSpec) -> Result<(Graph, LinearInit)> {
     };
     graph.validate().map_err(|e| {
         Error::Config(format!(
-            "{} does not fit a {}x{}x{} input: {e}",
+            "{} does not fit a {}x{}x{} input: {e}{}",
             spec.arch.name(),
             spec.in_ch,
             spec.image[0],
-            spec.image[1]
+            spec.image[1],
+            // Five 2x2 pools need a side of at least 32; small images can be zero-padded.
+            if spec.image[0] < 32 {
+                " (for small images, pad them when training: --pad-to 32)"
+            } else {
+                ""
+            }
         ))
     })?;
     Ok((graph, init))
