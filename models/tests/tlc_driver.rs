@@ -6,7 +6,8 @@ use tlc_engine::graph::Op;
 use tlc_engine::TensorStore;
 use tlc_models::checkpoint::Checkpoint;
 use tlc_models::tlc::{
-    report, stored_state, CompressConfig, CompressState, Compressor, StopReason, LAST,
+    iteration_file, report, stored_state, CompressConfig, CompressState, Compressor, StopReason,
+    COMPRESSED, FINAL, LAST,
 };
 use tlc_models::train::synthetic::{bars, Difficulty};
 use tlc_models::train::{init_model, AugmentConfig, Silent, Splits, TrainConfig, Trainer};
@@ -238,4 +239,70 @@ fn stops_at_the_target_and_at_the_accuracy_floor() {
         assert_eq!(s.iterations.len(), 1);
         assert_eq!(s.best, 0);
     }
+}
+
+/// `final_epochs`: once the loop stops, the result is fine-tuned further with its masks held; it
+/// becomes the result, and a resumed run that has nothing left to do keeps it (and does not tune
+/// again).
+#[test]
+fn final_fine_tuning_tunes_the_result_and_a_resume_keeps_it() {
+    let dir = TempDir::new("final");
+    let cfg = CompressConfig {
+        final_epochs: 1,
+        ..config(2)
+    };
+    let mut c = Compressor::new(
+        trained(),
+        "memory",
+        cfg.clone(),
+        splits(),
+        Some(dir.0.clone()),
+        vec![],
+    )
+    .unwrap();
+    assert_eq!(c.run(&mut Silent).unwrap(), StopReason::MaxIters);
+    let s = c.state().clone();
+    let f = s.final_tune.clone().expect("the final fine-tuning ran");
+    assert_eq!((f.iteration, f.fine_tune.len()), (s.best, 1));
+    assert!(f.removed.is_empty() && f.accepted);
+    assert_eq!(f.removed_total, s.iterations[s.best].removed_total);
+    assert!(f.test_acc.is_some() && f.train_acc.is_some());
+
+    // The tuned model: other weights than the iteration's, OFF channels still exactly zero.
+    let tuned = Checkpoint::load(&dir.0.join(FINAL), None)
+        .unwrap()
+        .checkpoint
+        .model;
+    let untuned = Checkpoint::load(&dir.0.join(iteration_file(s.best)), None)
+        .unwrap()
+        .checkpoint
+        .model;
+    let masks = s.masks_through(s.best);
+    assert!(!masks.is_empty());
+    let mut changed = false;
+    for m in &masks {
+        let t = tuned.get(&m.param).unwrap().to_vec();
+        let row = t.len() / tuned.get(&m.param).unwrap().shape()[0];
+        for &ch in &m.channels {
+            assert!(
+                t[ch * row..(ch + 1) * row].iter().all(|&v| v == 0.0),
+                "{}",
+                m.param
+            );
+        }
+        changed |= t != untuned.get(&m.param).unwrap().to_vec();
+    }
+    assert!(changed, "fine-tuning changed no masked layer's weights");
+    let bytes = |name: &str| std::fs::read(dir.0.join(name)).unwrap();
+    assert_eq!(bytes(COMPRESSED), bytes(FINAL));
+    let csv = std::fs::read_to_string(dir.0.join(report::REPORT_CSV)).unwrap();
+    assert!(csv.lines().last().unwrap().starts_with("final,"), "{csv}");
+
+    // Resumed with nothing left to do: the result stays the tuned model, tuned once.
+    let (ckpt, state) = load(&dir.0);
+    assert_eq!(state.final_tune, s.final_tune);
+    let mut r = Compressor::resume(ckpt, state, splits(), Some(dir.0.clone())).unwrap();
+    assert_eq!(r.run(&mut Silent).unwrap(), StopReason::MaxIters);
+    assert_eq!(r.state().final_tune, s.final_tune);
+    assert_eq!(bytes(COMPRESSED), bytes(FINAL));
 }

@@ -78,6 +78,11 @@ pub struct CompressArgs {
     /// Stop after this many iterations (a larger value on --resume continues).
     #[arg(long)]
     pub max_iters: Option<usize>,
+    /// Once the loop stops, fine-tune its result this many more epochs (same settings, OFF
+    /// channels held at zero): written as final.safetensors, and as the result
+    /// (compressed.safetensors) if it still meets the accuracy criteria. [default: 0]
+    #[arg(long)]
+    pub final_epochs: Option<usize>,
     /// Report training accuracy on this many training images (0: skip). [default: 5000]
     #[arg(long)]
     pub train_eval_limit: Option<usize>,
@@ -160,7 +165,8 @@ impl CompressArgs {
             };
         }
         set!(rank_batches => rank_batches, calib_batches => calib_batches,
-             max_per_iter => max_per_iter, train_eval_limit => train_eval_limit);
+             max_per_iter => max_per_iter, train_eval_limit => train_eval_limit,
+             final_epochs => final_epochs);
         macro_rules! set_opt {
             ($($flag:ident),*) => { $(if self.$flag.is_some() { c.$flag = self.$flag; })* };
         }
@@ -386,7 +392,8 @@ fn resume(args: CompressArgs) -> Result<()> {
     if !differ.is_empty() {
         return Err(CliError::Usage(format!(
             "--resume continues the stored run; only the stopping criteria (--target-removed, \
-             --min-acc, --max-acc-drop, --max-iters) may change, but these differ: {}",
+             --min-acc, --max-acc-drop, --max-iters) and --final-epochs may change, but these \
+             differ: {}",
             differ.join("; ")
         )));
     }
@@ -409,12 +416,21 @@ fn drive(mut c: Compressor, out: &std::path::Path, reporter: &mut CompressReport
     let reason = c.run(reporter)?;
     let s = c.state();
     println!("stopped: {}", reason.describe());
-    let best = &s.iterations[s.best];
+    let tuned = s
+        .final_tune
+        .as_ref()
+        .filter(|f| f.iteration == s.best && f.accepted);
+    let best = tuned.unwrap_or(&s.iterations[s.best]);
     let base = &s.iterations[0];
     println!(
-        "result: iteration {} ({} of {} activations removed): val {} (start {}), test {} \
+        "result: iteration {}{} ({} of {} activations removed): val {} (start {}), test {} \
          (start {}); {} -> {} active parameters, {} -> {} active MACs per image",
         best.iteration,
+        if tuned.is_some() {
+            " after the final fine-tuning"
+        } else {
+            ""
+        },
         best.removed_total,
         base.activations_left,
         pct(best.val_acc),
@@ -426,6 +442,12 @@ fn drive(mut c: Compressor, out: &std::path::Path, reporter: &mut CompressReport
         group_digits(base.footprint.macs_active),
         group_digits(best.footprint.macs_active),
     );
+    if s.final_tune.is_some() {
+        println!(
+            "final fine-tuning: {}",
+            out.join(tlc_models::tlc::FINAL).display()
+        );
+    }
     println!(
         "checkpoints {} (result), {} .. {}; report {}, {}, {}, {}, {}",
         out.join(COMPRESSED).display(),
@@ -623,6 +645,30 @@ impl CompressProgress for CompressReporter {
         };
         let chosen: Vec<String> = r.chosen.iter().map(|a| why(a)).collect();
         println!("  removing {}", chosen.join(", "));
+    }
+
+    fn final_start(&mut self, best: usize, epochs: usize) {
+        self.clear();
+        println!("== final fine-tuning of iteration {best}: {epochs} epoch(s)");
+    }
+
+    fn final_end(&mut self, r: &IterationRecord, _state: &CompressState) {
+        self.clear();
+        println!(
+            "  final: val {} (before {}){}{}  {:.0} s{}",
+            pct(r.val_acc),
+            r.val_acc_before_ft.map_or("-".into(), pct),
+            r.test_acc
+                .map_or(String::new(), |t| format!("  test {}", pct(t))),
+            r.train_acc
+                .map_or(String::new(), |t| format!("  train {}", pct(t))),
+            r.seconds,
+            if r.accepted {
+                ""
+            } else {
+                "  (fails the accuracy criteria: the result stays the untuned iteration)"
+            }
+        );
     }
 
     fn iteration_end(&mut self, r: &IterationRecord, state: &CompressState) {

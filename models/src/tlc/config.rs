@@ -75,6 +75,11 @@ pub struct CompressConfig {
     /// Fine-tuning after each removal and the data split: `epochs` per iteration (0: no
     /// fine-tuning), optimizer, schedule, batch sizes, seed, validation fraction, data set.
     pub finetune: TrainConfig,
+    /// Once the loop stops, fine-tune its result (the last accepted iteration) this many more
+    /// epochs with the same settings and masks: the reference re-trains fully after each removal,
+    /// which short per-iteration fine-tuning only approximates (0: none; absent in older runs).
+    #[serde(default)]
+    pub final_epochs: usize,
 }
 
 impl Default for CompressConfig {
@@ -90,6 +95,7 @@ impl Default for CompressConfig {
             max_iters: None,
             train_eval_limit: 5000,
             finetune: CompressConfig::default_finetune(),
+            final_epochs: 0,
         }
     }
 }
@@ -144,13 +150,15 @@ impl CompressConfig {
         Ok(())
     }
 
-    /// The same configuration with the stopping criteria of `other` (what `--resume` may change).
+    /// The same configuration with the stopping criteria and the final fine-tuning of `other`
+    /// (what `--resume` may change).
     pub fn with_stops_of(&self, other: &CompressConfig) -> CompressConfig {
         CompressConfig {
             target_removed: other.target_removed,
             min_acc: other.min_acc,
             max_acc_drop: other.max_acc_drop,
             max_iters: other.max_iters,
+            final_epochs: other.final_epochs,
             ..self.clone()
         }
     }

@@ -37,6 +37,8 @@ pub const COMPRESS_KEY: &str = "tlc.compress";
 pub const LAST: &str = "last.safetensors";
 /// The checkpoint of the last iteration that met the accuracy criteria: the result.
 pub const COMPRESSED: &str = "compressed.safetensors";
+/// The result after the final fine-tuning (`CompressConfig::final_epochs`).
+pub const FINAL: &str = "final.safetensors";
 /// Layout version of [`CompressState`].
 pub const STATE_FORMAT: u32 = 1;
 
@@ -143,18 +145,37 @@ pub struct CompressState {
     pub best: usize,
     /// Why the run stopped, once it has.
     pub stopped: Option<StopReason>,
+    /// The final fine-tuning of iteration `best` (its `iteration` field), once done: no removal,
+    /// `fine_tune` holds its epochs (absent in older runs).
+    #[serde(default)]
+    pub final_tune: Option<IterationRecord>,
 }
 
 impl CompressState {
     /// Every mask in force: inherited, then each iteration's.
     pub fn masks(&self) -> Vec<ChannelMask> {
+        self.masks_through(self.iterations.len())
+    }
+
+    /// The masks in force after iteration `last`: inherited, then iterations 1..=last.
+    pub fn masks_through(&self, last: usize) -> Vec<ChannelMask> {
         let mut m = self.inherited_masks.clone();
-        for it in &self.iterations {
+        for it in self.iterations.iter().take(last + 1) {
             for r in &it.removed {
                 m.extend(r.masks.iter().cloned());
             }
         }
         m
+    }
+
+    /// Whether the final fine-tuning the configuration asks for is still to be done.
+    pub fn final_tune_pending(&self) -> bool {
+        let epochs = self.config.final_epochs;
+        let done = self
+            .final_tune
+            .as_ref()
+            .is_some_and(|f| f.iteration == self.best && f.fine_tune.len() == epochs);
+        epochs > 0 && self.best > 0 && !done
     }
 
     /// Activations removed so far, in order.
@@ -229,6 +250,10 @@ pub trait CompressProgress: Progress {
     fn ranked(&mut self, _r: &Ranking) {}
     /// An iteration finished and its checkpoint and reports are written.
     fn iteration_end(&mut self, _r: &IterationRecord, _state: &CompressState) {}
+    /// The final fine-tuning of iteration `best` begins.
+    fn final_start(&mut self, _best: usize, _epochs: usize) {}
+    /// The final fine-tuning finished (`r.iteration` is the iteration it tuned).
+    fn final_end(&mut self, _r: &IterationRecord, _state: &CompressState) {}
 }
 
 impl CompressProgress for Silent {}
@@ -293,6 +318,7 @@ impl Compressor {
             iterations: vec![],
             best: 0,
             stopped: None,
+            final_tune: None,
         };
         Compressor::with_state(ckpt.model, ckpt.spec, state, splits, out)
     }
@@ -476,6 +502,12 @@ impl Compressor {
             if let Some(reason) = self.state.stop_reason() {
                 self.state.stopped = Some(reason);
                 self.save(self.state.best + 1 == self.state.iterations.len())?;
+                if self.state.final_tune_pending() {
+                    self.final_tune(p)?;
+                } else if self.final_is_result() {
+                    // `save` just rewrote the result with the untuned iteration.
+                    self.copy_to_result(FINAL)?;
+                }
                 return Ok(reason);
             }
             self.iteration(p)?;
@@ -606,12 +638,108 @@ impl Compressor {
         Ok(())
     }
 
+    /// The model of iteration `i`: the current one for the last iteration, else its checkpoint.
+    fn iteration_model(&self, i: usize) -> Result<Model> {
+        if i + 1 == self.state.iterations.len() {
+            return Ok(self.model.clone());
+        }
+        let dir = self.out.as_ref().ok_or_else(|| {
+            Error::Config(format!(
+                "fine-tuning iteration {i}, not the last, needs the run's directory"
+            ))
+        })?;
+        Ok(Checkpoint::load(&dir.join(iteration_file(i)), None)?
+            .checkpoint
+            .model)
+    }
+
+    /// Fine-tune the result (iteration `best`) `final_epochs` more epochs with its masks held,
+    /// evaluate it, and write it as `final.safetensors` — and as `compressed.safetensors` when it
+    /// still meets the accuracy criteria.
+    fn final_tune<P: CompressProgress>(&mut self, p: &mut P) -> Result<()> {
+        let start = Instant::now();
+        let best = self.state.best;
+        let cfg = self.state.config.clone();
+        p.final_start(best, cfg.final_epochs);
+        let masks = self.state.masks_through(best);
+        let mut ft = cfg.finetune.clone();
+        ft.epochs = cfg.final_epochs;
+        // A seed no iteration uses (iteration i fine-tunes with seed + i).
+        ft.seed = ft.seed.wrapping_add(1 << 32).wrapping_add(best as u64);
+        ft.test_every_epoch = false;
+        let mut t = Trainer::new(
+            self.iteration_model(best)?,
+            self.spec.clone(),
+            ft,
+            self.splits.clone(),
+            None,
+        )?;
+        t.set_channel_masks(masks.clone())?;
+        t.run(p)?;
+        let history = t.state().history.clone();
+        let last = history.last().expect("final_epochs > 0").clone();
+        // Measure and store the tuned model through the same paths as an iteration's, then put
+        // the last iteration's model back (a resumed run continues from it).
+        let current = std::mem::replace(&mut self.model, t.model().clone());
+        let outcome = (|| {
+            let train = self.eval_on(&self.train_eval, "train", p)?;
+            let from = &self.state.iterations[best];
+            let mut rec = IterationRecord {
+                iteration: best,
+                removed: vec![],
+                removed_total: from.removed_total,
+                activations_left: from.activations_left,
+                ranking: None,
+                val_loss_before_ft: from.val_loss,
+                val_acc_before_ft: Some(from.val_acc),
+                fine_tune: history.clone(),
+                train_acc: train.map(|m| m.accuracy),
+                val_loss: last.val_loss.and_then(finite),
+                val_acc: last.val_acc.expect("validation images exist"),
+                test_loss: last.test_loss.and_then(finite),
+                test_acc: last.test_acc,
+                footprint: footprint(&self.model, &masks)?,
+                accepted: false,
+                seconds: 0.0,
+            };
+            rec.accepted = self.state.accepts(&rec);
+            rec.seconds = start.elapsed().as_secs_f64();
+            self.state.final_tune = Some(rec.clone());
+            if let Some(dir) = &self.out {
+                let store = self.store_of(history);
+                store.save(dir.join(FINAL))?;
+                if rec.accepted {
+                    store.save(dir.join(COMPRESSED))?;
+                }
+            }
+            Ok::<_, Error>(rec)
+        })();
+        self.model = current;
+        let rec = outcome?;
+        // `last` carries the state (now with the final record) for a later --resume.
+        if let Some(dir) = &self.out {
+            self.store().save(dir.join(LAST))?;
+            report::write_all(dir, &self.state)?;
+        }
+        p.final_end(&rec, &self.state);
+        Ok(())
+    }
+
     /// The current model as a checkpoint store with the state in its header.
     fn store(&self) -> TensorStore {
-        let last = self.state.iterations.last();
+        let history = self
+            .state
+            .iterations
+            .last()
+            .map(|r| r.fine_tune.clone())
+            .unwrap_or_default();
+        self.store_of(history)
+    }
+
+    /// The current model as a checkpoint store whose training state holds `history`.
+    fn store_of(&self, history: Vec<EpochMetrics>) -> TensorStore {
         let mut config = self.state.config.finetune.clone();
         config.test_every_epoch = false;
-        let history = last.map(|r| r.fine_tune.clone()).unwrap_or_default();
         let train = TrainState {
             epochs_done: history.len(),
             config,
@@ -648,12 +776,28 @@ impl Compressor {
         report::write_all(dir, &self.state)
     }
 
+    /// Whether the final fine-tuning of the current best iteration is the run's result.
+    fn final_is_result(&self) -> bool {
+        let epochs = self.state.config.final_epochs;
+        self.state.final_tune.as_ref().is_some_and(|f| {
+            epochs > 0
+                && f.iteration == self.state.best
+                && f.fine_tune.len() == epochs
+                && f.accepted
+        })
+    }
+
     /// Make `compressed.safetensors` the best iteration's checkpoint again.
     fn copy_best(&self) -> Result<()> {
+        self.copy_to_result(&iteration_file(self.state.best))
+    }
+
+    /// Copy the checkpoint `name` of the run's directory to `compressed.safetensors`.
+    fn copy_to_result(&self, name: &str) -> Result<()> {
         let Some(dir) = &self.out else {
             return Ok(());
         };
-        let from = dir.join(iteration_file(self.state.best));
+        let from = dir.join(name);
         let bytes = std::fs::read(&from).map_err(|e| tlc_engine::Error::io(&from, e))?;
         let to = dir.join(COMPRESSED);
         write_atomically(&to, |w| {

@@ -4,7 +4,7 @@
 //! (`accuracy.svg`: accuracy against activations removed; `entropy.svg`: each layer's entropy at
 //! each iteration).
 
-use super::driver::CompressState;
+use super::driver::{CompressState, IterationRecord};
 use super::plot;
 use crate::error::Result;
 use std::path::Path;
@@ -71,32 +71,41 @@ fn line(fields: &[String]) -> String {
     f.join(",") + "\n"
 }
 
-/// `report.csv`: one row per iteration (0 is the starting model); activations removed by the
-/// iteration are separated by `;`; accuracies are fractions.
+/// `report.csv`: one row per iteration (0 is the starting model), then `final` for the final
+/// fine-tuning of the result if there was one; activations removed by the iteration are
+/// separated by `;`; accuracies are fractions.
 pub fn report_csv(state: &CompressState) -> String {
     let mut s = REPORT_COLUMNS.join(",") + "\n";
     for r in &state.iterations {
-        let removed: Vec<&str> = r.removed.iter().map(|l| l.act.as_str()).collect();
-        s += &line(&[
-            r.iteration.to_string(),
-            removed.join(";"),
-            r.removed_total.to_string(),
-            r.activations_left.to_string(),
-            opt(r.train_acc),
-            opt(r.val_acc_before_ft),
-            r.val_acc.to_string(),
-            opt(r.test_acc),
-            opt(r.val_loss),
-            opt(r.test_loss),
-            r.footprint.params.to_string(),
-            r.footprint.params_active.to_string(),
-            r.footprint.macs.to_string(),
-            r.footprint.macs_active.to_string(),
-            r.accepted.to_string(),
-            format!("{:.1}", r.seconds),
-        ]);
+        s += &report_row(r, r.iteration.to_string());
+    }
+    // The final fine-tuning of the result, if any: iteration `final`.
+    if let Some(f) = &state.final_tune {
+        s += &report_row(f, "final".into());
     }
     s
+}
+
+fn report_row(r: &IterationRecord, iteration: String) -> String {
+    let removed: Vec<&str> = r.removed.iter().map(|l| l.act.as_str()).collect();
+    line(&[
+        iteration,
+        removed.join(";"),
+        r.removed_total.to_string(),
+        r.activations_left.to_string(),
+        opt(r.train_acc),
+        opt(r.val_acc_before_ft),
+        r.val_acc.to_string(),
+        opt(r.test_acc),
+        opt(r.val_loss),
+        opt(r.test_loss),
+        r.footprint.params.to_string(),
+        r.footprint.params_active.to_string(),
+        r.footprint.macs.to_string(),
+        r.footprint.macs_active.to_string(),
+        r.accepted.to_string(),
+        format!("{:.1}", r.seconds),
+    ])
 }
 
 /// `scores.csv`: for each iteration, every candidate it ranked (scores of the model it started
