@@ -648,7 +648,7 @@ impl Compressor {
                 "fine-tuning iteration {i}, not the last, needs the run's directory"
             ))
         })?;
-        Ok(Checkpoint::load(&dir.join(iteration_file(i)), None)?
+        Ok(Checkpoint::load(dir.join(iteration_file(i)), None)?
             .checkpoint
             .model)
     }
