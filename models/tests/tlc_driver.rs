@@ -269,11 +269,11 @@ fn final_fine_tuning_tunes_the_result_and_a_resume_keeps_it() {
     assert!(f.test_acc.is_some() && f.train_acc.is_some());
 
     // The tuned model: other weights than the iteration's, OFF channels still exactly zero.
-    let tuned = Checkpoint::load(&dir.0.join(FINAL), None)
+    let tuned = Checkpoint::load(dir.0.join(FINAL), None)
         .unwrap()
         .checkpoint
         .model;
-    let untuned = Checkpoint::load(&dir.0.join(iteration_file(s.best)), None)
+    let untuned = Checkpoint::load(dir.0.join(iteration_file(s.best)), None)
         .unwrap()
         .checkpoint
         .model;
