@@ -344,9 +344,8 @@ pub fn merge_layers(model: &Model, names: &[String]) -> Result<Model> {
         let (w2, b2) = (weight(&store, next)?, bias(&store, next));
         let (new_op, nw, nb) = match (&op, &g.node(id).op) {
             (Op::Conv2d(c1), Op::Conv2d(c2)) => {
-                let (spec, nw, nb) =
-                    compose_convs(c1, &w, b.as_deref(), c2, &w2, b2.as_deref())
-                        .ok_or_else(|| bad(format!("`{name}` and `{next}` do not merge exactly")))?;
+                let (spec, nw, nb) = compose_convs(c1, &w, b.as_deref(), c2, &w2, b2.as_deref())
+                    .ok_or_else(|| bad(format!("`{name}` and `{next}` do not merge exactly")))?;
                 (Op::Conv2d(spec), nw, nb)
             }
             (Op::Linear(l1), Op::Linear(l2)) => {
