@@ -242,9 +242,24 @@ impl CostTable {
         Ok(())
     }
 
-    /// The table as JSON.
+    /// The table as JSON: the header fields one per line, then one line per entry.
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("cost tables serialise")
+        let text = |s: &str| serde_json::to_string(s).expect("strings serialise");
+        let entries: Vec<String> = self
+            .entries
+            .iter()
+            .map(|e| serde_json::to_string(e).expect("entries serialise"))
+            .collect();
+        format!(
+            "{{\n  \"format\": {},\n  \"version\": {},\n  \"machine\": {},\n  \"threads\": {},\n  \
+             \"batch\": {},\n  \"entries\": [\n    {}\n  ]\n}}",
+            text(&self.format),
+            self.version,
+            text(&self.machine),
+            self.threads,
+            self.batch,
+            entries.join(",\n    ")
+        )
     }
 
     /// A table from JSON, checked; `source` names it in errors.

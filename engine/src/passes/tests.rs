@@ -628,11 +628,11 @@ fn cost_tables_round_trip_and_bad_ones_are_refused_clearly() {
     );
     refuse(json.replace("tlc-cost-table", "other"), "format `other`");
     refuse(
-        json.replace("\"ms\": 0.1", "\"ms\": -0.1"),
+        json.replace("\"ms\":0.1", "\"ms\":-0.1"),
         "entry 0: time -0.1",
     );
     refuse(
-        json.replace("\"kind\": \"pointwise\"", "\"kind\": \"dense\""),
+        json.replace("\"kind\":\"pointwise\"", "\"kind\":\"dense\""),
         "is called dense but its geometry runs as pointwise",
     );
     let mut no_dw = t.clone();
