@@ -17,8 +17,8 @@
 
 use super::cost::CostModel;
 use super::merge::{
-    compose_specs, fold_residuals, merge_layers, merge_parallel_branches_with, sum_branch_specs,
-    BranchSum,
+    compose_specs, fold_residuals, merge_layers, merge_parallel_branches_with, merged_name,
+    sum_branch_specs, BranchSum,
 };
 use super::{fold_batch_norms, merge_conv_chains, merge_linear_chains, remove_passthrough};
 use crate::error::{Error, Result};
@@ -486,10 +486,18 @@ pub fn collapse_with(
 ) -> Result<(Model, Vec<Decision>)> {
     let mut m = remove_passthrough(&fold_batch_norms(model)?)?;
     let mut log = vec![];
+    // The chains decisions left behind (their layers after the chosen merges) are settled as long
+    // as no later rewrite renames one of their layers.
+    let mut settled: Vec<Vec<String>> = vec![];
     loop {
         let before = m.graph().nodes().len();
-        let decisions = chains(m.graph())?
+        let g = m.graph();
+        let decisions = chains(g)?
             .iter()
+            .filter(|c| {
+                let names: Vec<String> = c.iter().map(|l| g.node(l.id).name.clone()).collect();
+                !settled.contains(&names)
+            })
             .map(|c| decide_chain(&m, c, cost, dead))
             .collect::<Result<Vec<_>>>()?;
         for d in decisions {
@@ -497,6 +505,7 @@ pub fn collapse_with(
                 m = merge_layers(&m, group)
                     .map_err(|e| Error::invalid("collapse", format!("merging {group:?}: {e}")))?;
             }
+            settled.push(d.groups.iter().map(|g| merged_name(g)).collect());
             record(&mut log, d);
         }
         m = sum_branches(&m, cost, &mut log)?;

@@ -305,6 +305,15 @@ pub fn merge_linear_chains(model: &Model) -> Result<Model> {
     })
 }
 
+/// The name [`merge_layers`] gives the merge of `names`: `<first>+<leaf of each other>`.
+pub fn merged_name(names: &[String]) -> String {
+    let mut name = names.first().cloned().unwrap_or_default();
+    for next in names.iter().skip(1) {
+        name = format!("{name}+{}", leaf(next));
+    }
+    name
+}
+
 /// Merge the chain of layers called `names` (each read only by the next; all convolutions or all
 /// linear layers) into one layer named `<first>+<leaf of each other>`, in place of the last.
 /// Fails if a name is missing, the layers do not form such a chain, or a pair does not compose
@@ -361,6 +370,7 @@ pub fn merge_layers(model: &Model, names: &[String]) -> Result<Model> {
         (op, w, b) = (new_op, nw, Some(nb));
         name = format!("{name}+{}", leaf(next));
     }
+    debug_assert_eq!(name, merged_name(names));
     let bias = b.expect("a merge always yields a bias");
     replace(
         g,

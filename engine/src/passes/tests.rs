@@ -499,6 +499,19 @@ fn multiply_accumulates_keep_a_3x3_pair_apart_and_merge_an_inverted_residual() {
     // The depthwise reader keeps every channel: nothing is pruned in the middles.
     assert_eq!(d[0].widths, [3, 12, 12, 5]);
     assert_eq!(c.graph().nodes().len(), 2);
+
+    // A wide 1x1 after it is cheaper apart (5*64 per pixel against 9*3*64 merged in): a partial
+    // grouping, decided once (the merged block and the 1x1 are not decided again).
+    let mut g = m.graph().clone();
+    let last = g.nodes().len() - 1;
+    g.push("pw3", conv(5, 64, 1, 1, 0), &[last]);
+    let m = random_model(g, 6);
+    let (c, d) = check_collapse_with(&m, &CostModel::Macs, &[2, 3, 7, 7]);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].groups, [vec!["pw1", "dw", "pw2"], vec!["pw3"]]);
+    assert!(!d[0].merges_all() && !d[0].keeps_all());
+    assert!(d[0].chosen < d[0].merged.min(d[0].separate), "{d:?}");
+    assert_eq!(c.graph().nodes().len(), 3);
 }
 
 #[test]
