@@ -3,7 +3,9 @@
 //! result exact), and the errors a user meets with a missing or broken table.
 
 use tlc_engine::graph::Op;
-use tlc_engine::passes::{collapse_with, ConvKind, CostModel, CostTable, DeadChannels};
+use tlc_engine::passes::{
+    collapse_with, priced_convs, ConvKind, CostModel, CostTable, DeadChannels,
+};
 use tlc_engine::testing::{assert_close, randomize_model};
 use tlc_engine::tlc::{candidates, linearize, ChannelStats, LayerScore, ScoreSource};
 use tlc_engine::{Model, Rng, Tensor};
@@ -86,6 +88,27 @@ fn calibrate_writes_a_table_and_collapse_decides_each_chain_by_it() {
         .unwrap();
     let out = dir.path("collapsed.safetensors");
     let (s, o) = (src.to_str().unwrap(), out.to_str().unwrap());
+
+    // --checkpoint adds every convolution collapsing that model prices.
+    let grid_len = table.entries.len();
+    let text = ok(&["calibrate", "--quick", "--checkpoint", s, "--out", t]);
+    assert!(
+        text.contains("more convolutions: the ones collapsing"),
+        "{text}"
+    );
+    let table = CostTable::load(&table_path).unwrap();
+    assert!(table.entries.len() > grid_len);
+    for (spec, hw) in priced_convs(&m, DeadChannels::Pruned).unwrap() {
+        let spec = spec.with_bias(true);
+        assert!(
+            table
+                .entries
+                .iter()
+                .any(|e| e.spec() == spec && e.in_hw == hw),
+            "{spec:?} on {hw:?} was not measured"
+        );
+    }
+
     let text = ok(&["collapse", "--checkpoint", s, "--out", o, "--cost-table", t]);
     eprintln!("{text}");
     assert!(

@@ -6,9 +6,11 @@
 //! ones stand for pruned middles) and planes 7x7..112x112, leaving out layers above a MAC budget
 //! (the estimate extrapolates linearly in MACs there). Each layer runs behind a ReLU step; the
 //! time between the two steps' ends is the convolution's alone, with its input fresh in cache as
-//! inside a network (and without the plan's copy of its input).
+//! inside a network (and without the plan's copy of its input). `--checkpoint` adds the exact
+//! layers collapsing that model prices, so odd shapes the grid cannot foresee (a pruned width
+//! that a kernel handles badly) are measured, not interpolated.
 
-use super::{CliError, Result};
+use super::{existing_file, load_checkpoint, CliError, ModelArgs, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
@@ -17,8 +19,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tlc_engine::graph::{ActKind, ConvSpec, Graph, LinearInit, Op};
 use tlc_engine::passes::cost::{conv_macs, ConvKind, CostEntry, CostTable};
+use tlc_engine::passes::{priced_convs, DeadChannels};
 use tlc_engine::plan::Plan;
-use tlc_engine::{Model, Rng};
+use tlc_engine::{Model, Rng, TensorStore};
 
 #[derive(Args, Debug)]
 pub struct CalibrateArgs {
@@ -31,6 +34,11 @@ pub struct CalibrateArgs {
     /// A small grid, each layer timed briefly (a few seconds; a first look, or tests).
     #[arg(long)]
     pub quick: bool,
+    /// Also measure every convolution that collapsing this checkpoint prices (the chains'
+    /// layers with pruned middles, and their merges), so its decisions rest on measurements
+    /// rather than interpolation.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
 }
 
 /// How long each layer is timed.
@@ -107,6 +115,22 @@ fn grid(quick: bool, batch: usize) -> Vec<Point> {
         }
     }
     points
+}
+
+/// Add the convolutions collapsing the checkpoint at `path` prices that `points` lacks; returns
+/// how many.
+fn model_points(path: &std::path::Path, points: &mut Vec<Point>) -> Result<usize> {
+    let path = existing_file(path, "--checkpoint")?;
+    let store = TensorStore::load(&path)?;
+    let loaded = load_checkpoint(&path, &store, &ModelArgs::default(), None)?;
+    let before = points.len();
+    for (spec, hw) in priced_convs(&loaded.checkpoint.model, DeadChannels::Pruned)? {
+        let spec = spec.with_bias(true);
+        if !points.iter().any(|p| p.spec == spec && p.hw == hw) {
+            points.push(Point { spec, hw });
+        }
+    }
+    Ok(points.len() - before)
 }
 
 /// Median milliseconds of `spec`'s plan step on `batch` inputs of `hw` pixels.
@@ -293,7 +317,14 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
             if args.out.is_dir() { &args.out } else { dir }.display()
         )));
     }
-    let points = grid(args.quick, args.batch);
+    let mut points = grid(args.quick, args.batch);
+    if let Some(p) = &args.checkpoint {
+        let added = model_points(p, &mut points)?;
+        println!(
+            "{added} more convolutions: the ones collapsing {} prices",
+            p.display()
+        );
+    }
     let threads = rayon::current_num_threads();
     let machine = machine();
     println!(

@@ -96,6 +96,30 @@ impl Decision {
     }
 }
 
+/// A [`CostModel`] that remembers every convolution it was asked to price.
+struct Pricer<'a> {
+    model: &'a CostModel,
+    asked: RefCell<Vec<(ConvSpec, [usize; 2])>>,
+}
+
+impl<'a> Pricer<'a> {
+    fn new(model: &'a CostModel) -> Pricer<'a> {
+        Pricer {
+            model,
+            asked: RefCell::new(vec![]),
+        }
+    }
+
+    fn conv(&self, spec: &ConvSpec, in_hw: [usize; 2]) -> Result<f64> {
+        self.asked.borrow_mut().push((spec.clone(), in_hw));
+        self.model.conv(spec, in_hw)
+    }
+
+    fn unit(&self) -> &'static str {
+        self.model.unit()
+    }
+}
+
 /// A layer of a chain: its op and the shape it reads (per sample).
 struct Link {
     id: NodeId,
@@ -169,7 +193,7 @@ fn live_rows(m: &Model, name: &str, rows: usize) -> usize {
 /// The chain's layers in a form the grouping search can price.
 struct Pricing<'a> {
     chain: &'a [Link],
-    cost: &'a CostModel,
+    cost: &'a Pricer<'a>,
     /// Channels at boundary `b` (before layer `b`), all of them / the live ones.
     full: Vec<usize>,
     live: Vec<usize>,
@@ -256,7 +280,10 @@ impl Pricing<'_> {
         for i in (0..n).rev() {
             for j in i + 1..=n {
                 let d = self.dense(i, j);
-                for ld in [false, true] {
+                // Only densities some run before i has (none before the chain: false).
+                let reachable =
+                    |ld: bool| (0..i).any(|h| self.dense(h, i) == ld) || (i == 0 && !ld);
+                for ld in [false, true].into_iter().filter(|&ld| reachable(ld)) {
                     let w_in = self.width(i, ld, d);
                     best[at(i, j, ld)] = if j == n {
                         (self.run(i, j, w_in, self.full[n])?, LAST)
@@ -294,7 +321,7 @@ fn shortcut(
     g: &Graph,
     chain: &[Link],
     merged: Option<ConvSpec>,
-    cost: &CostModel,
+    cost: &Pricer<'_>,
 ) -> Result<Option<(String, f64, ConvSpec)>> {
     let (Some(first), Some(last), Some(merged)) = (chain.first(), chain.last(), merged) else {
         return Ok(None);
@@ -339,7 +366,7 @@ fn shortcut(
 fn decide_chain(
     m: &Model,
     chain: &[Link],
-    cost: &CostModel,
+    cost: &Pricer<'_>,
     dead: DeadChannels,
 ) -> Result<Decision> {
     let g = m.graph();
@@ -421,7 +448,7 @@ fn decide_chain(
 
 /// Merge parallel branches where the summed convolution costs no more than the two apart,
 /// recording each decision.
-fn sum_branches(m: &Model, cost: &CostModel, log: &mut Vec<Decision>) -> Result<Model> {
+fn sum_branches(m: &Model, cost: &Pricer<'_>, log: &mut Vec<Decision>) -> Result<Model> {
     let decided = RefCell::new(vec![]);
     let failure = RefCell::new(None);
     let policy = |offer: &BranchSum<'_>| {
@@ -482,6 +509,30 @@ fn record(log: &mut Vec<Decision>, d: Decision) {
 pub fn collapse_with(
     model: &Model,
     cost: &CostModel,
+    dead: DeadChannels,
+) -> Result<(Model, Vec<Decision>)> {
+    collapse_priced(model, &Pricer::new(cost), dead)
+}
+
+/// Every convolution (with the spatial size of its input) [`collapse_with`] prices for `model`
+/// when it decides by multiply-accumulates; without duplicates. Deciding by a table asks for the
+/// same layers wherever it takes the same decisions, so measuring these first makes its
+/// estimates measurements (`tlc calibrate --checkpoint`).
+pub fn priced_convs(model: &Model, dead: DeadChannels) -> Result<Vec<(ConvSpec, [usize; 2])>> {
+    let pricer = Pricer::new(&CostModel::Macs);
+    collapse_priced(model, &pricer, dead)?;
+    let mut out: Vec<(ConvSpec, [usize; 2])> = vec![];
+    for a in pricer.asked.into_inner() {
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    Ok(out)
+}
+
+fn collapse_priced(
+    model: &Model,
+    cost: &Pricer<'_>,
     dead: DeadChannels,
 ) -> Result<(Model, Vec<Decision>)> {
     let mut m = remove_passthrough(&fold_batch_norms(model)?)?;
@@ -564,9 +615,10 @@ mod tests {
             for _ in 0..50 {
                 let full = vec![6, 12, 12, 8, 8, 8, 4];
                 let live = full.iter().map(|&c| 1 + rng.below(c)).collect();
+                let pricer = Pricer::new(&cost);
                 let p = Pricing {
                     chain,
-                    cost: &cost,
+                    cost: &pricer,
                     full,
                     live,
                 };

@@ -11,7 +11,7 @@ pub mod merge;
 pub mod prune;
 pub mod rewrite;
 
-pub use collapse::{collapse, collapse_with, DeadChannels, Decision, DecisionKind};
+pub use collapse::{collapse, collapse_with, priced_convs, DeadChannels, Decision, DecisionKind};
 pub use cost::{ConvKind, CostEntry, CostModel, CostTable};
 pub use fold_bn::fold_batch_norms;
 pub use merge::{

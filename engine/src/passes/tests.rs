@@ -469,6 +469,21 @@ fn a_chain_stays_apart_when_the_table_says_the_merged_kernel_is_slower() {
 }
 
 #[test]
+fn the_convolutions_a_decision_prices_are_listed_for_calibration() {
+    let priced =
+        crate::passes::priced_convs(&pair_with_dead_middle(), DeadChannels::Pruned).unwrap();
+    let expect = [
+        (ConvSpec::new(4, 2, 3, 1, 2).with_bias(true), [8, 8]),
+        (ConvSpec::new(2, 4, 3, 1, 0).with_bias(true), [10, 10]),
+        (ConvSpec::new(4, 4, 5, 1, 2).with_bias(true), [8, 8]),
+    ];
+    assert_eq!(priced.len(), expect.len(), "{priced:?}");
+    for e in &expect {
+        assert!(priced.contains(e), "{e:?} not in {priced:?}");
+    }
+}
+
+#[test]
 fn multiply_accumulates_keep_a_3x3_pair_apart_and_merge_an_inverted_residual() {
     // Without a table: 18 C m MACs apart against 25 C^2 merged.
     let m = pair_with_dead_middle();
