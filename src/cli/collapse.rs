@@ -212,6 +212,15 @@ pub fn run(args: CollapseArgs) -> Result<()> {
     println!("{}", network_line(&loaded));
     let original = &loaded.checkpoint.model;
     let folded = remove_passthrough(&fold_batch_norms(original)?)?;
+    let (g0, g1) = (original.graph(), folded.graph());
+    let count = |g: &Graph, f: fn(&Op) -> bool| g.nodes().iter().filter(|n| f(&n.op)).count();
+    let is_bn = |op: &Op| matches!(op, Op::BatchNorm(_));
+    let is_pass = |op: &Op| matches!(op, Op::Identity | Op::Dropout { .. });
+    println!(
+        "folded {} batch-norm(s) into their layers, dropped {} identity/dropout node(s)",
+        count(g0, is_bn) - count(g1, is_bn),
+        count(g0, is_pass)
+    );
     let mut kept_apart = 0;
     let merged = if args.merge_all {
         println!("merging every exact chain (--merge-all)");
@@ -234,15 +243,7 @@ pub fn run(args: CollapseArgs) -> Result<()> {
         prune_dead_channels(&merged)?
     };
 
-    let (g0, g1, g2) = (original.graph(), folded.graph(), result.graph());
-    let count = |g: &Graph, f: fn(&Op) -> bool| g.nodes().iter().filter(|n| f(&n.op)).count();
-    let is_bn = |op: &Op| matches!(op, Op::BatchNorm(_));
-    let is_pass = |op: &Op| matches!(op, Op::Identity | Op::Dropout { .. });
-    println!(
-        "folded {} batch-norm(s) into their layers, dropped {} identity/dropout node(s)",
-        count(g0, is_bn) - count(g1, is_bn),
-        count(g0, is_pass)
-    );
+    let g2 = result.graph();
     let before: HashMap<&str, &Op> = g1
         .nodes()
         .iter()
