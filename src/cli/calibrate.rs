@@ -310,11 +310,17 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => std::path::Path::new("."),
     };
-    if !dir.is_dir() || args.out.is_dir() {
+    if args.out.is_dir() {
         return Err(CliError::Usage(format!(
-            "--out {}: {} is not a directory to write the table in",
+            "--out {} is a directory; name the table's file",
+            args.out.display()
+        )));
+    }
+    if !dir.is_dir() {
+        return Err(CliError::Usage(format!(
+            "--out {}: there is no directory {} to write it in",
             args.out.display(),
-            if args.out.is_dir() { &args.out } else { dir }.display()
+            dir.display()
         )));
     }
     let mut points = grid(args.quick, args.batch);
@@ -346,7 +352,7 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
     table.save(&args.out)?;
     summary(&table);
     println!(
-        "wrote {} ({} measurements in {:.1} s); use it with `tlc collapse --cost-table {}`",
+        "wrote {} ({} measurements in {:.2} s); use it with `tlc collapse --cost-table {}`",
         args.out.display(),
         table.entries.len(),
         start.elapsed().as_secs_f64(),
