@@ -348,13 +348,13 @@ pub fn merge_layers(model: &Model, names: &[String]) -> Result<Model> {
     let mut op = g.node(first).op.clone();
     let mut w = weight(&store, &names[0])?;
     let mut b = bias(&store, &names[0]);
-    let mut name = names[0].clone();
-    for (&id, next) in ids.iter().zip(names).skip(1) {
+    for (k, (&id, next)) in ids.iter().zip(names).enumerate().skip(1) {
+        let prev = &names[k - 1];
         let (w2, b2) = (weight(&store, next)?, bias(&store, next));
         let (new_op, nw, nb) = match (&op, &g.node(id).op) {
             (Op::Conv2d(c1), Op::Conv2d(c2)) => {
                 let (spec, nw, nb) = compose_convs(c1, &w, b.as_deref(), c2, &w2, b2.as_deref())
-                    .ok_or_else(|| bad(format!("`{name}` and `{next}` do not merge exactly")))?;
+                    .ok_or_else(|| bad(format!("`{prev}` and `{next}` do not merge exactly")))?;
                 (Op::Conv2d(spec), nw, nb)
             }
             (Op::Linear(l1), Op::Linear(l2)) => {
@@ -363,15 +363,13 @@ pub fn merge_layers(model: &Model, names: &[String]) -> Result<Model> {
             }
             _ => {
                 return Err(bad(format!(
-                    "`{name}` and `{next}` are not two convolutions or two linear layers"
+                    "`{prev}` and `{next}` are not two convolutions or two linear layers"
                 )))
             }
         };
         (op, w, b) = (new_op, nw, Some(nb));
-        name = format!("{name}+{}", leaf(next));
     }
-    debug_assert_eq!(name, merged_name(names));
-    let bias = b.expect("a merge always yields a bias");
+    let (name, bias) = (merged_name(names), b.expect("a merge always yields a bias"));
     replace(
         g,
         &mut store,
