@@ -91,6 +91,7 @@ fn collapse_writes_a_self_describing_checkpoint_and_bench_runs_it() {
         src.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
+        "--merge-all",
     ]);
     assert!(text.contains("folded 20 batch-norm(s)"), "{text}");
     assert!(

@@ -1,15 +1,22 @@
-//! `tlc collapse`: write the collapsed form of a checkpoint (every exact evaluation-mode
-//! simplification: batch-norms folded into their layers, identities and dropout dropped, linear
-//! conv/linear chains merged, parallel linear branches summed, residual identities folded, dead
-//! channels pruned) as a self-describing tlc checkpoint whose `tlc.graph` is the rewritten graph.
-//! Prints what was merged per chain and checks the result against the original on random input.
+//! `tlc collapse`: write the collapsed form of a checkpoint as a self-describing tlc checkpoint
+//! whose `tlc.graph` is the rewritten graph: batch-norms folded into their layers, identities and
+//! dropout dropped, linear conv/linear chains merged where that is cheaper (each chain's grouping
+//! chosen by a cost model: measured kernel times from `tlc calibrate`'s table, or MAC counts
+//! without one; `--merge-all` merges every exact chain), parallel linear branches summed, residual
+//! identities folded, dead channels pruned. Prints the decision per chain and what was merged, and
+//! checks the result against the original on random input.
 
-use super::{existing_file, group_digits, load_checkpoint, network_line, ModelArgs, Result};
+use super::{
+    existing_file, group_digits, load_checkpoint, network_line, CliError, ModelArgs, Result,
+};
 use clap::Args;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use tlc_engine::graph::{Graph, Op};
-use tlc_engine::passes::{collapse, fold_batch_norms, prune_dead_channels, remove_passthrough};
+use tlc_engine::passes::{
+    collapse, collapse_with, fold_batch_norms, prune_dead_channels, remove_passthrough, CostModel,
+    CostTable, DeadChannels, Decision, DecisionKind,
+};
 use tlc_engine::plan::Plan;
 use tlc_engine::{Model, Rng, Tensor, TensorStore};
 use tlc_models::checkpoint::Checkpoint;
@@ -25,6 +32,13 @@ pub struct CollapseArgs {
     /// Keep dead channels (all-zero output rows) instead of pruning them.
     #[arg(long)]
     pub no_prune: bool,
+    /// Decide each chain by this machine's measured kernel times (`tlc calibrate` writes the
+    /// table). Without it, chains are decided by multiply-accumulate counts.
+    #[arg(long, conflicts_with = "merge_all")]
+    pub cost_table: Option<PathBuf>,
+    /// Merge every exact chain, whatever it costs.
+    #[arg(long)]
+    pub merge_all: bool,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -66,6 +80,123 @@ fn out_channels(op: &Op) -> Option<usize> {
     }
 }
 
+/// The cost model of `--cost-table`, or MAC counts; says which on stdout.
+fn cost_model(table: Option<&std::path::Path>) -> Result<CostModel> {
+    let Some(path) = table else {
+        println!(
+            "cost model: multiply-accumulate counts (no --cost-table; `tlc calibrate` measures \
+             this machine's kernels)"
+        );
+        return Ok(CostModel::Macs);
+    };
+    let path = existing_file(path, "--cost-table")?;
+    let table = CostTable::load(&path).map_err(|e| {
+        CliError::Usage(format!(
+            "--cost-table: {e} (write one with `tlc calibrate`)"
+        ))
+    })?;
+    println!(
+        "cost model: measured kernel times from {} ({}, {} thread(s), batch {}, {} measurements)",
+        path.display(),
+        table.machine,
+        table.threads,
+        table.batch,
+        table.entries.len()
+    );
+    let threads = rayon::current_num_threads();
+    if table.threads != threads {
+        println!(
+            "note: the table was measured with {} thread(s), this run has {threads}",
+            table.threads
+        );
+    }
+    let here = super::calibrate::machine();
+    if table.machine != here {
+        println!("note: the table was measured on another machine (this is {here})");
+    }
+    Ok(CostModel::Measured(table))
+}
+
+/// `v` with about four significant digits.
+fn num(v: f64) -> String {
+    let digits = if v > 0.0 {
+        (3 - v.log10().floor() as i32).clamp(0, 7) as usize
+    } else {
+        0
+    };
+    format!("{v:.digits$}")
+}
+
+/// One line per decision, then the chains' totals.
+fn print_decisions(decisions: &[Decision], unit: &str) {
+    for d in decisions {
+        let u = d.unit;
+        let choice = if d.merges_all() {
+            "merge".to_string()
+        } else if d.keeps_all() {
+            "keep apart".to_string()
+        } else {
+            let groups: Vec<String> = d.groups.iter().map(|g| g.join("+")).collect();
+            format!("merge as {}", groups.join(" | "))
+        };
+        let line = match d.kind {
+            DecisionKind::Chain => {
+                let widths: Vec<String> = d
+                    .widths
+                    .iter()
+                    .zip(&d.full_widths)
+                    .map(|(w, f)| {
+                        if w < f {
+                            format!("{w}/{f}")
+                        } else {
+                            w.to_string()
+                        }
+                    })
+                    .collect();
+                let absorbs = d
+                    .absorbs
+                    .as_ref()
+                    .map(|a| format!(" (absorbing {a})"))
+                    .unwrap_or_default();
+                format!(
+                    "chain {} (channels {}): merged {} {u}{absorbs}, apart {} {u} -> {choice}{}",
+                    d.layers.join(" > "),
+                    widths.join(" > "),
+                    num(d.merged),
+                    num(d.separate),
+                    if d.merges_all() || d.keeps_all() {
+                        String::new()
+                    } else {
+                        format!(" ({} {u})", num(d.chosen))
+                    }
+                )
+            }
+            DecisionKind::Branches => format!(
+                "branches {}: summed {} {u}, apart {} {u} -> {}",
+                d.layers.join(" + "),
+                num(d.merged),
+                num(d.separate),
+                if d.merges_all() { "sum" } else { "keep apart" }
+            ),
+        };
+        println!("{line}");
+    }
+    let chains: Vec<&Decision> = decisions
+        .iter()
+        .filter(|d| d.kind == DecisionKind::Chain && d.unit == unit)
+        .collect();
+    if !chains.is_empty() {
+        let sum = |f: fn(&Decision) -> f64| chains.iter().map(|d| f(d)).sum::<f64>();
+        println!(
+            "{} chain(s): {} {unit} as chosen; {} {unit} all merged, {} {unit} all apart",
+            chains.len(),
+            num(sum(|d| d.chosen)),
+            num(sum(|d| d.merged)),
+            num(sum(|d| d.separate))
+        );
+    }
+}
+
 fn total_macs(g: &Graph) -> Result<u64> {
     Ok(g.macs()?.iter().sum())
 }
@@ -81,14 +212,7 @@ pub fn run(args: CollapseArgs) -> Result<()> {
     println!("{}", network_line(&loaded));
     let original = &loaded.checkpoint.model;
     let folded = remove_passthrough(&fold_batch_norms(original)?)?;
-    let merged = collapse(&folded)?;
-    let result = if args.no_prune {
-        merged.clone()
-    } else {
-        prune_dead_channels(&merged)?
-    };
-
-    let (g0, g1, g2) = (original.graph(), folded.graph(), result.graph());
+    let (g0, g1) = (original.graph(), folded.graph());
     let count = |g: &Graph, f: fn(&Op) -> bool| g.nodes().iter().filter(|n| f(&n.op)).count();
     let is_bn = |op: &Op| matches!(op, Op::BatchNorm(_));
     let is_pass = |op: &Op| matches!(op, Op::Identity | Op::Dropout { .. });
@@ -97,6 +221,29 @@ pub fn run(args: CollapseArgs) -> Result<()> {
         count(g0, is_bn) - count(g1, is_bn),
         count(g0, is_pass)
     );
+    let mut kept_apart = 0;
+    let merged = if args.merge_all {
+        println!("merging every exact chain (--merge-all)");
+        collapse(&folded)?
+    } else {
+        let cost = cost_model(args.cost_table.as_deref())?;
+        let dead = if args.no_prune {
+            DeadChannels::Kept
+        } else {
+            DeadChannels::Pruned
+        };
+        let (merged, decisions) = collapse_with(&folded, &cost, dead)?;
+        print_decisions(&decisions, cost.unit());
+        kept_apart = decisions.iter().filter(|d| d.keeps_all()).count();
+        merged
+    };
+    let result = if args.no_prune {
+        merged.clone()
+    } else {
+        prune_dead_channels(&merged)?
+    };
+
+    let g2 = result.graph();
     let before: HashMap<&str, &Op> = g1
         .nodes()
         .iter()
@@ -121,7 +268,11 @@ pub fn run(args: CollapseArgs) -> Result<()> {
         println!("absorbed {folded_adds} add(s) (residual identities, parallel branches) into convolutions");
     }
     if chains == 0 && folded_adds == 0 {
-        println!("no linear chain to merge (every layer is followed by a non-linearity)");
+        if kept_apart > 0 {
+            println!("nothing merged: every chain is cheaper kept apart");
+        } else {
+            println!("no linear chain to merge (every layer is followed by a non-linearity)");
+        }
     }
     let merged_ch: HashMap<&str, &Op> = merged
         .graph()

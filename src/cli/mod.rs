@@ -2,6 +2,7 @@
 //! they share: the global options, the architecture flags, and the error type.
 
 mod bench;
+mod calibrate;
 mod collapse;
 mod compress;
 mod demo;
@@ -67,6 +68,9 @@ pub enum Command {
     /// Write the collapsed checkpoint: batch-norms folded, linear chains merged, dead channels
     /// pruned (exact in evaluation mode); prints what was merged per chain.
     Collapse(collapse::CollapseArgs),
+    /// Time convolutions on this machine and write the cost table `collapse --cost-table` decides
+    /// with (merge a chain, or keep it apart with dead channels pruned).
+    Calibrate(calibrate::CalibrateArgs),
     /// Compile a checkpoint into the fused inference plan and time it: median and p90 latency,
     /// peak RSS and a per-step profile.
     Bench(bench::BenchArgs),
@@ -96,6 +100,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Scores(a) => scores::run(a),
         Command::Collapse(a) => collapse::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Calibrate(a) => calibrate::run(a),
     }
 }
 

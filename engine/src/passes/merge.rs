@@ -4,7 +4,7 @@
 //! faster is the caller's decision (see [`MergePolicy`]).
 
 use super::rewrite::{rebuild, without};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::graph::{ConvSpec, Graph, LinearSpec, Model, NodeId, Op};
 use crate::io::TensorStore;
 use crate::tensor::Tensor;
@@ -34,17 +34,11 @@ fn is_depthwise(c: &ConvSpec) -> bool {
     c.groups == c.in_ch && c.in_ch == c.out_ch
 }
 
-/// `conv2 ∘ conv1` as one convolution (TLC.md): kernel `k1 + s1 (k2 - 1)`, stride `s1 s2`, padding
-/// `p1`. Exact only when `conv2` has no padding (TLC's padding relocation ensures it) and both
-/// have unit dilation; `None` otherwise. Depthwise ∘ depthwise stays depthwise.
-pub fn compose_convs(
-    c1: &ConvSpec,
-    w1: &[f32],
-    b1: Option<&[f32]>,
-    c2: &ConvSpec,
-    w2: &[f32],
-    b2: Option<&[f32]>,
-) -> Option<(ConvSpec, Vec<f32>, Vec<f32>)> {
+/// The convolution `conv2 ∘ conv1` is (TLC.md): kernel `k1 + s1 (k2 - 1)`, stride `s1 s2`,
+/// padding `p1`, with a bias. Exact only when `conv2` has no padding (TLC's padding relocation
+/// ensures it) and both have unit dilation; `None` otherwise. Depthwise ∘ depthwise stays
+/// depthwise; any other pair becomes dense.
+pub fn compose_specs(c1: &ConvSpec, c2: &ConvSpec) -> Option<ConvSpec> {
     if c1.dilation != [1, 1]
         || c2.dilation != [1, 1]
         || c2.padding != [0, 0]
@@ -53,18 +47,31 @@ pub fn compose_convs(
         return None;
     }
     let (s, k1, k2) = (c1.stride, c1.kernel, c2.kernel);
-    let k = [k1[0] + s[0] * (k2[0] - 1), k1[1] + s[1] * (k2[1] - 1)];
     let dw = is_depthwise(c1) && is_depthwise(c2);
-    let spec = ConvSpec {
+    Some(ConvSpec {
         in_ch: c1.in_ch,
         out_ch: c2.out_ch,
-        kernel: k,
+        kernel: [k1[0] + s[0] * (k2[0] - 1), k1[1] + s[1] * (k2[1] - 1)],
         stride: [s[0] * c2.stride[0], s[1] * c2.stride[1]],
         padding: c1.padding,
         dilation: [1, 1],
         groups: if dw { c1.in_ch } else { 1 },
         bias: true,
-    };
+    })
+}
+
+/// `conv2 ∘ conv1` as one convolution: its spec ([`compose_specs`]), weight and bias.
+pub fn compose_convs(
+    c1: &ConvSpec,
+    w1: &[f32],
+    b1: Option<&[f32]>,
+    c2: &ConvSpec,
+    w2: &[f32],
+    b2: Option<&[f32]>,
+) -> Option<(ConvSpec, Vec<f32>, Vec<f32>)> {
+    let spec = compose_specs(c1, c2)?;
+    let (s, k1, k2, k) = (c1.stride, c1.kernel, c2.kernel, spec.kernel);
+    let dw = is_depthwise(c1) && is_depthwise(c2);
     let (kk1, kk2, kk) = (k1[0] * k1[1], k2[0] * k2[1], k[0] * k[1]);
     let mid = c1.out_ch;
     // Weight of input channel c into output o: K[o,c,s*u+a] += W2[o,m,u] W1[m,c,a].
@@ -218,7 +225,7 @@ fn leaf(name: &str) -> &str {
 pub type MergePolicy<'a> = &'a dyn Fn(&ConvSpec, &ConvSpec, &ConvSpec) -> bool;
 
 /// Merge every `conv -> conv` pair where the first is read only by the second, the merge is exact
-/// ([`compose_convs`]) and `policy` agrees. The merged node is named `<first>+<second's leaf>`.
+/// ([`compose_specs`]) and `policy` agrees. The merged node is named `<first>+<second's leaf>`.
 pub fn merge_conv_chains_with(model: &Model, policy: MergePolicy<'_>) -> Result<Model> {
     rewrite_all(model, |m, consumers, id| {
         let g = m.graph();
@@ -230,36 +237,16 @@ pub fn merge_conv_chains_with(model: &Model, policy: MergePolicy<'_>) -> Result<
         let Op::Conv2d(c1) = &g.node(a).op else {
             return Ok(None);
         };
-        if consumers[a].len() != 1 {
+        if consumers[a].len() != 1 || a == g.output() {
             return Ok(None);
         }
-        let mut store = m.to_store();
-        let (an, bn) = (g.node(a).name.clone(), n.name.clone());
-        let merged = compose_convs(
-            c1,
-            &weight(&store, &an)?,
-            bias(&store, &an).as_deref(),
-            c2,
-            &weight(&store, &bn)?,
-            bias(&store, &bn).as_deref(),
-        );
-        let Some((spec, w, b)) = merged.filter(|(spec, _, _)| policy(c1, c2, spec)) else {
-            return Ok(None);
-        };
-        let name = format!("{an}+{}", leaf(&bn));
-        replace(
-            g,
-            &mut store,
-            id,
-            NewLayer {
-                name,
-                op: Op::Conv2d(spec),
-                weight: w,
-                bias: b,
-            },
-            &[a],
-        )
-        .map(Some)
+        match compose_specs(c1, c2) {
+            Some(spec) if policy(c1, c2, &spec) => {
+                let names = [g.node(a).name.clone(), n.name.clone()];
+                merge_layers(m, &names).map(Some)
+            }
+            _ => Ok(None),
+        }
     })
 }
 
@@ -268,60 +255,133 @@ pub fn merge_conv_chains(model: &Model) -> Result<Model> {
     merge_conv_chains_with(model, &|_, _, _| true)
 }
 
-/// Merge every `linear -> linear` pair where the first is read only by the second:
-/// `W = W2 W1`, `b = W2 b1 + b2`.
+/// `linear2 ∘ linear1` as one linear layer: `W = W2 W1`, `b = W2 b1 + b2`.
+fn compose_linears(
+    l1: &LinearSpec,
+    w1: &[f32],
+    b1: Option<&[f32]>,
+    l2: &LinearSpec,
+    w2: &[f32],
+    b2: Option<&[f32]>,
+) -> (LinearSpec, Vec<f32>, Vec<f32>) {
+    let (h, i) = (l1.out_f, l1.in_f);
+    let bias_or_zero = |b: Option<&[f32]>, m: usize| b.map_or(0.0, |b| b[m] as f64);
+    let mut w = vec![0f32; l2.out_f * i];
+    let mut b = vec![0f32; l2.out_f];
+    for o in 0..l2.out_f {
+        let row2 = &w2[o * h..][..h];
+        for c in 0..i {
+            w[o * i + c] = (0..h)
+                .map(|m| row2[m] as f64 * w1[m * i + c] as f64)
+                .sum::<f64>() as f32;
+        }
+        b[o] = ((0..h)
+            .map(|m| row2[m] as f64 * bias_or_zero(b1, m))
+            .sum::<f64>()
+            + bias_or_zero(b2, o)) as f32;
+    }
+    let spec = LinearSpec {
+        in_f: i,
+        out_f: l2.out_f,
+        bias: true,
+    };
+    (spec, w, b)
+}
+
+/// Merge every `linear -> linear` pair where the first is read only by the second.
 pub fn merge_linear_chains(model: &Model) -> Result<Model> {
     rewrite_all(model, |m, consumers, id| {
         let g = m.graph();
         let n = g.node(id);
-        let Op::Linear(l2) = &n.op else {
+        let a = n.inputs.first().copied().unwrap_or(0);
+        let (Op::Linear(_), Op::Linear(_)) = (&n.op, &g.node(a).op) else {
             return Ok(None);
         };
-        let a = n.inputs[0];
-        let Op::Linear(l1) = &g.node(a).op else {
-            return Ok(None);
-        };
-        if consumers[a].len() != 1 {
+        if consumers[a].len() != 1 || a == g.output() {
             return Ok(None);
         }
-        let mut store = m.to_store();
-        let (an, bn) = (g.node(a).name.clone(), n.name.clone());
-        let (w1, w2) = (weight(&store, &an)?, weight(&store, &bn)?);
-        let b1 = bias(&store, &an).unwrap_or_else(|| vec![0.0; l1.out_f]);
-        let b2 = bias(&store, &bn).unwrap_or_else(|| vec![0.0; l2.out_f]);
-        let (h, i) = (l1.out_f, l1.in_f);
-        let mut w = vec![0f32; l2.out_f * i];
-        let mut b = vec![0f32; l2.out_f];
-        for o in 0..l2.out_f {
-            let row2 = &w2[o * h..][..h];
-            for c in 0..i {
-                w[o * i + c] = (0..h)
-                    .map(|m| row2[m] as f64 * w1[m * i + c] as f64)
-                    .sum::<f64>() as f32;
-            }
-            b[o] =
-                ((0..h).map(|m| row2[m] as f64 * b1[m] as f64).sum::<f64>() + b2[o] as f64) as f32;
-        }
-        let spec = LinearSpec {
-            in_f: i,
-            out_f: l2.out_f,
-            bias: true,
-        };
-        let name = format!("{an}+{}", leaf(&bn));
-        replace(
-            g,
-            &mut store,
-            id,
-            NewLayer {
-                name,
-                op: Op::Linear(spec),
-                weight: w,
-                bias: b,
-            },
-            &[a],
-        )
-        .map(Some)
+        let names = [g.node(a).name.clone(), n.name.clone()];
+        merge_layers(m, &names).map(Some)
     })
+}
+
+/// The name [`merge_layers`] gives the merge of `names`: `<first>+<leaf of each other>`.
+pub fn merged_name(names: &[String]) -> String {
+    let mut name = names.first().cloned().unwrap_or_default();
+    for next in names.iter().skip(1) {
+        name = format!("{name}+{}", leaf(next));
+    }
+    name
+}
+
+/// Merge the chain of layers called `names` (each read only by the next; all convolutions or all
+/// linear layers) into one layer named `<first>+<leaf of each other>`, in place of the last.
+/// Fails if a name is missing, the layers do not form such a chain, or a pair does not compose
+/// exactly.
+pub fn merge_layers(model: &Model, names: &[String]) -> Result<Model> {
+    let g = model.graph();
+    let bad = |detail: String| Error::invalid("merge", detail);
+    let ids = names
+        .iter()
+        .map(|n| g.find(n).ok_or_else(|| bad(format!("no layer `{n}`"))))
+        .collect::<Result<Vec<NodeId>>>()?;
+    let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else {
+        return Err(bad("no layer to merge".into()));
+    };
+    let consumers = g.consumers();
+    for w in ids.windows(2) {
+        if g.node(w[1]).inputs.first() != Some(&w[0])
+            || consumers[w[0]].len() != 1
+            || w[0] == g.output()
+        {
+            return Err(bad(format!(
+                "`{}` is not read by `{}` alone",
+                g.node(w[0]).name,
+                g.node(w[1]).name
+            )));
+        }
+    }
+    if ids.len() == 1 {
+        return Ok(model.clone());
+    }
+    let mut store = model.to_store();
+    let mut op = g.node(first).op.clone();
+    let mut w = weight(&store, &names[0])?;
+    let mut b = bias(&store, &names[0]);
+    for (k, (&id, next)) in ids.iter().zip(names).enumerate().skip(1) {
+        let prev = &names[k - 1];
+        let (w2, b2) = (weight(&store, next)?, bias(&store, next));
+        let (new_op, nw, nb) = match (&op, &g.node(id).op) {
+            (Op::Conv2d(c1), Op::Conv2d(c2)) => {
+                let (spec, nw, nb) = compose_convs(c1, &w, b.as_deref(), c2, &w2, b2.as_deref())
+                    .ok_or_else(|| bad(format!("`{prev}` and `{next}` do not merge exactly")))?;
+                (Op::Conv2d(spec), nw, nb)
+            }
+            (Op::Linear(l1), Op::Linear(l2)) => {
+                let (spec, nw, nb) = compose_linears(l1, &w, b.as_deref(), l2, &w2, b2.as_deref());
+                (Op::Linear(spec), nw, nb)
+            }
+            _ => {
+                return Err(bad(format!(
+                    "`{prev}` and `{next}` are not two convolutions or two linear layers"
+                )))
+            }
+        };
+        (op, w, b) = (new_op, nw, Some(nb));
+    }
+    let (name, bias) = (merged_name(names), b.expect("a merge always yields a bias"));
+    replace(
+        g,
+        &mut store,
+        last,
+        NewLayer {
+            name,
+            op,
+            weight: w,
+            bias,
+        },
+        &ids[..ids.len() - 1],
+    )
 }
 
 /// Offset at which a kernel of size `kb` with padding `pb` sits inside one of size `ka` with
@@ -331,10 +391,44 @@ fn embed_offset(ka: usize, pa: usize, kb: usize, pb: usize) -> Option<usize> {
     (off + kb <= ka).then_some(off)
 }
 
-/// Sum `add(conv_a(x), conv_b(x))` — two dense convolutions of the same input with the same
-/// stride, each read only by the add — into one convolution with the larger kernel (a main
-/// branch and its downsample shortcut, once both are linear).
-pub fn merge_parallel_branches(model: &Model) -> Result<Model> {
+/// The convolution computing `conv_a(x) + conv_b(x)` (`a` the one with the larger kernel) and
+/// where `b`'s kernel sits inside it, when both read the same pixels with the same stride.
+pub fn sum_branch_specs(ca: &ConvSpec, cb: &ConvSpec) -> Option<(ConvSpec, [usize; 2])> {
+    if ca.stride != cb.stride
+        || ca.dilation != [1, 1]
+        || cb.dilation != [1, 1]
+        || ca.in_ch != cb.in_ch
+        || ca.out_ch != cb.out_ch
+    {
+        return None;
+    }
+    let oy = embed_offset(ca.kernel[0], ca.padding[0], cb.kernel[0], cb.padding[0])?;
+    let ox = embed_offset(ca.kernel[1], ca.padding[1], cb.kernel[1], cb.padding[1])?;
+    let spec = ConvSpec {
+        groups: 1,
+        bias: true,
+        ..ca.clone()
+    };
+    Some((spec, [oy, ox]))
+}
+
+/// A parallel-branch sum on offer: the two convolutions (the one with the larger kernel first),
+/// their node names, the spatial size of the input they share, and the convolution replacing
+/// both.
+pub struct BranchSum<'a> {
+    pub names: [&'a str; 2],
+    pub branches: [&'a ConvSpec; 2],
+    pub merged: &'a ConvSpec,
+    pub in_hw: [usize; 2],
+}
+
+/// Which parallel-branch sums to perform.
+pub type BranchPolicy<'a> = &'a dyn Fn(&BranchSum<'_>) -> bool;
+
+/// Sum `add(conv_a(x), conv_b(x))` — two convolutions of the same input with the same stride,
+/// each read only by the add — into one dense convolution with the larger kernel (a main branch
+/// and its downsample shortcut, once both are linear), where `policy` agrees.
+pub fn merge_parallel_branches_with(model: &Model, policy: BranchPolicy<'_>) -> Result<Model> {
     rewrite_all(model, |m, consumers, id| {
         let g = m.graph();
         let n = g.node(id);
@@ -345,34 +439,33 @@ pub fn merge_parallel_branches(model: &Model) -> Result<Model> {
         let (Op::Conv2d(ca), Op::Conv2d(cb)) = (&g.node(a).op, &g.node(b).op) else {
             return Ok(None);
         };
-        let (mut ca, mut cb) = (ca.clone(), cb.clone());
+        let (mut ca, mut cb) = (ca, cb);
         if cb.kernel[0] * cb.kernel[1] > ca.kernel[0] * ca.kernel[1] {
             std::mem::swap(&mut a, &mut b);
             std::mem::swap(&mut ca, &mut cb);
         }
-        let same_input = g.node(a).inputs[0] == g.node(b).inputs[0];
+        let x = g.node(a).inputs[0];
         let private = consumers[a].len() == 1 && consumers[b].len() == 1 && a != b;
-        if !same_input
-            || !private
-            || ca.stride != cb.stride
-            || ca.dilation != [1, 1]
-            || cb.dilation != [1, 1]
-        {
+        if x != g.node(b).inputs[0] || !private {
             return Ok(None);
         }
-        if ca.in_ch != cb.in_ch || ca.out_ch != cb.out_ch {
-            return Ok(None);
-        }
-        let (Some(oy), Some(ox)) = (
-            embed_offset(ca.kernel[0], ca.padding[0], cb.kernel[0], cb.padding[0]),
-            embed_offset(ca.kernel[1], ca.padding[1], cb.kernel[1], cb.padding[1]),
-        ) else {
+        let Some((spec, [oy, ox])) = sum_branch_specs(ca, cb) else {
             return Ok(None);
         };
-        let mut store = m.to_store();
         let (an, bn) = (g.node(a).name.clone(), g.node(b).name.clone());
-        let mut w = dense_weight(&ca, &weight(&store, &an)?);
-        let wb = dense_weight(&cb, &weight(&store, &bn)?);
+        let xs = &g.infer_shapes()?[x];
+        let offer = BranchSum {
+            names: [&an, &bn],
+            branches: [ca, cb],
+            merged: &spec,
+            in_hw: [xs[1], xs[2]],
+        };
+        if !policy(&offer) {
+            return Ok(None);
+        }
+        let mut store = m.to_store();
+        let mut w = dense_weight(ca, &weight(&store, &an)?);
+        let wb = dense_weight(cb, &weight(&store, &bn)?);
         let (ka, kb) = (ca.kernel, cb.kernel);
         for oc in 0..ca.out_ch * ca.in_ch {
             for u in 0..kb[0] {
@@ -388,14 +481,9 @@ pub fn merge_parallel_branches(model: &Model) -> Result<Model> {
             bias(&store, &bn).unwrap_or(zeros),
         );
         let summed = ba.iter().zip(&bb).map(|(x, y)| x + y).collect();
-        let spec = ConvSpec {
-            groups: 1,
-            bias: true,
-            ..ca
-        };
         // The add becomes the merged conv (reading the shared input); both branches go.
         let mut g2 = g.clone();
-        g2.node_mut(id).inputs = vec![g.node(a).inputs[0]];
+        g2.node_mut(id).inputs = vec![x];
         let name = format!("{an}+{}", leaf(&bn));
         replace(
             &g2,
@@ -411,6 +499,11 @@ pub fn merge_parallel_branches(model: &Model) -> Result<Model> {
         )
         .map(Some)
     })
+}
+
+/// [`merge_parallel_branches_with`] summing every pair it can.
+pub fn merge_parallel_branches(model: &Model) -> Result<Model> {
+    merge_parallel_branches_with(model, &|_| true)
 }
 
 /// Fold `add(conv(x), x)` into the convolution when it maps `x` to the same shape with a centred
