@@ -64,7 +64,7 @@ fn parse_shape(s: &str) -> std::result::Result<Shape, String> {
 }
 
 /// Median and 90th percentile of `v` (sorted in place), in milliseconds.
-fn stats(v: &mut [f64]) -> (f64, f64) {
+pub(super) fn stats(v: &mut [f64]) -> (f64, f64) {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
     let median = if n % 2 == 1 {
@@ -85,7 +85,12 @@ fn peak_rss_mb() -> Option<f64> {
 }
 
 /// Time `f` `warmup` times untimed, then until `iters` runs or `seconds` (at least 10 runs).
-fn time_runs(warmup: usize, iters: usize, seconds: f64, mut f: impl FnMut()) -> Vec<f64> {
+pub(super) fn time_runs(
+    warmup: usize,
+    iters: usize,
+    seconds: f64,
+    mut f: impl FnMut(),
+) -> Vec<f64> {
     for _ in 0..warmup {
         f();
     }

@@ -9,6 +9,7 @@ mod demo;
 mod eval;
 mod infer;
 mod info;
+mod pipeline;
 mod progress;
 mod scores;
 mod train;
@@ -77,6 +78,9 @@ pub enum Command {
     /// A self-contained demo of the engine: a tiny CNN trained with tlc's autograd and SGD on a
     /// synthetic image task for a few seconds.
     Demo(demo::DemoArgs),
+    /// The whole story in one command: train (or load), TLC, calibrate, collapse, and time the
+    /// trained, linearized and collapsed networks at batch 1; writes a summary.
+    Pipeline(pipeline::PipelineArgs),
 }
 
 /// Run the parsed command line.
@@ -90,7 +94,12 @@ pub fn run(cli: Cli) -> Result<()> {
                 detail: e.to_string(),
             })?;
     }
-    match cli.command {
+    dispatch(cli.command)
+}
+
+/// Run one command (the thread pool is set up already).
+fn dispatch(command: Command) -> Result<()> {
+    match command {
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Info(a) => info::run(a),
@@ -100,6 +109,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Scores(a) => scores::run(a),
         Command::Collapse(a) => collapse::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Pipeline(a) => pipeline::run(a),
         Command::Calibrate(a) => calibrate::run(a),
     }
 }
