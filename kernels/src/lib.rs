@@ -16,6 +16,7 @@ pub mod norm;
 pub mod parallel;
 pub mod pool;
 pub mod reduce;
+pub mod scratch;
 pub mod simd;
 pub mod softmax;
 pub mod vmath;

@@ -14,7 +14,7 @@
 //! output-gradient row through the taps; the weight gradient is dot products of rows.
 
 use super::im2col::{valid_range, Geom};
-use super::scratch::with_scratch;
+use crate::scratch::with_scratch;
 use super::{dot, epilogue_row, Conv2dShape, ConvEpilogueOp};
 use crate::activation::Activation;
 use crate::isa::{self, Isa};

@@ -12,7 +12,7 @@
 //! one image alone would give a GEMM too narrow to be efficient).
 
 use super::im2col::{col2im_tile, copy_run, im2col_planes, im2col_tile, Geom};
-use super::scratch::with_scratch;
+use crate::scratch::with_scratch;
 use super::{
     accumulate_in_parts, channel_block, epilogue_row, ranges_per_image, staged_ranges,
     units_balance, with_gemm_epilogue, Conv2dShape, ConvEpilogueOp,

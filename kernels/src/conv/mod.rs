@@ -26,7 +26,6 @@ pub mod general;
 pub mod im2col;
 pub mod naive;
 pub mod pointwise;
-mod scratch;
 pub mod shifted;
 #[cfg(test)]
 mod tests;
@@ -35,7 +34,7 @@ use crate::activation::Activation;
 use crate::gemm::{EpilogueOp, MatRef};
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
 use rayon::prelude::*;
-use scratch::with_staging;
+use crate::scratch::with_staging;
 use std::ops::Range;
 
 /// Stride, padding, dilation (each as `(height, width)`) and groups of a 2-D convolution.

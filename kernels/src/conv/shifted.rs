@@ -24,7 +24,7 @@
 //! price is `ws / OW` extra columns, small for wide planes, hence [`preferred`]'s width bound.
 
 use super::im2col::copy_run;
-use super::scratch::{with_scratch, with_staging};
+use crate::scratch::{with_scratch, with_staging};
 use super::{accumulate_in_parts, epilogue_row, units_balance, Conv2dShape, ConvEpilogueOp};
 use crate::gemm::{gemm_packed_serial, gemm_serial, pack_b, MatMut, MatRef};
 use crate::parallel::{self, CONV_PAR_MIN_MACS};

@@ -25,6 +25,8 @@ use crate::parallel;
 use driver::BSource;
 use spec::Spec;
 
+pub(crate) use scratch::reserve as reserve_scratch;
+
 /// A read-only matrix view: element (i, j) is `data[i * row_stride + j * col_stride]`.
 #[derive(Clone, Copy, Debug)]
 pub struct MatRef<'a> {
