@@ -11,6 +11,7 @@ pub mod attention;
 pub mod conv;
 pub mod elementwise;
 pub mod gemm;
+pub mod half_weights;
 pub mod isa;
 pub mod norm;
 pub mod parallel;
