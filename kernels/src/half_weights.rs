@@ -210,12 +210,20 @@ mod tests {
 
     #[test]
     fn encoding_rounds_to_nearest_within_the_format_precision() {
-        let src: Vec<f32> = (0..1000).map(|i| ((i as f32) * 0.731).sin() * 3.0).collect();
-        for (kind, tol) in [(HalfKind::F16, 2f32.powi(-11)), (HalfKind::Bf16, 2f32.powi(-8))] {
+        let src: Vec<f32> = (0..1000)
+            .map(|i| ((i as f32) * 0.731).sin() * 3.0)
+            .collect();
+        for (kind, tol) in [
+            (HalfKind::F16, 2f32.powi(-11)),
+            (HalfKind::Bf16, 2f32.powi(-8)),
+        ] {
             let h = HalfVec::encode(kind, &src).unwrap();
             assert_eq!(h.bytes(), 2000);
             for (a, b) in src.iter().zip(h.to_f32()) {
-                assert!((a - b).abs() <= tol * a.abs() + 1e-7, "{kind:?}: {a} -> {b}");
+                assert!(
+                    (a - b).abs() <= tol * a.abs() + 1e-7,
+                    "{kind:?}: {a} -> {b}"
+                );
             }
             // Decoding a range decodes those elements.
             let mut part = vec![0.0; 10];

@@ -1213,7 +1213,14 @@ mod half_tests {
 
     #[test]
     fn bf16_widens_to_its_upper_half() {
-        let vals = [0.0f32, -1.5, 3.140625, f32::INFINITY, -f32::MIN_POSITIVE, 1e-40];
+        let vals = [
+            0.0f32,
+            -1.5,
+            3.140625,
+            f32::INFINITY,
+            -f32::MIN_POSITIVE,
+            1e-40,
+        ];
         let bits: Vec<u16> = vals.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
         let mut got = vec![0.0; vals.len()];
         widen_bf16(&bits, &mut got);

@@ -14,11 +14,11 @@
 //! output-gradient row through the taps; the weight gradient is dot products of rows.
 
 use super::im2col::{valid_range, Geom};
-use crate::scratch::with_scratch;
 use super::{dot, epilogue_row, Conv2dShape, ConvEpilogueOp, Weights};
 use crate::activation::Activation;
 use crate::isa::{self, Isa};
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
+use crate::scratch::with_scratch;
 
 /// The widest SIMD vector any kernel here uses, in f32 lanes (AVX2).
 const MAX_LANES: usize = 8;
@@ -443,7 +443,13 @@ fn clamp_bounds(a: Activation) -> Option<(f32, f32)> {
 }
 
 /// Forward (shape has one input channel per group).
-pub fn forward(shape: &Conv2dShape, x: &[f32], w: Weights, out: &mut [f32], epi: &[ConvEpilogueOp]) {
+pub fn forward(
+    shape: &Conv2dShape,
+    x: &[f32],
+    w: Weights,
+    out: &mut [f32],
+    epi: &[ConvEpilogueOp],
+) {
     forward_isa(isa::current(), shape, x, w, out, epi);
 }
 

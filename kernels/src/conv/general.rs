@@ -12,13 +12,13 @@
 //! one image alone would give a GEMM too narrow to be efficient).
 
 use super::im2col::{col2im_tile, copy_run, im2col_planes, im2col_tile, Geom};
-use crate::scratch::with_scratch;
 use super::{
     accumulate_in_parts, channel_block, epilogue_row, gemm_weight_rows, ranges_per_image,
     staged_ranges, units_balance, with_gemm_epilogue, Conv2dShape, ConvEpilogueOp, Weights,
 };
 use crate::gemm::{gemm_serial as gemm, MatMut, MatRef};
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
+use crate::scratch::with_scratch;
 
 /// Target bytes of patch matrix per GEMM call: the tile lives in L2 between im2col and the GEMM.
 pub const TILE_BYTES: usize = 256 * 1024;
@@ -138,7 +138,13 @@ impl Dims {
 }
 
 /// Forward with the default tiling.
-pub fn forward(shape: &Conv2dShape, x: &[f32], w: Weights, out: &mut [f32], epi: &[ConvEpilogueOp]) {
+pub fn forward(
+    shape: &Conv2dShape,
+    x: &[f32],
+    w: Weights,
+    out: &mut [f32],
+    epi: &[ConvEpilogueOp],
+) {
     forward_tiled(shape, tiling(shape), x, w, out, epi);
 }
 

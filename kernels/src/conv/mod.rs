@@ -34,8 +34,8 @@ use crate::activation::Activation;
 use crate::gemm::{gemm_half_a_serial, gemm_serial, EpilogueOp, MatMut, MatRef};
 pub use crate::half_weights::Weights;
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
-use rayon::prelude::*;
 use crate::scratch::with_staging;
+use rayon::prelude::*;
 use std::ops::Range;
 
 /// Stride, padding, dilation (each as `(height, width)`) and groups of a 2-D convolution.

@@ -35,7 +35,13 @@ fn columns(
 }
 
 /// Forward.
-pub fn forward(shape: &Conv2dShape, x: &[f32], w: Weights, out: &mut [f32], epi: &[ConvEpilogueOp]) {
+pub fn forward(
+    shape: &Conv2dShape,
+    x: &[f32],
+    w: Weights,
+    out: &mut [f32],
+    epi: &[ConvEpilogueOp],
+) {
     let plane = shape.in_h * shape.in_w;
     let (cin_g, cout_g, groups) = (
         shape.in_per_group(),

@@ -24,12 +24,12 @@
 //! price is `ws / OW` extra columns, small for wide planes, hence [`preferred`]'s width bound.
 
 use super::im2col::copy_run;
-use crate::scratch::{with_scratch, with_staging};
 use super::{
     accumulate_in_parts, epilogue_row, units_balance, Conv2dShape, ConvEpilogueOp, Weights,
 };
 use crate::gemm::{gemm_packed_serial, gemm_serial, pack_b, MatMut, MatRef};
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
+use crate::scratch::{with_scratch, with_staging};
 
 /// Narrowest output for which [`preferred`] picks this path: the garbage columns cost `pw / OW`.
 const MIN_OUT_W: usize = 10;

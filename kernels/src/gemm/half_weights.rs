@@ -33,9 +33,16 @@ fn rows_per_block(m: usize, depth: usize, mr: usize) -> usize {
 
 /// Decode rows `r0..r0 + rows`, columns `p0..p0 + depth` of the row-major `_ x k` matrix `w` into
 /// `dst` (`rows x depth`, row-major).
-fn decode_block(w: HalfSlice, k: usize, (r0, rows): (usize, usize), (p0, depth): (usize, usize), dst: &mut [f32]) {
+fn decode_block(
+    w: HalfSlice,
+    k: usize,
+    (r0, rows): (usize, usize),
+    (p0, depth): (usize, usize),
+    dst: &mut [f32],
+) {
     if depth == k {
-        w.range(r0 * k..(r0 + rows) * k).decode_into(&mut dst[..rows * k]);
+        w.range(r0 * k..(r0 + rows) * k)
+            .decode_into(&mut dst[..rows * k]);
         return;
     }
     for (i, row) in dst.chunks_exact_mut(depth).take(rows).enumerate() {
@@ -246,7 +253,15 @@ fn rows_times_half(x: MatRef, w: HalfSlice, y: MatMut, epilogue: &Epilogue, thre
                         let ops = if kb + 1 == nkb { epilogue } else { &[] };
                         let beta = if kb == 0 { 0.0 } else { 1.0 };
                         with_block_epilogue(ops, true, (j0 + o, rows), (0, m), |e| {
-                            gemm_threads(spec, MatRef::row_major(blk, rows, depth), xt, beta, c, e, 1)
+                            gemm_threads(
+                                spec,
+                                MatRef::row_major(blk, rows, depth),
+                                xt,
+                                beta,
+                                c,
+                                e,
+                                1,
+                            )
                         });
                     }
                 }
@@ -324,8 +339,18 @@ mod tests {
     #[test]
     fn linear_half_equals_the_f32_product_of_the_decoded_weights() {
         // Batch 1 and more, narrow and wide layers, a depth past one decoded block.
-        for (m, k, n) in [(1, 12, 5), (1, 512, 1000), (1, 5000, 40), (4, 300, 70), (33, 9, 130)] {
-            let kind = if n % 2 == 0 { HalfKind::F16 } else { HalfKind::Bf16 };
+        for (m, k, n) in [
+            (1, 12, 5),
+            (1, 512, 1000),
+            (1, 5000, 40),
+            (4, 300, 70),
+            (33, 9, 130),
+        ] {
+            let kind = if n % 2 == 0 {
+                HalfKind::F16
+            } else {
+                HalfKind::Bf16
+            };
             let w = HalfVec::encode(kind, &data(n * k, 6)).unwrap();
             let x = data(m * k, 7);
             let bias = data(n, 8);

@@ -135,10 +135,7 @@ fn check_a_c(a: &MatRef, k: usize, n: usize, c: &MatMut, epilogue: &Epilogue) {
 
 /// The checks of an `m x n` output and its epilogue's operands.
 fn check_c(m: usize, n: usize, c: &MatMut, epilogue: &Epilogue) {
-    assert!(
-        m == c.rows && n == c.cols,
-        "gemm: output dimensions differ"
-    );
+    assert!(m == c.rows && n == c.cols, "gemm: output dimensions differ");
     assert!(c.in_bounds(), "gemm: view out of bounds");
     assert!(c.row_stride >= c.cols, "gemm: output rows overlap");
     for op in epilogue {
