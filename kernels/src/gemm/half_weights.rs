@@ -6,6 +6,7 @@
 //! per value; the decode is a pass over a block already in cache. Only the block's depth range of
 //! the other operand is read per block, so nothing is packed or copied twice over memory.
 
+use super::epilogue::apply_row;
 use super::{
     check_c, driver, gemm_threads, scale_only, spec, Epilogue, EpilogueOp, MatMut, MatRef,
 };
@@ -13,6 +14,7 @@ use crate::activation::Activation;
 use crate::half_weights::HalfSlice;
 use crate::parallel;
 use crate::scratch::{with_decoded, with_staging};
+use crate::simd::{self, Simd, SimdFn};
 
 /// Floats of decoded weights per block (256 KiB).
 const BLOCK_FLOATS: usize = 1 << 16;
@@ -144,10 +146,10 @@ pub fn gemm_half_a_serial(w: HalfSlice, b: MatRef, beta: f32, c: MatMut, epilogu
 /// (`y.cols x x.cols`, row-major, as stored) are in 16 bits. Split over the pool past the GEMM's
 /// thresholds, by blocks of output features, each task decoding its own rows of `W`.
 ///
-/// One row (batch 1): each block of `W`'s rows is the transposed right operand of a row-vector
-/// product (dot products along contiguous rows). More rows: the blocks compute `Y^T = W * X^T`
-/// into a staging buffer, transposed into `Y` at the end (output-feature blocks of `Y^T` are
-/// contiguous, so the tasks own disjoint slices).
+/// One row (batch 1, memory-bound): dot products that decode `W`'s rows in L1-sized pieces as
+/// they read them ([`HalfRowDots`]). More rows: blocks of `W` decoded into scratch compute
+/// `Y^T = W * X^T` into a staging buffer, transposed into `Y` at the end (output-feature blocks
+/// of `Y^T` are contiguous, so the tasks own disjoint slices).
 pub fn linear_half(x: MatRef, w: HalfSlice, y: MatMut, epilogue: &Epilogue) {
     let (m, k, n) = (x.rows, x.cols, y.cols);
     assert_eq!(w.len(), n * k, "linear_half: weights are not {n} x {k}");
@@ -160,59 +162,80 @@ pub fn linear_half(x: MatRef, w: HalfSlice, y: MatMut, epilogue: &Epilogue) {
         return scale_only(0.0, y, epilogue);
     }
     let threads = driver::threads_for(m, n, k, false);
-    if m == 1 {
-        row_times_half(x, w, y, epilogue, threads);
+    if m == 1 && x.col_stride == 1 {
+        row_times_half(&x.data[..k], w, &mut y.data[..n], epilogue, threads);
     } else {
         rows_times_half(x, w, y, epilogue, threads);
     }
 }
 
-/// [`linear_half`] for one row of `X`.
-fn row_times_half(x: MatRef, w: HalfSlice, y: MatMut, epilogue: &Epilogue, threads: usize) {
-    let spec = spec::current();
-    let (k, n) = (x.cols, y.cols);
+/// Values of each of four weight rows decoded at a time by [`HalfRowDots`]: four rows of them
+/// (4 KiB) stay in L1 between the decode and the dot products.
+const ROW_CHUNK: usize = 256;
+
+/// [`linear_half`] for one contiguous row `x`: the outputs split into chunks over the pool, each
+/// chunk's dot products reading `W`'s rows straight from memory, once.
+fn row_times_half(x: &[f32], w: HalfSlice, y: &mut [f32], epilogue: &Epilogue, threads: usize) {
+    let n = y.len();
     let per = if threads > 1 {
         n.div_ceil(2 * threads).next_multiple_of(16)
     } else {
         n
     };
-    // Long rows keep the dot products streaming; very deep ones are cut into depth blocks.
-    let nkb = k.div_ceil(BLOCK_FLOATS / 16);
-    let depth = k.div_ceil(nkb);
-    parallel::for_each_chunk_mut(&mut y.data[..n], per, threads > 1, |ci, out| {
+    parallel::for_each_chunk_mut(y, per, threads > 1, |ci, out| {
         let j0 = ci * per;
-        let ob = (BLOCK_FLOATS / depth).clamp(1, out.len());
-        with_decoded(ob * depth, |buf| {
-            for o in (0..out.len()).step_by(ob) {
-                let rows = ob.min(out.len() - o);
-                for kb in 0..nkb {
-                    let p0 = kb * depth;
-                    let dk = depth.min(k - p0);
-                    let blk = &mut buf[..rows * dk];
-                    decode_block(w, k, (j0 + o, rows), (p0, dk), blk);
-                    let a = MatRef {
-                        data: &x.data[p0 * x.col_stride..],
-                        cols: dk,
-                        ..x
-                    };
-                    // W's block rows, read as the columns of the right operand.
-                    let b = MatRef {
-                        data: blk,
-                        rows: dk,
-                        cols: rows,
-                        row_stride: 1,
-                        col_stride: dk,
-                    };
-                    let c = MatMut::row_major(&mut out[o..o + rows], 1, rows);
-                    let ops = if kb + 1 == nkb { epilogue } else { &[] };
-                    let beta = if kb == 0 { 0.0 } else { 1.0 };
-                    with_block_epilogue(ops, false, (0, 1), (j0 + o, rows), |e| {
-                        gemm_threads(spec, a, b, beta, c, e, 1)
-                    });
+        simd::dispatch(HalfRowDots { x, w, j0, out });
+        apply_row(epilogue, out, 0, j0);
+    });
+}
+
+/// `out[j] = x · W[j0 + j, :]` over rows of `w` as long as `x`: four rows at a time, each
+/// decoded [`ROW_CHUNK`] values at a time into a stack tile that the dot products read at once,
+/// so the weights cross memory once, at two bytes a value, and the decoded values stay in L1.
+struct HalfRowDots<'a> {
+    x: &'a [f32],
+    w: HalfSlice<'a>,
+    j0: usize,
+    out: &'a mut [f32],
+}
+
+impl SimdFn for HalfRowDots<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn call<S: Simd>(self, s: S) {
+        let Self { x, w, j0, out } = self;
+        let k = x.len();
+        let mut tile = [0.0f32; 4 * ROW_CHUNK];
+        for (g, out4) in out.chunks_mut(4).enumerate() {
+            let rows = out4.len();
+            let (mut acc, mut tail) = ([s.zero(); 4], [0.0f32; 4]);
+            for p0 in (0..k).step_by(ROW_CHUNK) {
+                let len = ROW_CHUNK.min(k - p0);
+                for r in 0..4 {
+                    // A ragged last group repeats its last row (its sums are dropped).
+                    let at = (j0 + 4 * g + r.min(rows - 1)) * k + p0;
+                    w.range(at..at + len)
+                        .decode_into(&mut tile[r * ROW_CHUNK..r * ROW_CHUNK + len]);
+                }
+                let xs = &x[p0..p0 + len];
+                let body = len - len % S::LANES;
+                for i in (0..body).step_by(S::LANES) {
+                    let xv = s.load(&xs[i..]);
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        *a = s.mul_add(xv, s.load(&tile[r * ROW_CHUNK + i..]), *a);
+                    }
+                }
+                for (i, &xv) in xs.iter().enumerate().skip(body) {
+                    for (r, t) in tail.iter_mut().enumerate() {
+                        *t += xv * tile[r * ROW_CHUNK + i];
+                    }
                 }
             }
-        })
-    });
+            for (r, o) in out4.iter_mut().enumerate() {
+                *o = s.reduce_add(acc[r]) + tail[r];
+            }
+        }
+    }
 }
 
 /// [`linear_half`] for several rows of `X`, through `Y^T`.
@@ -379,5 +402,28 @@ mod tests {
             );
             assert_close(&got, &want, &format!("{m}x{k}x{n}"));
         }
+        // One row read through a stride (a column of a matrix) takes the blocked path.
+        let (k, n) = (300, 37);
+        let w = HalfVec::encode(HalfKind::F16, &data(n * k, 11)).unwrap();
+        let xs = data(3 * k, 12);
+        let x = MatRef {
+            data: &xs,
+            rows: 1,
+            cols: k,
+            row_stride: 1,
+            col_stride: 3,
+        };
+        let mut got = vec![f32::NAN; n];
+        linear_half(x, w.as_slice(), MatMut::row_major(&mut got, 1, n), &[]);
+        let mut want = vec![0.0; n];
+        let wd = decoded(&w);
+        super::super::naive_gemm(
+            x,
+            MatRef::row_major(&wd, n, k).t(),
+            0.0,
+            MatMut::row_major(&mut want, 1, n),
+            &[],
+        );
+        assert_close(&got, &want, "strided row");
     }
 }
