@@ -16,12 +16,15 @@
 //!
 //! Weight storage ([`PlanOptions::weights`]): f32, or f16 / bf16 for half the weight memory with
 //! f32 arithmetic. 16-bit weights are rounded once at compile time, after batch-norm folding, and
-//! decoded by the kernels block by block into per-thread scratch where they read weights anyway:
-//! the convolutions' GEMMs decode row-and-depth blocks of the weight matrix, the shifted path
-//! while it stages its weights, the depthwise kernel per channel, and linear layers decode
-//! blocks of `W`'s rows ([`linear_half`]). f16 rounds each weight by at most 2^-11 relatively
-//! (about 5e-4 on the logits of the zoo models), bf16 by 2^-8 (about 3e-3); an f16 weight
-//! beyond ±65504 is a compile error.
+//! decoded by the kernels where they read weights anyway, into per-thread scratch: the
+//! convolutions' GEMMs decode L2-sized row-and-depth blocks of the weight matrix, the shifted
+//! path while it stages its weights, the depthwise kernel per channel; a batch-1 linear layer
+//! decodes `W`'s rows in L1-sized pieces inside its dot products, a batched one decodes blocks
+//! of `W` ([`linear_half`]). The weights then cross memory at two bytes a value, but a layer
+//! that read its f32 weights in place pays one pass over each decoded block in cache. f16
+//! rounds each weight by at most 2^-11 relatively (logits of the zoo models move by about 5e-4
+//! of their largest), bf16 by 2^-8 (about 3e-3); an f16 weight beyond ±65504 is a compile
+//! error.
 //!
 //! Buffers: every value (a step's output, or the input) lives in one physical buffer chosen by
 //! liveness (interval colouring: a buffer is reused once its last reader has run), allocated at

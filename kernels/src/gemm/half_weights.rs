@@ -1,10 +1,12 @@
 //! Products whose weight operand is stored in 16 bits ([`crate::half_weights`]).
 //!
-//! The weights are decoded block by block — at most [`BLOCK_FLOATS`] floats, a block that stays
-//! in L2 — into per-thread scratch, and each block is multiplied by the f32 kernels, which read it
-//! in place (or pack it, as they would any operand). The weights cross memory once, at two bytes
-//! per value; the decode is a pass over a block already in cache. Only the block's depth range of
-//! the other operand is read per block, so nothing is packed or copied twice over memory.
+//! Mostly, the weights are decoded block by block — at most [`BLOCK_FLOATS`] floats, a block that
+//! stays in L2 — into per-thread scratch, and each block is multiplied by the f32 kernels, which
+//! read it in place (or pack it, as they would any operand): the weights cross memory once, at two
+//! bytes per value, and the decode is one pass over a block in cache, the price against f32
+//! weights read in place. Only the block's depth range of the other operand is read per block.
+//! The batch-1 linear layer, bound by memory, instead decodes in L1-sized pieces inside its dot
+//! products ([`HalfRowDots`]).
 
 use super::epilogue::apply_row;
 use super::{
