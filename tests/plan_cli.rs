@@ -171,3 +171,127 @@ fn collapse_writes_a_self_describing_checkpoint_and_bench_runs_it() {
     assert_eq!(err.status.code(), Some(1));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The number after `word ` in the `test: ` summary line of `tlc eval`.
+fn eval_number(stdout: &str, word: &str) -> f64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("test: "))
+        .unwrap_or_else(|| panic!("no summary in {stdout}"));
+    let rest = line.split(&format!("{word} ")).nth(1).unwrap();
+    let num = rest
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_end_matches('%');
+    num.parse().unwrap()
+}
+
+#[test]
+fn sixteen_bit_weights_in_bench_and_eval() {
+    let dir = tmp("half");
+    let (m, spec) = linearized_resnet();
+    let ckpt = dir.join("linearized.safetensors");
+    Checkpoint::of_model(m, Some(spec)).save(&ckpt).unwrap();
+    let ckpt_s = ckpt.to_str().unwrap();
+
+    let text = ok(&[
+        "bench",
+        "--checkpoint",
+        ckpt_s,
+        "--iters",
+        "5",
+        "--weights",
+        "f16",
+    ]);
+    for want in [
+        "weights: f16",
+        "as f32",
+        "logits vs the f32 plan",
+        "conv3x3/s1 f16",
+    ] {
+        assert!(text.contains(want), "`{want}` missing from:\n{text}");
+    }
+    let json = ok(&[
+        "bench",
+        "--checkpoint",
+        ckpt_s,
+        "--iters",
+        "5",
+        "--batch",
+        "2",
+        "--weights",
+        "bf16",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["weights"], "bf16");
+    let (bytes, f32_bytes) = (
+        v["weight_bytes"].as_u64().unwrap(),
+        v["f32_weight_bytes"].as_u64(),
+    );
+    assert_eq!(Some(2 * bytes), f32_bytes, "{json}");
+    assert!(v["param_bytes"].as_u64().unwrap() > bytes);
+    let rel = v["max_rel_diff"].as_f64().unwrap();
+    assert!(rel > 0.0 && rel < 2e-2, "{json}");
+    assert!(v["max_abs_diff"].as_f64().unwrap() > 0.0);
+    // f32 is the default, and has nothing to compare with.
+    let json = ok(&["bench", "--checkpoint", ckpt_s, "--iters", "5", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["weights"], "f32");
+    assert!(v.get("max_rel_diff").is_none());
+    let err = tlc(&["bench", "--checkpoint", ckpt_s, "--weights", "f8"]);
+    assert_eq!(
+        err.status.code(),
+        Some(2),
+        "clap rejects an unknown storage"
+    );
+
+    // eval through the plan on Fashion-MNIST (a random 1-channel 28x28 network: the losses are
+    // what can be compared; accuracies near chance flip with any rounding).
+    let spec = ArchSpec {
+        width: 0.125,
+        in_ch: 1,
+        image: [28, 28],
+        ..ArchSpec::new(Arch::Resnet18Cifar)
+    };
+    let (g, init) = build(&spec).unwrap();
+    let m = Model::init(g, init, &mut Rng::new(5)).unwrap();
+    let fm = dir.join("fmnist.safetensors");
+    Checkpoint::of_model(m, Some(spec)).save(&fm).unwrap();
+    let fm_s = fm.to_str().unwrap();
+    let eval = |weights: Option<&str>| {
+        let mut args = vec![
+            "eval",
+            "--checkpoint",
+            fm_s,
+            "--data",
+            "fashion-mnist",
+            "--limit",
+            "300",
+            "--batch",
+            "128",
+        ];
+        if let Some(w) = weights {
+            args.extend(["--weights", w]);
+        }
+        ok(&args)
+    };
+    let executor = eval(None);
+    let plan = eval(Some("f32"));
+    let bf16 = eval(Some("bf16"));
+    assert!(!executor.contains("inference plan"), "{executor}");
+    assert!(plan.contains("(inference plan, f32 weights)"), "{plan}");
+    assert!(bf16.contains("(inference plan, bf16 weights)"), "{bf16}");
+    let loss = |s: &str| eval_number(s, "loss");
+    assert_eq!(loss(&plan), loss(&executor), "{plan}\n{executor}");
+    assert!(
+        (eval_number(&plan, "accuracy") - eval_number(&executor, "accuracy")).abs() <= 0.34,
+        "at most one of 300 images may flip: {plan}\n{executor}"
+    );
+    assert!(
+        (loss(&bf16) - loss(&plan)).abs() <= 0.01 * loss(&plan),
+        "{bf16}\n{plan}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -7,9 +7,11 @@
 //! window's rows into a -inf padded row, then a SIMD window max along it), and
 //! [`max_pool2d_with_indices`] for training, which then records each output's argmax the way
 //! PyTorch does (first maximum in row-major window order, NaN wins). Planes are spread over the pool once
-//! a pass is big enough ([`crate::parallel::rowwise_pieces`]).
+//! a pass is big enough ([`crate::parallel::rowwise_pieces`]). The padded rows and column sums are
+//! per-thread scratch ([`crate::scratch`]): the forwards allocate nothing after warm-up.
 
 use crate::parallel;
+use crate::scratch::with_scratch;
 use crate::simd::{self, Scalar, Simd, SimdFn, MAX_LANES};
 use rayon::prelude::*;
 
@@ -125,9 +127,9 @@ fn avg_span(o: usize, stride: usize, pad: usize, k: usize, n: usize) -> (usize, 
     )
 }
 
-/// Scratch row of the separable max: the input row at offset `padding[1]`, -inf borders
-/// (padding, ceil-mode overhang) and slack so every SIMD load stays inside.
-fn padded_row(dims: PoolDims, win: Window2d) -> Vec<f32> {
+/// Length of the scratch row of the separable max: the input row at offset `padding[1]`, -inf
+/// borders (padding, ceil-mode overhang) and slack so every SIMD load stays inside.
+fn padded_row_len(dims: PoolDims, win: Window2d) -> usize {
     let (kw, sw, pw, dw) = (
         win.kernel[1],
         win.stride[1],
@@ -135,7 +137,16 @@ fn padded_row(dims: PoolDims, win: Window2d) -> Vec<f32> {
         win.dilation[1],
     );
     let span = (dims.out_w.max(1) - 1) * sw + (kw - 1) * dw + 1;
-    vec![f32::NEG_INFINITY; (pw + dims.w).max(span) + 16]
+    (pw + dims.w).max(span) + 16
+}
+
+/// Run `f` on a per-thread padded row ([`padded_row_len`]) filled with -inf: each output row
+/// overwrites only its middle, so the borders stay -inf.
+fn with_padded_row<R>(dims: PoolDims, win: Window2d, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    with_scratch(padded_row_len(dims, win), |row| {
+        row.fill(f32::NEG_INFINITY);
+        f(row)
+    })
 }
 
 /// `acc = max_nan(acc, x)` element-wise: NaN in either operand gives NaN (PyTorch's rule).
@@ -333,18 +344,22 @@ pub fn max_pool2d(x: &[f32], dims: PoolDims, win: Window2d, y: &mut [f32]) {
     }
     let pieces = parallel::rowwise_pieces(x.len());
     parallel::for_each_item_run_mut(y, dims.out_plane(), pieces, |first, run| {
-        simd::dispatch(MaxPlanes {
-            x,
-            dims,
-            win,
-            first,
-            y: run,
-            indices: None,
+        with_padded_row(dims, win, |row| {
+            simd::dispatch(MaxPlanes {
+                x,
+                dims,
+                win,
+                first,
+                y: run,
+                indices: None,
+                row,
+            })
         })
     });
 }
 
-/// Max-pool of whole planes `first..` of `x` into `y`, and their argmax into `indices` if given.
+/// Max-pool of whole planes `first..` of `x` into `y`, and their argmax into `indices` if given,
+/// through `row` (a -inf padded row from [`with_padded_row`]).
 struct MaxPlanes<'a> {
     x: &'a [f32],
     dims: PoolDims,
@@ -352,6 +367,7 @@ struct MaxPlanes<'a> {
     first: usize,
     y: &'a mut [f32],
     indices: Option<&'a mut [u32]>,
+    row: &'a mut [f32],
 }
 
 impl SimdFn for MaxPlanes<'_> {
@@ -360,12 +376,12 @@ impl SimdFn for MaxPlanes<'_> {
     fn call<S: Simd>(self, s: S) {
         let Self { x, dims, win, .. } = self;
         let (ip, op) = (dims.in_plane(), dims.out_plane());
-        let mut row = padded_row(dims, win);
+        let row = self.row;
         let plane = |k: usize| &x[(self.first + k) * ip..][..ip];
         match self.indices {
             None => {
                 for (k, out) in self.y.chunks_exact_mut(op).enumerate() {
-                    max_plane(s, plane(k), dims, win, &mut row, out);
+                    max_plane(s, plane(k), dims, win, row, out);
                 }
             }
             Some(indices) => {
@@ -375,8 +391,8 @@ impl SimdFn for MaxPlanes<'_> {
                     .zip(indices.chunks_exact_mut(op))
                     .enumerate()
                 {
-                    max_plane(s, plane(k), dims, win, &mut row, yp);
-                    argmax_plane(s, plane(k), dims, win, yp, &mut row, ixp);
+                    max_plane(s, plane(k), dims, win, row, yp);
+                    argmax_plane(s, plane(k), dims, win, yp, row, ixp);
                 }
             }
         }
@@ -494,13 +510,16 @@ pub fn max_pool2d_with_indices(
         return;
     }
     let run = |first: usize, y: &mut [f32], idx: &mut [u32]| {
-        simd::dispatch(MaxPlanes {
-            x,
-            dims,
-            win,
-            first,
-            y,
-            indices: Some(idx),
+        with_padded_row(dims, win, |row| {
+            simd::dispatch(MaxPlanes {
+                x,
+                dims,
+                win,
+                first,
+                y,
+                indices: Some(idx),
+                row,
+            })
         })
     };
     let pieces = parallel::rowwise_pieces(x.len());
@@ -552,39 +571,54 @@ pub fn avg_pool2d(
     dims.check("avg_pool2d", x.len(), y.len());
     win.check();
     assert_eq!(win.dilation, [1, 1], "avg_pool2d: no dilation");
-    let PoolDims { h, w, out_w, .. } = dims;
-    let ([kh, kw], [sh, sw], [ph, pw]) = (win.kernel, win.stride, win.padding);
-    if y.is_empty() || out_w == 0 {
+    if y.is_empty() || dims.out_w == 0 {
         return;
     }
     let pieces = parallel::rowwise_pieces(x.len());
     parallel::for_each_item_run_mut(y, dims.out_plane(), pieces, |first, run| {
-        let mut colsum = vec![0.0f32; w];
-        for (k, out) in run.chunks_exact_mut(dims.out_plane()).enumerate() {
-            let plane = &x[(first + k) * h * w..][..h * w];
-            for (oy, out_row) in out.chunks_exact_mut(out_w).enumerate() {
-                let (y0, y1, ph_n) = avg_span(oy, sh, ph, kh, h);
-                if y0 >= y1 {
-                    out_row.fill(0.0);
-                    continue;
-                }
-                sum_rows(plane, w, y0, y1, &mut colsum);
-                for (ox, o) in out_row.iter_mut().enumerate() {
-                    let (x0, x1, pw_n) = avg_span(ox, sw, pw, kw, w);
-                    *o = if x0 >= x1 {
-                        0.0
+        with_scratch(dims.w, |colsum| {
+            avg_planes(x, dims, win, count_include_pad, first, run, colsum)
+        })
+    });
+}
+
+/// Average-pool planes `first..` of `x` into `run`, summing each window's rows into `colsum`
+/// (`w` floats of scratch).
+fn avg_planes(
+    x: &[f32],
+    dims: PoolDims,
+    win: Window2d,
+    count_include_pad: bool,
+    first: usize,
+    run: &mut [f32],
+    colsum: &mut [f32],
+) {
+    let PoolDims { h, w, out_w, .. } = dims;
+    let ([kh, kw], [sh, sw], [ph, pw]) = (win.kernel, win.stride, win.padding);
+    for (k, out) in run.chunks_exact_mut(dims.out_plane()).enumerate() {
+        let plane = &x[(first + k) * h * w..][..h * w];
+        for (oy, out_row) in out.chunks_exact_mut(out_w).enumerate() {
+            let (y0, y1, ph_n) = avg_span(oy, sh, ph, kh, h);
+            if y0 >= y1 {
+                out_row.fill(0.0);
+                continue;
+            }
+            sum_rows(plane, w, y0, y1, colsum);
+            for (ox, o) in out_row.iter_mut().enumerate() {
+                let (x0, x1, pw_n) = avg_span(ox, sw, pw, kw, w);
+                *o = if x0 >= x1 {
+                    0.0
+                } else {
+                    let div = if count_include_pad {
+                        ph_n * pw_n
                     } else {
-                        let div = if count_include_pad {
-                            ph_n * pw_n
-                        } else {
-                            (y1 - y0) * (x1 - x0)
-                        };
-                        colsum[x0..x1].iter().sum::<f32>() / div as f32
+                        (y1 - y0) * (x1 - x0)
                     };
-                }
+                    colsum[x0..x1].iter().sum::<f32>() / div as f32
+                };
             }
         }
-    });
+    }
 }
 
 /// `colsum = Σ rows y0..y1 of the plane` (a plain add loop, which the compiler vectorises).
@@ -664,18 +698,19 @@ pub fn adaptive_avg_pool2d(x: &[f32], dims: PoolDims, y: &mut [f32]) {
         return;
     }
     parallel::for_each_item_run_mut(y, dims.out_plane(), pieces, |first, run| {
-        let mut colsum = vec![0.0f32; w];
-        for (k, out) in run.chunks_exact_mut(dims.out_plane()).enumerate() {
-            let plane = &x[(first + k) * ip..][..ip];
-            for (oy, out_row) in out.chunks_exact_mut(out_w).enumerate() {
-                let (y0, y1) = adaptive_span(oy, out_h, h);
-                sum_rows(plane, w, y0, y1, &mut colsum);
-                for (ox, o) in out_row.iter_mut().enumerate() {
-                    let (x0, x1) = adaptive_span(ox, out_w, w);
-                    *o = colsum[x0..x1].iter().sum::<f32>() / ((y1 - y0) * (x1 - x0)) as f32;
+        with_scratch(w, |colsum| {
+            for (k, out) in run.chunks_exact_mut(dims.out_plane()).enumerate() {
+                let plane = &x[(first + k) * ip..][..ip];
+                for (oy, out_row) in out.chunks_exact_mut(out_w).enumerate() {
+                    let (y0, y1) = adaptive_span(oy, out_h, h);
+                    sum_rows(plane, w, y0, y1, colsum);
+                    for (ox, o) in out_row.iter_mut().enumerate() {
+                        let (x0, x1) = adaptive_span(ox, out_w, w);
+                        *o = colsum[x0..x1].iter().sum::<f32>() / ((y1 - y0) * (x1 - x0)) as f32;
+                    }
                 }
             }
-        }
+        })
     });
 }
 

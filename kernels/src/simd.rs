@@ -592,6 +592,63 @@ impl Simd for Scalar {
     }
 }
 
+// ----- 16-bit floats ----------------------------------------------------------------------------
+
+/// `dst[i]` = the IEEE binary16 number with bits `src[i]`, exactly (subnormals, infinities and
+/// NaN payloads included): F16C's `vcvtph2ps` on an AVX2 CPU that has it, the scalar definition
+/// otherwise (branch-free, so the compiler vectorises it, with NEON on aarch64).
+pub fn widen_f16(src: &[u16], dst: &mut [f32]) {
+    widen_f16_on(isa::current(), src, dst)
+}
+
+/// [`widen_f16`] with the path of `isa` (tests compare them); scalar when the CPU lacks it.
+pub fn widen_f16_on(isa: Isa, src: &[u16], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "widen_f16: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2Fma && isa::detect() == Isa::Avx2Fma && has_f16c() {
+        // SAFETY: F16C (and the AVX it implies) was detected just above.
+        unsafe { avx2::widen_f16_f16c(src, dst) };
+        return;
+    }
+    let _ = isa;
+    for (d, &h) in dst.iter_mut().zip(src) {
+        *d = f16_to_f32(h);
+    }
+}
+
+/// `dst[i]` = the bfloat16 number with bits `src[i]` (the upper half of an f32: exact).
+pub fn widen_bf16(src: &[u16], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "widen_bf16: lengths differ");
+    // A shift per element: vectorised by the compiler on every target.
+    for (d, &h) in dst.iter_mut().zip(src) {
+        *d = f32::from_bits((h as u32) << 16);
+    }
+}
+
+/// One binary16 value: exponent and mantissa moved into an f32's fields, then rebiased by a
+/// multiplication by 2^112 (exact, and right for subnormals, which come out normal); infinities
+/// and NaNs get the all-ones exponent instead.
+#[inline(always)]
+pub fn f16_to_f32(h: u16) -> f32 {
+    let h = h as u32;
+    let sign = (h & 0x8000) << 16;
+    let em = h & 0x7fff;
+    let finite = f32::from_bits(em << 13) * f32::from_bits(0x7780_0000);
+    let bits = if em >= 0x7c00 {
+        (em << 13) | 0x7f80_0000
+    } else {
+        finite.to_bits()
+    };
+    f32::from_bits(bits | sign)
+}
+
+/// Whether this x86 CPU converts halves in hardware (F16C; every AVX2 CPU so far has it, but it
+/// is a separate CPUID bit).
+#[cfg(target_arch = "x86_64")]
+fn has_f16c() -> bool {
+    std::arch::is_x86_feature_detected!("f16c")
+}
+
 // ----- x86_64 AVX2 + FMA -------------------------------------------------------------------------
 
 #[cfg(target_arch = "x86_64")]
@@ -732,6 +789,26 @@ mod avx2 {
             add_u32(a: __m256i, b: __m256i) -> __m256i => _mm256_add_epi32(a, b);
             select_u32(m: __m256, a: __m256i, b: __m256i) -> __m256i =>
                 _mm256_blendv_epi8(b, a, _mm256_castps_si256(m));
+        }
+    }
+
+    /// [`super::widen_f16`] with `vcvtph2ps`, 8 at a time.
+    ///
+    /// # Safety
+    /// The CPU has F16C (and AVX).
+    #[target_feature(enable = "avx,f16c")]
+    pub(super) unsafe fn widen_f16_f16c(src: &[u16], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        let body = n - n % 8;
+        for i in (0..body).step_by(8) {
+            // SAFETY: i + 8 <= n, inside both slices; unaligned load and store.
+            unsafe {
+                let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
+                _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+            }
+        }
+        for (d, &h) in dst[body..n].iter_mut().zip(&src[body..n]) {
+            *d = super::f16_to_f32(h);
         }
     }
 }
@@ -1106,5 +1183,49 @@ mod tests {
         assert_eq!(s.round(2.5), 2.0);
         assert_eq!(s.round(-3.5), -4.0);
         assert_eq!(s.round(-0.4), -0.0);
+    }
+}
+
+#[cfg(test)]
+mod half_tests {
+    use super::*;
+
+    #[test]
+    fn every_f16_widens_exactly() {
+        let all: Vec<u16> = (0..=u16::MAX).collect();
+        let mut got = vec![0.0f32; all.len()];
+        for isa in [Isa::Scalar, isa::detect()] {
+            widen_f16_on(isa, &all, &mut got);
+            for (&h, &v) in all.iter().zip(&got) {
+                let want = half::f16::from_bits(h).to_f32();
+                if want.is_nan() {
+                    assert!(v.is_nan(), "{isa:?}: {h:#06x} gave {v}");
+                } else {
+                    assert_eq!(v.to_bits(), want.to_bits(), "{isa:?}: {h:#06x}");
+                }
+            }
+        }
+        // Odd lengths: the vector body and the scalar tail agree.
+        let mut tail = vec![0.0f32; 13];
+        widen_f16(&all[1000..1013], &mut tail);
+        assert_eq!(tail, got[1000..1013]);
+    }
+
+    #[test]
+    fn bf16_widens_to_its_upper_half() {
+        let vals = [
+            0.0f32,
+            -1.5,
+            3.140625,
+            f32::INFINITY,
+            -f32::MIN_POSITIVE,
+            1e-40,
+        ];
+        let bits: Vec<u16> = vals.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
+        let mut got = vec![0.0; vals.len()];
+        widen_bf16(&bits, &mut got);
+        for (v, g) in vals.iter().zip(&got) {
+            assert_eq!(g.to_bits(), v.to_bits() & 0xffff_0000);
+        }
     }
 }

@@ -2,17 +2,19 @@
 //! random input: median and p90 latency per batch, peak resident memory, and a per-step profile
 //! (median time of each fused step). `--eval` also times the graph executor (`Model::eval`) on the
 //! same input for comparison. Without `--checkpoint`, `--model` (and its options) is benchmarked
-//! with freshly initialised weights.
+//! with freshly initialised weights. `--weights f16|bf16` stores the conv and linear weights in 16
+//! bits (f32 arithmetic): the report gives the weight bytes and how far the logits move from the
+//! f32 plan's on the same input.
 
 use super::{
     existing_file, group_digits, load_checkpoint, network_line, CliError, DataShape, ModelArgs,
     Result,
 };
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tlc_engine::plan::Plan;
+use tlc_engine::plan::{Plan, PlanOptions, WeightDtype};
 use tlc_engine::{Model, Rng, Tensor, TensorStore};
 use tlc_models::checkpoint::describe;
 
@@ -43,8 +45,43 @@ pub struct BenchArgs {
     /// Print only one line of JSON on stdout: median_ms, p90_ms, peak_rss_mb, steps, ...
     #[arg(long)]
     pub json: bool,
+    /// Storage of the conv and linear weights (the arithmetic is f32 either way).
+    #[arg(long, value_enum, default_value_t = WeightsArg::F32)]
+    pub weights: WeightsArg,
     #[command(flatten)]
     pub model: ModelArgs,
+}
+
+/// `--weights`: how the plan stores conv and linear weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum WeightsArg {
+    /// 32-bit floats, as trained.
+    F32,
+    /// IEEE half precision: half the bytes, about 3 decimal digits.
+    F16,
+    /// bfloat16: half the bytes, about 2 decimal digits, f32's range.
+    Bf16,
+}
+
+impl WeightsArg {
+    pub fn dtype(self) -> WeightDtype {
+        match self {
+            WeightsArg::F32 => WeightDtype::F32,
+            WeightsArg::F16 => WeightDtype::F16,
+            WeightsArg::Bf16 => WeightDtype::Bf16,
+        }
+    }
+}
+
+/// How far `a` is from `b`: the largest absolute difference, and that relative to `b`'s largest
+/// magnitude (element-wise ratios blow up on logits near zero).
+pub fn logit_difference(a: &[f32], b: &[f32]) -> (f64, f64) {
+    let scale = b.iter().fold(0f64, |s, v| s.max(v.abs() as f64));
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(0f64, |d, (x, y)| d.max((x - y).abs() as f64));
+    (diff, if scale > 0.0 { diff / scale } else { diff })
 }
 
 /// A per-sample shape (`--input-shape 3,32,32`).
@@ -143,11 +180,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .input_shape
         .clone()
         .map_or_else(|| model.graph().input_shape().to_vec(), |s| s.0);
-    let mut plan = Plan::compile_for(model, args.batch, &shape).map_err(|e| {
-        CliError::Usage(format!(
-            "cannot compile the network for input {shape:?}: {e}"
-        ))
-    })?;
+    let compile = |weights: WeightDtype| {
+        let options = PlanOptions {
+            weights,
+            input_shape: Some(shape.clone()),
+        };
+        Plan::compile_with(model, args.batch, &options).map_err(|e| {
+            CliError::Usage(format!(
+                "cannot compile the network for input {shape:?} with {} weights: {e}",
+                weights.name()
+            ))
+        })
+    };
+    let dtype = args.weights.dtype();
+    let mut plan = compile(dtype)?;
     let mut full = vec![args.batch];
     full.extend_from_slice(&shape);
     let x = Tensor::randn(&full, &mut Rng::new(0));
@@ -191,6 +237,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
     } else {
         None
     };
+    // 16-bit weights: the same input through the f32 plan (compiled only now, so the timing and
+    // the peak RSS above are the 16-bit plan's alone).
+    let against_f32 = if dtype == WeightDtype::F32 {
+        None
+    } else {
+        let mut reference = compile(WeightDtype::F32)?;
+        let f32_bytes = reference.weight_bytes();
+        let want = reference.run(&xv).to_vec();
+        Some((logit_difference(plan.run(&xv), &want), f32_bytes))
+    };
     let steps: Vec<_> = plan
         .steps()
         .zip(step_ms.iter_mut())
@@ -218,6 +274,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
             obj["eval_median_ms"] = json!(m);
             obj["eval_p90_ms"] = json!(p);
         }
+        obj["weights"] = json!(dtype.name());
+        obj["weight_bytes"] = json!(plan.weight_bytes());
+        obj["param_bytes"] = json!(plan.param_bytes());
+        if let Some(((abs, rel), f32_bytes)) = against_f32 {
+            obj["f32_weight_bytes"] = json!(f32_bytes);
+            obj["max_abs_diff"] = json!(abs);
+            obj["max_rel_diff"] = json!(rel);
+        }
         println!("{obj}");
         return Ok(());
     }
@@ -234,6 +298,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .join("x"),
         floats as f64 * 4.0 / 1e6
     );
+    println!(
+        "weights: {}, {:.3} MB (all parameters {:.3} MB){}",
+        dtype.name(),
+        plan.weight_bytes() as f64 / 1e6,
+        plan.param_bytes() as f64 / 1e6,
+        against_f32.map_or(String::new(), |(_, b)| format!(
+            "; as f32 {:.3} MB",
+            b as f64 / 1e6
+        ))
+    );
+    if let Some(((abs, rel), _)) = against_f32 {
+        println!(
+            "logits vs the f32 plan on the same input: max |diff| {abs:.3e}, relative {rel:.3e} \
+             (of the largest f32 logit)"
+        );
+    }
     println!(
         "latency: median {median:.3} ms, p90 {p90:.3} ms over {runs} runs; peak RSS {}",
         rss.map_or("unknown".into(), |r| format!("{r:.1} MB"))

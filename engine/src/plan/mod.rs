@@ -11,26 +11,49 @@
 //!
 //! Pools, and adds, activations and batch-norms that cannot fuse (an evaluation-mode scale-shift),
 //! are steps of their own. Convolution weights stay in the layout the kernel reads
-//! (`[out, in/groups, kh, kw]`); linear weights are pre-packed once ([`PackedB`]) except for a
+//! (`[out, in/groups, kh, kw]`); linear weights are pre-packed once ([`PackedB`](tlc_kernels::gemm::PackedB)) except for a
 //! one-row product (batch 1 classifier), which the GEMV path reads straight from `W`.
+//!
+//! Weight storage ([`PlanOptions::weights`]): f32, or f16 / bf16 for half the weight memory with
+//! f32 arithmetic. 16-bit weights are rounded once at compile time, after batch-norm folding, and
+//! decoded by the kernels where they read weights anyway, into per-thread scratch: the
+//! convolutions' GEMMs decode L2-sized row-and-depth blocks of the weight matrix, the shifted
+//! path while it stages its weights, the depthwise kernel per channel; a batch-1 linear layer
+//! decodes `W`'s rows in L1-sized pieces inside its dot products, a batched one decodes blocks
+//! of `W` ([`linear_half`]). The weights then cross memory at two bytes a value, but a layer
+//! that read its f32 weights in place pays one pass over each decoded block in cache. f16
+//! rounds each weight by at most 2^-11 relatively (logits of the zoo models move by about 5e-4
+//! of their largest), bf16 by 2^-8 (about 3e-3); an f16 weight beyond ±65504 is a compile
+//! error.
 //!
 //! Buffers: every value (a step's output, or the input) lives in one physical buffer chosen by
 //! liveness (interval colouring: a buffer is reused once its last reader has run), allocated at
 //! compile time. [`Plan::run`] takes a step's output buffer out of the arena, computes into it
-//! and puts it back, so a steady-state inference allocates nothing in the plan itself. The conv,
-//! GEMM, activation and element-wise kernels reuse per-thread scratch; the pool kernels
-//! (`max_pool2d`'s padded row, `avg_pool2d`'s and the non-global `adaptive_avg_pool2d`'s column
-//! sums) still allocate one row per parallel piece per call (`tests/plan_alloc.rs` counts it).
-//! Thread thresholds are the kernels' own: nothing here decides parallelism.
+//! and puts it back, so the plan itself allocates nothing per inference. The kernels keep their
+//! scratch (GEMM packing, conv tiles and staging, pooling rows, decoded weights) per thread,
+//! grown to a process-wide high-water mark; after its first run the plan grows every pool
+//! thread's scratch to those marks (`tlc_kernels::scratch::reserve_on_pool`), so every later run
+//! allocates nothing at all, whichever thread rayon hands a task (`tests/plan_alloc.rs` counts
+//! every allocation of every run on 1 and 2 threads). That holds when the plan runs inside the
+//! pool (`ThreadPool::install`, or from a rayon task): called from another thread, each
+//! parallel kernel reaches the pool through rayon's injector queue, which allocates a block every
+//! 63 jobs. Staging scratch is reserved on the calling thread only, so run a plan from one thread.
+//! Thread thresholds are the kernels' own (batch-1 layers below them stay on the calling thread):
+//! nothing here decides parallelism.
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Model, NodeId, Op};
 use crate::passes::{fold_batch_norms, remove_passthrough};
 use tlc_kernels::conv::{self, Conv2dShape, ConvEpilogueOp};
 use tlc_kernels::elementwise::{self, BinaryOp};
-use tlc_kernels::gemm::{gemm, gemm_packed, pack_b, EpilogueOp, MatMut, MatRef, PackedB};
+use tlc_kernels::gemm::{gemm, gemm_packed, linear_half, pack_b, EpilogueOp, MatMut, MatRef};
+use tlc_kernels::half_weights::{HalfKind, HalfVec};
 use tlc_kernels::pool::{self, PoolDims, Window2d};
 use tlc_kernels::{activation, Activation};
+pub use weights::WeightDtype;
+use weights::{ConvWeight, LinearWeight};
+
+mod weights;
 
 /// Index of a value (a step's output or the input) in the plan.
 type ValueId = usize;
@@ -42,18 +65,21 @@ struct Slot {
     len: usize,
 }
 
-enum LinearWeight {
-    /// `W^T` packed for the GEMM micro-kernel.
-    Packed(PackedB),
-    /// `W` `[out, in]` as stored, read as `W^T` by the one-row (GEMV) path.
-    Rows(Vec<f32>),
+/// How to compile a plan ([`Plan::compile_with`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PlanOptions {
+    /// Storage of the conv and linear weights (biases and scales stay f32).
+    pub weights: WeightDtype,
+    /// Per-sample input shape, when not the one the graph was built for (a convolutional network
+    /// runs at other resolutions when every layer still fits).
+    pub input_shape: Option<Vec<usize>>,
 }
 
 enum Kernel {
     /// Inputs: `[x]` or `[x, residual]`.
     Conv {
         shape: Conv2dShape,
-        weight: Vec<f32>,
+        weight: ConvWeight,
         bias: Option<Vec<f32>>,
         act: Option<Activation>,
     },
@@ -116,6 +142,9 @@ pub struct Plan {
     batch: usize,
     input_shape: Vec<usize>,
     output_shape: Vec<usize>,
+    weights: WeightDtype,
+    /// Whether the pool's scratch buffers were grown to this plan's needs (after the first run).
+    scratch_reserved: bool,
 }
 
 fn plan_err(detail: impl Into<String>) -> Error {
@@ -141,27 +170,39 @@ fn live_nodes(g: &Graph) -> Vec<bool> {
 impl Plan {
     /// Compile `model` for batches of `batch` samples of its graph's input shape.
     pub fn compile(model: &Model, batch: usize) -> Result<Plan> {
-        let shape = model.graph().input_shape().to_vec();
-        Plan::compile_for(model, batch, &shape)
+        Plan::compile_with(model, batch, &PlanOptions::default())
     }
 
     /// Compile `model` for batches of `batch` samples of shape `input_shape` (a convolutional
     /// network runs at other resolutions than the one its graph was built for, when every layer
     /// still fits).
     pub fn compile_for(model: &Model, batch: usize, input_shape: &[usize]) -> Result<Plan> {
+        let options = PlanOptions {
+            input_shape: Some(input_shape.to_vec()),
+            ..PlanOptions::default()
+        };
+        Plan::compile_with(model, batch, &options)
+    }
+
+    /// Compile `model` for batches of `batch` samples with `options` (input shape, weight
+    /// storage). 16-bit weights are rounded once here (after batch-norm folding, so the folded
+    /// weights are what is rounded); an f16 weight beyond ±65504 is an error.
+    pub fn compile_with(model: &Model, batch: usize, options: &PlanOptions) -> Result<Plan> {
         if batch == 0 {
             return Err(plan_err("the batch must hold at least one sample"));
         }
         let mut m = model.clone();
-        if m.graph().input_shape() != input_shape {
-            let mut g = m.graph().clone();
-            if let Op::Input { shape } = &mut g.node_mut(0).op {
-                *shape = input_shape.to_vec();
+        if let Some(input_shape) = &options.input_shape {
+            if m.graph().input_shape() != input_shape.as_slice() {
+                let mut g = m.graph().clone();
+                if let Op::Input { shape } = &mut g.node_mut(0).op {
+                    *shape = input_shape.clone();
+                }
+                m.set_graph(g)?;
             }
-            m.set_graph(g)?;
         }
         let m = remove_passthrough(&fold_batch_norms(&m)?)?;
-        Compiler::new(&m, batch)?.run()
+        Compiler::new(&m, batch, options.weights)?.run()
     }
 
     /// Run one batch (`input`: `[batch, ...input shape]`, row-major) and return the output
@@ -196,6 +237,13 @@ impl Plan {
             exec(&step.kernel, step.inputs.len(), &val, &mut out[..o.len]);
             self.bufs[o.buf] = out;
             after_step(i);
+        }
+        if !self.scratch_reserved {
+            // The first run has asked the kernels for every scratch size the plan needs; grow
+            // every pool thread's buffers to them now, so no later run allocates whichever
+            // thread rayon hands a task.
+            tlc_kernels::scratch::reserve_on_pool();
+            self.scratch_reserved = true;
         }
         let s = self.slots[self.output];
         &self.bufs[s.buf][..s.len]
@@ -235,6 +283,42 @@ impl Plan {
     pub fn arena(&self) -> (usize, usize) {
         (self.bufs.len(), self.bufs.iter().map(|b| b.len()).sum())
     }
+
+    /// How the conv and linear weights are stored.
+    pub fn weight_dtype(&self) -> WeightDtype {
+        self.weights
+    }
+
+    /// Bytes of the conv and linear weights as stored (values times their size; a packed
+    /// layout's padding is not counted). Biases and scale-shifts, always f32, are not included:
+    /// see [`Plan::param_bytes`].
+    pub fn weight_bytes(&self) -> usize {
+        self.steps
+            .iter()
+            .map(|s| match &s.kernel {
+                Kernel::Conv { weight, .. } => weight.bytes(),
+                Kernel::Linear { weight, .. } => weight.bytes(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Bytes of every parameter the plan holds: [`Plan::weight_bytes`] plus the f32 biases and
+    /// scale-shifts.
+    pub fn param_bytes(&self) -> usize {
+        let f32s: usize = self
+            .steps
+            .iter()
+            .map(|s| match &s.kernel {
+                Kernel::Conv { bias, .. } | Kernel::Linear { bias, .. } => {
+                    bias.as_ref().map_or(0, Vec::len)
+                }
+                Kernel::ScaleShift { scale, shift, .. } => scale.len() + shift.len(),
+                _ => 0,
+            })
+            .sum();
+        self.weight_bytes() + 4 * f32s
+    }
 }
 
 /// Run one kernel: `val(k)` is input `k`, `y` the output.
@@ -260,7 +344,7 @@ fn exec<'a>(kernel: &Kernel, n_in: usize, val: &dyn Fn(usize) -> &'a [f32], y: &
                 epi[n] = ConvEpilogueOp::Act(*a);
                 n += 1;
             }
-            conv::forward(shape, val(0), weight, y, &epi[..n]);
+            conv::forward_weights(shape, val(0), weight.view(), y, &epi[..n]);
         }
         Kernel::Linear {
             rows,
@@ -292,6 +376,7 @@ fn exec<'a>(kernel: &Kernel, n_in: usize, val: &dyn Fn(usize) -> &'a [f32], y: &
                 LinearWeight::Rows(w) => {
                     gemm(a, MatRef::row_major(w, out_f, in_f).t(), 0.0, c, &epi[..n])
                 }
+                LinearWeight::Half(h) => linear_half(a, h.as_slice(), c, &epi[..n]),
             }
         }
         Kernel::MaxPool { dims, win } => pool::max_pool2d(val(0), *dims, *win, y),
@@ -327,6 +412,7 @@ struct Compiler<'m> {
     m: &'m Model,
     g: &'m Graph,
     batch: usize,
+    weights: WeightDtype,
     shapes: Vec<Vec<usize>>,
     macs: Vec<u64>,
     consumers: Vec<Vec<NodeId>>,
@@ -338,13 +424,14 @@ struct Compiler<'m> {
 }
 
 impl<'m> Compiler<'m> {
-    fn new(m: &'m Model, batch: usize) -> Result<Compiler<'m>> {
+    fn new(m: &'m Model, batch: usize, weights: WeightDtype) -> Result<Compiler<'m>> {
         let g = m.graph();
         let n = g.nodes().len();
         Ok(Compiler {
             m,
             g,
             batch,
+            weights,
             shapes: g.infer_shapes()?,
             macs: g.macs()?,
             consumers: g.consumers(),
@@ -360,6 +447,27 @@ impl<'m> Compiler<'m> {
             .get(&name)
             .map(|t| t.to_vec())
             .ok_or_else(|| plan_err(format!("the model has no tensor `{name}`")))
+    }
+
+    /// Node `node`'s weight tensor in 16 bits of `kind`.
+    fn half_weight(&self, node: NodeId, kind: HalfKind) -> Result<HalfVec> {
+        let w = self.tensor(node, "weight")?;
+        HalfVec::encode(kind, &w).map_err(|i| {
+            plan_err(format!(
+                "weight {i} of `{}` is {}, beyond the range of {} (store the weights as bf16 or f32)",
+                self.g.node(node).name,
+                w[i],
+                kind.name()
+            ))
+        })
+    }
+
+    /// The dtype suffix of a weight step's kind (empty for f32).
+    fn dtype_kind(&self) -> String {
+        match self.weights {
+            WeightDtype::F32 => String::new(),
+            d => format!(" {}", d.name()),
+        }
     }
 
     fn numel(&self, node: NodeId) -> usize {
@@ -481,10 +589,15 @@ impl<'m> Compiler<'m> {
                     } else if c.groups > 1 {
                         kind.push_str(&format!(" g{}", c.groups));
                     }
+                    kind.push_str(&self.dtype_kind());
                     kind.push_str(&epilogue_kind(bias.is_some(), residual.is_some(), act));
+                    let weight = match self.weights.half() {
+                        None => ConvWeight::F32(self.tensor(id, "weight")?),
+                        Some(h) => ConvWeight::Half(self.half_weight(id, h)?),
+                    };
                     let kernel = Kernel::Conv {
                         shape,
-                        weight: self.tensor(id, "weight")?,
+                        weight,
                         bias,
                         act,
                     };
@@ -495,15 +608,18 @@ impl<'m> Compiler<'m> {
                     let rows = self.numel(node.inputs[0]) / l.in_f.max(1);
                     let (fused, residual, act) = self.epilogue(id);
                     let bias = l.bias.then(|| self.tensor(id, "bias")).transpose()?;
-                    let w = self.tensor(id, "weight")?;
-                    let weight = if rows == 1 {
-                        LinearWeight::Rows(w)
-                    } else {
-                        LinearWeight::Packed(pack_b(MatRef::row_major(&w, l.out_f, l.in_f).t()))
+                    let weight = match self.weights.half() {
+                        Some(h) => LinearWeight::Half(self.half_weight(id, h)?),
+                        None if rows == 1 => LinearWeight::Rows(self.tensor(id, "weight")?),
+                        None => {
+                            let w = self.tensor(id, "weight")?;
+                            LinearWeight::Packed(pack_b(MatRef::row_major(&w, l.out_f, l.in_f).t()))
+                        }
                     };
                     let kind = format!(
-                        "linear{}{}",
+                        "linear{}{}{}",
                         if rows == 1 { " (gemv)" } else { "" },
+                        self.dtype_kind(),
                         epilogue_kind(bias.is_some(), residual.is_some(), act)
                     );
                     let kernel = Kernel::Linear {
@@ -598,6 +714,8 @@ impl<'m> Compiler<'m> {
             batch: self.batch,
             input_shape: self.shapes[0].clone(),
             output_shape: self.shapes[g.output()].clone(),
+            weights: self.weights,
+            scratch_reserved: false,
         })
     }
 }

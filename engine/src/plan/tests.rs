@@ -3,6 +3,7 @@ use crate::graph::{ActKind, BatchNormSpec, ConvSpec, LinearInit, LinearSpec, Poo
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use crate::testing::assert_close;
+use tlc_kernels::half_weights::{HalfKind, HalfVec};
 
 /// A model of `g` with every parameter and BN statistic random (biases and shifts non-zero).
 fn random_model(g: Graph, seed: u64) -> Model {
@@ -187,4 +188,109 @@ fn linear_residual_fuses_into_the_gemm_epilogue() {
     let want = ["linear +bias+gelu", "linear +bias+add+relu"];
     assert_eq!(check(g.clone(), 1), want);
     assert_eq!(check(g, 3), want);
+}
+
+/// `m` with every conv and linear weight replaced by its value rounded to `kind`: what a 16-bit
+/// plan of a graph without batch-norms (nothing folded into the weights) computes with.
+fn rounded(m: &Model, kind: HalfKind) -> Model {
+    let mut r = m.clone();
+    for (id, node) in m.graph().nodes().iter().enumerate() {
+        if id == 0 || !matches!(node.op, Op::Conv2d(_) | Op::Linear(_)) {
+            continue;
+        }
+        let name = format!("{}.weight", node.name);
+        let w = r.get_mut(&name).unwrap();
+        let v = HalfVec::encode(kind, &w.to_vec()).unwrap().to_f32();
+        *w = Tensor::from_vec(v, w.shape()).unwrap();
+    }
+    r
+}
+
+/// A batch-norm-free network with every weight kind: dense, strided, depthwise and pointwise
+/// convolutions, a residual add, pooling, and linear layers (batch 1 takes the row path).
+fn no_bn_graph() -> Graph {
+    let lin = |i, o| {
+        Op::Linear(LinearSpec {
+            in_f: i,
+            out_f: o,
+            bias: true,
+        })
+    };
+    let mut g = Graph::new(&[3, 12, 12]);
+    let c1 = g.push("c1", conv(3, 8, 3, 1, 1), &[0]);
+    let r1 = g.push("r1", act(ActKind::Relu), &[c1]);
+    let mut dw = ConvSpec::new(8, 8, 3, 1, 1);
+    dw.groups = 8;
+    let d = g.push("dw", Op::Conv2d(dw), &[r1]);
+    let p = g.push("pw", conv(8, 8, 1, 1, 0), &[d]);
+    let a = g.push("add", Op::Add, &[p, r1]);
+    let c2 = g.push("c2", conv(8, 16, 3, 2, 1), &[a]);
+    let mp = g.push("mp", Op::MaxPool(PoolSpec::new(2, 2, 0)), &[c2]);
+    let f = g.push("f", Op::Flatten { start: 1 }, &[mp]);
+    let l1 = g.push("l1", lin(16 * 9, 20), &[f]);
+    let t = g.push("t", act(ActKind::Gelu), &[l1]);
+    g.push("l2", lin(20, 6), &[t]);
+    g
+}
+
+#[test]
+fn half_weight_plans_compute_with_the_rounded_weights() {
+    let m = random_model(no_bn_graph(), 11);
+    for batch in [1, 3] {
+        let x = Tensor::randn(&[batch, 3, 12, 12], &mut Rng::new(4)).to_vec();
+        let exact = Plan::compile(&m, batch).unwrap().run(&x).to_vec();
+        for (dtype, kind) in [
+            (WeightDtype::F16, HalfKind::F16),
+            (WeightDtype::Bf16, HalfKind::Bf16),
+        ] {
+            let options = PlanOptions {
+                weights: dtype,
+                ..PlanOptions::default()
+            };
+            let mut half = Plan::compile_with(&m, batch, &options).unwrap();
+            let mut reference = Plan::compile(&rounded(&m, kind), batch).unwrap();
+            let want = reference.run(&x).to_vec();
+            let got = half.run(&x).to_vec();
+            let shape = [batch, 6];
+            assert_close(
+                &Tensor::from_vec(got.clone(), &shape).unwrap(),
+                &Tensor::from_vec(want, &shape).unwrap(),
+                1e-5,
+                &format!("{dtype:?} plan vs f32 plan of the rounded weights, batch {batch}"),
+            );
+            // Rounding did happen: the output moved from the f32 weights' one.
+            assert!(got.iter().zip(&exact).any(|(a, b)| a != b), "{dtype:?}");
+            assert_eq!(half.weight_dtype(), dtype);
+            assert_eq!(2 * half.weight_bytes(), reference.weight_bytes());
+            assert_eq!(
+                half.param_bytes() - half.weight_bytes(),
+                reference.param_bytes() - reference.weight_bytes(),
+                "biases stay f32"
+            );
+            assert!(half.steps().all(|s| {
+                let weighted = s.kind.starts_with("conv") || s.kind.starts_with("linear");
+                weighted == s.kind.contains(dtype.name())
+            }));
+        }
+    }
+}
+
+#[test]
+fn f16_weights_beyond_its_range_are_an_error() {
+    let mut m = random_model(no_bn_graph(), 12);
+    let w = m.get_mut("c2.weight").unwrap();
+    let mut v = w.to_vec();
+    v[5] = 1e5;
+    *w = Tensor::from_vec(v, w.shape()).unwrap();
+    let f16 = PlanOptions {
+        weights: WeightDtype::F16,
+        ..PlanOptions::default()
+    };
+    let err = Plan::compile_with(&m, 1, &f16).err().unwrap().to_string();
+    assert!(err.contains("`c2`") && err.contains("f16"), "{err}");
+    let bf16 = PlanOptions {
+        weights: WeightDtype::Bf16,
+        ..PlanOptions::default()
+    };
+    assert!(Plan::compile_with(&m, 1, &bf16).is_ok());
 }

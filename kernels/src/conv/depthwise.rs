@@ -14,11 +14,11 @@
 //! output-gradient row through the taps; the weight gradient is dot products of rows.
 
 use super::im2col::{valid_range, Geom};
-use super::scratch::with_scratch;
-use super::{dot, epilogue_row, Conv2dShape, ConvEpilogueOp};
+use super::{dot, epilogue_row, Conv2dShape, ConvEpilogueOp, Weights};
 use crate::activation::Activation;
 use crate::isa::{self, Isa};
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
+use crate::scratch::with_scratch;
 
 /// The widest SIMD vector any kernel here uses, in f32 lanes (AVX2).
 const MAX_LANES: usize = 8;
@@ -443,7 +443,13 @@ fn clamp_bounds(a: Activation) -> Option<(f32, f32)> {
 }
 
 /// Forward (shape has one input channel per group).
-pub fn forward(shape: &Conv2dShape, x: &[f32], w: &[f32], out: &mut [f32], epi: &[ConvEpilogueOp]) {
+pub fn forward(
+    shape: &Conv2dShape,
+    x: &[f32],
+    w: Weights,
+    out: &mut [f32],
+    epi: &[ConvEpilogueOp],
+) {
     forward_isa(isa::current(), shape, x, w, out, epi);
 }
 
@@ -452,7 +458,7 @@ pub fn forward_isa(
     isa: Isa,
     shape: &Conv2dShape,
     x: &[f32],
-    w: &[f32],
+    w: Weights,
     out: &mut [f32],
     epi: &[ConvEpilogueOp],
 ) {
@@ -473,14 +479,23 @@ pub fn forward_isa(
     // One task per (image, input channel): its `mult` output planes are contiguous.
     parallel::for_each_chunk_mut(out, mult * plane_out, par, |i, o| {
         let n = i / cin;
-        with_scratch(hp * wp, |pad| {
+        // The padded plane, then room for one kernel's taps decoded from 16 bits.
+        with_scratch(hp * wp + khw, |buf| {
+            let (pad, decoded) = buf.split_at_mut(hp * wp);
             pad_plane(&x[i * plane_in..(i + 1) * plane_in], &g, wp, g.ph, pad);
             for (j, oplane) in o.chunks_exact_mut(plane_out).enumerate() {
                 let oc = (i % cin) * mult + j;
+                let taps: &[f32] = match w.range(oc * khw..(oc + 1) * khw) {
+                    Weights::F32(t) => t,
+                    Weights::Half(h) => {
+                        h.decode_into(decoded);
+                        decoded
+                    }
+                };
                 let job = PlaneJob {
                     src: pad,
                     ld: wp,
-                    taps: &w[oc * khw..(oc + 1) * khw],
+                    taps,
                     kh: g.kh,
                     kw: g.kw,
                     sy: g.sh,

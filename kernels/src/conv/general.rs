@@ -12,13 +12,13 @@
 //! one image alone would give a GEMM too narrow to be efficient).
 
 use super::im2col::{col2im_tile, copy_run, im2col_planes, im2col_tile, Geom};
-use super::scratch::with_scratch;
 use super::{
-    accumulate_in_parts, channel_block, epilogue_row, ranges_per_image, staged_ranges,
-    units_balance, with_gemm_epilogue, Conv2dShape, ConvEpilogueOp,
+    accumulate_in_parts, channel_block, epilogue_row, gemm_weight_rows, ranges_per_image,
+    staged_ranges, units_balance, with_gemm_epilogue, Conv2dShape, ConvEpilogueOp, Weights,
 };
 use crate::gemm::{gemm_serial as gemm, MatMut, MatRef};
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
+use crate::scratch::with_scratch;
 
 /// Target bytes of patch matrix per GEMM call: the tile lives in L2 between im2col and the GEMM.
 pub const TILE_BYTES: usize = 256 * 1024;
@@ -92,13 +92,9 @@ impl Dims {
         }
     }
 
-    /// Group `gi`'s weights as the row-major `[Cout_g x K]` matrix.
-    fn weights<'a>(&self, w: &'a [f32], gi: usize) -> MatRef<'a> {
-        MatRef::row_major(
-            &w[gi * self.cout_g * self.k..(gi + 1) * self.cout_g * self.k],
-            self.cout_g,
-            self.k,
-        )
+    /// Group `gi`'s rows of the `[Cout x K]` weights.
+    fn group_rows(&self, gi: usize) -> (usize, usize) {
+        (gi * self.cout_g, self.cout_g)
     }
 
     /// Floats of the padded-plane scratch [`Dims::images_to_cols`] needs.
@@ -142,7 +138,13 @@ impl Dims {
 }
 
 /// Forward with the default tiling.
-pub fn forward(shape: &Conv2dShape, x: &[f32], w: &[f32], out: &mut [f32], epi: &[ConvEpilogueOp]) {
+pub fn forward(
+    shape: &Conv2dShape,
+    x: &[f32],
+    w: Weights,
+    out: &mut [f32],
+    epi: &[ConvEpilogueOp],
+) {
     forward_tiled(shape, tiling(shape), x, w, out, epi);
 }
 
@@ -151,7 +153,7 @@ pub fn forward_tiled(
     shape: &Conv2dShape,
     tiling: Tiling,
     x: &[f32],
-    w: &[f32],
+    w: Weights,
     out: &mut [f32],
     epi: &[ConvEpilogueOp],
 ) {
@@ -170,8 +172,10 @@ pub fn forward_tiled(
                     for gi in 0..d.groups {
                         d.images_to_cols(x, n0, mm, gi, cols, pad);
                         let rows = &mut cbuf[gi * d.cout_g * ld..(gi + 1) * d.cout_g * ld];
-                        gemm(
-                            d.weights(w, gi),
+                        gemm_weight_rows(
+                            w,
+                            d.group_rows(gi),
+                            d.k,
                             MatRef::row_major(cols, d.k, ld),
                             0.0,
                             MatMut::row_major(rows, d.cout_g, ld),
@@ -200,7 +204,7 @@ fn forward_pixel_tiles(
     tile: usize,
     par: bool,
     x: &[f32],
-    w: &[f32],
+    w: Weights,
     out: &mut [f32],
     epi: &[ConvEpilogueOp],
 ) {
@@ -224,8 +228,10 @@ fn forward_pixel_tiles(
                 };
                 let (c0, rows) = (gi * d.cout_g, d.cout_g);
                 with_gemm_epilogue(shape, epi, n, c0, rows, p0, len, |e| {
-                    gemm(
-                        d.weights(w, gi),
+                    gemm_weight_rows(
+                        w,
+                        d.group_rows(gi),
+                        k,
                         MatRef::row_major(&cols[..k * len], k, len),
                         0.0,
                         c,
@@ -273,7 +279,6 @@ fn forward_pixel_tiles(
     parallel::for_each_chunk_mut(out, cb * plane_out, par, |i, o| {
         let (n, c) = (i * cb / d.cout, i * cb % d.cout);
         let gi = c / d.cout_g;
-        let wb = MatRef::row_major(&w[c * k..(c + cb) * k], cb, k);
         with_scratch(k * tile, |cols| {
             for (p0, len) in runs(0, plane_out, tile) {
                 let xg = &x[n * img_in + gi * d.cin_g * d.plane_in..];
@@ -285,7 +290,8 @@ fn forward_pixel_tiles(
                     row_stride: plane_out,
                 };
                 with_gemm_epilogue(shape, epi, n, c, cb, p0, len, |e| {
-                    gemm(wb, MatRef::row_major(&cols[..k * len], k, len), 0.0, dst, e)
+                    let patches = MatRef::row_major(&cols[..k * len], k, len);
+                    gemm_weight_rows(w, (c, cb), k, patches, 0.0, dst, e)
                 });
             }
         })
@@ -298,7 +304,8 @@ fn forward_pixel_tiles(
 pub fn backward_input(shape: &Conv2dShape, dy: &[f32], w: &[f32], dx: &mut [f32]) {
     if super::shifted::supports(shape) {
         let ts = super::shifted::transposed(shape);
-        forward(&ts, dy, &super::shifted::flipped_weights(shape, w), dx, &[]);
+        let wf = super::shifted::flipped_weights(shape, w);
+        forward(&ts, dy, Weights::F32(&wf), dx, &[]);
         return;
     }
     backward_input_tiled(shape, tiling(shape), dy, w, dx);

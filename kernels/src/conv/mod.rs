@@ -26,16 +26,16 @@ pub mod general;
 pub mod im2col;
 pub mod naive;
 pub mod pointwise;
-mod scratch;
 pub mod shifted;
 #[cfg(test)]
 mod tests;
 
 use crate::activation::Activation;
-use crate::gemm::{EpilogueOp, MatRef};
+use crate::gemm::{gemm_half_a_serial, gemm_serial, EpilogueOp, MatMut, MatRef};
+pub use crate::half_weights::Weights;
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
+use crate::scratch::with_staging;
 use rayon::prelude::*;
-use scratch::with_staging;
 use std::ops::Range;
 
 /// Stride, padding, dilation (each as `(height, width)`) and groups of a 2-D convolution.
@@ -411,6 +411,18 @@ pub fn forward(
     forward_with(shape.path(), shape, input, weight, output, epilogue);
 }
 
+/// [`forward`] with the weights in f32 or in 16 bits ([`Weights`]; decoded block by block where
+/// each path copies or multiplies them, into per-thread scratch).
+pub fn forward_weights(
+    shape: &Conv2dShape,
+    input: &[f32],
+    weight: Weights,
+    output: &mut [f32],
+    epilogue: &[ConvEpilogueOp],
+) {
+    forward_weights_with(shape.path(), shape, input, weight, output, epilogue);
+}
+
 /// [`forward`] through a chosen path (benchmarks and tests compare paths on the same problem).
 /// Panics if `path` cannot run `shape` (pointwise needs 1x1/stride 1/no padding; depthwise one
 /// input channel per group; shifted [`shifted::supports`]); [`ConvPath::General`] runs anything.
@@ -419,6 +431,18 @@ pub fn forward_with(
     shape: &Conv2dShape,
     input: &[f32],
     weight: &[f32],
+    output: &mut [f32],
+    epilogue: &[ConvEpilogueOp],
+) {
+    forward_weights_with(path, shape, input, Weights::F32(weight), output, epilogue);
+}
+
+/// [`forward_weights`] through a chosen path (see [`forward_with`]).
+pub fn forward_weights_with(
+    path: ConvPath,
+    shape: &Conv2dShape,
+    input: &[f32],
+    weight: Weights,
     output: &mut [f32],
     epilogue: &[ConvEpilogueOp],
 ) {
@@ -535,6 +559,24 @@ pub fn backward_bias(shape: &Conv2dShape, grad_out: &[f32], grad_bias: &mut [f32
     }
     for (i, p) in grad_out.chunks_exact(plane).enumerate() {
         grad_bias[i % shape.out_channels] += sum(p);
+    }
+}
+
+/// `C = beta * C + W[r0..r0 + rows] * B` on the calling thread, for rows `r0..r0 + rows` of the
+/// row-major `[Cout x k]` weights, whatever their storage.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_weight_rows(
+    w: Weights,
+    (r0, rows): (usize, usize),
+    k: usize,
+    b: MatRef,
+    beta: f32,
+    c: MatMut,
+    epilogue: &[EpilogueOp],
+) {
+    match w.range(r0 * k..(r0 + rows) * k) {
+        Weights::F32(w) => gemm_serial(MatRef::row_major(w, rows, k), b, beta, c, epilogue),
+        Weights::Half(h) => gemm_half_a_serial(h, b, beta, c, epilogue),
     }
 }
 

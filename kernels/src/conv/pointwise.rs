@@ -7,8 +7,8 @@
 //! (each task repacks X, which is then small).
 
 use super::{
-    accumulate_in_parts, channel_block, ranges_per_image, staged_ranges, units_balance,
-    with_gemm_epilogue, Conv2dShape, ConvEpilogueOp,
+    accumulate_in_parts, channel_block, gemm_weight_rows, ranges_per_image, staged_ranges,
+    units_balance, with_gemm_epilogue, Conv2dShape, ConvEpilogueOp, Weights,
 };
 use crate::gemm::{gemm_serial as gemm, MatMut, MatRef};
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
@@ -35,7 +35,13 @@ fn columns(
 }
 
 /// Forward.
-pub fn forward(shape: &Conv2dShape, x: &[f32], w: &[f32], out: &mut [f32], epi: &[ConvEpilogueOp]) {
+pub fn forward(
+    shape: &Conv2dShape,
+    x: &[f32],
+    w: Weights,
+    out: &mut [f32],
+    epi: &[ConvEpilogueOp],
+) {
     let plane = shape.in_h * shape.in_w;
     let (cin_g, cout_g, groups) = (
         shape.in_per_group(),
@@ -43,13 +49,6 @@ pub fn forward(shape: &Conv2dShape, x: &[f32], w: &[f32], out: &mut [f32], epi: 
         shape.params.groups,
     );
     let cin = shape.in_channels;
-    let wg = |gi: usize| {
-        MatRef::row_major(
-            &w[gi * cout_g * cin_g..(gi + 1) * cout_g * cin_g],
-            cout_g,
-            cin_g,
-        )
-    };
     // Image n, group gi, pixels p0..p0+len into `dst` (rows of `ld`).
     let run = |n: usize, gi: usize, p0: usize, len: usize, dst: &mut [f32], ld: usize| {
         let xg = columns(x, (n * cin + gi * cin_g) * plane, cin_g, plane, p0, len);
@@ -60,7 +59,7 @@ pub fn forward(shape: &Conv2dShape, x: &[f32], w: &[f32], out: &mut [f32], epi: 
             row_stride: ld,
         };
         with_gemm_epilogue(shape, epi, n, gi * cout_g, cout_g, p0, len, |e| {
-            gemm(wg(gi), xg, 0.0, c, e)
+            gemm_weight_rows(w, (gi * cout_g, cout_g), cin_g, xg, 0.0, c, e)
         });
     };
     let par = parallel::worth_splitting(shape.macs(), CONV_PAR_MIN_MACS);
@@ -94,8 +93,10 @@ pub fn forward(shape: &Conv2dShape, x: &[f32], w: &[f32], out: &mut [f32], epi: 
         let gi = c / cout_g;
         let xg = columns(x, (n * cin + gi * cin_g) * plane, cin_g, plane, 0, plane);
         with_gemm_epilogue(shape, epi, n, c, cb, 0, plane, |e| {
-            gemm(
-                MatRef::row_major(&w[c * cin_g..(c + cb) * cin_g], cb, cin_g),
+            gemm_weight_rows(
+                w,
+                (c, cb),
+                cin_g,
                 xg,
                 0.0,
                 MatMut::row_major(o, cb, plane),

@@ -24,10 +24,12 @@
 //! price is `ws / OW` extra columns, small for wide planes, hence [`preferred`]'s width bound.
 
 use super::im2col::copy_run;
-use super::scratch::{with_scratch, with_staging};
-use super::{accumulate_in_parts, epilogue_row, units_balance, Conv2dShape, ConvEpilogueOp};
+use super::{
+    accumulate_in_parts, epilogue_row, units_balance, Conv2dShape, ConvEpilogueOp, Weights,
+};
 use crate::gemm::{gemm_packed_serial, gemm_serial, pack_b, MatMut, MatRef};
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
+use crate::scratch::{with_scratch, with_staging};
 
 /// Narrowest output for which [`preferred`] picks this path: the garbage columns cost `pw / OW`.
 const MIN_OUT_W: usize = 10;
@@ -163,22 +165,26 @@ impl Layout {
 }
 
 /// Forward (`s` must satisfy [`supports`]).
-pub fn forward(s: &Conv2dShape, x: &[f32], w: &[f32], out: &mut [f32], epi: &[ConvEpilogueOp]) {
+pub fn forward(s: &Conv2dShape, x: &[f32], w: Weights, out: &mut [f32], epi: &[ConvEpilogueOp]) {
     let l = Layout::new(s);
     let (cin, cout, kh, kw) = (s.in_channels, s.out_channels, l.kh, l.kw);
     let depth = cin * kh;
+    let per_out = cin * kh * kw;
     // Weights by kernel column: wk[kx] is the row-major [Cout x (Cin, kh)] matrix of column kx,
-    // in the call-level staging slot so inference allocates nothing after warm-up.
+    // in the call-level staging slot so inference allocates nothing after warm-up (16-bit
+    // weights are decoded one output channel at a time on the way).
     with_staging(w.len(), |wk| {
         for co in 0..cout {
-            for ci in 0..cin {
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        wk[(kx * cout + co) * depth + ci * kh + ky] =
-                            w[((co * cin + ci) * kh + ky) * kw + kx];
+            w.range(co * per_out..(co + 1) * per_out).with_f32(|wc| {
+                for ci in 0..cin {
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            wk[(kx * cout + co) * depth + ci * kh + ky] =
+                                wc[(ci * kh + ky) * kw + kx];
+                        }
                     }
                 }
-            }
+            });
         }
         let (img_in, img_out, plane_out) = (cin * l.h * l.w, cout * l.oh * l.ow, l.oh * l.ow);
         let par = parallel::worth_splitting(s.macs(), CONV_PAR_MIN_MACS);
@@ -254,7 +260,7 @@ pub(crate) fn flipped_weights(s: &Conv2dShape, w: &[f32]) -> Vec<f32> {
 pub fn backward_input(s: &Conv2dShape, dy: &[f32], w: &[f32], dx: &mut [f32]) {
     let ts = transposed(s);
     debug_assert_eq!(ts.out_hw(), (s.in_h, s.in_w));
-    forward(&ts, dy, &flipped_weights(s, w), dx, &[]);
+    forward(&ts, dy, Weights::F32(&flipped_weights(s, w)), dx, &[]);
 }
 
 /// Weight gradient (overwrites `dw`; `s` must satisfy [`supports`]).

@@ -192,13 +192,13 @@ fn check_forward(c: Case, seed: u64) {
         }
         for tiling in tilings(&s) {
             let mut got = vec![f32::NAN; s.output_len()];
-            general::forward_tiled(&s, tiling, &d.x, &d.w, &mut got, &epi);
+            general::forward_tiled(&s, tiling, &d.x, (&d.w).into(), &mut got, &epi);
             assert_near(&got, &want, &format!("{c:?} {tiling:?} {name}"));
         }
         if s.in_per_group() == 1 {
             for isa in [Isa::Scalar, isa::current()] {
                 let mut got = vec![f32::NAN; s.output_len()];
-                depthwise::forward_isa(isa, &s, &d.x, &d.w, &mut got, &epi);
+                depthwise::forward_isa(isa, &s, &d.x, (&d.w).into(), &mut got, &epi);
                 assert_near(&got, &want, &format!("{c:?} depthwise {isa:?} {name}"));
             }
         }
@@ -404,4 +404,28 @@ fn empty_batch_is_a_no_op() {
     let mut dw = vec![f32::NAN; s.weight_len()];
     backward_weight(&s, &[], &[], &mut dw);
     assert!(dw.iter().all(|&v| v == 0.0));
+}
+
+/// 16-bit weights: every path computes what it computes with the decoded weights in f32 (only
+/// the storage differs; the 16-bit GEMM sums depth blocks in its own order).
+#[test]
+fn half_weights_match_their_decoded_f32_values_on_every_path() {
+    use crate::half_weights::{HalfKind, HalfVec};
+    for (i, &c) in CASES.iter().chain(PAR_CASES).enumerate() {
+        let s = shape_of(c);
+        let d = data(&s, 100 + i as u64);
+        let kind = [HalfKind::F16, HalfKind::Bf16][i % 2];
+        let h = HalfVec::encode(kind, &d.w).unwrap();
+        let decoded = h.to_f32();
+        for (name, epi) in epilogues(&d) {
+            for path in paths(&s) {
+                let mut want = vec![f32::NAN; s.output_len()];
+                forward_with(path, &s, &d.x, &decoded, &mut want, &epi);
+                let mut got = vec![f32::NAN; s.output_len()];
+                let w = Weights::Half(h.as_slice());
+                forward_weights_with(path, &s, &d.x, w, &mut got, &epi);
+                assert_near(&got, &want, &format!("{c:?} {path:?} {kind:?} {name}"));
+            }
+        }
+    }
 }

@@ -8,6 +8,7 @@ mod direct;
 mod driver;
 mod epilogue;
 mod gemv;
+mod half_weights;
 #[cfg(target_arch = "x86_64")]
 mod kernel_avx2;
 #[cfg(target_arch = "aarch64")]
@@ -24,6 +25,9 @@ use crate::isa::Isa;
 use crate::parallel;
 use driver::BSource;
 use spec::Spec;
+
+pub use half_weights::{gemm_half_a_serial, linear_half};
+pub(crate) use scratch::reserve as reserve_scratch;
 
 /// A read-only matrix view: element (i, j) is `data[i * row_stride + j * col_stride]`.
 #[derive(Clone, Copy, Debug)]
@@ -125,11 +129,14 @@ fn check_shapes(a: &MatRef, b: &MatRef, c: &MatMut, epilogue: &Epilogue) {
 /// The checks that do not involve B's data: dimensions, A and C bounds, the epilogue's operands.
 fn check_a_c(a: &MatRef, k: usize, n: usize, c: &MatMut, epilogue: &Epilogue) {
     assert_eq!(a.cols, k, "gemm: inner dimensions differ");
-    assert!(
-        a.rows == c.rows && n == c.cols,
-        "gemm: output dimensions differ"
-    );
-    assert!(a.in_bounds() && c.in_bounds(), "gemm: view out of bounds");
+    assert!(a.in_bounds(), "gemm: view out of bounds");
+    check_c(a.rows, n, c, epilogue);
+}
+
+/// The checks of an `m x n` output and its epilogue's operands.
+fn check_c(m: usize, n: usize, c: &MatMut, epilogue: &Epilogue) {
+    assert!(m == c.rows && n == c.cols, "gemm: output dimensions differ");
+    assert!(c.in_bounds(), "gemm: view out of bounds");
     assert!(c.row_stride >= c.cols, "gemm: output rows overlap");
     for op in epilogue {
         match op {

@@ -1,0 +1,86 @@
+//! How a plan stores conv and linear weights: f32, or 16 bits decoded by the kernels.
+
+use tlc_kernels::gemm::PackedB;
+use tlc_kernels::half_weights::{HalfKind, HalfVec, Weights};
+
+/// How conv and linear weights are stored (the arithmetic is f32 either way).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum WeightDtype {
+    /// As trained.
+    #[default]
+    F32,
+    /// IEEE binary16: half the bytes, 11 significant bits (relative rounding error <= 2^-11).
+    F16,
+    /// bfloat16: half the bytes, 8 significant bits (<= 2^-8), f32's range.
+    Bf16,
+}
+
+impl WeightDtype {
+    /// `f32`, `f16` or `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightDtype::F32 => "f32",
+            WeightDtype::F16 => "f16",
+            WeightDtype::Bf16 => "bf16",
+        }
+    }
+
+    /// Bytes per stored weight.
+    pub fn bytes(self) -> usize {
+        match self {
+            WeightDtype::F32 => 4,
+            WeightDtype::F16 | WeightDtype::Bf16 => 2,
+        }
+    }
+
+    pub(super) fn half(self) -> Option<HalfKind> {
+        match self {
+            WeightDtype::F32 => None,
+            WeightDtype::F16 => Some(HalfKind::F16),
+            WeightDtype::Bf16 => Some(HalfKind::Bf16),
+        }
+    }
+}
+
+/// A conv layer's weights as stored.
+pub(super) enum ConvWeight {
+    F32(Vec<f32>),
+    Half(HalfVec),
+}
+
+impl ConvWeight {
+    /// Bytes as stored.
+    pub(super) fn bytes(&self) -> usize {
+        match self {
+            ConvWeight::F32(w) => 4 * w.len(),
+            ConvWeight::Half(h) => h.bytes(),
+        }
+    }
+
+    pub(super) fn view(&self) -> Weights<'_> {
+        match self {
+            ConvWeight::F32(w) => Weights::F32(w),
+            ConvWeight::Half(h) => Weights::Half(h.as_slice()),
+        }
+    }
+}
+
+pub(super) enum LinearWeight {
+    /// `W^T` packed for the GEMM micro-kernel.
+    Packed(PackedB),
+    /// `W` `[out, in]` as stored, read as `W^T` by the one-row (GEMV) path.
+    Rows(Vec<f32>),
+    /// `W` `[out, in]` in 16 bits, decoded block by block by `linear_half`.
+    Half(HalfVec),
+}
+
+impl LinearWeight {
+    /// Bytes of the values as stored (a packed layout's padding is not counted).
+    pub(super) fn bytes(&self) -> usize {
+        match self {
+            LinearWeight::Packed(p) => 4 * p.rows() * p.cols(),
+            LinearWeight::Rows(w) => 4 * w.len(),
+            LinearWeight::Half(h) => h.bytes(),
+        }
+    }
+}
