@@ -13,8 +13,9 @@
 
 use super::im2col::{col2im_tile, copy_run, im2col_planes, im2col_tile, Geom};
 use super::{
-    accumulate_in_parts, channel_block, epilogue_row, gemm_weight_rows, ranges_per_image,
-    staged_ranges, units_balance, with_gemm_epilogue, Conv2dShape, ConvEpilogueOp, Weights,
+    accumulate_in_parts, channel_block, epilogue_row, for_each_channel_block, gemm_weight_rows,
+    ranges_per_image, staged_ranges, units_balance, with_gemm_epilogue, Conv2dShape,
+    ConvEpilogueOp, Weights,
 };
 use crate::gemm::{gemm_serial as gemm, MatMut, MatRef};
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
@@ -276,9 +277,9 @@ fn forward_pixel_tiles(
     // of the weights by its own copy of the (small) patch matrix; one block per thread, as each
     // block repeats the im2col.
     let cb = channel_block(shape, d.cout_g, 16, threads, par);
-    parallel::for_each_chunk_mut(out, cb * plane_out, par, |i, o| {
-        let (n, c) = (i * cb / d.cout, i * cb % d.cout);
-        let gi = c / d.cout_g;
+    for_each_channel_block(out, d.cout_g, plane_out, cb, par, |u, c0, o| {
+        let (n, gi) = (u / d.groups, u % d.groups);
+        let (c, cb) = (gi * d.cout_g + c0, o.len() / plane_out);
         with_scratch(k * tile, |cols| {
             for (p0, len) in runs(0, plane_out, tile) {
                 let xg = &x[n * img_in + gi * d.cin_g * d.plane_in..];
@@ -375,10 +376,10 @@ pub fn backward_input_tiled(
             // Blocks of at least 32 GEMM rows (channels x taps).
             let want = parallel::pieces(shape.macs(), CONV_PAR_MIN_MACS);
             let cb = channel_block(shape, d.cin_g, 32usize.div_ceil(khw), want, par);
-            parallel::for_each_chunk_mut(dx, cb * plane_in, par, |i, dxc| {
+            for_each_channel_block(dx, d.cin_g, plane_in, cb, par, |u, c0, dxc| {
                 dxc.fill(0.0);
-                let (n, c) = (i * cb / d.cin, i * cb % d.cin);
-                let (gi, c0) = (c / d.cin_g, c % d.cin_g);
+                let (n, gi) = (u / d.groups, u % d.groups);
+                let cb = dxc.len() / plane_in;
                 with_scratch(cb * khw * tile, |cols| {
                     for (p0, len) in runs(0, plane_out, tile) {
                         let cols = &mut cols[..cb * khw * len];

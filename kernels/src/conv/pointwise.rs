@@ -7,8 +7,8 @@
 //! (each task repacks X, which is then small).
 
 use super::{
-    accumulate_in_parts, channel_block, gemm_weight_rows, ranges_per_image, staged_ranges,
-    units_balance, with_gemm_epilogue, Conv2dShape, ConvEpilogueOp, Weights,
+    accumulate_in_parts, channel_block, for_each_channel_block, gemm_weight_rows, ranges_per_image,
+    staged_ranges, units_balance, with_gemm_epilogue, Conv2dShape, ConvEpilogueOp, Weights,
 };
 use crate::gemm::{gemm_serial as gemm, MatMut, MatRef};
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
@@ -88,9 +88,9 @@ pub fn forward(
     }
     // Small planes: blocks of output channels (each task packs the small X for itself).
     let cb = channel_block(shape, cout_g, 16, threads, par);
-    parallel::for_each_chunk_mut(out, cb * plane, par, |i, o| {
-        let (n, c) = (i * cb / shape.out_channels, i * cb % shape.out_channels);
-        let gi = c / cout_g;
+    for_each_channel_block(out, cout_g, plane, cb, par, |u, c0, o| {
+        let (n, gi) = (u / groups, u % groups);
+        let (c, cb) = (gi * cout_g + c0, o.len() / plane);
         let xg = columns(x, (n * cin + gi * cin_g) * plane, cin_g, plane, 0, plane);
         with_gemm_epilogue(shape, epi, n, c, cb, 0, plane, |e| {
             gemm_weight_rows(
