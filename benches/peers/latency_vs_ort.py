@@ -263,6 +263,24 @@ def remove_activations(model, names):
         setattr(owner, leaf, nn.Identity())
 
 
+def mirror_paddings(model, path):
+    """TLC moves the padding of a newly linear conv pair onto its first conv (TLC.md, "Borders");
+    give the torchvision module's convs the stored graph's paddings. Returns how many moved."""
+    graph = header(path).get("tlc.graph")
+    if graph is None:
+        return 0
+    moved = 0
+    for n in json.loads(graph)["nodes"]:
+        if n["op"]["kind"] != "conv2d":
+            continue
+        conv = model.get_submodule(n["name"])
+        pad = tuple(n["op"]["padding"])
+        if tuple(conv.padding) != pad:
+            conv.padding = pad
+            moved += 1
+    return moved
+
+
 def load_tlc_tensors(model, path):
     """Load `path`'s tensors into `model`: every name of its state_dict must be there with the
     same shape; the file's other tensors (optimizer state, ...) are skipped. Returns how many."""
@@ -475,10 +493,11 @@ def checkpoint_row(a, workdir):
     model = torch_model(spec)
     removed = removed_activations(a.checkpoint)
     remove_activations(model, removed)
+    moved = mirror_paddings(model, a.checkpoint)
     skipped = load_tlc_tensors(model, a.checkpoint)
     print(f"{a.checkpoint}: {spec.label()} {spec.in_ch}x{spec.image}x{spec.image}, "
-          f"{spec.classes} classes; {len(removed)} activations removed by TLC; {skipped} extra "
-          "tensors skipped", file=sys.stderr, flush=True)
+          f"{spec.classes} classes; {len(removed)} activations removed by TLC, {moved} convs' "
+          f"padding moved; {skipped} extra tensors skipped", file=sys.stderr, flush=True)
     x, onnx_path = prepare(model, spec, workdir, seed=2)
     ortp, torchp = Ort(onnx_path, x, a.threads), Torch(model, x)
     logits = tlc_infer(a.checkpoint, flags, x, workdir, a.threads)
