@@ -30,3 +30,29 @@ pub fn keep_freed_memory() {
         });
     }
 }
+
+/// A zeroed `Vec<f32>` of `n` values, zeroed in parallel when large. `vec![0.0; n]` zeroes on the
+/// calling thread: with freed buffers kept in the process (see [`keep_freed_memory`]) `calloc`
+/// must `memset` the reused block, a serial pass over every activation-sized output that two
+/// threads then wait for (ReLU's forward did not speed up at all with a second thread).
+pub fn zeroed_f32(n: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    if !crate::parallel::worth_splitting(n, crate::parallel::ELEMWISE_PAR_MIN_ELEMS) {
+        return vec![0.0; n];
+    }
+    let mut v = Vec::with_capacity(n);
+    v.par_extend(rayon::iter::repeat_n(0.0f32, n));
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn zeroed_is_all_zero_at_every_size() {
+        for n in [0, 1, 1000, 1 << 17, (1 << 20) + 3] {
+            let v = super::zeroed_f32(n);
+            assert_eq!(v.len(), n);
+            assert!(v.iter().all(|&x| x.to_bits() == 0), "n = {n}");
+        }
+    }
+}

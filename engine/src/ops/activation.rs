@@ -34,7 +34,7 @@ impl Backward for ActivationBackward {
     fn backward(&self, grad: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
         let x = &inputs[0];
         let (xd, gd) = (x.contiguous_data(), grad.contiguous_data());
-        let mut dx = vec![0.0f32; xd.len()];
+        let mut dx = tlc_kernels::alloc::zeroed_f32(xd.len());
         activation::backward(self.act, &xd, &gd, &mut dx);
         Ok(vec![Some(Tensor::new_unchecked(dx, x.shape()))])
     }
@@ -55,7 +55,7 @@ impl Tensor {
             return Ok(self.clone());
         }
         let x = self.contiguous_data();
-        let mut y = vec![0.0f32; x.len()];
+        let mut y = tlc_kernels::alloc::zeroed_f32(x.len());
         activation::apply(act, &x, &mut y);
         let out = Tensor::new_unchecked(y, self.shape());
         Ok(Tensor::record(out, &[self], || ActivationBackward { act }))
