@@ -18,7 +18,7 @@ use tlc_engine::plan::Plan;
 use tlc_engine::{Model, Rng, Tensor};
 use tlc_models::checkpoint::Checkpoint;
 use tlc_models::tlc::{CompressState, COMPRESSED, LAST};
-use tlc_models::train::{evaluate, DataSource, Silent};
+use tlc_models::train::{evaluate, DataSource, Silent, BEST};
 
 #[derive(Args, Debug)]
 pub struct PipelineArgs {
@@ -119,7 +119,19 @@ pub fn run(args: PipelineArgs) -> Result<()> {
     let train_limit = pick(args.train_limit, 12000, 0);
     let target = pick(args.target_removed, 6, 10);
     let final_epochs = pick(args.final_epochs, 1, 4);
-    // Fail on a missing data set before any work (the error names the install command).
+    // Fail on bad input before any work (the data set's error names the install command).
+    if !(args.bench_seconds.is_finite() && args.bench_seconds > 0.0) {
+        return Err(CliError::Usage(format!(
+            "--bench-seconds must be a positive number, got {}",
+            args.bench_seconds
+        )));
+    }
+    if !(args.width.is_finite() && args.width > 0.0) {
+        return Err(CliError::Usage(format!(
+            "--width must be positive, got {}",
+            args.width
+        )));
+    }
     DataSource::parse(&args.data)?;
 
     // 1. Train (resumable), or take the given checkpoint.
@@ -129,7 +141,13 @@ pub fn run(args: PipelineArgs) -> Result<()> {
             let dir = out.join("train");
             let mut a: Vec<String> = vec!["train".into(), "--out".into(), s(&dir)];
             if dir.join(LAST).is_file() {
-                a.push("--resume".into());
+                // The stored run's settings apply; --epochs may extend it.
+                println!(
+                    "\n{} holds a training run: resuming it (its architecture and data options \
+                     apply)",
+                    dir.display()
+                );
+                a.extend(["--resume".into(), "--epochs".into(), epochs.to_string()]);
             } else {
                 a.extend(
                     [
@@ -149,7 +167,7 @@ pub fn run(args: PipelineArgs) -> Result<()> {
                 }
             }
             tlc(&a)?;
-            dir.join("best.safetensors")
+            dir.join(BEST)
         }
     };
 
@@ -157,6 +175,10 @@ pub fn run(args: PipelineArgs) -> Result<()> {
     let tlc_dir = out.join("tlc");
     let mut a: Vec<String> = vec!["compress".into(), "--out".into(), s(&tlc_dir)];
     if tlc_dir.join(LAST).is_file() {
+        println!(
+            "\n{} holds a TLC run: resuming it (its ranking and fine-tuning options apply)",
+            tlc_dir.display()
+        );
         a.push("--resume".into());
     } else {
         a.extend(["--checkpoint".into(), s(&trained)]);
@@ -180,15 +202,18 @@ pub fn run(args: PipelineArgs) -> Result<()> {
     if args.merge_all {
         a.push("--merge-all".into());
     } else {
+        // Measured once: a restarted pipeline decides with the same table.
         let table = out.join("cost-table.json");
-        tlc(&[
-            "calibrate".into(),
-            "--quick".into(),
-            "--checkpoint".into(),
-            s(&compressed),
-            "--out".into(),
-            s(&table),
-        ])?;
+        if !table.is_file() {
+            tlc(&[
+                "calibrate".into(),
+                "--quick".into(),
+                "--checkpoint".into(),
+                s(&compressed),
+                "--out".into(),
+                s(&table),
+            ])?;
+        }
         a.extend(["--cost-table".into(), s(&table)]);
     }
     tlc(&a)?;

@@ -202,6 +202,10 @@ impl CompressState {
         for (r, f) in self.iterations.iter_mut().zip(flags) {
             r.accepted = f;
         }
+        if let Some(f) = &self.final_tune {
+            let ok = self.accepts(f);
+            self.final_tune.as_mut().expect("checked").accepted = ok;
+        }
         let best = self
             .iterations
             .iter()
@@ -501,12 +505,11 @@ impl Compressor {
         loop {
             if let Some(reason) = self.state.stop_reason() {
                 self.state.stopped = Some(reason);
-                self.save(self.state.best + 1 == self.state.iterations.len())?;
+                // A finished final fine-tuning of the best iteration stays the result.
+                let best_is_last = self.state.best + 1 == self.state.iterations.len();
+                self.save(best_is_last && !self.final_is_result())?;
                 if self.state.final_tune_pending() {
                     self.final_tune(p)?;
-                } else if self.final_is_result() {
-                    // `save` just rewrote the result with the untuned iteration.
-                    self.copy_to_result(FINAL)?;
                 }
                 return Ok(reason);
             }
@@ -789,15 +792,10 @@ impl Compressor {
 
     /// Make `compressed.safetensors` the best iteration's checkpoint again.
     fn copy_best(&self) -> Result<()> {
-        self.copy_to_result(&iteration_file(self.state.best))
-    }
-
-    /// Copy the checkpoint `name` of the run's directory to `compressed.safetensors`.
-    fn copy_to_result(&self, name: &str) -> Result<()> {
         let Some(dir) = &self.out else {
             return Ok(());
         };
-        let from = dir.join(name);
+        let from = dir.join(iteration_file(self.state.best));
         let bytes = std::fs::read(&from).map_err(|e| tlc_engine::Error::io(&from, e))?;
         let to = dir.join(COMPRESSED);
         write_atomically(&to, |w| {
