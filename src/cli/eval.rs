@@ -12,11 +12,11 @@ use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tlc_engine::plan::{Plan, PlanOptions, WeightDtype};
-use tlc_engine::Model;
-use tlc_models::data::loader::{batches_per_epoch, LoaderConfig, Prefetcher};
+use tlc_engine::{Model, Tensor};
 use tlc_models::data::Dataset;
 use tlc_models::train::{
-    check_fits, evaluate, DataSource, EvalMetrics, Normalization, Progress, Splits, TrainConfig,
+    check_fits, evaluate, evaluate_with, DataSource, EvalMetrics, Normalization, Progress, Splits,
+    TrainConfig,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -148,7 +148,15 @@ pub fn run(args: EvalArgs) -> Result<()> {
         ),
         Some(w) => {
             let dtype = w.dtype();
-            let m = evaluate_plan(&ckpt.model, &ds, &norm, args.batch, dtype, &mut reporter)?;
+            let m = evaluate_plan(
+                &ckpt.model,
+                &ds,
+                &norm,
+                args.batch,
+                dtype,
+                &split,
+                &mut reporter,
+            )?;
             (m, format!("  (inference plan, {} weights)", dtype.name()))
         }
     };
@@ -180,23 +188,17 @@ fn evaluate_plan(
     norm: &Normalization,
     batch_size: usize,
     weights: WeightDtype,
+    what: &str,
     progress: &mut dyn Progress,
 ) -> Result<EvalMetrics> {
     check_fits(model, ds)?;
-    if ds.is_empty() {
-        return Err(CliError::Usage("the data set holds no images".into()));
-    }
-    let cfg = LoaderConfig::eval(batch_size, norm.mean.clone(), norm.std.clone());
-    progress.eval_start("plan", batches_per_epoch(ds.len(), &cfg));
     let options = PlanOptions {
         weights,
         input_shape: None,
     };
     let mut plans: Vec<Plan> = Vec::new();
-    let (mut loss_sum, mut correct) = (0f64, 0usize);
-    let mut per_class = vec![(0usize, 0usize); ds.classes];
-    for b in Prefetcher::start(ds.clone(), cfg, 0, 0)? {
-        let n = b.labels.len();
+    let metrics = evaluate_with(ds, norm, batch_size, what, progress, &mut |images| {
+        let n = images.shape()[0];
         let plan = match plans.iter().position(|p| p.batch() == n) {
             Some(i) => &mut plans[i],
             None => {
@@ -204,37 +206,8 @@ fn evaluate_plan(
                 plans.last_mut().expect("just pushed")
             }
         };
-        let logits = plan.run(&b.images.to_vec());
-        for (row, &label) in logits.chunks_exact(ds.classes).zip(&b.labels) {
-            let (loss, predicted) = cross_entropy_and_argmax(row, label);
-            loss_sum += loss;
-            per_class[label].1 += 1;
-            if predicted == label {
-                per_class[label].0 += 1;
-                correct += 1;
-            }
-        }
-        progress.eval_step();
-    }
-    progress.eval_end();
-    let n = ds.len();
-    Ok(EvalMetrics {
-        loss: loss_sum / n as f64,
-        accuracy: correct as f64 / n as f64,
-        images: n,
-        per_class,
-    })
-}
-
-/// `-log softmax(row)[label]` (in f64) and the index of the first largest logit.
-fn cross_entropy_and_argmax(row: &[f32], label: usize) -> (f64, usize) {
-    let (mut best, mut at) = (f32::NEG_INFINITY, 0);
-    for (i, &v) in row.iter().enumerate() {
-        if v > best {
-            (best, at) = (v, i);
-        }
-    }
-    let max = best as f64;
-    let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
-    (max + sum.ln() - row[label] as f64, at)
+        let logits = plan.run(&images.contiguous_data()).to_vec();
+        Ok(Tensor::from_vec(logits, &[n, ds.classes])?)
+    })?;
+    Ok(metrics)
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tlc_engine::io::atomic::write_atomically;
 use tlc_engine::tlc::ChannelMask;
-use tlc_engine::{clip_grad_norm, Gradients, LrSchedule, Mode, Model, Optimizer, Rng};
+use tlc_engine::{clip_grad_norm, Gradients, LrSchedule, Mode, Model, Optimizer, Rng, Tensor};
 
 /// File names inside a run's output directory.
 pub const LAST: &str = "last.safetensors";
@@ -120,19 +120,34 @@ pub fn evaluate(
     progress: &mut dyn Progress,
 ) -> Result<EvalMetrics> {
     check_fits(model, ds)?;
+    // Eval mode never writes the model; a clone shares every tensor and lends `forward` its `&mut`.
+    let mut m = model.clone();
+    let mut rng = Rng::new(0);
+    evaluate_with(ds, norm, batch_size, what, progress, &mut |images| {
+        Ok(m.forward(images, Mode::Eval, &mut rng)?)
+    })
+}
+
+/// Loss, accuracy and per-class counts on `ds` of the logits `forward` computes for each batch of
+/// normalised images (`[n, classes]`): the executor's ([`evaluate`]) or a compiled plan's.
+pub fn evaluate_with(
+    ds: &Arc<Dataset>,
+    norm: &Normalization,
+    batch_size: usize,
+    what: &str,
+    progress: &mut dyn Progress,
+    forward: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
+) -> Result<EvalMetrics> {
     if ds.is_empty() {
         return Err(Error::Config(format!("the {what} set holds no images")));
     }
     let cfg = LoaderConfig::eval(batch_size, norm.mean.clone(), norm.std.clone());
     progress.eval_start(what, batches_per_epoch(ds.len(), &cfg));
     let batches = Prefetcher::start(ds.clone(), cfg, 0, 0)?;
-    // Eval mode never writes the model; a clone shares every tensor and lends `forward` its `&mut`.
-    let mut m = model.clone();
-    let mut rng = Rng::new(0);
     let (mut loss_sum, mut correct) = (0f64, 0usize);
     let mut per_class = vec![(0usize, 0usize); ds.classes];
     for b in batches {
-        let logits = m.forward(&b.images, Mode::Eval, &mut rng)?;
+        let logits = forward(&b.images)?;
         let loss = logits.cross_entropy(&b.labels, 0.0)?.item()?;
         loss_sum += loss as f64 * b.labels.len() as f64;
         for (p, &l) in logits.argmax(1)?.iter().zip(&b.labels) {

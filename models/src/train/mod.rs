@@ -11,7 +11,8 @@ pub mod synthetic;
 pub use config::{AugmentConfig, OptimizerKind, Schedule, TrainConfig};
 pub use data::{random_subset, DataSource, Normalization, Splits};
 pub use fit::{
-    check_fits, evaluate, init_model, Best, EvalMetrics, TrainState, Trainer, BEST, LAST, LOG,
+    check_fits, evaluate, evaluate_with, init_model, Best, EvalMetrics, TrainState, Trainer, BEST,
+    LAST, LOG,
 };
 pub use progress::{Progress, Silent, StepReport};
 
