@@ -242,6 +242,29 @@ pub fn randomize_model(m: &mut crate::graph::Model, weights: bool, rng: &mut Rng
     }
 }
 
+/// A model of `g` with every parameter and BN statistic random (biases and shifts non-zero).
+pub fn random_model(g: crate::graph::Graph, seed: u64) -> crate::graph::Model {
+    let mut rng = Rng::new(seed);
+    let mut m = crate::graph::Model::init(g, crate::graph::LinearInit::Uniform, &mut rng)
+        .expect("a valid graph");
+    randomize_model(&mut m, true, &mut rng);
+    m
+}
+
+/// A batch-norm node over `ch` channels (PyTorch's eps and momentum), for test graphs.
+pub fn bn_op(ch: usize) -> crate::graph::Op {
+    crate::graph::Op::BatchNorm(crate::graph::BatchNormSpec {
+        channels: ch,
+        eps: 1e-5,
+        momentum: 0.1,
+    })
+}
+
+/// A square conv node `i -> o`, kernel `k`, stride `s`, padding `p`, for test graphs.
+pub fn conv_op(i: usize, o: usize, k: usize, s: usize, p: usize) -> crate::graph::Op {
+    crate::graph::Op::Conv2d(crate::graph::ConvSpec::new(i, o, k, s, p))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

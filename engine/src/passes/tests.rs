@@ -1,29 +1,11 @@
 use super::*;
-use crate::graph::{ActKind, BatchNormSpec, ConvSpec, Graph, LinearInit, LinearSpec, Model, Op};
+use crate::graph::{ActKind, ConvSpec, Graph, LinearSpec, Model, Op};
 use crate::passes::prune_dead_channels;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use crate::testing::assert_close;
 
-/// A model of `g` with every parameter and BN statistic random (biases and shifts non-zero).
-fn random_model(g: Graph, seed: u64) -> Model {
-    let mut rng = Rng::new(seed);
-    let mut m = Model::init(g, LinearInit::Uniform, &mut rng).unwrap();
-    crate::testing::randomize_model(&mut m, true, &mut rng);
-    m
-}
-
-fn bn(ch: usize) -> Op {
-    Op::BatchNorm(BatchNormSpec {
-        channels: ch,
-        eps: 1e-5,
-        momentum: 0.1,
-    })
-}
-
-fn conv(i: usize, o: usize, k: usize, s: usize, p: usize) -> Op {
-    Op::Conv2d(ConvSpec::new(i, o, k, s, p))
-}
+use crate::testing::{bn_op as bn, conv_op as conv, random_model};
 
 /// Collapse `g` and check the eval outputs agree and `nodes` nodes remain.
 fn check_collapse(g: Graph, input: &[usize], nodes: usize) -> Model {

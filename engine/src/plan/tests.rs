@@ -1,29 +1,11 @@
 use super::*;
-use crate::graph::{ActKind, BatchNormSpec, ConvSpec, LinearInit, LinearSpec, PoolSpec};
+use crate::graph::{ActKind, ConvSpec, LinearSpec, PoolSpec};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use crate::testing::assert_close;
 use tlc_kernels::half_weights::{HalfKind, HalfVec};
 
-/// A model of `g` with every parameter and BN statistic random (biases and shifts non-zero).
-fn random_model(g: Graph, seed: u64) -> Model {
-    let mut rng = Rng::new(seed);
-    let mut m = Model::init(g, LinearInit::Uniform, &mut rng).unwrap();
-    crate::testing::randomize_model(&mut m, true, &mut rng);
-    m
-}
-
-fn bn(ch: usize) -> Op {
-    Op::BatchNorm(BatchNormSpec {
-        channels: ch,
-        eps: 1e-5,
-        momentum: 0.1,
-    })
-}
-
-fn conv(i: usize, o: usize, k: usize, s: usize, p: usize) -> Op {
-    Op::Conv2d(ConvSpec::new(i, o, k, s, p))
-}
+use crate::testing::{bn_op as bn, conv_op as conv, random_model};
 
 fn act(a: ActKind) -> Op {
     Op::Activation { act: a }
