@@ -2,22 +2,11 @@
 //! same input, within the rounding each format implies, at half the weight bytes.
 
 use tlc_engine::plan::{Plan, PlanOptions, WeightDtype};
-use tlc_engine::testing::randomize_model;
 use tlc_engine::{Model, Rng, Tensor};
-use tlc_models::zoo::{build, Arch, ArchSpec};
+use tlc_models::zoo::{randomized, Arch};
 
 fn model(arch: Arch, width: f32, image: usize) -> Model {
-    let spec = ArchSpec {
-        width,
-        image: [image, image],
-        classes: 10,
-        ..ArchSpec::new(arch)
-    };
-    let (g, init) = build(&spec).unwrap();
-    let mut rng = Rng::new(8);
-    let mut m = Model::init(g, init, &mut rng).unwrap();
-    randomize_model(&mut m, false, &mut rng);
-    m
+    randomized(arch, width, image, 10, 8).unwrap()
 }
 
 /// Largest difference of `a` from `b` relative to `b`'s largest magnitude (per-element relative

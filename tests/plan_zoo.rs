@@ -4,24 +4,14 @@
 
 use tlc_engine::passes::{collapse, prune_dead_channels};
 use tlc_engine::plan::Plan;
-use tlc_engine::testing::{assert_close, randomize_model};
+use tlc_engine::testing::assert_close;
 use tlc_engine::tlc::{candidates, linearize, ChannelStats, LayerScore, ScoreSource};
 use tlc_engine::{Model, Rng, Tensor};
-use tlc_models::zoo::{build, Arch, ArchSpec};
+use tlc_models::zoo::{randomized, Arch};
 
 /// A narrow model of `arch` with random BN statistics and shifts.
 fn model(arch: Arch, width: f32, image: usize) -> Model {
-    let spec = ArchSpec {
-        width,
-        image: [image, image],
-        classes: 7,
-        ..ArchSpec::new(arch)
-    };
-    let (g, init) = build(&spec).unwrap();
-    let mut rng = Rng::new(3);
-    let mut m = Model::init(g, init, &mut rng).unwrap();
-    randomize_model(&mut m, false, &mut rng);
-    m
+    randomized(arch, width, image, 7, 3).unwrap()
 }
 
 /// Compile for batches of 1 and 3 and compare two runs each with `Model::eval`; the step count.

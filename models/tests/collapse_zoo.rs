@@ -3,24 +3,14 @@
 //! one does (evaluation mode), border pixels included, with fewer layers.
 
 use tlc_engine::passes::collapse;
-use tlc_engine::testing::{assert_close, randomize_model};
+use tlc_engine::testing::assert_close;
 use tlc_engine::tlc::{candidates, linearize, ChannelStats, LayerScore, ScoreSource};
 use tlc_engine::{Model, Rng, Tensor};
-use tlc_models::zoo::{build, Arch, ArchSpec};
+use tlc_models::zoo::{randomized, Arch};
 
 /// A narrow model of `arch` with random BN statistics and shifts (so channels are ON and OFF).
 fn model(arch: Arch, width: f32, image: usize) -> Model {
-    let spec = ArchSpec {
-        width,
-        image: [image, image],
-        classes: 7,
-        ..ArchSpec::new(arch)
-    };
-    let (g, init) = build(&spec).unwrap();
-    let mut rng = Rng::new(3);
-    let mut m = Model::init(g, init, &mut rng).unwrap();
-    randomize_model(&mut m, false, &mut rng);
-    m
+    randomized(arch, width, image, 7, 3).unwrap()
 }
 
 /// Linearize every candidate picked by `pick` (by activation name), each with its BN's decisions.

@@ -11,6 +11,7 @@ mod vgg;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use tlc_engine::graph::{ActKind, BatchNormSpec, ConvSpec, Graph, LinearInit, NodeId, Op};
+use tlc_engine::Model;
 
 /// The architectures the CLI knows, by their command-line names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,6 +162,30 @@ pub fn build(spec: &ArchSpec) -> Result<(Graph, LinearInit)> {
         ))
     })?;
     Ok((graph, init))
+}
+
+/// `arch` at `width` on `image`x`image` inputs with `classes` outputs, initialised from `seed`,
+/// then given random batch-norm statistics, affine parameters and biases
+/// ([`tlc_engine::testing::randomize_model`]): a fresh model's identity batch-norms and zero
+/// shifts would hide mistakes in passes, plans and TLC's channel decisions. For tests and benches.
+pub fn randomized(
+    arch: Arch,
+    width: f32,
+    image: usize,
+    classes: usize,
+    seed: u64,
+) -> Result<Model> {
+    let spec = ArchSpec {
+        width,
+        image: [image, image],
+        classes,
+        ..ArchSpec::new(arch)
+    };
+    let (g, init) = build(&spec)?;
+    let mut rng = tlc_engine::Rng::new(seed);
+    let mut m = Model::init(g, init, &mut rng)?;
+    tlc_engine::testing::randomize_model(&mut m, false, &mut rng);
+    Ok(m)
 }
 
 /// `channels * width`, rounded, at least 1.
