@@ -76,6 +76,78 @@ fn batch_norm(c: &mut Criterion) {
     g.finish();
 }
 
+/// Batch norm + ReLU in training (forward and backward) at the ResNet-18 CIFAR-form width 0.25
+/// shapes of a batch-128 Fashion-MNIST step: fused into one op, against batch norm then a
+/// separate ReLU pass each way.
+fn batch_norm_relu(c: &mut Criterion) {
+    use tlc::kernels::{activation, Activation};
+    let mut g = c.benchmark_group("batch_norm_relu");
+    g.warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20);
+    for (ch, side) in [(16usize, 28usize), (32, 14), (64, 7), (128, 4)] {
+        let dims = ChannelDims {
+            n: 128,
+            c: ch,
+            hw: side * side,
+        };
+        let label = format!("128x{ch}x{side}x{side}");
+        let (x, dy) = (data(dims.len(), 1), data(dims.len(), 2));
+        let (gamma, beta) = (data(ch, 3), data(ch, 4));
+        let (mut y, mut r) = (vec![0.0f32; dims.len()], vec![0.0f32; dims.len()]);
+        let (mut dx, mut dr) = (vec![0.0f32; dims.len()], vec![0.0f32; dims.len()]);
+        let (mut dg, mut db) = (vec![0.0f32; ch], vec![0.0f32; ch]);
+        g.throughput(Throughput::Elements(dims.len() as u64));
+        g.bench_function(BenchmarkId::new("fused", &label), |b| {
+            b.iter(|| {
+                let (gm, bt) = (Some(&gamma[..]), Some(&beta[..]));
+                let st = norm::batch_norm_act_train_forward(
+                    &x,
+                    dims,
+                    gm,
+                    bt,
+                    1e-5,
+                    Activation::Relu,
+                    &mut y,
+                );
+                let grads = NormGrads {
+                    dx: Some(&mut dx),
+                    dgamma: Some(&mut dg),
+                    dbeta: Some(&mut db),
+                };
+                let stats = (&st.mean[..], &st.invstd[..]);
+                norm::batch_norm_act_backward(
+                    &dy,
+                    &x,
+                    dims,
+                    stats,
+                    (gm, bt),
+                    Activation::Relu,
+                    true,
+                    grads,
+                );
+                black_box(&dx);
+            })
+        });
+        g.bench_function(BenchmarkId::new("separate", &label), |b| {
+            b.iter(|| {
+                let (gm, bt) = (Some(&gamma[..]), Some(&beta[..]));
+                let st = norm::batch_norm_train_forward(&x, dims, gm, bt, 1e-5, &mut y);
+                activation::apply(Activation::Relu, &y, &mut r);
+                activation::backward(Activation::Relu, &y, &dy, &mut dr);
+                let grads = NormGrads {
+                    dx: Some(&mut dx),
+                    dgamma: Some(&mut dg),
+                    dbeta: Some(&mut db),
+                };
+                norm::batch_norm_train_backward(&dr, &x, dims, &st.mean, &st.invstd, gm, grads);
+                black_box(&dx);
+            })
+        });
+    }
+    g.finish();
+}
+
 fn layer_norm(c: &mut Criterion) {
     let mut g = c.benchmark_group("layer_norm");
     g.warm_up_time(Duration::from_millis(500))
@@ -129,5 +201,5 @@ fn max_pool(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, batch_norm, layer_norm, max_pool);
+criterion_group!(benches, batch_norm, batch_norm_relu, layer_norm, max_pool);
 criterion_main!(benches);

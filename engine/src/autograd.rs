@@ -178,7 +178,7 @@ fn accumulate(grads: &mut HashMap<u64, Tensor>, id: u64, g: Tensor) {
         }
         Some(mut acc) => {
             let add = g.contiguous_data();
-            acc.update_data(|a| a.iter_mut().zip(add.iter()).for_each(|(x, y)| *x += y));
+            acc.update_data(|a| tlc_kernels::elementwise::axpy(1.0, &add, a));
             grads.insert(id, acc);
         }
     }

@@ -124,9 +124,34 @@ impl UnaryLanes for Activation {
     }
 }
 
+/// An activation known when compiling ([`ReluKind`]) or chosen at run time ([`Activation`]): hot
+/// fused loops (batch norm + ReLU in training) are generic over it, so ReLU's per-lane `match`
+/// folds away instead of running once per vector.
+pub trait ActKind: Copy + Send + Sync {
+    fn get(self) -> Activation;
+}
+
+impl ActKind for Activation {
+    #[inline(always)]
+    fn get(self) -> Activation {
+        self
+    }
+}
+
+/// ReLU as a type ([`ActKind`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ReluKind;
+
+impl ActKind for ReluKind {
+    #[inline(always)]
+    fn get(self) -> Activation {
+        Activation::Relu
+    }
+}
+
 /// `dy * f'(x)` per lane, as a [`BinaryLanes`] of (x, dy).
 #[derive(Clone, Copy, Debug)]
-struct Grad(Activation);
+pub(crate) struct Grad(pub(crate) Activation);
 
 impl BinaryLanes for Grad {
     #[inline(always)]

@@ -101,10 +101,19 @@ pub fn affine(x: &[f32], scale: f32, shift: f32, out: &mut [f32]) {
         .for_each(|(o, &v)| *o = v * scale + shift);
 }
 
-/// `y[i] += alpha * x[i]`.
+/// `y[i] += alpha * x[i]` (gradient accumulation: the two branches meeting at every residual
+/// block's input are activation-sized, so large inputs are split over the pool).
 pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     assert_eq!(x.len(), y.len(), "axpy: lengths differ");
-    y.iter_mut().zip(x).for_each(|(y, &x)| *y += alpha * x);
+    let run = |x: &[f32], y: &mut [f32]| y.iter_mut().zip(x).for_each(|(y, &x)| *y += alpha * x);
+    if parallel::worth_splitting(y.len(), ELEMWISE_PAR_MIN_ELEMS) {
+        y.par_chunks_mut(PIECE).enumerate().for_each(|(i, y)| {
+            let s = i * PIECE;
+            run(&x[s..s + y.len()], y)
+        });
+    } else {
+        run(x, y);
+    }
 }
 
 #[cfg(test)]

@@ -10,9 +10,30 @@
 
 mod rows;
 
+use crate::activation::{ActKind, Activation, ReluKind};
+use crate::isa;
 use crate::parallel::{self, ROWWISE_PAR_MIN_ELEMS};
 use crate::simd::{self, LanesN, Simd, SimdFn};
 use rayon::prelude::*;
+
+/// The activation a fused batch norm applies after its per-channel affine `x scale + shift`
+/// (the affine batch norm reduces to; see [`fold_affine`]).
+#[derive(Clone, Copy)]
+struct After<'a, A: ActKind> {
+    scale: &'a [f32],
+    shift: &'a [f32],
+    act: A,
+}
+
+impl<A: ActKind> After<'_, A> {
+    fn at(&self, ch: usize) -> rows::ActAfter<A> {
+        rows::ActAfter {
+            scale: self.scale[ch],
+            shift: self.shift[ch],
+            act: self.act,
+        }
+    }
+}
 
 /// How batch norm sees its input: `n` samples of `c` channels of `hw` contiguous elements
 /// (NCHW with `hw = H*W`, `[N, C, L]` with `hw = L`, or `[N, C]` with `hw = 1`).
@@ -183,12 +204,14 @@ pub fn channel_mean_var(x: &[f32], dims: ChannelDims, mean: &mut [f32], var: &mu
     });
 }
 
-/// Per-channel `(Σ dy, Σ dy (x - mean))`: the first pass of every batch-norm backward.
-fn channel_grad_sums(
+/// Per-channel `(Σ g, Σ g (x - mean))` with `g = dy`, or with `g = dy act'(x scale + shift)`
+/// when an activation was fused after the affine: the first pass of every batch-norm backward.
+fn channel_grad_sums<A: ActKind>(
     dy: &[f32],
     x: &[f32],
     dims: ChannelDims,
     mean: &[f32],
+    after: Option<After<A>>,
 ) -> (Vec<f32>, Vec<f32>) {
     let (c, hw) = (dims.c, dims.hw);
     let (mut sdy, mut sdxm) = (vec![0.0f32; c], vec![0.0f32; c]);
@@ -197,17 +220,27 @@ fn channel_grad_sums(
     }
     if hw < SMALL_PLANE {
         let (len, mp) = (c * hw, per_element(mean, hw));
+        let Some(after) = after else {
+            small_plane_sums(dims, &mut sdy, &mut sdxm, 1.0, |n, o, sa, sb| {
+                let k = sa.len();
+                let (gs, xs, ms) = (
+                    &dy[n * len + o..][..k],
+                    &x[n * len + o..][..k],
+                    &mp[o..][..k],
+                );
+                for i in 0..k {
+                    sa[i] += gs[i];
+                    sb[i] += gs[i] * (xs[i] - ms[i]);
+                }
+            });
+            return (sdy, sdxm);
+        };
+        let (sp, tp) = (per_element(after.scale, hw), per_element(after.shift, hw));
         small_plane_sums(dims, &mut sdy, &mut sdxm, 1.0, |n, o, sa, sb| {
             let k = sa.len();
-            let (gs, xs, ms) = (
-                &dy[n * len + o..][..k],
-                &x[n * len + o..][..k],
-                &mp[o..][..k],
-            );
-            for i in 0..k {
-                sa[i] += gs[i];
-                sb[i] += gs[i] * (xs[i] - ms[i]);
-            }
+            let (gs, xs) = (&dy[n * len + o..][..k], &x[n * len + o..][..k]);
+            let pats = [&mp, &sp, &tp].map(|v| &v[o..o + k]);
+            rows::masked_sums_into(after.act, [sa, sb], [gs, xs, pats[0], pats[1], pats[2]]);
         });
         return (sdy, sdxm);
     }
@@ -216,7 +249,11 @@ fn channel_grad_sums(
             let o = (b * c + ch) * hw;
             [&dy[o..o + hw], &x[o..o + hw]]
         });
-        let [s, d] = rows::plane_sums(rows::CenteredDot(mean[ch]), planes);
+        let dot = rows::CenteredDot(mean[ch]);
+        let [s, d] = match after {
+            None => rows::plane_sums(dot, planes),
+            Some(a) => rows::plane_sums(rows::MaskedCenteredDot(dot, a.at(ch)), planes),
+        };
         (s as f32, d as f32)
     });
     (sdy, sdxm)
@@ -307,12 +344,47 @@ pub fn channel_scale_shift(
     );
 }
 
-/// `dx = k[ch] dy + p[ch] x + q[ch]`.
-fn channel_affine2(dy: &[f32], x: &[f32], dims: ChannelDims, kpq: [&[f32]; 3], dx: &mut [f32]) {
+/// `dx = k[ch] g + p[ch] x + q[ch]` with `g = dy`, or `g = dy act'(x scale + shift)` after a
+/// fused activation.
+fn channel_affine2<A: ActKind>(
+    dy: &[f32],
+    x: &[f32],
+    dims: ChannelDims,
+    kpq: [&[f32]; 3],
+    after: Option<After<A>>,
+    dx: &mut [f32],
+) {
     let [k, p, q] = kpq;
     let hw = dims.hw;
+    let affine = |ch: usize| rows::Affine2 {
+        k: k[ch],
+        p: p[ch],
+        q: q[ch],
+    };
+    let Some(after) = after else {
+        let pats = if hw < SMALL_PLANE {
+            [k, p, q].map(|v| per_element(v, hw))
+        } else {
+            Default::default()
+        };
+        for_each_plane(
+            dx,
+            dims,
+            |o, out| {
+                let (g, v) = (&dy[o..o + out.len()], &x[o..o + out.len()]);
+                let [kp, pp, qp] = &pats;
+                let coef = kp.iter().zip(pp).zip(qp);
+                for (d, ((&g, &v), ((&k, &p), &q))) in out.iter_mut().zip(g.iter().zip(v).zip(coef))
+                {
+                    *d = k * g + (p * v + q);
+                }
+            },
+            |ch, o| (affine(ch), [&dy[o..o + hw], &x[o..o + hw]]),
+        );
+        return;
+    };
     let pats = if hw < SMALL_PLANE {
-        [k, p, q].map(|v| per_element(v, hw))
+        [k, p, q, after.scale, after.shift].map(|v| per_element(v, hw))
     } else {
         Default::default()
     };
@@ -321,20 +393,61 @@ fn channel_affine2(dy: &[f32], x: &[f32], dims: ChannelDims, kpq: [&[f32]; 3], d
         dims,
         |o, out| {
             let (g, v) = (&dy[o..o + out.len()], &x[o..o + out.len()]);
-            let [kp, pp, qp] = &pats;
-            let coef = kp.iter().zip(pp).zip(qp);
-            for (d, ((&g, &v), ((&k, &p), &q))) in out.iter_mut().zip(g.iter().zip(v).zip(coef)) {
-                *d = k * g + (p * v + q);
-            }
+            let [kp, pp, qp, sp, tp] = pats.each_ref().map(|p| &p[..]);
+            let f = rows::MaskedAffine2Each(after.act);
+            simd::map_on(isa::current(), f, [g, v, kp, pp, qp, sp, tp], out);
         },
         |ch, o| {
-            let f = rows::Affine2 {
-                k: k[ch],
-                p: p[ch],
-                q: q[ch],
-            };
+            let f = rows::MaskedAffine2(affine(ch), after.at(ch));
             (f, [&dy[o..o + hw], &x[o..o + hw]])
         },
+    );
+}
+
+/// `y = act(x * scale[ch] + shift[ch])`: batch norm with an activation fused after it (the
+/// affine rounded as [`rows::ActAfter`] explains).
+pub fn channel_scale_shift_act(
+    x: &[f32],
+    dims: ChannelDims,
+    scale: &[f32],
+    shift: &[f32],
+    act: Activation,
+    y: &mut [f32],
+) {
+    dims.check("channel_scale_shift_act", x.len());
+    dims.check("channel_scale_shift_act", y.len());
+    assert!(scale.len() == dims.c && shift.len() == dims.c);
+    match act {
+        Activation::Relu => scale_shift_act(
+            x,
+            dims,
+            After {
+                scale,
+                shift,
+                act: ReluKind,
+            },
+            y,
+        ),
+        _ => scale_shift_act(x, dims, After { scale, shift, act }, y),
+    }
+}
+
+fn scale_shift_act<A: ActKind>(x: &[f32], dims: ChannelDims, after: After<A>, y: &mut [f32]) {
+    let hw = dims.hw;
+    let (sp, tp) = if hw < SMALL_PLANE && !y.is_empty() {
+        (per_element(after.scale, hw), per_element(after.shift, hw))
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    for_each_plane(
+        y,
+        dims,
+        |o, out| {
+            let xs = &x[o..o + out.len()];
+            let f = rows::ActAfterEach(after.act);
+            simd::map_on(isa::current(), f, [xs, &sp, &tp], out);
+        },
+        |ch, o| (after.at(ch), [&x[o..o + hw]]),
     );
 }
 
@@ -381,6 +494,84 @@ pub fn batch_norm_train_forward(
     BatchStats { mean, var, invstd }
 }
 
+/// [`batch_norm_train_forward`] followed by `act`, in the same single output pass: the
+/// normalised values are never written. [`batch_norm_act_train_backward`] is its backward.
+pub fn batch_norm_act_train_forward(
+    x: &[f32],
+    dims: ChannelDims,
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    eps: f32,
+    act: Activation,
+    y: &mut [f32],
+) -> BatchStats {
+    let c = dims.c;
+    let (mut mean, mut var) = (vec![0.0f32; c], vec![0.0f32; c]);
+    channel_mean_var(x, dims, &mut mean, &mut var);
+    let invstd: Vec<f32> = var.iter().map(|&v| 1.0 / (v + eps).sqrt()).collect();
+    let (scale, shift) = fold_affine(&mean, &invstd, gamma, beta);
+    channel_scale_shift_act(x, dims, &scale, &shift, act, y);
+    BatchStats { mean, var, invstd }
+}
+
+/// Backward of [`batch_norm_act_train_forward`] (or of [`channel_scale_shift_act`] with the
+/// statistics `mean`/`invstd` when `training` is false): the activation's mask is recomputed
+/// from `x` inside the two passes of the batch-norm backward, so the gradient through the
+/// activation is never written either. `gamma` and `beta` are the forward's.
+#[allow(clippy::too_many_arguments)] // the forward's inputs and statistics, and the mode
+pub fn batch_norm_act_backward(
+    dy: &[f32],
+    x: &[f32],
+    dims: ChannelDims,
+    (mean, invstd): (&[f32], &[f32]),
+    (gamma, beta): (Option<&[f32]>, Option<&[f32]>),
+    act: Activation,
+    training: bool,
+    grads: NormGrads,
+) {
+    dims.check("batch_norm_act_backward", dy.len());
+    dims.check("batch_norm_act_backward", x.len());
+    let (scale, shift) = fold_affine(mean, invstd, gamma, beta);
+    let (stats, mode) = ((mean, invstd), (gamma, training));
+    let (scale, shift) = (&scale[..], &shift[..]);
+    match act {
+        Activation::Relu => {
+            let after = After {
+                scale,
+                shift,
+                act: ReluKind,
+            };
+            bn_act_backward(dy, x, dims, stats, mode, after, grads)
+        }
+        _ => bn_act_backward(dy, x, dims, stats, mode, After { scale, shift, act }, grads),
+    }
+}
+
+fn bn_act_backward<A: ActKind>(
+    dy: &[f32],
+    x: &[f32],
+    dims: ChannelDims,
+    (mean, invstd): (&[f32], &[f32]),
+    (gamma, training): (Option<&[f32]>, bool),
+    after: After<A>,
+    grads: NormGrads,
+) {
+    if training {
+        bn_train_backward(dy, x, dims, mean, invstd, gamma, Some(after), grads);
+        return;
+    }
+    if grads.dgamma.is_some() || grads.dbeta.is_some() {
+        let (sdy, sdxm) = channel_grad_sums(dy, x, dims, mean, Some(after));
+        write_affine_grads(&sdy, &sdxm, invstd, grads.dgamma, grads.dbeta);
+    }
+    if let Some(dx) = grads.dx {
+        dims.check("batch_norm_act_backward", dx.len());
+        // dx = scale g: the affine pass with p = q = 0.
+        let zero = vec![0.0; dims.c];
+        channel_affine2(dy, x, dims, [after.scale, &zero, &zero], Some(after), dx);
+    }
+}
+
 /// Backward of [`batch_norm_train_forward`] given the saved `mean` and `invstd`: one pass for the
 /// per-channel sums (which are dbeta and dgamma), one pass for dx.
 pub fn batch_norm_train_backward(
@@ -394,8 +585,23 @@ pub fn batch_norm_train_backward(
 ) {
     dims.check("batch_norm_train_backward", dy.len());
     dims.check("batch_norm_train_backward", x.len());
+    bn_train_backward::<Activation>(dy, x, dims, mean, invstd, gamma, None, grads);
+}
+
+/// The training-mode backward, of the gradient `dy` has after `after` (when fused).
+#[allow(clippy::too_many_arguments)]
+fn bn_train_backward<A: ActKind>(
+    dy: &[f32],
+    x: &[f32],
+    dims: ChannelDims,
+    mean: &[f32],
+    invstd: &[f32],
+    gamma: Option<&[f32]>,
+    after: Option<After<A>>,
+    grads: NormGrads,
+) {
     let c = dims.c;
-    let (sdy, sdxm) = channel_grad_sums(dy, x, dims, mean);
+    let (sdy, sdxm) = channel_grad_sums(dy, x, dims, mean, after);
     write_affine_grads(&sdy, &sdxm, invstd, grads.dgamma, grads.dbeta);
     if let Some(dx) = grads.dx {
         dims.check("batch_norm_train_backward", dx.len());
@@ -412,7 +618,7 @@ pub fn batch_norm_train_backward(
             p[ch] = (-kk * b) as f32;
             q[ch] = (kk * (mean[ch] as f64 * b - a)) as f32;
         }
-        channel_affine2(dy, x, dims, [&k, &p, &q], dx);
+        channel_affine2(dy, x, dims, [&k, &p, &q], after, dx);
     }
 }
 
@@ -431,7 +637,7 @@ pub fn batch_norm_eval_backward(
     dims.check("batch_norm_eval_backward", dy.len());
     dims.check("batch_norm_eval_backward", x.len());
     if grads.dgamma.is_some() || grads.dbeta.is_some() {
-        let (sdy, sdxm) = channel_grad_sums(dy, x, dims, mean);
+        let (sdy, sdxm) = channel_grad_sums::<Activation>(dy, x, dims, mean, None);
         write_affine_grads(&sdy, &sdxm, invstd, grads.dgamma, grads.dbeta);
     }
     if let Some(dx) = grads.dx {
@@ -929,6 +1135,62 @@ mod tests {
                     batch_norm_eval_backward(&dy, &x, dims, &st.mean, &st.invstd, None, only_dx);
                 }
                 assert_close(&dx, &rdx1, 2e-4, &format!("dx no gamma {what}"));
+            }
+        }
+    }
+
+    /// Batch norm with a fused activation against batch norm, then the activation (f64 reference
+    /// on the same f32 pre-activations), in both modes: output, dx, dgamma, dbeta; every plane
+    /// size (small, odd, parallel), activations with kinks on both sides and a smooth one.
+    #[test]
+    fn fused_activation_matches_batch_norm_then_activation() {
+        for (seed, &(n, c, hw)) in DIMS.iter().enumerate() {
+            let dims = ChannelDims { n, c, hw };
+            let seed = seed as u64;
+            let (x, dy) = (
+                data(dims.len(), seed, -0.4),
+                data(dims.len(), seed + 50, 0.1),
+            );
+            // Wide affine: pre-activations reach past ReLU6's upper bound.
+            let g: Vec<f32> = data(c, 300 + seed, 1.0).iter().map(|v| 3.0 * v).collect();
+            let b = data(c, 400 + seed, 0.5);
+            for act in [Activation::Relu, Activation::Relu6, Activation::Gelu] {
+                let mut y = vec![0.0; dims.len()];
+                let st =
+                    batch_norm_act_train_forward(&x, dims, Some(&g), Some(&b), 1e-5, act, &mut y);
+                let mut plain = vec![0.0; dims.len()];
+                let st0 = batch_norm_train_forward(&x, dims, Some(&g), Some(&b), 1e-5, &mut plain);
+                assert_eq!(st, st0, "statistics {dims:?}");
+                let (scale, shift) = fold_affine(&st.mean, &st.invstd, Some(&g), Some(&b));
+                let pre: Vec<f32> = (0..x.len())
+                    .map(|i| x[i] * scale[(i / hw) % c] + shift[(i / hw) % c])
+                    .collect();
+                let want: Vec<f64> = pre.iter().map(|&p| act.apply(p) as f64).collect();
+                assert_close(&y, &want, 1e-5, &format!("y {act:?} {dims:?}"));
+                let gd: Vec<f32> = dy
+                    .iter()
+                    .zip(&pre)
+                    .map(|(&d, &p)| d * act.derivative(p))
+                    .collect();
+                let m64: Vec<f64> = st.mean.iter().map(|&v| v as f64).collect();
+                let is64: Vec<f64> = st.invstd.iter().map(|&v| v as f64).collect();
+                for training in [true, false] {
+                    let (rdx, rdg, rdb) = ref_bn_backward(&gd, &x, dims, &m64, &is64, &g, training);
+                    let (mut dx, mut dg, mut db) =
+                        (vec![0.0; dims.len()], vec![0.0; c], vec![0.0; c]);
+                    let grads = NormGrads {
+                        dx: Some(&mut dx),
+                        dgamma: Some(&mut dg),
+                        dbeta: Some(&mut db),
+                    };
+                    let stats = (&st.mean[..], &st.invstd[..]);
+                    let affine = (Some(&g[..]), Some(&b[..]));
+                    batch_norm_act_backward(&dy, &x, dims, stats, affine, act, training, grads);
+                    let what = format!("{act:?} {dims:?} training={training}");
+                    assert_close(&dx, &rdx, 2e-4, &format!("dx {what}"));
+                    assert_close(&dg, &rdg, 1e-4, &format!("dgamma {what}"));
+                    assert_close(&db, &rdb, 1e-5, &format!("dbeta {what}"));
+                }
             }
         }
     }

@@ -2,7 +2,7 @@
 //! evaluation mode (running statistics, no autograd).
 
 use super::op::{ConvSpec, LinearSpec, Op};
-use super::Graph;
+use super::{Graph, Node};
 use crate::autograd::no_grad;
 use crate::error::{Error, Result};
 use crate::io::TensorStore;
@@ -10,6 +10,7 @@ use crate::ops::pool::{AvgPool2dParams, MaxPool2dParams};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use std::collections::HashMap;
+use tlc_kernels::Activation;
 
 /// Training (batch statistics, dropout, autograd) or evaluation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -309,6 +310,7 @@ impl Model {
         for (id, n) in nodes.iter().enumerate() {
             n.inputs.iter().for_each(|&i| last_use[i] = id);
         }
+        let fused = fused_activations(&nodes, out_id);
         let mut values: Vec<Option<Tensor>> = vec![None; nodes.len()];
         for (id, n) in nodes.iter().enumerate() {
             let input = |k: usize| -> &Tensor {
@@ -341,36 +343,43 @@ impl Model {
                         self.param(&n.name, "bias")?.clone(),
                     );
                     let xin = input(0).clone();
+                    // The activation that alone reads this batch norm runs in its pass.
+                    let bn = |running, training| match fused[id] {
+                        Some(act) => xin.batch_norm_act(
+                            Some(&w),
+                            Some(&bias),
+                            running,
+                            training,
+                            b.momentum,
+                            b.eps,
+                            act,
+                        ),
+                        None => xin.batch_norm(
+                            Some(&w),
+                            Some(&bias),
+                            running,
+                            training,
+                            b.momentum,
+                            b.eps,
+                        ),
+                    };
                     if train {
                         let (im, iv) = (
                             self.buffer_index(&n.name, "running_mean"),
                             self.buffer_index(&n.name, "running_var"),
                         );
                         let (rm, rv) = two_mut(&mut self.buffers, im, iv);
-                        let y = xin.batch_norm(
-                            Some(&w),
-                            Some(&bias),
-                            Some((rm, rv)),
-                            true,
-                            b.momentum,
-                            b.eps,
-                        )?;
+                        let y = bn(Some((rm, rv)), true)?;
                         let it = self.buffer_index(&n.name, "num_batches_tracked");
                         self.buffers[it].update_data(|d| d[0] += 1.0);
                         y
                     } else {
                         let mut rm = self.param(&n.name, "running_mean")?.clone();
                         let mut rv = self.param(&n.name, "running_var")?.clone();
-                        xin.batch_norm(
-                            Some(&w),
-                            Some(&bias),
-                            Some((&mut rm, &mut rv)),
-                            false,
-                            b.momentum,
-                            b.eps,
-                        )?
+                        bn(Some((&mut rm, &mut rv)), false)?
                     }
                 }
+                Op::Activation { .. } if fused[n.inputs[0]].is_some() => input(0).clone(),
                 Op::Activation { act } => input(0).activation(act.activation())?,
                 Op::Add => {
                     let mut acc = input(0).add(input(1))?;
@@ -408,6 +417,27 @@ impl Model {
         }
         Ok(values[out_id].take().expect("the output is computed"))
     }
+}
+
+/// For each node, the activation to fuse into it: set on a batch norm whose only reader is an
+/// activation (and which is not the output), so the executor runs the pair as one op
+/// ([`Tensor::batch_norm_act`]) and the activation node passes its value on.
+fn fused_activations(nodes: &[Node], output: usize) -> Vec<Option<Activation>> {
+    let mut readers = vec![Vec::new(); nodes.len()];
+    for (id, n) in nodes.iter().enumerate() {
+        n.inputs.iter().for_each(|&i| readers[i].push(id));
+    }
+    nodes
+        .iter()
+        .enumerate()
+        .map(|(id, n)| match (&n.op, readers[id].as_slice()) {
+            (Op::BatchNorm(_), &[r]) if id != output => match &nodes[r].op {
+                Op::Activation { act } => Some(act.activation()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
 }
 
 impl std::fmt::Debug for Model {

@@ -134,7 +134,7 @@ impl Backward for Conv2dBackward {
         let g = grad.contiguous_data();
         let gx = if x.requires_grad() {
             let wd = w.contiguous_data();
-            let mut dx = vec![0.0f32; s.input_len()];
+            let mut dx = tlc_kernels::alloc::zeroed_f32(s.input_len());
             kconv::backward_input(s, &g, &wd, &mut dx);
             Some(Tensor::new_unchecked(dx, x.shape()))
         } else {
@@ -175,7 +175,7 @@ impl Tensor {
         let wd = weight.contiguous_data();
         let bd = bias.map(|b| b.contiguous_data());
         let epi: Vec<ConvEpilogueOp> = bd.iter().map(|b| ConvEpilogueOp::Bias(b)).collect();
-        let mut out = vec![0.0f32; shape.output_len()];
+        let mut out = tlc_kernels::alloc::zeroed_f32(shape.output_len());
         kconv::forward(&shape, &xd, &wd, &mut out, &epi);
         let (oh, ow) = shape.out_hw();
         let out = Tensor::new_unchecked(out, &[shape.batch, shape.out_channels, oh, ow]);

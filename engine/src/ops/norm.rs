@@ -6,6 +6,7 @@ use crate::autograd::{is_grad_enabled, Backward};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use tlc_kernels::norm::{self as kn, ChannelDims, NormGrads};
+use tlc_kernels::Activation;
 
 /// Inputs an op recorded: `x`, then `weight` and `bias` when the op had them.
 fn affine_inputs<'a>(
@@ -38,7 +39,7 @@ impl GradBuffers {
     fn new(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>) -> Self {
         let want = |t: Option<&Tensor>| {
             t.filter(|t| t.requires_grad())
-                .map(|t| vec![0.0; t.numel()])
+                .map(|t| tlc_kernels::alloc::zeroed_f32(t.numel()))
         };
         GradBuffers {
             dx: want(Some(x)),
@@ -82,11 +83,16 @@ struct BatchNormBackward {
     training: bool,
     has_weight: bool,
     has_bias: bool,
+    /// The activation fused after the affine ([`Tensor::batch_norm_act`]).
+    act: Option<Activation>,
 }
 
 impl Backward for BatchNormBackward {
     fn name(&self) -> &'static str {
-        "batch_norm"
+        match self.act {
+            None => "batch_norm",
+            Some(_) => "batch_norm_act",
+        }
     }
 
     fn backward(&self, grad: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
@@ -94,6 +100,20 @@ impl Backward for BatchNormBackward {
         let (g, xd) = (grad.contiguous_data(), x.contiguous_data());
         let wd = weight.map(|w| w.contiguous_data());
         let mut bufs = GradBuffers::new(x, weight, bias);
+        if let Some(act) = self.act {
+            let bd = bias.map(|b| b.contiguous_data());
+            kn::batch_norm_act_backward(
+                &g,
+                &xd,
+                self.dims,
+                (&self.mean, &self.invstd),
+                (wd.as_deref(), bd.as_deref()),
+                act,
+                self.training,
+                bufs.views(),
+            );
+            return Ok(bufs.into_tensors(x, weight, bias));
+        }
         let run = if self.training {
             kn::batch_norm_train_backward
         } else {
@@ -148,6 +168,38 @@ impl Tensor {
         momentum: f32,
         eps: f32,
     ) -> Result<Tensor> {
+        self.batch_norm_then(weight, bias, running, training, momentum, eps, None)
+    }
+
+    /// [`Tensor::batch_norm`] followed by `act`, as one op: one pass writes `act(bn(x))` (the
+    /// normalised values are never stored), and the backward recomputes the activation's mask
+    /// from `x` inside batch norm's own two passes. The same values and gradients as the two ops
+    /// in sequence, with two of their five activation-sized passes and one buffer saved.
+    #[allow(clippy::too_many_arguments)] // batch_norm's, and the activation
+    pub fn batch_norm_act(
+        &self,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        running: Option<(&mut Tensor, &mut Tensor)>,
+        training: bool,
+        momentum: f32,
+        eps: f32,
+        act: Activation,
+    ) -> Result<Tensor> {
+        self.batch_norm_then(weight, bias, running, training, momentum, eps, Some(act))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_then(
+        &self,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        running: Option<(&mut Tensor, &mut Tensor)>,
+        training: bool,
+        momentum: f32,
+        eps: f32,
+        act: Option<Activation>,
+    ) -> Result<Tensor> {
         const OP: &str = "batch_norm";
         if self.rank() < 2 {
             return Err(Error::shape(
@@ -178,7 +230,7 @@ impl Tensor {
             weight.map(|w| w.contiguous_data()),
             bias.map(|b| b.contiguous_data()),
         );
-        let mut y = vec![0.0f32; dims.len()];
+        let mut y = tlc_kernels::alloc::zeroed_f32(dims.len());
         let (mean, invstd) = if training {
             let count = dims.per_channel();
             if count < 2 {
@@ -190,8 +242,11 @@ impl Tensor {
                     ),
                 ));
             }
-            let st =
-                kn::batch_norm_train_forward(&xd, dims, wd.as_deref(), bd.as_deref(), eps, &mut y);
+            let (wd, bd) = (wd.as_deref(), bd.as_deref());
+            let st = match act {
+                None => kn::batch_norm_train_forward(&xd, dims, wd, bd, eps, &mut y),
+                Some(a) => kn::batch_norm_act_train_forward(&xd, dims, wd, bd, eps, a, &mut y),
+            };
             if let Some((rm, rv)) = running {
                 let unbias = count as f32 / (count - 1) as f32;
                 rm.update_data(|d| {
@@ -221,7 +276,10 @@ impl Tensor {
                 .collect();
             let (scale, shift) = kn::fold_affine(&mean, &invstd, wd.as_deref(), bd.as_deref());
             if !y.is_empty() {
-                kn::channel_scale_shift(&xd, dims, &scale, &shift, &mut y);
+                match act {
+                    None => kn::channel_scale_shift(&xd, dims, &scale, &shift, &mut y),
+                    Some(a) => kn::channel_scale_shift_act(&xd, dims, &scale, &shift, a, &mut y),
+                }
             }
             (mean, invstd)
         };
@@ -236,6 +294,7 @@ impl Tensor {
                 training,
                 has_weight: weight.is_some(),
                 has_bias: bias.is_some(),
+                act,
             },
         ))
     }
@@ -474,6 +533,87 @@ mod tests {
                 &o,
             )
             .unwrap();
+        }
+    }
+
+    /// The fused op against batch norm then the activation: values, running statistics and the
+    /// gradients of every input, in both modes, on small planes and on large (SIMD) ones.
+    #[test]
+    fn batch_norm_act_equals_batch_norm_then_activation() {
+        let mut rng = Rng::new(9);
+        for shape in [&[6, 3][..], &[2, 3, 3, 4], &[3, 4, 9, 10]] {
+            let c = shape[1];
+            let x = randn(shape, &mut rng).with_requires_grad(true);
+            let w = Tensor::rand_uniform(&[c], 0.5, 3.0, &mut rng).with_requires_grad(true);
+            let b = randn(&[c], &mut rng)
+                .affine(2.0, 1.0)
+                .unwrap()
+                .with_requires_grad(true);
+            let probe = randn(shape, &mut rng);
+            for act in [Activation::Relu, Activation::Relu6, Activation::Silu] {
+                for training in [true, false] {
+                    let run = |fused: bool| {
+                        let (mut rm, mut rv) = (Tensor::zeros(&[c]), Tensor::ones(&[c]));
+                        let running = Some((&mut rm, &mut rv));
+                        let y = if fused {
+                            x.batch_norm_act(Some(&w), Some(&b), running, training, 0.1, 1e-5, act)
+                        } else {
+                            x.batch_norm(Some(&w), Some(&b), running, training, 0.1, 1e-5)
+                                .and_then(|y| y.activation(act))
+                        }
+                        .unwrap();
+                        let g = y
+                            .mul(&probe)
+                            .unwrap()
+                            .sum_all()
+                            .unwrap()
+                            .backward()
+                            .unwrap();
+                        let grads = [&x, &w, &b].map(|t| g.get(t).unwrap().clone());
+                        (y, rm, rv, grads)
+                    };
+                    let (fused, plain) = (run(true), run(false));
+                    let what = format!("{act:?} {shape:?} training={training}");
+                    assert_close(&fused.0, &plain.0, 1e-5, &format!("y {what}"));
+                    assert_eq!(fused.1.to_vec(), plain.1.to_vec(), "running mean {what}");
+                    assert_eq!(fused.2.to_vec(), plain.2.to_vec(), "running var {what}");
+                    for (k, (a, p)) in fused.3.iter().zip(&plain.3).enumerate() {
+                        assert_close(a, p, 1e-4, &format!("grad {k} {what}"));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gradcheck_batch_norm_act() {
+        let mut rng = Rng::new(6);
+        let o = GradcheckOptions::default();
+        for shape in [&[6, 3][..], &[2, 3, 3, 4], &[2, 2, 8, 9]] {
+            let c = shape[1];
+            let x = randn(shape, &mut rng).affine(1.5, 0.3).unwrap();
+            let w = Tensor::rand_uniform(&[c], 0.5, 1.5, &mut rng);
+            let b = randn(&[c], &mut rng);
+            // Finite differences straddle ReLU's kinks once a channel has enough values near
+            // zero (a step in gamma moves them all): the large planes check smooth activations,
+            // and the kinked ones are matched exactly against the unfused ops above.
+            let acts: &[Activation] = if shape.len() == 4 && shape[2] * shape[3] > 64 {
+                &[Activation::Gelu, Activation::Silu]
+            } else {
+                &[Activation::Relu, Activation::Relu6, Activation::Gelu]
+            };
+            for &act in acts {
+                for training in [true, false] {
+                    let name = format!("batch_norm_act {act:?} {shape:?} training={training}");
+                    let f = |t: &[Tensor]| {
+                        let (mut rm, mut rv) = (Tensor::zeros(&[c]), Tensor::ones(&[c]));
+                        let running = Some((&mut rm, &mut rv));
+                        let (w, b) = (Some(&t[1]), Some(&t[2]));
+                        t[0].batch_norm_act(w, b, running, training, 0.1, 1e-5, act)
+                    };
+                    gradcheck(&name, f, &[x.clone(), w.clone(), b.clone()], &o).unwrap();
+                }
+            }
         }
     }
 

@@ -19,6 +19,7 @@ use crate::activation::Activation;
 use crate::isa::{self, Isa};
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
 use crate::scratch::with_scratch;
+use std::ops::Range;
 
 /// The widest SIMD vector any kernel here uses, in f32 lanes (AVX2).
 const MAX_LANES: usize = 8;
@@ -574,9 +575,10 @@ pub fn backward_weight(shape: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32
     let khw = g.kh * g.kw;
     let wp = padded_width(&g);
     let par = parallel::worth_splitting(shape.macs(), CONV_PAR_MIN_MACS);
-    parallel::for_each_chunk_mut(dw, mult * khw, par, |c, dwc| {
+    // Channel `c`'s `mult` kernels, accumulated over `images`.
+    let channel = |c: usize, images: Range<usize>, dwc: &mut [f32]| {
         with_scratch(g.h * wp, |pad| {
-            for n in 0..shape.batch {
+            for n in images {
                 pad_plane(&x[(n * cin + c) * plane_in..][..plane_in], &g, wp, 0, pad);
                 for j in 0..mult {
                     let oc = c * mult + j;
@@ -604,5 +606,18 @@ pub fn backward_weight(shape: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32
                 }
             }
         })
+    };
+    if par && cin < 2 * parallel::num_threads() {
+        // Too few channels to share out (a network's first layer on grey images has one):
+        // split the batch instead, each part summing its images' gradients.
+        super::accumulate_in_parts(shape.batch, true, dw, |images, acc| {
+            for (c, dwc) in acc.chunks_exact_mut(mult * khw).enumerate() {
+                channel(c, images.clone(), dwc);
+            }
+        });
+        return;
+    }
+    parallel::for_each_chunk_mut(dw, mult * khw, par, |c, dwc| {
+        channel(c, 0..shape.batch, dwc)
     });
 }

@@ -4,7 +4,8 @@
 //! apply them to many planes with one dispatch (one call per tiny plane would cost more than
 //! the plane).
 
-use crate::simd::{self, BinaryLanes, LanesN, Simd, SimdFn, SumLanes, UnaryLanes};
+use crate::activation::{ActKind, Activation, Grad};
+use crate::simd::{self, BinaryLanes, LanesN, Scalar, Simd, SimdFn, SumLanes, UnaryLanes};
 
 /// The `K` sums of `f` over each item of `planes` (equally long slices), each plane's f32 sums
 /// added in f64; one dispatch for all of them.
@@ -128,6 +129,138 @@ impl LanesN<3> for Affine2 {
     #[inline(always)]
     fn apply_n<S: Simd>(self, s: S, [dy, w, x]: [S::V; 3]) -> S::V {
         BinaryLanes::apply(self, s, s.mul(dy, w), x)
+    }
+}
+
+/// A batch norm's per-channel affine followed by an activation, fused into its passes. The
+/// pre-activation `x s + t` is rounded in two steps (not one fused multiply-add) on purpose: the
+/// forward writes `act(x s + t)` and the backward recomputes `x s + t` for `act'`, through vector
+/// bodies, vector tails and the scalar instance alike, and only unfused arithmetic gives the
+/// same bits on all three (the scalar instance has no FMA), so the backward's mask is exactly the
+/// forward's.
+#[derive(Clone, Copy)]
+pub struct ActAfter<A: ActKind> {
+    pub scale: f32,
+    pub shift: f32,
+    pub act: A,
+}
+
+/// `x s + t` in two roundings (see [`ActAfter`]).
+#[inline(always)]
+fn pre<S: Simd>(s: S, x: S::V, scale: S::V, shift: S::V) -> S::V {
+    s.add(s.mul(x, scale), shift)
+}
+
+/// `dy act'(x s + t)`.
+#[inline(always)]
+fn grad_after<S: Simd>(s: S, act: Activation, dy: S::V, x: S::V, sc: S::V, sh: S::V) -> S::V {
+    BinaryLanes::apply(Grad(act), s, pre(s, x, sc, sh), dy)
+}
+
+impl<A: ActKind> ActAfter<A> {
+    /// `dy act'(x s + t)`.
+    #[inline(always)]
+    pub fn grad<S: Simd>(self, s: S, dy: S::V, x: S::V) -> S::V {
+        let (sc, sh) = (s.splat(self.scale), s.splat(self.shift));
+        grad_after(s, self.act.get(), dy, x, sc, sh)
+    }
+}
+
+/// `act(x s + t)`: the forward.
+impl<A: ActKind> UnaryLanes for ActAfter<A> {
+    #[inline(always)]
+    fn apply<S: Simd>(self, s: S, x: S::V) -> S::V {
+        let (sc, sh) = (s.splat(self.scale), s.splat(self.shift));
+        UnaryLanes::apply(self.act.get(), s, pre(s, x, sc, sh))
+    }
+}
+
+/// [`ActAfter`]'s forward with per-element `s` and `t`, over `(x, s, t)`: small planes are
+/// processed a whole sample at a time against per-element copies of the per-channel values.
+#[derive(Clone, Copy)]
+pub struct ActAfterEach<A: ActKind>(pub A);
+
+impl<A: ActKind> LanesN<3> for ActAfterEach<A> {
+    #[inline(always)]
+    fn apply_n<S: Simd>(self, s: S, [x, sc, sh]: [S::V; 3]) -> S::V {
+        UnaryLanes::apply(self.0.get(), s, pre(s, x, sc, sh))
+    }
+}
+
+/// [`MaskedAffine2`] with per-element values, over `(dy, x, k, p, q, s, t)`.
+#[derive(Clone, Copy)]
+pub struct MaskedAffine2Each<A: ActKind>(pub A);
+
+impl<A: ActKind> LanesN<7> for MaskedAffine2Each<A> {
+    #[inline(always)]
+    fn apply_n<S: Simd>(self, s: S, [dy, x, k, p, q, sc, sh]: [S::V; 7]) -> S::V {
+        let g = grad_after(s, self.0.get(), dy, x, sc, sh);
+        s.mul_add(g, k, s.mul_add(x, p, q))
+    }
+}
+
+/// `a += g` and `b += g (x - m)` element-wise, with `g = dy act'(x s + t)` and per-element `m`,
+/// `s`, `t`: [`MaskedCenteredDot`]'s sums kept per element, for small planes (whose per-element
+/// partial sums are added up per channel later). The tail takes the scalar instance, which
+/// computes the same mask (unfused `x s + t`).
+pub fn masked_sums_into<A: ActKind>(
+    act: A,
+    [a, b]: [&mut [f32]; 2],
+    [dy, x, m, sc, sh]: [&[f32]; 5],
+) {
+    struct Run<'a, A>(A, [&'a mut [f32]; 2], [&'a [f32]; 5]);
+    impl<A: ActKind> SimdFn for Run<'_, A> {
+        type Output = ();
+        #[inline(always)]
+        fn call<S: Simd>(self, s: S) {
+            // Indexed loads, no array `map`: a closure call the compiler leaves out of line
+            // runs without the ISA's features and passes vectors through memory.
+            #[inline(always)]
+            fn step<S: Simd>(s: S, act: Activation, a: &mut [f32], b: &mut [f32], v: [&[f32]; 5]) {
+                let (dy, x) = (s.load(v[0]), s.load(v[1]));
+                let (m, sc, sh) = (s.load(v[2]), s.load(v[3]), s.load(v[4]));
+                let g = grad_after(s, act, dy, x, sc, sh);
+                s.store(a, s.add(s.load(a), g));
+                let bv = s.mul_add(g, s.sub(x, m), s.load(b));
+                s.store(b, bv);
+            }
+            let Run(act, [a, b], [dy, x, m, sc, sh]) = self;
+            let act = act.get();
+            let n = a.len();
+            assert!(b.len() == n && [dy, x, m, sc, sh].iter().all(|v| v.len() == n));
+            let body = n - n % S::LANES;
+            for i in (0..body).step_by(S::LANES) {
+                let v = [&dy[i..], &x[i..], &m[i..], &sc[i..], &sh[i..]];
+                step(s, act, &mut a[i..], &mut b[i..], v);
+            }
+            for i in body..n {
+                let v = [&dy[i..], &x[i..], &m[i..], &sc[i..], &sh[i..]];
+                step(Scalar, act, &mut a[i..], &mut b[i..], v);
+            }
+        }
+    }
+    simd::dispatch(Run(act, [a, b], [dy, x, m, sc, sh]))
+}
+
+/// [`CenteredDot`] of the gradient that reaches the affine's output, `g = dy act'(x s + t)`.
+#[derive(Clone, Copy)]
+pub struct MaskedCenteredDot<A: ActKind>(pub CenteredDot, pub ActAfter<A>);
+
+impl<A: ActKind> SumLanes<2, 2> for MaskedCenteredDot<A> {
+    #[inline(always)]
+    fn accumulate<S: Simd>(self, s: S, acc: [S::V; 2], [dy, x]: [S::V; 2]) -> [S::V; 2] {
+        self.0.add(s, acc, self.1.grad(s, dy, x), x)
+    }
+}
+
+/// [`Affine2`] of `g = dy act'(x s + t)`.
+#[derive(Clone, Copy)]
+pub struct MaskedAffine2<A: ActKind>(pub Affine2, pub ActAfter<A>);
+
+impl<A: ActKind> BinaryLanes for MaskedAffine2<A> {
+    #[inline(always)]
+    fn apply<S: Simd>(self, s: S, dy: S::V, x: S::V) -> S::V {
+        BinaryLanes::apply(self.0, s, self.1.grad(s, dy, x), x)
     }
 }
 
