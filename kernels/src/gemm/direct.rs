@@ -5,7 +5,7 @@
 //! epilogue at once.
 
 use super::driver::{needs_packing, ASource, OutPtr};
-use super::spec::Spec;
+use super::spec::{Spec, TileEpi};
 use super::{pack, scratch, Epilogue, MatMut, MatRef};
 use crate::parallel;
 
@@ -102,10 +102,12 @@ fn tiles(
         // tile lies inside C and this column panel belongs to the calling task alone.
         unsafe {
             let cp = out.ptr.add(row * out.ldc + col);
-            kern(k, ap, rsa, csa, bp, ldb, cp, out.ldc, cols, beta);
-            if !epi.is_empty() {
-                (spec.epilogue)(epi, cp, out.ldc, row, rows, col, cols);
-            }
+            let epi = TileEpi {
+                ops: epi,
+                row0: row,
+                col0: col,
+            };
+            kern(k, ap, rsa, csa, bp, ldb, cp, out.ldc, cols, beta, epi);
         }
     }
 }

@@ -5,7 +5,7 @@
 //! A blocks (MC rows, kept in L2) and running the micro-kernel over every tile. The epilogue runs
 //! on each tile right after the store of the last K block.
 
-use super::spec::{Spec, TileKernel};
+use super::spec::{Spec, TileEpi, TileKernel};
 use super::{pack, scratch, Epilogue, MatMut, MatRef, PackedB};
 use crate::parallel::{self, GEMM_BLOCKED_PAR_MIN_MACS, GEMM_PAR_MIN_MACS};
 
@@ -344,10 +344,12 @@ fn macro_kernel(
                 // this task alone; `kern` matches this process's ISA.
                 unsafe {
                     let cp = out.ptr.add(row * out.ldc + col);
-                    kern(kc, ap, rsa, csa, bp, nr, cp, out.ldc, cols, blk.beta);
-                    if !blk.epi.is_empty() {
-                        (spec.epilogue)(blk.epi, cp, out.ldc, row, rows, col, cols);
-                    }
+                    let epi = TileEpi {
+                        ops: blk.epi,
+                        row0: row,
+                        col0: col,
+                    };
+                    kern(kc, ap, rsa, csa, bp, nr, cp, out.ldc, cols, blk.beta, epi);
                 }
             }
         }

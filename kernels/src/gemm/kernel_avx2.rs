@@ -1,7 +1,7 @@
 //! x86_64 AVX2+FMA micro-kernel: a 6x16 register tile (12 ymm accumulators, two B vectors and one
 //! broadcast A value: 15 of the 16 ymm registers), two FMA ports busy every cycle on Zen 3/4.
 
-use super::spec::TileKernel;
+use super::spec::{TileEpi, TileKernel};
 use super::EpilogueOp;
 use core::arch::x86_64::*;
 
@@ -46,6 +46,7 @@ unsafe fn tile<const R: usize, const ROWS: bool>(
     ldc: usize,
     cols: usize,
     beta: f32,
+    epi: TileEpi,
 ) {
     let mut lo = [_mm256_setzero_ps(); MR];
     let mut hi = [_mm256_setzero_ps(); MR];
@@ -90,16 +91,26 @@ unsafe fn tile<const R: usize, const ROWS: bool>(
             let vbeta = _mm256_set1_ps(beta);
             for i in 0..R {
                 let cp = c.add(i * ldc);
-                let (mut v0, mut v1) = (lo[i], hi[i]);
                 if beta == 1.0 {
-                    v0 = _mm256_add_ps(_mm256_loadu_ps(cp), v0);
-                    v1 = _mm256_add_ps(_mm256_loadu_ps(cp.add(8)), v1);
+                    lo[i] = _mm256_add_ps(_mm256_loadu_ps(cp), lo[i]);
+                    hi[i] = _mm256_add_ps(_mm256_loadu_ps(cp.add(8)), hi[i]);
                 } else if beta != 0.0 {
-                    v0 = _mm256_fmadd_ps(vbeta, _mm256_loadu_ps(cp), v0);
-                    v1 = _mm256_fmadd_ps(vbeta, _mm256_loadu_ps(cp.add(8)), v1);
+                    lo[i] = _mm256_fmadd_ps(vbeta, _mm256_loadu_ps(cp), lo[i]);
+                    hi[i] = _mm256_fmadd_ps(vbeta, _mm256_loadu_ps(cp.add(8)), hi[i]);
+                }
+            }
+            let fused = epi.ops.iter().all(in_registers);
+            for i in 0..R {
+                let cp = c.add(i * ldc);
+                let (mut v0, mut v1) = (lo[i], hi[i]);
+                if fused {
+                    (v0, v1) = in_register_epilogue(epi, i, v0, v1);
                 }
                 _mm256_storeu_ps(cp, v0);
                 _mm256_storeu_ps(cp.add(8), v1);
+            }
+            if !fused {
+                super::epilogue::apply_tile(epi.ops, c, ldc, epi.row0, R, epi.col0, cols);
             }
         } else {
             let mut buf = [0.0f32; NR];
@@ -109,26 +120,81 @@ unsafe fn tile<const R: usize, const ROWS: bool>(
                 let row = std::slice::from_raw_parts_mut(c.add(i * ldc), cols);
                 super::kernel_scalar::store_row(row, &buf[..cols], beta);
             }
+            if !epi.ops.is_empty() {
+                super::epilogue::apply_tile(epi.ops, c, ldc, epi.row0, R, epi.col0, cols);
+            }
         }
     }
 }
 
-/// The tile epilogue, vectorised with AVX2.
+/// Whether [`in_register_epilogue`] does `op` (the cheap steps every conv/linear epilogue is made
+/// of: bias, a dense residual, and the clamping activations).
+fn in_registers(op: &EpilogueOp) -> bool {
+    use crate::activation::Activation as A;
+    match op {
+        EpilogueOp::BiasPerCol(_) | EpilogueOp::BiasPerRow(_) => true,
+        EpilogueOp::Add(r) => r.col_stride == 1,
+        EpilogueOp::Act(a) => matches!(a, A::Identity | A::Relu | A::Relu6 | A::Clamp { .. }),
+    }
+}
+
+/// `epi` applied to row `i` of a full 16-wide tile, held in two vectors, before its one store.
+/// Clamps take the data second, as [`crate::activation`]'s vector lanes do, so NaN propagates
+/// alike.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA; otherwise as [`super::epilogue::apply_tile`].
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn epilogue(
-    ops: &[EpilogueOp],
-    c: *mut f32,
-    ldc: usize,
-    row0: usize,
-    rows: usize,
-    col0: usize,
-    cols: usize,
-) {
-    // SAFETY: forwarded contract.
-    unsafe { super::epilogue::apply_tile(ops, c, ldc, row0, rows, col0, cols) }
+/// AVX2 and FMA; every op passes [`in_registers`] and its operand covers row `row0 + i` and
+/// columns `col0 .. + 16` (the GEMM entry checks operands against C).
+#[inline(always)]
+unsafe fn in_register_epilogue(
+    epi: TileEpi,
+    i: usize,
+    mut v0: __m256,
+    mut v1: __m256,
+) -> (__m256, __m256) {
+    use crate::activation::Activation as A;
+    let (row, col0) = (epi.row0 + i, epi.col0);
+    // SAFETY (whole block): the loads read operand row `row`, columns `col0 .. + 16`, which the
+    // operands cover (contract); the slicing checks it again.
+    unsafe {
+        let clamp = |v: __m256, lo: f32, hi: Option<f32>| {
+            let v = _mm256_max_ps(_mm256_set1_ps(lo), v);
+            match hi {
+                Some(hi) => _mm256_min_ps(_mm256_set1_ps(hi), v),
+                None => v,
+            }
+        };
+        for op in epi.ops {
+            (v0, v1) = match *op {
+                EpilogueOp::BiasPerCol(b) => {
+                    let bp = b[col0..col0 + NR].as_ptr();
+                    (
+                        _mm256_add_ps(v0, _mm256_loadu_ps(bp)),
+                        _mm256_add_ps(v1, _mm256_loadu_ps(bp.add(8))),
+                    )
+                }
+                EpilogueOp::BiasPerRow(b) => {
+                    let bi = _mm256_set1_ps(b[row]);
+                    (_mm256_add_ps(v0, bi), _mm256_add_ps(v1, bi))
+                }
+                EpilogueOp::Add(m) => {
+                    let s = row * m.row_stride + col0;
+                    let rp = m.data[s..s + NR].as_ptr();
+                    (
+                        _mm256_add_ps(v0, _mm256_loadu_ps(rp)),
+                        _mm256_add_ps(v1, _mm256_loadu_ps(rp.add(8))),
+                    )
+                }
+                EpilogueOp::Act(A::Relu) => (clamp(v0, 0.0, None), clamp(v1, 0.0, None)),
+                EpilogueOp::Act(A::Relu6) => (clamp(v0, 0.0, Some(6.0)), clamp(v1, 0.0, Some(6.0))),
+                EpilogueOp::Act(A::Clamp { lo, hi }) => {
+                    (clamp(v0, lo, Some(hi)), clamp(v1, lo, Some(hi)))
+                }
+                _ => (v0, v1),
+            };
+        }
+    }
+    (v0, v1)
 }
 
 /// The m = 1 path ([`super::gemv`]) compiled for this kernel family.

@@ -1,7 +1,7 @@
 //! aarch64 NEON micro-kernel: an 8x12 register tile (24 q accumulators, two A vectors and three B
 //! vectors: 29 of the 32 q registers), using by-lane FMAs so A needs no broadcasts.
 
-use super::spec::TileKernel;
+use super::spec::{TileEpi, TileKernel};
 use super::EpilogueOp;
 use core::arch::aarch64::*;
 
@@ -50,6 +50,7 @@ unsafe fn tile<const R: usize, const ROWS: bool>(
     ldc: usize,
     cols: usize,
     beta: f32,
+    epi: TileEpi,
 ) {
     let mut acc = [[vdupq_n_f32(0.0); 3]; MR];
     // SAFETY (whole block): A step p reads A(i, p) for i < R only, B step p reads
@@ -113,25 +114,10 @@ unsafe fn tile<const R: usize, const ROWS: bool>(
                 super::kernel_scalar::store_row(row, &buf[..cols], beta);
             }
         }
+        if !epi.ops.is_empty() {
+            super::epilogue::apply_tile(epi.ops, c, ldc, epi.row0, R, epi.col0, cols);
+        }
     }
-}
-
-/// The tile epilogue, compiled with NEON.
-///
-/// # Safety
-/// As [`super::epilogue::apply_tile`].
-#[target_feature(enable = "neon")]
-pub(crate) unsafe fn epilogue(
-    ops: &[EpilogueOp],
-    c: *mut f32,
-    ldc: usize,
-    row0: usize,
-    rows: usize,
-    col0: usize,
-    cols: usize,
-) {
-    // SAFETY: forwarded contract.
-    unsafe { super::epilogue::apply_tile(ops, c, ldc, row0, rows, col0, cols) }
 }
 
 /// The m = 1 path ([`super::gemv`]) compiled for this kernel family.

@@ -1,7 +1,7 @@
 //! The portable micro-kernel: a 4x8 tile in plain Rust. It is the reference the SIMD kernels are
 //! tested against and the path every target falls back to (`TLC_ISA=scalar`).
 
-use super::spec::TileKernel;
+use super::spec::{TileEpi, TileKernel};
 use super::EpilogueOp;
 
 pub(crate) const MR: usize = 4;
@@ -28,6 +28,7 @@ unsafe fn tile<const R: usize>(
     ldc: usize,
     cols: usize,
     beta: f32,
+    epi: TileEpi,
 ) {
     let mut acc = [[0.0f32; NR]; R];
     for p in 0..k {
@@ -50,6 +51,10 @@ unsafe fn tile<const R: usize>(
         let row = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), cols) };
         store_row(row, &acc_i[..cols], beta);
     }
+    if !epi.ops.is_empty() {
+        // SAFETY: the tile's R rows of `cols` floats are ours (contract).
+        unsafe { super::epilogue::apply_tile(epi.ops, c, ldc, epi.row0, R, epi.col0, cols) };
+    }
 }
 
 /// `row = beta * row + acc`, never reading `row` when `beta == 0`.
@@ -64,23 +69,6 @@ pub(crate) fn store_row(row: &mut [f32], acc: &[f32], beta: f32) {
             .zip(acc)
             .for_each(|(c, &v)| *c = beta * *c + v);
     }
-}
-
-/// The tile epilogue, compiled for the baseline target.
-///
-/// # Safety
-/// As [`super::epilogue::apply_tile`].
-pub(crate) unsafe fn epilogue(
-    ops: &[EpilogueOp],
-    c: *mut f32,
-    ldc: usize,
-    row0: usize,
-    rows: usize,
-    col0: usize,
-    cols: usize,
-) {
-    // SAFETY: forwarded contract.
-    unsafe { super::epilogue::apply_tile(ops, c, ldc, row0, rows, col0, cols) }
 }
 
 /// The m = 1 path ([`super::gemv`]) compiled for this kernel family.

@@ -8,14 +8,14 @@
 use super::EpilogueOp;
 use crate::isa::Isa;
 
-/// `tile(k, a, rsa, csa, b, ldb, c, ldc, cols, beta)`: C[0..r, 0..cols] = beta * C + A * B_rows
-/// with A(i, p) at `a + i * rsa + p * csa`, where `r` is fixed by the kernel's position in its
-/// table. `beta == 0` never reads C.
+/// `tile(k, a, rsa, csa, b, ldb, c, ldc, cols, beta, epi)`: C[0..r, 0..cols] = beta * C +
+/// A * B_rows, then `epi`'s steps, with A(i, p) at `a + i * rsa + p * csa`, where `r` is fixed by
+/// the kernel's position in its table. `beta == 0` never reads C.
 ///
 /// Contract: A(i, p) is readable for `i < r`, `p < k` (a kernel from [`Spec::rows`] assumes
 /// `csa == 1`, one from [`Spec::cols`] assumes `rsa == 1`); `b + p * ldb` holds `NR` readable
 /// floats for every `p < k`; the `r` rows of `cols <= NR` floats at `c + i * ldc` are writable
-/// and owned by the caller.
+/// and owned by the caller; `epi`'s operands cover the tile's global rows and columns.
 pub(crate) type TileKernel = unsafe fn(
     k: usize,
     a: *const f32,
@@ -27,19 +27,19 @@ pub(crate) type TileKernel = unsafe fn(
     ldc: usize,
     cols: usize,
     beta: f32,
+    epi: TileEpi,
 );
 
-/// `epi(ops, c, ldc, row0, rows, col0, cols)`: the store epilogue over one finished tile at
-/// `c` (global position `row0`, `col0`), compiled with the ISA's target features.
-pub(crate) type TileEpilogue = unsafe fn(
-    ops: &[EpilogueOp],
-    c: *mut f32,
-    ldc: usize,
-    row0: usize,
-    rows: usize,
-    col0: usize,
-    cols: usize,
-);
+/// The store epilogue a tile applies once its last K block is in: `ops` (none when empty) on the
+/// tile whose top-left element is output element (`row0`, `col0`). Kernels apply the cheap steps
+/// in registers before the one store where they can (a separate pass re-reads a tile whose store
+/// has just missed the cache: half the time of a short-K conv).
+#[derive(Clone, Copy)]
+pub(crate) struct TileEpi<'a> {
+    pub ops: &'a [EpilogueOp<'a>],
+    pub row0: usize,
+    pub col0: usize,
+}
 
 /// A micro-kernel family with its register tile and cache blocking.
 pub(crate) struct Spec {
@@ -58,7 +58,6 @@ pub(crate) struct Spec {
     pub rows: &'static [TileKernel],
     /// `cols[r - 1]` computes an `r x nr` tile from A with unit row stride (packed or A^T).
     pub cols: &'static [TileKernel],
-    pub epilogue: TileEpilogue,
     /// The m = 1 path.
     pub gemv: super::gemv::GemvFn,
 }
@@ -104,7 +103,6 @@ static SCALAR: Spec = Spec {
     nc: 2048,
     rows: super::kernel_scalar::ROWS,
     cols: super::kernel_scalar::COLS,
-    epilogue: super::kernel_scalar::epilogue,
     gemv: super::kernel_scalar::gemv,
 };
 
@@ -118,7 +116,6 @@ static AVX2: Spec = Spec {
     nc: 4080 - 4080 % super::kernel_avx2::NR,
     rows: super::kernel_avx2::ROWS,
     cols: super::kernel_avx2::COLS,
-    epilogue: super::kernel_avx2::epilogue,
     gemv: super::kernel_avx2::gemv,
 };
 
@@ -132,7 +129,6 @@ static NEON: Spec = Spec {
     nc: 3072,
     rows: super::kernel_neon::ROWS,
     cols: super::kernel_neon::COLS,
-    epilogue: super::kernel_neon::epilogue,
     gemv: super::kernel_neon::gemv,
 };
 
