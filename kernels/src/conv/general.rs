@@ -23,6 +23,8 @@ use crate::scratch::with_scratch;
 
 /// Target bytes of patch matrix per GEMM call: the tile lives in L2 between im2col and the GEMM.
 pub const TILE_BYTES: usize = 256 * 1024;
+/// Most output rows one pixel tile spans for [`Dims::tile_to_cols`]'s segment table.
+const MAX_TILE_ROWS: usize = 64;
 /// Fewest output pixels per GEMM call whatever the patch length: below this, repacking the
 /// weights for every call costs more than the bounded buffer saves.
 pub const MIN_TILE_PIXELS: usize = 128;
@@ -123,6 +125,97 @@ impl Dims {
         }
     }
 
+    /// Floats of the scratch [`Dims::tile_to_cols`] needs after the patches, for tiles of up to
+    /// `tile` pixels: a zero-padded copy of the input rows they read (a whole padded plane at
+    /// least, for [`im2col_planes`]).
+    fn band_len(&self, tile: usize) -> usize {
+        let g = &self.g;
+        let out_rows = g.oh.min(tile.div_ceil(g.ow.max(1)) + 1).max(1);
+        let rows = (out_rows - 1) * g.sh + (g.kh - 1) * g.dh + 1;
+        (self.cin_g * rows * (g.w + 2 * g.pw)).max(self.pad_len())
+    }
+
+    /// The patch matrix of output pixels `p0..p0 + len` of one image and group (`xg` its first
+    /// input plane) into `buf` (`k x len`, then [`Dims::band_len`] floats of scratch). With
+    /// padding, the input rows the tile reads are first copied into a zero-padded band, so each
+    /// patch row is plain runs: [`im2col_tile`]'s per-segment border fills and short copies cost
+    /// more than the product on small planes (7x7 at batch 1) and a fifth of it on 32x32.
+    fn tile_to_cols(&self, xg: &[f32], p0: usize, len: usize, buf: &mut [f32]) {
+        let g = &self.g;
+        let (cols, band) = buf.split_at_mut(self.k * len);
+        if g.ph == 0 && g.pw == 0 {
+            im2col_tile(g, xg, self.cin_g, p0, len, cols, len);
+            return;
+        }
+        if p0 == 0 && len == self.plane_out {
+            im2col_planes(g, xg, self.cin_g, cols, len, band);
+            return;
+        }
+        let (oy0, oy1) = (p0 / g.ow, (p0 + len - 1) / g.ow);
+        let (wp, rows) = (g.w + 2 * g.pw, (oy1 - oy0) * g.sh + (g.kh - 1) * g.dh + 1);
+        // Input row of the band's first row (negative: inside the top padding).
+        let top = (oy0 * g.sh) as isize - g.ph as isize;
+        let band = &mut band[..self.cin_g * rows * wp];
+        for (c, bplane) in band.chunks_exact_mut(rows * wp).enumerate() {
+            let src = &xg[c * self.plane_in..][..self.plane_in];
+            for (r, brow) in bplane.chunks_exact_mut(wp).enumerate() {
+                let iy = top + r as isize;
+                if iy < 0 || iy >= g.h as isize {
+                    brow.iter_mut().for_each(|v| *v = 0.0);
+                    continue;
+                }
+                let (left, rest) = brow.split_at_mut(g.pw);
+                let (mid, right) = rest.split_at_mut(g.w);
+                left.iter_mut().chain(right).for_each(|v| *v = 0.0);
+                copy_run(mid, &src[iy as usize * g.w..][..g.w]);
+            }
+        }
+        // The tile's output-row segments `(q, n, band offset of tap (0, 0))`, once for all K rows.
+        let mut segs = [(0usize, 0usize, 0usize); MAX_TILE_ROWS];
+        let mut nseg = 0;
+        let mut q = 0;
+        while q < len && nseg < MAX_TILE_ROWS {
+            let (oy, ox0) = ((p0 + q) / g.ow, (p0 + q) % g.ow);
+            let n = (g.ow - ox0).min(len - q);
+            segs[nseg] = (q, n, (oy - oy0) * g.sh * wp + ox0 * g.sw);
+            nseg += 1;
+            q += n;
+        }
+        if q < len {
+            // A tile over more rows than the table holds (very narrow planes): the general walk.
+            let gb = Geom {
+                h: rows,
+                w: wp,
+                oh: oy1 - oy0 + 1,
+                ph: 0,
+                pw: 0,
+                ..*g
+            };
+            im2col_tile(&gb, band, self.cin_g, p0 - oy0 * g.ow, len, cols, len);
+            return;
+        }
+        let mut crows = cols.chunks_exact_mut(len);
+        for c in 0..self.cin_g {
+            let bplane = &band[c * rows * wp..(c + 1) * rows * wp];
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let row = crows.next().expect("k rows of patches");
+                    let tap = ky * g.dh * wp + kx * g.dw;
+                    for &(q, n, at) in &segs[..nseg] {
+                        let src = &bplane[tap + at..];
+                        if g.sw == 1 {
+                            copy_run(&mut row[q..q + n], &src[..n]);
+                        } else {
+                            for (i, d) in row[q..q + n].iter_mut().enumerate() {
+                                *d = src[i * g.sw];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Copy group `gi`'s output gradient of `mm` images from `n0` into `buf` (`Cout_g x mm*plane`).
     fn gather_images(&self, dy: &[f32], n0: usize, mm: usize, gi: usize, buf: &mut [f32]) {
         let (plane, ld) = (self.plane_out, mm * self.plane_out);
@@ -220,7 +313,7 @@ fn forward_pixel_tiles(
         |n: usize, p0: usize, len: usize, dst: &mut [f32], ld: usize, cols: &mut [f32]| {
             for gi in 0..d.groups {
                 let xg = &x[n * img_in + gi * d.cin_g * d.plane_in..];
-                im2col_tile(&d.g, xg, d.cin_g, p0, len, cols, len);
+                d.tile_to_cols(xg, p0, len, cols);
                 let c = MatMut {
                     data: &mut dst[gi * d.cout_g * ld..],
                     rows: d.cout_g,
@@ -245,7 +338,7 @@ fn forward_pixel_tiles(
     if !par || units_balance(shape.batch) {
         // Whole images per task (or everything on this thread): tiles write in place.
         parallel::for_each_chunk_mut(out, img_out, par, |n, o| {
-            with_scratch(k * tile, |cols| {
+            with_scratch(k * tile + d.band_len(tile), |cols| {
                 for (p0, len) in runs(0, plane_out, tile) {
                     run_tile(n, p0, len, &mut o[p0..], plane_out, cols);
                 }
@@ -264,7 +357,7 @@ fn forward_pixel_tiles(
             plane_out,
             per_image,
             |n, p0, len, blk| {
-                with_scratch(k * tile.min(len), |cols| {
+                with_scratch(k * tile.min(len) + d.band_len(tile), |cols| {
                     for (q0, qlen) in runs(p0, p0 + len, tile) {
                         run_tile(n, q0, qlen, &mut blk[q0 - p0..], len, cols);
                     }
@@ -280,10 +373,10 @@ fn forward_pixel_tiles(
     for_each_channel_block(out, d.cout_g, plane_out, cb, par, |u, c0, o| {
         let (n, gi) = (u / d.groups, u % d.groups);
         let (c, cb) = (gi * d.cout_g + c0, o.len() / plane_out);
-        with_scratch(k * tile, |cols| {
+        with_scratch(k * tile + d.band_len(tile), |cols| {
             for (p0, len) in runs(0, plane_out, tile) {
                 let xg = &x[n * img_in + gi * d.cin_g * d.plane_in..];
-                im2col_tile(&d.g, xg, d.cin_g, p0, len, cols, len);
+                d.tile_to_cols(xg, p0, len, cols);
                 let dst = MatMut {
                     data: &mut o[p0..],
                     rows: cb,

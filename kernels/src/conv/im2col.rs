@@ -150,7 +150,7 @@ pub fn im2col_tile(
                             seg[b..].fill(0.0);
                             let dst = &mut seg[a..b];
                             if g.sw == 1 {
-                                dst.copy_from_slice(&src[s..s + dst.len()]);
+                                copy_run(dst, &src[s..s + dst.len()]);
                             } else {
                                 for (i, d) in dst.iter_mut().enumerate() {
                                     *d = src[s + i * g.sw];
