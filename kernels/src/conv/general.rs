@@ -11,7 +11,7 @@
 //! pixels within an image (large planes) or several whole images side by side (small planes, where
 //! one image alone would give a GEMM too narrow to be efficient).
 
-use super::im2col::{col2im_tile, copy_run, im2col_planes, im2col_tile, Geom};
+use super::im2col::{col2im_tile, copy_even, copy_run, im2col_planes, im2col_tile, Geom};
 use super::{
     accumulate_in_parts, channel_block, epilogue_row, for_each_channel_block, gemm_weight_rows,
     ranges_per_image, staged_ranges, units_balance, with_gemm_epilogue, Conv2dShape,
@@ -205,6 +205,8 @@ impl Dims {
                         let src = &bplane[tap + at..];
                         if g.sw == 1 {
                             copy_run(&mut row[q..q + n], &src[..n]);
+                        } else if g.sw == 2 {
+                            copy_even(&mut row[q..q + n], &src[..2 * n - 1]);
                         } else {
                             for (i, d) in row[q..q + n].iter_mut().enumerate() {
                                 *d = src[i * g.sw];

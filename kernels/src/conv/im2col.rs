@@ -236,6 +236,19 @@ pub(crate) fn copy_run(dst: &mut [f32], src: &[f32]) {
     }
 }
 
+/// `dst[i] = src[2 i]` (stride-2 patch rows) for `src` exactly `2 dst.len() - 1` long, in pairs
+/// the compiler reads without bounds checks.
+#[inline(always)]
+pub(crate) fn copy_even(dst: &mut [f32], src: &[f32]) {
+    assert_eq!(src.len() + 1, 2 * dst.len(), "copy_even: lengths");
+    let (pairs, last) = src.split_at(src.len() - 1);
+    let (body, tail) = dst.split_at_mut(dst.len() - 1);
+    for (d, p) in body.iter_mut().zip(pairs.chunks_exact(2)) {
+        *d = p[0];
+    }
+    tail[0] = last[0];
+}
+
 /// [`im2col_tile`] of whole output planes (`p0 = 0`, `len = oh * ow`) through a zero-padded copy
 /// of one input plane at a time in `pad` (at least `(h + 2 * ph) * (w + 2 * pw)` floats, contents
 /// unspecified): each patch row is then `oh` plain runs of `ow` reads, with no per-segment
@@ -275,6 +288,8 @@ pub fn im2col_planes(
                     let s = (oy * g.sh + ky * g.dh) * wp + kx * g.dw;
                     if g.sw == 1 {
                         copy_run(out, &pad[s..s + g.ow]);
+                    } else if g.sw == 2 {
+                        copy_even(out, &pad[s..s + 2 * g.ow - 1]);
                     } else {
                         for (i, d) in out.iter_mut().enumerate() {
                             *d = pad[s + i * g.sw];
