@@ -98,15 +98,18 @@ fn calibrate_writes_a_table_and_collapse_decides_each_chain_by_it() {
     );
     let table = CostTable::load(&table_path).unwrap();
     assert!(table.entries.len() > grid_len);
-    for (spec, hw) in priced_convs(&m, DeadChannels::Pruned).unwrap() {
-        let spec = spec.with_bias(true);
-        assert!(
-            table
-                .entries
-                .iter()
-                .any(|e| e.spec() == spec && e.in_hw == hw),
-            "{spec:?} on {hw:?} was not measured"
-        );
+    // Priced both ways `collapse` may ask: pruned (default) and `--no-prune`.
+    for dead in [DeadChannels::Pruned, DeadChannels::Kept] {
+        for (spec, hw) in priced_convs(&m, dead).unwrap() {
+            let spec = spec.with_bias(true);
+            assert!(
+                table
+                    .entries
+                    .iter()
+                    .any(|e| e.spec() == spec && e.in_hw == hw),
+                "{spec:?} on {hw:?} ({dead:?}) was not measured"
+            );
+        }
     }
 
     let text = ok(&["collapse", "--checkpoint", s, "--out", o, "--cost-table", t]);

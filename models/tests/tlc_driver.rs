@@ -6,11 +6,13 @@ use tlc_engine::graph::Op;
 use tlc_engine::TensorStore;
 use tlc_models::checkpoint::Checkpoint;
 use tlc_models::tlc::{
-    iteration_file, report, stored_state, CompressConfig, CompressState, Compressor,
-    IterationRecord, StopReason, COMPRESSED, FINAL, LAST,
+    final_tune_dir, iteration_file, report, stored_state, CompressConfig, CompressState,
+    Compressor, IterationRecord, StopReason, COMPRESSED, FINAL, LAST,
 };
 use tlc_models::train::synthetic::{bars, Difficulty};
-use tlc_models::train::{init_model, AugmentConfig, Silent, Splits, TrainConfig, Trainer};
+use tlc_models::train::{
+    init_model, AugmentConfig, EpochMetrics, Silent, Splits, TrainConfig, Trainer,
+};
 use tlc_models::zoo::{Arch, ArchSpec};
 
 fn spec() -> ArchSpec {
@@ -244,6 +246,64 @@ fn stops_at_the_target_and_at_the_accuracy_floor() {
 /// `final_epochs`: once the loop stops, the result is fine-tuned further with its masks held; it
 /// becomes the result, and a resumed run that has nothing left to do keeps it (and does not tune
 /// again).
+/// The final fine-tuning checkpoints every epoch in its own run directory: a resume that finds
+/// it short of the configured epochs (killed, or `--final-epochs` raised) continues from its
+/// last epoch rather than starting the tuning over.
+#[test]
+fn an_interrupted_final_fine_tuning_continues_from_its_last_epoch() {
+    let dir = TempDir::new("final-resume");
+    let cfg = CompressConfig {
+        final_epochs: 1,
+        ..config(2)
+    };
+    let mut c = Compressor::new(
+        trained(),
+        "memory",
+        cfg,
+        splits(),
+        Some(dir.0.clone()),
+        vec![],
+    )
+    .unwrap();
+    c.run(&mut Silent).unwrap();
+    let first = c.state().final_tune.clone().expect("tuned");
+    let run_dir = dir.0.join(final_tune_dir(first.iteration));
+    assert!(
+        run_dir.join("last.safetensors").exists(),
+        "no per-epoch checkpoint"
+    );
+
+    let (ckpt, state) = load(&dir.0);
+    let more = CompressState {
+        config: CompressConfig {
+            final_epochs: 2,
+            ..state.config.clone()
+        },
+        ..state
+    };
+    let mut r = Compressor::resume(ckpt, more, splits(), Some(dir.0.clone())).unwrap();
+    r.run(&mut Silent).unwrap();
+    let fin = r.state().final_tune.clone().expect("tuned again");
+    assert_eq!(fin.iteration, first.iteration);
+    assert_eq!(fin.fine_tune.len(), 2);
+    // Epoch 1 is the interrupted run's own, bit for bit (its wall-clock throughput aside).
+    let same = |a: &EpochMetrics, b: &EpochMetrics| {
+        EpochMetrics {
+            images_per_s: 0.0,
+            ..a.clone()
+        } == EpochMetrics {
+            images_per_s: 0.0,
+            ..b.clone()
+        }
+    };
+    assert!(
+        same(&fin.fine_tune[0], &first.fine_tune[0]),
+        "{:?} vs {:?}",
+        fin.fine_tune[0],
+        first.fine_tune[0]
+    );
+}
+
 #[test]
 fn final_fine_tuning_tunes_the_result_and_a_resume_keeps_it() {
     let dir = TempDir::new("final");

@@ -117,17 +117,22 @@ fn grid(quick: bool, batch: usize) -> Vec<Point> {
     points
 }
 
-/// Add the convolutions collapsing the checkpoint at `path` prices that `points` lacks; returns
-/// how many.
+/// Add the convolutions collapsing the checkpoint at `path` prices (with or without pruning) that
+/// `points` lacks; returns how many.
 fn model_points(path: &std::path::Path, points: &mut Vec<Point>) -> Result<usize> {
     let path = existing_file(path, "--checkpoint")?;
     let store = TensorStore::load(&path)?;
     let loaded = load_checkpoint(&path, &store, &ModelArgs::default(), None)?;
     let before = points.len();
-    for (spec, hw) in priced_convs(&loaded.checkpoint.model, DeadChannels::Pruned)? {
-        let spec = spec.with_bias(true);
-        if !points.iter().any(|p| p.spec == spec && p.hw == hw) {
-            points.push(Point { spec, hw });
+    // Both ways `tlc collapse` may price it: dead channels pruned (the default) or kept
+    // (`--no-prune`).
+    let model = &loaded.checkpoint.model;
+    for dead in [DeadChannels::Pruned, DeadChannels::Kept] {
+        for (spec, hw) in priced_convs(model, dead)? {
+            let spec = spec.with_bias(true);
+            if !points.iter().any(|p| p.spec == spec && p.hw == hw) {
+                points.push(Point { spec, hw });
+            }
         }
     }
     Ok(points.len() - before)

@@ -18,8 +18,8 @@ use crate::data::loader::{make_batch, Batch, LoaderConfig};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::train::{
-    evaluate, EpochMetrics, EvalMetrics, Normalization, Progress, Silent, Splits, TrainState,
-    Trainer,
+    evaluate, EpochMetrics, EvalMetrics, Normalization, Progress, Silent, Splits, TrainConfig,
+    TrainState, Trainer,
 };
 use crate::zoo::ArchSpec;
 use serde::{Deserialize, Serialize};
@@ -39,6 +39,11 @@ pub const LAST: &str = "last.safetensors";
 pub const COMPRESSED: &str = "compressed.safetensors";
 /// The result after the final fine-tuning (`CompressConfig::final_epochs`).
 pub const FINAL: &str = "final.safetensors";
+
+/// The training run of the final fine-tuning of iteration `best` (its per-epoch checkpoints).
+pub fn final_tune_dir(best: usize) -> String {
+    format!("final-tune-{best:02}")
+}
 /// Layout version of [`CompressState`].
 pub const STATE_FORMAT: u32 = 1;
 
@@ -670,13 +675,26 @@ impl Compressor {
         // A seed no iteration uses (iteration i fine-tunes with seed + i).
         ft.seed = ft.seed.wrapping_add(1 << 32).wrapping_add(best as u64);
         ft.test_every_epoch = false;
-        let mut t = Trainer::new(
-            self.iteration_model(best)?,
-            self.spec.clone(),
-            ft,
-            self.splits.clone(),
-            None,
-        )?;
+        // Its own training run in a subdirectory (one per result iteration), checkpointed every
+        // epoch: a kill during the final tuning loses at most the epoch in progress.
+        let run_dir = self.out.as_ref().map(|d| d.join(final_tune_dir(best)));
+        let mut t = match self.resumable_final_tune(run_dir.as_deref(), &ft)? {
+            Some(ckpt) => {
+                p.note(&format!(
+                    "resuming the final fine-tuning after epoch {} of {}",
+                    ckpt.train.as_ref().map_or(0, |s| s.epochs_done),
+                    ft.epochs
+                ));
+                Trainer::resume(ckpt, ft, self.splits.clone(), run_dir)?
+            }
+            None => Trainer::new(
+                self.iteration_model(best)?,
+                self.spec.clone(),
+                ft,
+                self.splits.clone(),
+                run_dir,
+            )?,
+        };
         t.set_channel_masks(masks.clone())?;
         t.run(p)?;
         let history = t.state().history.clone();
@@ -726,6 +744,29 @@ impl Compressor {
         }
         p.final_end(&rec, &self.state);
         Ok(())
+    }
+
+    /// The checkpoint of an interrupted final fine-tuning in `dir` to continue, if there is one
+    /// that `ft` can continue: the same seed and schedule, no more epochs done than `ft` asks.
+    fn resumable_final_tune(
+        &self,
+        dir: Option<&Path>,
+        ft: &TrainConfig,
+    ) -> Result<Option<Checkpoint>> {
+        let Some(path) = dir.map(|d| d.join(crate::train::LAST)) else {
+            return Ok(None);
+        };
+        if !path.exists() {
+            return Ok(None);
+        }
+        let ckpt = Checkpoint::load(&path, None)?.checkpoint;
+        let fits = ckpt.train.as_ref().is_some_and(|s| {
+            s.epochs_done < ft.epochs
+                && s.config.seed == ft.seed
+                && s.config.lr == ft.lr
+                && s.config.batch_size == ft.batch_size
+        });
+        Ok(fits.then_some(ckpt))
     }
 
     /// The current model as a checkpoint store with the state in its header.

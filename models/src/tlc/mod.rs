@@ -15,8 +15,8 @@ mod score;
 
 pub use config::{CompressConfig, RankMode, StopReason};
 pub use driver::{
-    footprint, iteration_file, stored_state, CompressProgress, CompressState, Compressor,
-    Footprint, IterationRecord, COMPRESSED, COMPRESS_KEY, FINAL, LAST, STATE_FORMAT,
+    final_tune_dir, footprint, iteration_file, stored_state, CompressProgress, CompressState,
+    Compressor, Footprint, IterationRecord, COMPRESSED, COMPRESS_KEY, FINAL, LAST, STATE_FORMAT,
 };
 pub use plot::{accuracy_svg, entropy_svg};
 pub use rank::{mean_loss, rank, with_removed, JointTrial, RankEntry, Ranking};
