@@ -451,6 +451,103 @@ fn scale_shift_act<A: ActKind>(x: &[f32], dims: ChannelDims, after: After<A>, y:
     );
 }
 
+/// `y = act(x * scale[ch] + shift[ch] + r)`: batch norm, a residual added, then an activation,
+/// in one pass (a ResNet block's end). Rounded as [`rows::ActAfter`] explains, so
+/// [`residual_act_grad`] recomputes the same pre-activations.
+pub fn channel_scale_shift_add_act(
+    x: &[f32],
+    r: &[f32],
+    dims: ChannelDims,
+    scale: &[f32],
+    shift: &[f32],
+    act: Activation,
+    y: &mut [f32],
+) {
+    dims.check("channel_scale_shift_add_act", x.len());
+    dims.check("channel_scale_shift_add_act", r.len());
+    dims.check("channel_scale_shift_add_act", y.len());
+    assert!(scale.len() == dims.c && shift.len() == dims.c);
+    match act {
+        Activation::Relu => residual_pass(x, r, None, dims, (scale, shift), ReluKind, y),
+        _ => residual_pass(x, r, None, dims, (scale, shift), act, y),
+    }
+}
+
+/// The gradient reaching the residual sum of [`channel_scale_shift_add_act`]:
+/// `g = dy act'(x * scale[ch] + shift[ch] + r)` (the residual's gradient, and the one the batch
+/// norm's backward takes).
+#[allow(clippy::too_many_arguments)] // the forward's inputs and affine, and dy
+pub fn residual_act_grad(
+    dy: &[f32],
+    x: &[f32],
+    r: &[f32],
+    dims: ChannelDims,
+    scale: &[f32],
+    shift: &[f32],
+    act: Activation,
+    g: &mut [f32],
+) {
+    for v in [dy, x, r] {
+        dims.check("residual_act_grad", v.len());
+    }
+    dims.check("residual_act_grad", g.len());
+    assert!(scale.len() == dims.c && shift.len() == dims.c);
+    match act {
+        Activation::Relu => residual_pass(x, r, Some(dy), dims, (scale, shift), ReluKind, g),
+        _ => residual_pass(x, r, Some(dy), dims, (scale, shift), act, g),
+    }
+}
+
+/// The forward (`dy` None) or the gradient pass of the residual form, into `out`.
+fn residual_pass<A: ActKind>(
+    x: &[f32],
+    r: &[f32],
+    dy: Option<&[f32]>,
+    dims: ChannelDims,
+    (scale, shift): (&[f32], &[f32]),
+    act: A,
+    out: &mut [f32],
+) {
+    let hw = dims.hw;
+    let (sp, tp) = if hw < SMALL_PLANE && !out.is_empty() {
+        (per_element(scale, hw), per_element(shift, hw))
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let after = After { scale, shift, act };
+    let each = rows::ActAfterResEach(act);
+    let isa = isa::current();
+    match dy {
+        None => for_each_plane(
+            out,
+            dims,
+            |o, out| {
+                let (xs, rs) = (&x[o..o + out.len()], &r[o..o + out.len()]);
+                simd::map_on(isa, each, [xs, rs, &sp, &tp], out);
+            },
+            |ch, o| {
+                (
+                    rows::ActAfterRes(after.at(ch)),
+                    [&x[o..o + hw], &r[o..o + hw]],
+                )
+            },
+        ),
+        Some(dy) => for_each_plane(
+            out,
+            dims,
+            |o, out| {
+                let n = out.len();
+                let (gs, xs, rs) = (&dy[o..o + n], &x[o..o + n], &r[o..o + n]);
+                simd::map_on(isa, each, [gs, xs, rs, &sp, &tp], out);
+            },
+            |ch, o| {
+                let f = rows::ActAfterRes(after.at(ch));
+                (f, [&dy[o..o + hw], &x[o..o + hw], &r[o..o + hw]])
+            },
+        ),
+    }
+}
+
 /// The per-channel `(scale, shift)` that batch norm with statistics `mean`/`invstd` and the
 /// optional affine `gamma`/`beta` amounts to: `y = x * scale + shift`. Also what BN folding
 /// writes into a preceding convolution.
@@ -1191,6 +1288,39 @@ mod tests {
                     assert_close(&dg, &rdg, 1e-4, &format!("dgamma {what}"));
                     assert_close(&db, &rdb, 1e-5, &format!("dbeta {what}"));
                 }
+            }
+        }
+    }
+
+    /// The residual form: `act(x s + t + r)` and its gradient `dy act'(...)` against the
+    /// element-wise definition on the same f32 pre-activations, small and large planes.
+    #[test]
+    fn residual_activation_pass_matches_its_definition() {
+        for (seed, &(n, c, hw)) in DIMS.iter().enumerate() {
+            let dims = ChannelDims { n, c, hw };
+            let seed = seed as u64;
+            let (x, r, dy) = (
+                data(dims.len(), seed, -0.4),
+                data(dims.len(), seed + 7, 0.2),
+                data(dims.len(), seed + 50, 0.1),
+            );
+            let (scale, shift) = (data(c, seed + 300, 2.0), data(c, seed + 400, 0.5));
+            for act in [Activation::Relu, Activation::Relu6, Activation::Gelu] {
+                let pre: Vec<f32> = (0..x.len())
+                    .map(|i| x[i] * scale[(i / hw) % c] + shift[(i / hw) % c] + r[i])
+                    .collect();
+                let mut y = vec![0.0; x.len()];
+                channel_scale_shift_add_act(&x, &r, dims, &scale, &shift, act, &mut y);
+                let want: Vec<f64> = pre.iter().map(|&p| act.apply(p) as f64).collect();
+                assert_close(&y, &want, 1e-5, &format!("y {act:?} {dims:?}"));
+                let mut g = vec![0.0; x.len()];
+                residual_act_grad(&dy, &x, &r, dims, &scale, &shift, act, &mut g);
+                let want: Vec<f64> = pre
+                    .iter()
+                    .zip(&dy)
+                    .map(|(&p, &d)| (d * act.derivative(p)) as f64)
+                    .collect();
+                assert_close(&g, &want, 1e-5, &format!("g {act:?} {dims:?}"));
             }
         }
     }

@@ -1,7 +1,7 @@
 //! A graph with its parameters and buffers, run in training mode (autograd, batch statistics) or
 //! evaluation mode (running statistics, no autograd).
 
-use super::op::{ConvSpec, LinearSpec, Op};
+use super::op::{BatchNormSpec, ConvSpec, LinearSpec, Op};
 use super::{Graph, Node};
 use crate::autograd::no_grad;
 use crate::error::{Error, Result};
@@ -302,17 +302,70 @@ impl Model {
         self.clone().forward(x, Mode::Eval, &mut rng)
     }
 
+    /// Batch norm node `name` (`spec`) on `x`: with batch statistics (updating the running ones)
+    /// when `train`, else the running ones; then, when given, a residual added and an activation,
+    /// in the same op.
+    fn batch_norm_node(
+        &mut self,
+        name: &str,
+        spec: &BatchNormSpec,
+        x: &Tensor,
+        train: bool,
+        then: Option<(Activation, Option<&Tensor>)>,
+    ) -> Result<Tensor> {
+        let (w, b) = (
+            self.param(name, "weight")?.clone(),
+            self.param(name, "bias")?.clone(),
+        );
+        let (m, e) = (spec.momentum, spec.eps);
+        let bn = |running, training| match then {
+            None => x.batch_norm(Some(&w), Some(&b), running, training, m, e),
+            Some((act, None)) => x.batch_norm_act(Some(&w), Some(&b), running, training, m, e, act),
+            Some((act, Some(r))) => {
+                x.batch_norm_add_act(r, Some(&w), Some(&b), running, training, m, e, act)
+            }
+        };
+        if train {
+            let (im, iv) = (
+                self.buffer_index(name, "running_mean"),
+                self.buffer_index(name, "running_var"),
+            );
+            let (rm, rv) = two_mut(&mut self.buffers, im, iv);
+            let y = bn(Some((rm, rv)), true)?;
+            let it = self.buffer_index(name, "num_batches_tracked");
+            self.buffers[it].update_data(|d| d[0] += 1.0);
+            Ok(y)
+        } else {
+            let mut rm = self.param(name, "running_mean")?.clone();
+            let mut rv = self.param(name, "running_var")?.clone();
+            bn(Some((&mut rm, &mut rv)), false)
+        }
+    }
+
     fn run(&mut self, x: &Tensor, train: bool, rng: &mut Rng) -> Result<Tensor> {
         let nodes = self.graph.nodes().to_vec();
         let out_id = self.graph.output();
-        // Free each value after its last reader.
+        let fused = fusions(&nodes, out_id);
+        // The values each node reads (fused nodes read their partners' inputs), and each value
+        // freed after its last reader.
+        let reads: Vec<Vec<usize>> = nodes
+            .iter()
+            .enumerate()
+            .map(|(id, n)| match fused[id] {
+                Fused::BnInAdd => vec![],
+                Fused::AddBnAct { bn, residual, .. } => vec![nodes[bn].inputs[0], residual],
+                _ => n.inputs.clone(),
+            })
+            .collect();
         let mut last_use = vec![0usize; nodes.len()];
-        for (id, n) in nodes.iter().enumerate() {
-            n.inputs.iter().for_each(|&i| last_use[i] = id);
+        for (id, r) in reads.iter().enumerate() {
+            r.iter().for_each(|&i| last_use[i] = id);
         }
-        let fused = fused_activations(&nodes, out_id);
         let mut values: Vec<Option<Tensor>> = vec![None; nodes.len()];
         for (id, n) in nodes.iter().enumerate() {
+            if fused[id] == Fused::BnInAdd {
+                continue; // computed by the add that reads it
+            }
             let input = |k: usize| -> &Tensor {
                 values[n.inputs[k]]
                     .as_ref()
@@ -338,49 +391,26 @@ impl Model {
                     input(0).linear(self.param(&n.name, "weight")?, b)?
                 }
                 Op::BatchNorm(b) => {
-                    let (w, bias) = (
-                        self.param(&n.name, "weight")?.clone(),
-                        self.param(&n.name, "bias")?.clone(),
-                    );
-                    let xin = input(0).clone();
-                    // The activation that alone reads this batch norm runs in its pass.
-                    let bn = |running, training| match fused[id] {
-                        Some(act) => xin.batch_norm_act(
-                            Some(&w),
-                            Some(&bias),
-                            running,
-                            training,
-                            b.momentum,
-                            b.eps,
-                            act,
-                        ),
-                        None => xin.batch_norm(
-                            Some(&w),
-                            Some(&bias),
-                            running,
-                            training,
-                            b.momentum,
-                            b.eps,
-                        ),
+                    let then = match fused[id] {
+                        Fused::BnAct(act) => Some((act, None)),
+                        _ => None,
                     };
-                    if train {
-                        let (im, iv) = (
-                            self.buffer_index(&n.name, "running_mean"),
-                            self.buffer_index(&n.name, "running_var"),
-                        );
-                        let (rm, rv) = two_mut(&mut self.buffers, im, iv);
-                        let y = bn(Some((rm, rv)), true)?;
-                        let it = self.buffer_index(&n.name, "num_batches_tracked");
-                        self.buffers[it].update_data(|d| d[0] += 1.0);
-                        y
-                    } else {
-                        let mut rm = self.param(&n.name, "running_mean")?.clone();
-                        let mut rv = self.param(&n.name, "running_var")?.clone();
-                        bn(Some((&mut rm, &mut rv)), false)?
-                    }
+                    let xin = input(0).clone();
+                    self.batch_norm_node(&n.name, b, &xin, train, then)?
                 }
-                Op::Activation { .. } if fused[n.inputs[0]].is_some() => input(0).clone(),
+                Op::Activation { .. } if fused[id] == Fused::Done => input(0).clone(),
                 Op::Activation { act } => input(0).activation(act.activation())?,
+                Op::Add if matches!(fused[id], Fused::AddBnAct { .. }) => {
+                    let Fused::AddBnAct { bn, residual, act } = fused[id] else {
+                        unreachable!("matched above")
+                    };
+                    let Op::BatchNorm(spec) = &nodes[bn].op else {
+                        unreachable!("fusions() pairs adds with batch norms")
+                    };
+                    let at = |v: usize| values[v].clone().expect("computed before the add");
+                    let (xin, r) = (at(nodes[bn].inputs[0]), at(residual));
+                    self.batch_norm_node(&nodes[bn].name, spec, &xin, train, Some((act, Some(&r))))?
+                }
                 Op::Add => {
                     let mut acc = input(0).add(input(1))?;
                     for k in 2..n.inputs.len() {
@@ -408,7 +438,7 @@ impl Model {
                 Op::Identity => input(0).clone(),
             };
             crate::autograd::profile::stop(t0, "forward", n.op.kind_name());
-            for &i in &n.inputs {
+            for &i in &reads[id] {
                 if last_use[i] == id && i != out_id {
                     values[i] = None;
                 }
@@ -419,25 +449,72 @@ impl Model {
     }
 }
 
-/// For each node, the activation to fuse into it: set on a batch norm whose only reader is an
-/// activation (and which is not the output), so the executor runs the pair as one op
-/// ([`Tensor::batch_norm_act`]) and the activation node passes its value on.
-fn fused_activations(nodes: &[Node], output: usize) -> Vec<Option<Activation>> {
+/// How the executor runs a node together with its neighbours (the training step's element-wise
+/// passes over activation-sized tensors cost as much as a fifth of its convolutions).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fused {
+    /// On its own.
+    No,
+    /// A batch norm with the activation that alone reads it ([`Tensor::batch_norm_act`]).
+    BnAct(Activation),
+    /// A batch norm that the add alone reading it computes.
+    BnInAdd,
+    /// The add of batch norm `bn` and `residual` whose only reader is an activation: the three as
+    /// one op ([`Tensor::batch_norm_add_act`]; a residual block's end).
+    AddBnAct {
+        bn: usize,
+        residual: usize,
+        act: Activation,
+    },
+    /// An activation its input's node has applied.
+    Done,
+}
+
+/// The fusions of `nodes`: no fused node but a [`Fused::Done`] activation (whose value is its
+/// input's) produces the graph's `output`.
+fn fusions(nodes: &[Node], output: usize) -> Vec<Fused> {
     let mut readers = vec![Vec::new(); nodes.len()];
     for (id, n) in nodes.iter().enumerate() {
         n.inputs.iter().for_each(|&i| readers[i].push(id));
     }
-    nodes
-        .iter()
-        .enumerate()
-        .map(|(id, n)| match (&n.op, readers[id].as_slice()) {
-            (Op::BatchNorm(_), &[r]) if id != output => match &nodes[r].op {
-                Op::Activation { act } => Some(act.activation()),
-                _ => None,
-            },
+    let sole_activation = |id: usize| match readers[id].as_slice() {
+        &[r] if id != output => match &nodes[r].op {
+            Op::Activation { act } => Some((r, act.activation())),
             _ => None,
-        })
-        .collect()
+        },
+        _ => None,
+    };
+    let mut fused = vec![Fused::No; nodes.len()];
+    for (id, n) in nodes.iter().enumerate() {
+        if !matches!(n.op, Op::Add) || n.inputs.len() != 2 {
+            continue;
+        }
+        let Some((a, act)) = sole_activation(id) else {
+            continue;
+        };
+        for k in 0..2 {
+            let (bn, residual) = (n.inputs[k], n.inputs[1 - k]);
+            let alone = readers[bn].as_slice() == [id] && bn != output;
+            if matches!(nodes[bn].op, Op::BatchNorm(_)) && alone && fused[bn] == Fused::No {
+                fused[bn] = Fused::BnInAdd;
+                fused[id] = Fused::AddBnAct { bn, residual, act };
+                fused[a] = Fused::Done;
+                break;
+            }
+        }
+    }
+    for (id, n) in nodes.iter().enumerate() {
+        if !matches!(n.op, Op::BatchNorm(_)) || fused[id] != Fused::No {
+            continue;
+        }
+        if let Some((a, act)) = sole_activation(id) {
+            if fused[a] == Fused::No {
+                fused[id] = Fused::BnAct(act);
+                fused[a] = Fused::Done;
+            }
+        }
+    }
+    fused
 }
 
 impl std::fmt::Debug for Model {

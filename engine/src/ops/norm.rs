@@ -85,13 +85,16 @@ struct BatchNormBackward {
     has_bias: bool,
     /// The activation fused after the affine ([`Tensor::batch_norm_act`]).
     act: Option<Activation>,
+    /// Whether a residual was added before the activation (the last input).
+    residual: bool,
 }
 
 impl Backward for BatchNormBackward {
     fn name(&self) -> &'static str {
-        match self.act {
-            None => "batch_norm",
-            Some(_) => "batch_norm_act",
+        match (self.act, self.residual) {
+            (None, _) => "batch_norm",
+            (Some(_), false) => "batch_norm_act",
+            (Some(_), true) => "batch_norm_add_act",
         }
     }
 
@@ -100,6 +103,29 @@ impl Backward for BatchNormBackward {
         let (g, xd) = (grad.contiguous_data(), x.contiguous_data());
         let wd = weight.map(|w| w.contiguous_data());
         let mut bufs = GradBuffers::new(x, weight, bias);
+        if let (Some(act), true) = (self.act, self.residual) {
+            // The gradient at the sum, once: the residual's, and the batch norm's to go on with.
+            let r = inputs.last().expect("the residual is recorded last");
+            let bd = bias.map(|b| b.contiguous_data());
+            let (scale, shift) =
+                kn::fold_affine(&self.mean, &self.invstd, wd.as_deref(), bd.as_deref());
+            let mut gs = tlc_kernels::alloc::zeroed_f32(g.len());
+            let rd = r.contiguous_data();
+            kn::residual_act_grad(&g, &xd, &rd, self.dims, &scale, &shift, act, &mut gs);
+            let run = if self.training {
+                kn::batch_norm_train_backward
+            } else {
+                kn::batch_norm_eval_backward
+            };
+            let (stats, w) = ((&self.mean, &self.invstd), wd.as_deref());
+            run(&gs, &xd, self.dims, stats.0, stats.1, w, bufs.views());
+            let mut grads = bufs.into_tensors(x, weight, bias);
+            grads.push(
+                r.requires_grad()
+                    .then(|| Tensor::new_unchecked(gs, r.shape())),
+            );
+            return Ok(grads);
+        }
         if let Some(act) = self.act {
             let bd = bias.map(|b| b.contiguous_data());
             kn::batch_norm_act_backward(
@@ -168,7 +194,7 @@ impl Tensor {
         momentum: f32,
         eps: f32,
     ) -> Result<Tensor> {
-        self.batch_norm_then(weight, bias, running, training, momentum, eps, None)
+        self.batch_norm_then(weight, bias, running, training, momentum, eps, None, None)
     }
 
     /// [`Tensor::batch_norm`] followed by `act`, as one op: one pass writes `act(bn(x))` (the
@@ -186,7 +212,36 @@ impl Tensor {
         eps: f32,
         act: Activation,
     ) -> Result<Tensor> {
-        self.batch_norm_then(weight, bias, running, training, momentum, eps, Some(act))
+        self.batch_norm_then(
+            weight,
+            bias,
+            running,
+            training,
+            momentum,
+            eps,
+            Some(act),
+            None,
+        )
+    }
+
+    /// `act(batch_norm(self) + residual)`, as one op: a residual block's end (batch norm, the
+    /// shortcut added, the activation) in one pass over the output, the normalised values and
+    /// the sum never stored. The backward writes the gradient at the sum once (the residual's)
+    /// and runs batch norm's backward on it. `residual` has `self`'s shape.
+    #[allow(clippy::too_many_arguments)] // batch_norm_act's, and the residual
+    pub fn batch_norm_add_act(
+        &self,
+        residual: &Tensor,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        running: Option<(&mut Tensor, &mut Tensor)>,
+        training: bool,
+        momentum: f32,
+        eps: f32,
+        act: Activation,
+    ) -> Result<Tensor> {
+        let r = Some(residual);
+        self.batch_norm_then(weight, bias, running, training, momentum, eps, Some(act), r)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -199,8 +254,21 @@ impl Tensor {
         momentum: f32,
         eps: f32,
         act: Option<Activation>,
+        residual: Option<&Tensor>,
     ) -> Result<Tensor> {
         const OP: &str = "batch_norm";
+        if let Some(r) = residual {
+            if r.shape() != self.shape() {
+                return Err(Error::shape(
+                    OP,
+                    format!(
+                        "residual of shape {:?} for an input of shape {:?}",
+                        r.shape(),
+                        self.shape()
+                    ),
+                ));
+            }
+        }
         if self.rank() < 2 {
             return Err(Error::shape(
                 OP,
@@ -230,6 +298,7 @@ impl Tensor {
             weight.map(|w| w.contiguous_data()),
             bias.map(|b| b.contiguous_data()),
         );
+        let rd = residual.map(|r| r.contiguous_data());
         let mut y = tlc_kernels::alloc::zeroed_f32(dims.len());
         let (mean, invstd) = if training {
             let count = dims.per_channel();
@@ -242,25 +311,23 @@ impl Tensor {
                     ),
                 ));
             }
-            let (wd, bd) = (wd.as_deref(), bd.as_deref());
-            let st = match act {
-                None => kn::batch_norm_train_forward(&xd, dims, wd, bd, eps, &mut y),
-                Some(a) => kn::batch_norm_act_train_forward(&xd, dims, wd, bd, eps, a, &mut y),
-            };
+            let (mut mean, mut var) = (vec![0.0f32; dims.c], vec![0.0f32; dims.c]);
+            kn::channel_mean_var(&xd, dims, &mut mean, &mut var);
             if let Some((rm, rv)) = running {
                 let unbias = count as f32 / (count - 1) as f32;
                 rm.update_data(|d| {
                     d.iter_mut()
-                        .zip(&st.mean)
+                        .zip(&mean)
                         .for_each(|(r, &b)| *r = (1.0 - momentum) * *r + momentum * b)
                 });
                 rv.update_data(|d| {
                     d.iter_mut()
-                        .zip(&st.var)
+                        .zip(&var)
                         .for_each(|(r, &b)| *r = (1.0 - momentum) * *r + momentum * b * unbias)
                 });
             }
-            (st.mean, st.invstd)
+            let invstd = var.iter().map(|&v| 1.0 / (v + eps).sqrt()).collect();
+            (mean, invstd)
         } else {
             let Some((rm, rv)) = running else {
                 return Err(Error::invalid(
@@ -274,29 +341,33 @@ impl Tensor {
                 .iter()
                 .map(|&v| 1.0 / (v + eps).sqrt())
                 .collect();
-            let (scale, shift) = kn::fold_affine(&mean, &invstd, wd.as_deref(), bd.as_deref());
-            if !y.is_empty() {
-                match act {
-                    None => kn::channel_scale_shift(&xd, dims, &scale, &shift, &mut y),
-                    Some(a) => kn::channel_scale_shift_act(&xd, dims, &scale, &shift, a, &mut y),
-                }
-            }
             (mean, invstd)
         };
+        let (scale, shift) = kn::fold_affine(&mean, &invstd, wd.as_deref(), bd.as_deref());
+        if !y.is_empty() {
+            match (act, rd.as_deref()) {
+                (None, _) => kn::channel_scale_shift(&xd, dims, &scale, &shift, &mut y),
+                (Some(a), None) => {
+                    kn::channel_scale_shift_act(&xd, dims, &scale, &shift, a, &mut y)
+                }
+                (Some(a), Some(r)) => {
+                    kn::channel_scale_shift_add_act(&xd, r, dims, &scale, &shift, a, &mut y)
+                }
+            }
+        }
         let out = Tensor::new_unchecked(y, self.shape());
-        Ok(Tensor::record(
-            out,
-            &affine_inputs(self, weight, bias),
-            || BatchNormBackward {
-                dims,
-                mean,
-                invstd,
-                training,
-                has_weight: weight.is_some(),
-                has_bias: bias.is_some(),
-                act,
-            },
-        ))
+        let mut inputs = affine_inputs(self, weight, bias);
+        inputs.extend(residual);
+        Ok(Tensor::record(out, &inputs, || BatchNormBackward {
+            dims,
+            mean,
+            invstd,
+            training,
+            has_weight: weight.is_some(),
+            has_bias: bias.is_some(),
+            act,
+            residual: residual.is_some(),
+        }))
     }
 }
 
@@ -580,6 +651,101 @@ mod tests {
                     for (k, (a, p)) in fused.3.iter().zip(&plain.3).enumerate() {
                         assert_close(a, p, 1e-4, &format!("grad {k} {what}"));
                     }
+                }
+            }
+        }
+    }
+
+    /// The residual form against batch norm, the add, then the activation: values, running
+    /// statistics and every input's gradient (the residual's included), both modes.
+    #[test]
+    fn batch_norm_add_act_equals_the_three_ops() {
+        let mut rng = Rng::new(10);
+        for shape in [&[6, 3][..], &[2, 3, 3, 4], &[3, 4, 9, 10]] {
+            let c = shape[1];
+            let x = randn(shape, &mut rng).with_requires_grad(true);
+            let r = randn(shape, &mut rng).with_requires_grad(true);
+            let w = Tensor::rand_uniform(&[c], 0.5, 3.0, &mut rng).with_requires_grad(true);
+            let b = randn(&[c], &mut rng).with_requires_grad(true);
+            let probe = randn(shape, &mut rng);
+            for act in [Activation::Relu, Activation::Relu6, Activation::Silu] {
+                for training in [true, false] {
+                    let run = |fused: bool| {
+                        let (mut rm, mut rv) = (Tensor::zeros(&[c]), Tensor::ones(&[c]));
+                        let running = Some((&mut rm, &mut rv));
+                        let (wb, bb) = (Some(&w), Some(&b));
+                        let y = if fused {
+                            x.batch_norm_add_act(&r, wb, bb, running, training, 0.1, 1e-5, act)
+                        } else {
+                            x.batch_norm(wb, bb, running, training, 0.1, 1e-5)
+                                .and_then(|y| y.add(&r))
+                                .and_then(|y| y.activation(act))
+                        }
+                        .unwrap();
+                        let g = y
+                            .mul(&probe)
+                            .unwrap()
+                            .sum_all()
+                            .unwrap()
+                            .backward()
+                            .unwrap();
+                        let grads = [&x, &w, &b, &r].map(|t| g.get(t).unwrap().clone());
+                        (y, rm, rv, grads)
+                    };
+                    let (fused, plain) = (run(true), run(false));
+                    let what = format!("{act:?} {shape:?} training={training}");
+                    assert_close(&fused.0, &plain.0, 1e-5, &format!("y {what}"));
+                    assert_eq!(fused.1.to_vec(), plain.1.to_vec(), "running mean {what}");
+                    assert_eq!(fused.2.to_vec(), plain.2.to_vec(), "running var {what}");
+                    for (k, (a, p)) in fused.3.iter().zip(&plain.3).enumerate() {
+                        assert_close(a, p, 1e-4, &format!("grad {k} {what}"));
+                    }
+                }
+            }
+        }
+        let x = Tensor::zeros(&[2, 3, 4]);
+        let e = x
+            .batch_norm_add_act(
+                &Tensor::zeros(&[2, 3, 5]),
+                None,
+                None,
+                None,
+                true,
+                0.1,
+                1e-5,
+                Activation::Relu,
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("residual"), "{e}");
+    }
+
+    #[test]
+    fn gradcheck_batch_norm_add_act() {
+        let mut rng = Rng::new(11);
+        let o = GradcheckOptions::default();
+        for shape in [&[6, 3][..], &[2, 3, 3, 4], &[2, 2, 8, 9]] {
+            let c = shape[1];
+            let x = randn(shape, &mut rng).affine(1.5, 0.3).unwrap();
+            let r = randn(shape, &mut rng);
+            let w = Tensor::rand_uniform(&[c], 0.5, 1.5, &mut rng);
+            let b = randn(&[c], &mut rng);
+            // Smooth activations on the large planes, as in gradcheck_batch_norm_act.
+            let acts: &[Activation] = if shape.len() == 4 && shape[2] * shape[3] > 64 {
+                &[Activation::Gelu, Activation::Silu]
+            } else {
+                &[Activation::Relu, Activation::Gelu]
+            };
+            for &act in acts {
+                for training in [true, false] {
+                    let name = format!("batch_norm_add_act {act:?} {shape:?} training={training}");
+                    let f = |t: &[Tensor]| {
+                        let (mut rm, mut rv) = (Tensor::zeros(&[c]), Tensor::ones(&[c]));
+                        let running = Some((&mut rm, &mut rv));
+                        let (w, b) = (Some(&t[1]), Some(&t[2]));
+                        t[0].batch_norm_add_act(&t[3], w, b, running, training, 0.1, 1e-5, act)
+                    };
+                    let ins = [x.clone(), w.clone(), b.clone(), r.clone()];
+                    gradcheck(&name, f, &ins, &o).unwrap();
                 }
             }
         }

@@ -175,6 +175,54 @@ impl<A: ActKind> UnaryLanes for ActAfter<A> {
     }
 }
 
+/// `x s + t + r`: a batch norm's affine, then a residual (same rounding rule as [`pre`]).
+#[inline(always)]
+fn pre_res<S: Simd>(s: S, x: S::V, r: S::V, scale: S::V, shift: S::V) -> S::V {
+    s.add(pre(s, x, scale, shift), r)
+}
+
+/// [`ActAfter`] with a residual added before the activation, over `(x, r)` (forward:
+/// `act(x s + t + r)`) or `(dy, x, r)` (backward: `dy act'(x s + t + r)`).
+#[derive(Clone, Copy)]
+pub struct ActAfterRes<A: ActKind>(pub ActAfter<A>);
+
+impl<A: ActKind> LanesN<2> for ActAfterRes<A> {
+    #[inline(always)]
+    fn apply_n<S: Simd>(self, s: S, [x, r]: [S::V; 2]) -> S::V {
+        let f = self.0;
+        let (sc, sh) = (s.splat(f.scale), s.splat(f.shift));
+        UnaryLanes::apply(f.act.get(), s, pre_res(s, x, r, sc, sh))
+    }
+}
+
+impl<A: ActKind> LanesN<3> for ActAfterRes<A> {
+    #[inline(always)]
+    fn apply_n<S: Simd>(self, s: S, [dy, x, r]: [S::V; 3]) -> S::V {
+        let f = self.0;
+        let (sc, sh) = (s.splat(f.scale), s.splat(f.shift));
+        BinaryLanes::apply(Grad(f.act.get()), s, pre_res(s, x, r, sc, sh), dy)
+    }
+}
+
+/// [`ActAfterRes`] with per-element `s` and `t`: forward over `(x, r, s, t)`, backward over
+/// `(dy, x, r, s, t)`.
+#[derive(Clone, Copy)]
+pub struct ActAfterResEach<A: ActKind>(pub A);
+
+impl<A: ActKind> LanesN<4> for ActAfterResEach<A> {
+    #[inline(always)]
+    fn apply_n<S: Simd>(self, s: S, [x, r, sc, sh]: [S::V; 4]) -> S::V {
+        UnaryLanes::apply(self.0.get(), s, pre_res(s, x, r, sc, sh))
+    }
+}
+
+impl<A: ActKind> LanesN<5> for ActAfterResEach<A> {
+    #[inline(always)]
+    fn apply_n<S: Simd>(self, s: S, [dy, x, r, sc, sh]: [S::V; 5]) -> S::V {
+        BinaryLanes::apply(Grad(self.0.get()), s, pre_res(s, x, r, sc, sh), dy)
+    }
+}
+
 /// [`ActAfter`]'s forward with per-element `s` and `t`, over `(x, s, t)`: small planes are
 /// processed a whole sample at a time against per-element copies of the per-channel values.
 #[derive(Clone, Copy)]
