@@ -450,12 +450,22 @@ impl<'m> Compiler<'m> {
         })
     }
 
+    /// Node `node`'s parameter `role`, subnormal values flushed to zero. TLC's OFF channels leave
+    /// them behind: their batch-norm running statistics decay towards zero, folding makes
+    /// biases of ~1e-42, and every later layer then multiplies subnormal inputs, which x86 cores
+    /// run through microcode (a linearized ResNet-18 w0.25 ran 30 % slower than the trained one
+    /// with the same shapes). Values below 1.2e-38 change no output that matters.
     fn tensor(&self, node: NodeId, role: &str) -> Result<Vec<f32>> {
         let name = format!("{}.{role}", self.g.node(node).name);
-        self.m
+        let mut v = self
+            .m
             .get(&name)
             .map(|t| t.to_vec())
-            .ok_or_else(|| plan_err(format!("the model has no tensor `{name}`")))
+            .ok_or_else(|| plan_err(format!("the model has no tensor `{name}`")))?;
+        v.iter_mut()
+            .filter(|x| x.is_subnormal())
+            .for_each(|x| *x = 0.0);
+        Ok(v)
     }
 
     /// Node `node`'s weight tensor in 16 bits of `kind`.

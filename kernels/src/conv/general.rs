@@ -137,72 +137,81 @@ impl Dims {
 
     /// The patch matrix of output pixels `p0..p0 + len` of one image and group (`xg` its first
     /// input plane) into `buf` (`k x len`, then [`Dims::band_len`] floats of scratch). With
-    /// padding, the input rows the tile reads are first copied into a zero-padded band, so each
-    /// patch row is plain runs: [`im2col_tile`]'s per-segment border fills and short copies cost
-    /// more than the product on small planes (7x7 at batch 1) and a fifth of it on 32x32.
+    /// padding, the input rows the tile reads are first copied into a zero-padded band; then
+    /// each patch row is plain runs, one per output row, from a segment table computed once per
+    /// tile: [`im2col_tile`]'s per-segment border logic and short memcpy calls cost more than the
+    /// product on small planes (7x7 at batch 1) and a fifth of it on 32x32.
     fn tile_to_cols(&self, xg: &[f32], p0: usize, len: usize, buf: &mut [f32]) {
         let g = &self.g;
         let (cols, band) = buf.split_at_mut(self.k * len);
-        if g.ph == 0 && g.pw == 0 {
-            im2col_tile(g, xg, self.cin_g, p0, len, cols, len);
-            return;
-        }
-        if p0 == 0 && len == self.plane_out {
+        let padded = g.ph > 0 || g.pw > 0;
+        if padded && p0 == 0 && len == self.plane_out {
             im2col_planes(g, xg, self.cin_g, cols, len, band);
             return;
         }
         let (oy0, oy1) = (p0 / g.ow, (p0 + len - 1) / g.ow);
-        let (wp, rows) = (g.w + 2 * g.pw, (oy1 - oy0) * g.sh + (g.kh - 1) * g.dh + 1);
-        // Input row of the band's first row (negative: inside the top padding).
-        let top = (oy0 * g.sh) as isize - g.ph as isize;
-        let band = &mut band[..self.cin_g * rows * wp];
-        for (c, bplane) in band.chunks_exact_mut(rows * wp).enumerate() {
-            let src = &xg[c * self.plane_in..][..self.plane_in];
-            for (r, brow) in bplane.chunks_exact_mut(wp).enumerate() {
-                let iy = top + r as isize;
-                if iy < 0 || iy >= g.h as isize {
-                    brow.iter_mut().for_each(|v| *v = 0.0);
-                    continue;
+        // Where patch rows read: the padded band of the tile's input rows (rows of `rw`, planes
+        // `pst` apart, output row `oy0` reading from its first row), or the input itself.
+        let (src, pst, rw, oy_base) = if padded {
+            let (wp, rows) = (g.w + 2 * g.pw, (oy1 - oy0) * g.sh + (g.kh - 1) * g.dh + 1);
+            // Input row of the band's first row (negative: inside the top padding).
+            let top = (oy0 * g.sh) as isize - g.ph as isize;
+            let band = &mut band[..self.cin_g * rows * wp];
+            for (c, bplane) in band.chunks_exact_mut(rows * wp).enumerate() {
+                let src = &xg[c * self.plane_in..][..self.plane_in];
+                for (r, brow) in bplane.chunks_exact_mut(wp).enumerate() {
+                    let iy = top + r as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        brow.iter_mut().for_each(|v| *v = 0.0);
+                        continue;
+                    }
+                    let (left, rest) = brow.split_at_mut(g.pw);
+                    let (mid, right) = rest.split_at_mut(g.w);
+                    left.iter_mut().chain(right).for_each(|v| *v = 0.0);
+                    copy_run(mid, &src[iy as usize * g.w..][..g.w]);
                 }
-                let (left, rest) = brow.split_at_mut(g.pw);
-                let (mid, right) = rest.split_at_mut(g.w);
-                left.iter_mut().chain(right).for_each(|v| *v = 0.0);
-                copy_run(mid, &src[iy as usize * g.w..][..g.w]);
             }
-        }
-        // The tile's output-row segments `(q, n, band offset of tap (0, 0))`, once for all K rows.
+            (&band[..], rows * wp, wp, oy0)
+        } else {
+            (&xg[..self.cin_g * self.plane_in], self.plane_in, g.w, 0)
+        };
+        // The tile's output-row segments `(q, n, offset of tap (0, 0))`, once for all K rows.
         let mut segs = [(0usize, 0usize, 0usize); MAX_TILE_ROWS];
         let mut nseg = 0;
         let mut q = 0;
         while q < len && nseg < MAX_TILE_ROWS {
             let (oy, ox0) = ((p0 + q) / g.ow, (p0 + q) % g.ow);
             let n = (g.ow - ox0).min(len - q);
-            segs[nseg] = (q, n, (oy - oy0) * g.sh * wp + ox0 * g.sw);
+            segs[nseg] = (q, n, (oy - oy_base) * g.sh * rw + ox0 * g.sw);
             nseg += 1;
             q += n;
         }
         if q < len {
             // A tile over more rows than the table holds (very narrow planes): the general walk.
+            if !padded {
+                im2col_tile(g, xg, self.cin_g, p0, len, cols, len);
+                return;
+            }
             let gb = Geom {
-                h: rows,
-                w: wp,
+                h: pst / rw,
+                w: rw,
                 oh: oy1 - oy0 + 1,
                 ph: 0,
                 pw: 0,
                 ..*g
             };
-            im2col_tile(&gb, band, self.cin_g, p0 - oy0 * g.ow, len, cols, len);
+            im2col_tile(&gb, src, self.cin_g, p0 - oy0 * g.ow, len, cols, len);
             return;
         }
         let mut crows = cols.chunks_exact_mut(len);
         for c in 0..self.cin_g {
-            let bplane = &band[c * rows * wp..(c + 1) * rows * wp];
+            let plane = &src[c * pst..(c + 1) * pst];
             for ky in 0..g.kh {
                 for kx in 0..g.kw {
                     let row = crows.next().expect("k rows of patches");
-                    let tap = ky * g.dh * wp + kx * g.dw;
+                    let tap = ky * g.dh * rw + kx * g.dw;
                     for &(q, n, at) in &segs[..nseg] {
-                        let src = &bplane[tap + at..];
+                        let src = &plane[tap + at..];
                         if g.sw == 1 {
                             copy_run(&mut row[q..q + n], &src[..n]);
                         } else if g.sw == 2 {
@@ -360,7 +369,9 @@ fn forward_pixel_tiles(
             per_image,
             |n, p0, len, blk| {
                 with_scratch(k * tile.min(len) + d.band_len(tile), |cols| {
-                    for (q0, qlen) in runs(p0, p0 + len, tile) {
+                    // Equal tiles: a range just over one tile would end in a sliver.
+                    let even = len.div_ceil(len.div_ceil(tile));
+                    for (q0, qlen) in runs(p0, p0 + len, even) {
                         run_tile(n, q0, qlen, &mut blk[q0 - p0..], len, cols);
                     }
                 })
