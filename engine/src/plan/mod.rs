@@ -451,10 +451,10 @@ impl<'m> Compiler<'m> {
     }
 
     /// Node `node`'s parameter `role`, subnormal values flushed to zero. TLC's OFF channels leave
-    /// them behind: their batch-norm running statistics decay towards zero, folding makes
-    /// biases of ~1e-42, and every later layer then multiplies subnormal inputs, which x86 cores
-    /// run through microcode (a linearized ResNet-18 w0.25 ran 30 % slower than the trained one
-    /// with the same shapes). Values below 1.2e-38 change no output that matters.
+    /// them behind (456 in the TLC'd ResNet-18 w0.25 of docs/results.md): their batch-norm
+    /// running statistics decay towards zero and folding turns them into biases of ~1e-42, which
+    /// would feed subnormal operands, slow on x86 cores, to every later layer. Values below
+    /// 1.2e-38 change no output that matters.
     fn tensor(&self, node: NodeId, role: &str) -> Result<Vec<f32>> {
         let name = format!("{}.{role}", self.g.node(node).name);
         let mut v = self
