@@ -10,7 +10,8 @@ use super::{
     accumulate_in_parts, channel_block, for_each_channel_block, gemm_weight_rows, ranges_per_image,
     staged_ranges, units_balance, with_gemm_epilogue, Conv2dShape, ConvEpilogueOp, Weights,
 };
-use crate::gemm::{gemm_serial as gemm, MatMut, MatRef};
+use crate::activation::Activation;
+use crate::gemm::{gemm_serial as gemm, EpilogueOp, MatMut, MatRef};
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
 
 /// Fewest pixels per parallel range.
@@ -34,6 +35,52 @@ fn columns(
     }
 }
 
+/// One pixel per image: each image's output is `W x` (a matrix-vector product), run as the
+/// row vector `x^T` times the view `W^T`, the GEMM's m = 1 path (dot products over W's
+/// contiguous rows), with the epilogue per output column; the tiled path would use one column
+/// in sixteen of every register tile.
+fn single_pixel(
+    shape: &Conv2dShape,
+    x: &[f32],
+    w: Weights,
+    out: &mut [f32],
+    epi: &[ConvEpilogueOp],
+) {
+    let (cin, cout) = (shape.in_channels, shape.out_channels);
+    w.with_f32(|wf| {
+        let wt = MatRef {
+            data: wf,
+            rows: cin,
+            cols: cout,
+            row_stride: 1,
+            col_stride: cin,
+        };
+        for (n, o) in out.chunks_exact_mut(cout).enumerate() {
+            let mut ops = [EpilogueOp::Act(Activation::Identity); 8];
+            let k = epi.len().min(ops.len());
+            for (d, e) in ops.iter_mut().zip(epi) {
+                *d = match *e {
+                    ConvEpilogueOp::Bias(b) => EpilogueOp::BiasPerCol(b),
+                    ConvEpilogueOp::Add(r) => {
+                        EpilogueOp::Add(MatRef::row_major(&r[n * cout..(n + 1) * cout], 1, cout))
+                    }
+                    ConvEpilogueOp::Act(a) => EpilogueOp::Act(a),
+                };
+            }
+            let xn = MatRef::row_major(&x[n * cin..(n + 1) * cin], 1, cin);
+            let c = MatMut::row_major(o, 1, cout);
+            if epi.len() <= ops.len() {
+                gemm(xn, wt, 0.0, c, &ops[..k]);
+            } else {
+                gemm(xn, wt, 0.0, c, &[]);
+                for (ch, v) in o.chunks_exact_mut(1).enumerate() {
+                    super::epilogue_row(epi, v, ch, n * cout + ch);
+                }
+            }
+        }
+    });
+}
+
 /// Forward.
 pub fn forward(
     shape: &Conv2dShape,
@@ -49,6 +96,9 @@ pub fn forward(
         shape.params.groups,
     );
     let cin = shape.in_channels;
+    if plane == 1 && groups == 1 {
+        return single_pixel(shape, x, w, out, epi);
+    }
     // Image n, group gi, pixels p0..p0+len into `dst` (rows of `ld`).
     let run = |n: usize, gi: usize, p0: usize, len: usize, dst: &mut [f32], ld: usize| {
         let xg = columns(x, (n * cin + gi * cin_g) * plane, cin_g, plane, p0, len);

@@ -80,6 +80,12 @@ const CASES: &[Case] = &[
     (1, 2, 3, 3, 2, 3, 3, (1, 1), (4, 4), (1, 1), 2),
     (2, 3, 6, 5, 4, 3, 2, (1, 1), (2, 1), (1, 1), 1),
     (1, 2, 5, 6, 3, 2, 4, (1, 1), (0, 3), (1, 1), 1),
+    // One-pixel planes (a small image's last stages): pointwise as a matrix-vector product,
+    // depthwise as one tap, with and without the tap landing on the pixel.
+    (2, 6, 1, 1, 9, 1, 1, (1, 1), (0, 0), (1, 1), 1),
+    (2, 4, 1, 1, 8, 3, 3, (1, 1), (1, 1), (1, 1), 4),
+    (1, 3, 1, 1, 3, 3, 3, (2, 2), (1, 1), (1, 1), 3),
+    (1, 2, 1, 1, 4, 5, 5, (1, 1), (2, 2), (1, 1), 2),
 ];
 
 /// Large enough to cross CONV_PAR_MIN_MACS: exercises every parallel split.
