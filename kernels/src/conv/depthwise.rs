@@ -477,8 +477,17 @@ fn single_pixel(
             *o = tap.map_or(0.0, |t| x[(i / cout) * cin + oc / mult] * wf[oc * khw + t]);
         }
     });
-    for (i, o) in out.chunks_exact_mut(1).enumerate() {
-        epilogue_row(epi, o, i % cout, i);
+    // The epilogue over the whole output at once (per element, the activation's dispatch would
+    // cost more than the products).
+    for op in epi {
+        match *op {
+            ConvEpilogueOp::Bias(b) => out
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v += b[i % cout]),
+            ConvEpilogueOp::Add(r) => out.iter_mut().zip(r).for_each(|(v, r)| *v += r),
+            ConvEpilogueOp::Act(a) => crate::activation::apply_inplace(a, out),
+        }
     }
 }
 

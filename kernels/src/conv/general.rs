@@ -263,6 +263,18 @@ pub fn forward_tiled(
     epi: &[ConvEpilogueOp],
 ) {
     let d = Dims::new(shape);
+    if d.plane_out == 1 && d.groups == 1 {
+        // One output pixel: each image's patch column times the weights, a matrix-vector
+        // product (a merged block on a small image's last 1x1 planes).
+        return w.with_f32(|wf| {
+            with_scratch(d.k + d.band_len(1), |buf| {
+                for (n, o) in out.chunks_exact_mut(d.cout).enumerate() {
+                    d.tile_to_cols(&x[n * d.cin * d.plane_in..], 0, 1, buf);
+                    super::matvec_image(&buf[..d.k], wf, o, epi, n);
+                }
+            })
+        });
+    }
     let par = parallel::worth_splitting(shape.macs(), CONV_PAR_MIN_MACS);
     let img_out = d.cout * d.plane_out;
     match tiling {

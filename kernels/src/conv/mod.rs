@@ -618,6 +618,53 @@ pub(crate) fn gemm_weight_rows(
     }
 }
 
+/// `out = W v`, then `epilogue`, for image `n` of a convolution whose output plane is one pixel:
+/// `W` row-major `[out.len() x v.len()]` (the weights, or the patch weights), run as the row
+/// vector `v^T` times the view `W^T`, the GEMM's m = 1 path (dot products over W's contiguous
+/// rows); the conv epilogue maps to per-column steps.
+pub(crate) fn matvec_image(
+    v: &[f32],
+    w: &[f32],
+    out: &mut [f32],
+    epi: &[ConvEpilogueOp],
+    n: usize,
+) {
+    let (k, cout) = (v.len(), out.len());
+    let wt = MatRef {
+        data: &w[..k * cout],
+        rows: k,
+        cols: cout,
+        row_stride: 1,
+        col_stride: k,
+    };
+    let mut ops = [EpilogueOp::Act(Activation::Identity); EPILOGUE_INLINE];
+    let inline = epi.len() <= EPILOGUE_INLINE;
+    if inline {
+        for (d, e) in ops.iter_mut().zip(epi) {
+            *d = match *e {
+                ConvEpilogueOp::Bias(b) => EpilogueOp::BiasPerCol(b),
+                ConvEpilogueOp::Add(r) => {
+                    EpilogueOp::Add(MatRef::row_major(&r[n * cout..(n + 1) * cout], 1, cout))
+                }
+                ConvEpilogueOp::Act(a) => EpilogueOp::Act(a),
+            };
+        }
+    }
+    let ops = if inline { &ops[..epi.len()] } else { &[] };
+    gemm_serial(
+        MatRef::row_major(v, 1, k),
+        wt,
+        0.0,
+        MatMut::row_major(out, 1, cout),
+        ops,
+    );
+    if !inline {
+        for (ch, o) in out.chunks_exact_mut(1).enumerate() {
+            epilogue_row(epi, o, ch, n * cout + ch);
+        }
+    }
+}
+
 /// Sum with eight running partial sums (vectorises, and rounds better than one long chain).
 pub(crate) fn sum(x: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];

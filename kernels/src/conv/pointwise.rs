@@ -10,8 +10,7 @@ use super::{
     accumulate_in_parts, channel_block, for_each_channel_block, gemm_weight_rows, ranges_per_image,
     staged_ranges, units_balance, with_gemm_epilogue, Conv2dShape, ConvEpilogueOp, Weights,
 };
-use crate::activation::Activation;
-use crate::gemm::{gemm_serial as gemm, EpilogueOp, MatMut, MatRef};
+use crate::gemm::{gemm_serial as gemm, MatMut, MatRef};
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
 
 /// Fewest pixels per parallel range.
@@ -35,10 +34,9 @@ fn columns(
     }
 }
 
-/// One pixel per image: each image's output is `W x` (a matrix-vector product), run as the
-/// row vector `x^T` times the view `W^T`, the GEMM's m = 1 path (dot products over W's
-/// contiguous rows), with the epilogue per output column; the tiled path would use one column
-/// in sixteen of every register tile.
+/// One pixel per image: each image's output is `W x` (a matrix-vector product,
+/// [`super::matvec_image`]); the tiled path would use one column in sixteen of every register
+/// tile.
 fn single_pixel(
     shape: &Conv2dShape,
     x: &[f32],
@@ -48,35 +46,8 @@ fn single_pixel(
 ) {
     let (cin, cout) = (shape.in_channels, shape.out_channels);
     w.with_f32(|wf| {
-        let wt = MatRef {
-            data: wf,
-            rows: cin,
-            cols: cout,
-            row_stride: 1,
-            col_stride: cin,
-        };
         for (n, o) in out.chunks_exact_mut(cout).enumerate() {
-            let mut ops = [EpilogueOp::Act(Activation::Identity); 8];
-            let k = epi.len().min(ops.len());
-            for (d, e) in ops.iter_mut().zip(epi) {
-                *d = match *e {
-                    ConvEpilogueOp::Bias(b) => EpilogueOp::BiasPerCol(b),
-                    ConvEpilogueOp::Add(r) => {
-                        EpilogueOp::Add(MatRef::row_major(&r[n * cout..(n + 1) * cout], 1, cout))
-                    }
-                    ConvEpilogueOp::Act(a) => EpilogueOp::Act(a),
-                };
-            }
-            let xn = MatRef::row_major(&x[n * cin..(n + 1) * cin], 1, cin);
-            let c = MatMut::row_major(o, 1, cout);
-            if epi.len() <= ops.len() {
-                gemm(xn, wt, 0.0, c, &ops[..k]);
-            } else {
-                gemm(xn, wt, 0.0, c, &[]);
-                for (ch, v) in o.chunks_exact_mut(1).enumerate() {
-                    super::epilogue_row(epi, v, ch, n * cout + ch);
-                }
-            }
+            super::matvec_image(&x[n * cin..(n + 1) * cin], wf, o, epi, n);
         }
     });
 }

@@ -86,6 +86,10 @@ const CASES: &[Case] = &[
     (2, 4, 1, 1, 8, 3, 3, (1, 1), (1, 1), (1, 1), 4),
     (1, 3, 1, 1, 3, 3, 3, (2, 2), (1, 1), (1, 1), 3),
     (1, 2, 1, 1, 4, 5, 5, (1, 1), (2, 2), (1, 1), 2),
+    // One output pixel of a dense conv: the patch column times the weights.
+    (2, 3, 3, 3, 4, 3, 3, (1, 1), (0, 0), (1, 1), 1),
+    (1, 2, 1, 1, 3, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    (1, 2, 4, 4, 3, 3, 3, (2, 2), (0, 0), (1, 1), 1),
 ];
 
 /// Large enough to cross CONV_PAR_MIN_MACS: exercises every parallel split.
