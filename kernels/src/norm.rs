@@ -405,7 +405,7 @@ fn channel_affine2<A: ActKind>(
 }
 
 /// `y = act(x * scale[ch] + shift[ch])`: batch norm with an activation fused after it (the
-/// affine rounded as [`rows::ActAfter`] explains).
+/// affine rounded in two steps, so the backward recomputes the same pre-activations).
 pub fn channel_scale_shift_act(
     x: &[f32],
     dims: ChannelDims,
@@ -452,7 +452,7 @@ fn scale_shift_act<A: ActKind>(x: &[f32], dims: ChannelDims, after: After<A>, y:
 }
 
 /// `y = act(x * scale[ch] + shift[ch] + r)`: batch norm, a residual added, then an activation,
-/// in one pass (a ResNet block's end). Rounded as [`rows::ActAfter`] explains, so
+/// in one pass (a ResNet block's end). The affine is rounded in two steps, so
 /// [`residual_act_grad`] recomputes the same pre-activations.
 pub fn channel_scale_shift_add_act(
     x: &[f32],
@@ -582,17 +582,14 @@ pub fn batch_norm_train_forward(
     eps: f32,
     y: &mut [f32],
 ) -> BatchStats {
-    let c = dims.c;
-    let (mut mean, mut var) = (vec![0.0f32; c], vec![0.0f32; c]);
-    channel_mean_var(x, dims, &mut mean, &mut var);
-    let invstd: Vec<f32> = var.iter().map(|&v| 1.0 / (v + eps).sqrt()).collect();
-    let (scale, shift) = fold_affine(&mean, &invstd, gamma, beta);
+    let st = batch_stats(x, dims, eps);
+    let (scale, shift) = fold_affine(&st.mean, &st.invstd, gamma, beta);
     channel_scale_shift(x, dims, &scale, &shift, y);
-    BatchStats { mean, var, invstd }
+    st
 }
 
 /// [`batch_norm_train_forward`] followed by `act`, in the same single output pass: the
-/// normalised values are never written. [`batch_norm_act_train_backward`] is its backward.
+/// normalised values are never written. [`batch_norm_act_backward`] is its backward.
 pub fn batch_norm_act_train_forward(
     x: &[f32],
     dims: ChannelDims,
@@ -602,12 +599,18 @@ pub fn batch_norm_act_train_forward(
     act: Activation,
     y: &mut [f32],
 ) -> BatchStats {
+    let st = batch_stats(x, dims, eps);
+    let (scale, shift) = fold_affine(&st.mean, &st.invstd, gamma, beta);
+    channel_scale_shift_act(x, dims, &scale, &shift, act, y);
+    st
+}
+
+/// The batch statistics of `x` a training-mode batch norm normalises with.
+pub fn batch_stats(x: &[f32], dims: ChannelDims, eps: f32) -> BatchStats {
     let c = dims.c;
     let (mut mean, mut var) = (vec![0.0f32; c], vec![0.0f32; c]);
     channel_mean_var(x, dims, &mut mean, &mut var);
     let invstd: Vec<f32> = var.iter().map(|&v| 1.0 / (v + eps).sqrt()).collect();
-    let (scale, shift) = fold_affine(&mean, &invstd, gamma, beta);
-    channel_scale_shift_act(x, dims, &scale, &shift, act, y);
     BatchStats { mean, var, invstd }
 }
 
