@@ -115,6 +115,7 @@ unsafe fn tile<const R: usize, const ROWS: bool>(
             }
         }
         if !epi.ops.is_empty() {
+            // The tile's R rows of `cols` floats are ours and the operands cover them (contract).
             super::epilogue::apply_tile(epi.ops, c, ldc, epi.row0, R, epi.col0, cols);
         }
     }
