@@ -110,8 +110,8 @@ unsafe fn tile<const R: usize, const ROWS: bool>(
                 _mm256_storeu_ps(cp.add(8), v1);
             }
             if !fused {
-                // The tile's R rows of `cols` floats are ours and the operands cover them (contract).
-            super::epilogue::apply_tile(epi.ops, c, ldc, epi.row0, R, epi.col0, cols);
+                // The tile's R rows of `cols` floats are ours and the operands cover them.
+                super::epilogue::apply_tile(epi.ops, c, ldc, epi.row0, R, epi.col0, cols);
             }
         } else {
             let mut buf = [0.0f32; NR];
@@ -122,8 +122,8 @@ unsafe fn tile<const R: usize, const ROWS: bool>(
                 super::kernel_scalar::store_row(row, &buf[..cols], beta);
             }
             if !epi.ops.is_empty() {
-                // The tile's R rows of `cols` floats are ours and the operands cover them (contract).
-            super::epilogue::apply_tile(epi.ops, c, ldc, epi.row0, R, epi.col0, cols);
+                // The tile's R rows of `cols` floats are ours and the operands cover them.
+                super::epilogue::apply_tile(epi.ops, c, ldc, epi.row0, R, epi.col0, cols);
             }
         }
     }
