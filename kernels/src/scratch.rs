@@ -1,5 +1,6 @@
 //! Per-thread scratch buffers (patch tiles, padded planes and rows, staged outputs, decoded
-//! weights), reused across calls so steady-state kernels allocate nothing.
+//! weights, the GEMM's packed blocks), reused across calls so steady-state kernels allocate
+//! nothing.
 //!
 //! Each kind of slot keeps a process-wide high-water mark: the largest length any thread has asked
 //! it for. A thread's buffer grows straight to that mark, and [`reserve_on_pool`] grows every
@@ -21,6 +22,8 @@ thread_local! {
     static TILE_BUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static STAGE_BUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static DECODE_BUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static PACK_A_BUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static PACK_B_BUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Task-level buffers: one patch tile, padded plane or pooling row at a time.
@@ -31,6 +34,23 @@ static STAGE: Slot = Slot::new(&STAGE_BUF);
 /// Blocks of 16-bit weights decoded to f32 (see [`crate::half_weights`]); a kernel holding a tile
 /// or a staging buffer may decode weights meanwhile, hence a slot of its own.
 static DECODE: Slot = Slot::new(&DECODE_BUF);
+/// The GEMM's packed A blocks (each thread packs its own).
+pub(crate) static PACK_A: Slot = Slot::new(&PACK_A_BUF);
+/// The GEMM's packed B blocks (packed by the thread that runs the GEMM, read by its workers;
+/// conv tasks run serial GEMMs on every pool thread, so every thread has one).
+pub(crate) static PACK_B: Slot = Slot::new(&PACK_B_BUF);
+
+/// Floats of slack so a packing buffer can start on a 64-byte (cache line) boundary.
+const ALIGN_FLOATS: usize = 16;
+
+/// The cache-line-aligned window of `len` floats inside `v`, growing `v` if needed.
+pub(crate) fn aligned(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if v.len() < len + ALIGN_FLOATS {
+        v.resize(len + ALIGN_FLOATS, 0.0);
+    }
+    let off = v.as_ptr().align_offset(64).min(ALIGN_FLOATS);
+    &mut v[off..off + len]
+}
 
 impl Slot {
     const fn new(buf: &'static LocalKey<RefCell<Vec<f32>>>) -> Slot {
@@ -55,6 +75,14 @@ impl Slot {
         let r = f(&mut buf[..len]);
         self.put_back(buf);
         r
+    }
+
+    /// [`Slot::with`] on a cache-line-aligned slice of `len` floats (the GEMM's packing).
+    pub(crate) fn with_aligned<R>(&'static self, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+        self.with(len + ALIGN_FLOATS, |buf| {
+            let off = buf.as_ptr().align_offset(64).min(ALIGN_FLOATS);
+            f(&mut buf[off..off + len])
+        })
     }
 
     fn put_back(&self, buf: Vec<f32>) {
@@ -99,10 +127,9 @@ pub(crate) fn with_decoded<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R 
 /// Grow the calling thread's scratch buffers — task-level, staging, decoding and the GEMM's
 /// packing buffers — to the largest sizes any thread has needed so far.
 pub fn reserve_this_thread() {
-    for slot in [&TILE, &STAGE, &DECODE] {
+    for slot in [&TILE, &STAGE, &DECODE, &PACK_A, &PACK_B] {
         slot.reserve();
     }
-    crate::gemm::reserve_scratch();
 }
 
 /// [`reserve_this_thread`] for the task-level buffers on every thread of the current rayon pool
@@ -111,10 +138,9 @@ pub fn reserve_this_thread() {
 /// them, and a staged output can be as large as a layer's, too much to hold on every thread.
 pub fn reserve_on_pool() {
     rayon::broadcast(|_| {
-        for slot in [&TILE, &DECODE] {
+        for slot in [&TILE, &DECODE, &PACK_A, &PACK_B] {
             slot.reserve();
         }
-        crate::gemm::reserve_scratch();
     });
     reserve_this_thread();
 }

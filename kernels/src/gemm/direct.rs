@@ -6,8 +6,9 @@
 
 use super::driver::{needs_packing, ASource, OutPtr};
 use super::spec::{Spec, TileEpi};
-use super::{pack, scratch, Epilogue, MatMut, MatRef};
+use super::{pack, Epilogue, MatMut, MatRef};
 use crate::parallel;
+use crate::scratch::{PACK_A, PACK_B};
 
 /// Rows up to which [`run`] always beats packing B (measured on Zen 4).
 const DIRECT_ALWAYS_M: usize = 24;
@@ -57,7 +58,7 @@ pub(crate) fn run(
                     let bp = b.data[col..].as_ptr();
                     tiles(spec, a, asrc, bp, b.row_stride, out, col, cols, beta, epi);
                 } else {
-                    scratch::with(&scratch::A_BUF, k * nr, |edge| {
+                    PACK_A.with_aligned(k * nr, |edge| {
                         pack::pack_b(b, 0, k, 0, jp, nr, edge);
                         tiles(spec, a, asrc, edge.as_ptr(), nr, out, col, cols, beta, epi);
                     });
@@ -66,7 +67,7 @@ pub(crate) fn run(
         });
     };
     if needs_packing(spec, a) {
-        scratch::with(&scratch::B_BUF, m.div_ceil(mr) * k * mr, |abuf| {
+        PACK_B.with_aligned(m.div_ceil(mr) * k * mr, |abuf| {
             pack::pack_a(a, 0, m, 0, k, mr, abuf);
             body(ASource::Packed {
                 buf: abuf,

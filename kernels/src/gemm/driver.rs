@@ -6,8 +6,9 @@
 //! on each tile right after the store of the last K block.
 
 use super::spec::{Spec, TileEpi, TileKernel};
-use super::{pack, scratch, Epilogue, MatMut, MatRef, PackedB};
+use super::{pack, Epilogue, MatMut, MatRef, PackedB};
 use crate::parallel::{self, GEMM_BLOCKED_PAR_MIN_MACS, GEMM_PAR_MIN_MACS};
+use crate::scratch::{PACK_A, PACK_B};
 
 /// Where B's panels come from.
 #[derive(Clone, Copy)]
@@ -111,7 +112,7 @@ pub(crate) fn run(
                         threads,
                     );
                 }
-                BSource::View(bv) => scratch::with(&scratch::B_BUF, len, |bb| {
+                BSource::View(bv) => PACK_B.with_aligned(len, |bb| {
                     if threads > 1 {
                         pack_and_compute(spec, a, &bv, bb, &blk, out, m, n, threads);
                     } else {
@@ -361,7 +362,7 @@ fn macro_kernel(
         return;
     }
     let a_len = spec.mc.min(i1 - i0).div_ceil(mr) * mr * kc;
-    scratch::with(&scratch::A_BUF, a_len, |abuf| {
+    PACK_A.with_aligned(a_len, |abuf| {
         for ib in (i0..i1).step_by(spec.mc) {
             let mcb = spec.mc.min(i1 - ib);
             pack::pack_a(a, ib, mcb, blk.p0, kc, mr, abuf);

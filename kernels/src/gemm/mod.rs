@@ -15,7 +15,6 @@ mod kernel_avx2;
 mod kernel_neon;
 mod kernel_scalar;
 mod pack;
-mod scratch;
 mod spec;
 #[cfg(test)]
 mod tests;
@@ -27,7 +26,6 @@ use driver::BSource;
 use spec::Spec;
 
 pub use half_weights::{gemm_half_a_serial, linear_half};
-pub(crate) use scratch::reserve as reserve_scratch;
 
 /// A read-only matrix view: element (i, j) is `data[i * row_stride + j * col_stride]`.
 #[derive(Clone, Copy, Debug)]
@@ -303,7 +301,7 @@ fn pack_b_with(spec: &Spec, b: MatRef) -> PackedB {
     let npad = n.div_ceil(nr) * nr;
     let mut buf = Vec::new();
     let start = {
-        let data = scratch::aligned(&mut buf, k * npad);
+        let data = crate::scratch::aligned(&mut buf, k * npad);
         let start = data.as_ptr() as usize - buf.as_ptr() as usize;
         start / std::mem::size_of::<f32>()
     };
