@@ -234,7 +234,10 @@ pub fn run(args: CollapseArgs) -> Result<()> {
         };
         let (merged, decisions) = collapse_with(&folded, &cost, dead)?;
         print_decisions(&decisions, cost.unit());
-        kept_apart = decisions.iter().filter(|d| d.keeps_all()).count();
+        kept_apart = decisions
+            .iter()
+            .filter(|d| d.kind == DecisionKind::Chain && d.keeps_all())
+            .count();
         merged
     };
     let result = if args.no_prune {
