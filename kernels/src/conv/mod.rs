@@ -261,6 +261,16 @@ pub(crate) fn with_gemm_epilogue<'a, R>(
             ConvEpilogueOp::Act(a) => EpilogueOp::Act(a),
         }
     };
+    with_mapped_epilogue(epilogue, map, f)
+}
+
+/// `epilogue` translated step by step by `map` into GEMM epilogue steps, passed to `f` (on the
+/// stack unless the list is longer than [`EPILOGUE_INLINE`]).
+fn with_mapped_epilogue<'a, R>(
+    epilogue: &[ConvEpilogueOp<'a>],
+    map: impl Fn(&ConvEpilogueOp<'a>) -> EpilogueOp<'a>,
+    f: impl FnOnce(&[EpilogueOp<'a>]) -> R,
+) -> R {
     if epilogue.len() <= EPILOGUE_INLINE {
         let mut ops = [EpilogueOp::Act(Activation::Identity); EPILOGUE_INLINE];
         for (o, e) in ops.iter_mut().zip(epilogue) {
@@ -622,11 +632,11 @@ pub(crate) fn gemm_weight_rows(
 /// `W` row-major `[out.len() x v.len()]` (the weights, or the patch weights), run as the row
 /// vector `v^T` times the view `W^T`, the GEMM's m = 1 path (dot products over W's contiguous
 /// rows); the conv epilogue maps to per-column steps.
-pub(crate) fn matvec_image(
+pub(crate) fn matvec_image<'a>(
     v: &[f32],
     w: &[f32],
     out: &mut [f32],
-    epi: &[ConvEpilogueOp],
+    epi: &[ConvEpilogueOp<'a>],
     n: usize,
 ) {
     let (k, cout) = (v.len(), out.len());
@@ -637,32 +647,17 @@ pub(crate) fn matvec_image(
         row_stride: 1,
         col_stride: k,
     };
-    let mut ops = [EpilogueOp::Act(Activation::Identity); EPILOGUE_INLINE];
-    let inline = epi.len() <= EPILOGUE_INLINE;
-    if inline {
-        for (d, e) in ops.iter_mut().zip(epi) {
-            *d = match *e {
-                ConvEpilogueOp::Bias(b) => EpilogueOp::BiasPerCol(b),
-                ConvEpilogueOp::Add(r) => {
-                    EpilogueOp::Add(MatRef::row_major(&r[n * cout..(n + 1) * cout], 1, cout))
-                }
-                ConvEpilogueOp::Act(a) => EpilogueOp::Act(a),
-            };
+    let map = |op: &ConvEpilogueOp<'a>| -> EpilogueOp<'a> {
+        match *op {
+            ConvEpilogueOp::Bias(b) => EpilogueOp::BiasPerCol(b),
+            ConvEpilogueOp::Add(r) => {
+                EpilogueOp::Add(MatRef::row_major(&r[n * cout..(n + 1) * cout], 1, cout))
+            }
+            ConvEpilogueOp::Act(a) => EpilogueOp::Act(a),
         }
-    }
-    let ops = if inline { &ops[..epi.len()] } else { &[] };
-    gemm_serial(
-        MatRef::row_major(v, 1, k),
-        wt,
-        0.0,
-        MatMut::row_major(out, 1, cout),
-        ops,
-    );
-    if !inline {
-        for (ch, o) in out.chunks_exact_mut(1).enumerate() {
-            epilogue_row(epi, o, ch, n * cout + ch);
-        }
-    }
+    };
+    let (v, c) = (MatRef::row_major(v, 1, k), MatMut::row_major(out, 1, cout));
+    with_mapped_epilogue(epi, map, |ops| gemm_serial(v, wt, 0.0, c, ops));
 }
 
 /// Sum with eight running partial sums (vectorises, and rounds better than one long chain).
