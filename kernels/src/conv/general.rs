@@ -14,10 +14,10 @@
 use super::im2col::{col2im_tile, copy_even, copy_run, im2col_planes, im2col_tile, Geom};
 use super::{
     accumulate_in_parts, channel_block, epilogue_row, for_each_channel_block, gemm_weight_rows,
-    ranges_per_image, staged_ranges, units_balance, with_gemm_epilogue, Conv2dShape,
-    ConvEpilogueOp, Weights,
+    gemm_weight_rows_raw, ranges_in_place, ranges_per_image, units_balance, with_gemm_epilogue,
+    Conv2dShape, ConvEpilogueOp, Weights,
 };
-use crate::gemm::{gemm_serial as gemm, MatMut, MatRef};
+use crate::gemm::{gemm_serial as gemm, MatMut, MatPtr, MatRef};
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
 use crate::scratch::with_scratch;
 
@@ -330,40 +330,31 @@ fn forward_pixel_tiles(
     let img_out = d.cout * plane_out;
     let tile = tile.clamp(1, plane_out.max(1));
 
-    // Pixels p0..p0+len of image n into `dst` (channel c at dst[c * ld..], the run's first pixel
-    // at column 0), using `cols` for the patches.
-    let run_tile =
-        |n: usize, p0: usize, len: usize, dst: &mut [f32], ld: usize, cols: &mut [f32]| {
-            for gi in 0..d.groups {
-                let xg = &x[n * img_in + gi * d.cin_g * d.plane_in..];
-                d.tile_to_cols(xg, p0, len, cols);
-                let c = MatMut {
-                    data: &mut dst[gi * d.cout_g * ld..],
-                    rows: d.cout_g,
-                    cols: len,
-                    row_stride: ld,
-                };
-                let (c0, rows) = (gi * d.cout_g, d.cout_g);
-                with_gemm_epilogue(shape, epi, n, c0, rows, p0, len, |e| {
-                    gemm_weight_rows(
-                        w,
-                        d.group_rows(gi),
-                        k,
-                        MatRef::row_major(&cols[..k * len], k, len),
-                        0.0,
-                        c,
-                        e,
-                    )
-                });
-            }
-        };
+    // Pixels p0..p0+len of image n into `dst` (its cout rows, the run's first pixel at column
+    // 0), using `cols` for the patches.
+    //
+    // SAFETY (of calls): `dst`'s elements are valid and the calling task's alone.
+    let run_tile = |n: usize, p0: usize, len: usize, dst: MatPtr, cols: &mut [f32]| {
+        for gi in 0..d.groups {
+            let xg = &x[n * img_in + gi * d.cin_g * d.plane_in..];
+            d.tile_to_cols(xg, p0, len, cols);
+            let (c0, rows) = (gi * d.cout_g, d.cout_g);
+            let c = dst.block(c0, 0, rows, len);
+            with_gemm_epilogue(shape, epi, n, c0, rows, p0, len, |e| {
+                let patches = MatRef::row_major(&cols[..k * len], k, len);
+                // SAFETY: the closure's contract.
+                unsafe { gemm_weight_rows_raw(w, d.group_rows(gi), k, patches, 0.0, c, e) }
+            });
+        }
+    };
 
     if !par || units_balance(shape.batch) {
         // Whole images per task (or everything on this thread): tiles write in place.
         parallel::for_each_chunk_mut(out, img_out, par, |n, o| {
+            let img = MatPtr::from(MatMut::row_major(o, d.cout, plane_out));
             with_scratch(k * tile + d.band_len(tile), |cols| {
                 for (p0, len) in runs(0, plane_out, tile) {
-                    run_tile(n, p0, len, &mut o[p0..], plane_out, cols);
+                    run_tile(n, p0, len, img.block(0, p0, d.cout, len), cols);
                 }
             })
         });
@@ -373,18 +364,18 @@ fn forward_pixel_tiles(
     let threads = parallel::num_threads();
     if shape.batch * per_image >= threads {
         // Few images: pixel ranges of at least one tile each.
-        staged_ranges(
+        ranges_in_place(
             out,
             shape.batch,
             d.cout,
             plane_out,
             per_image,
-            |n, p0, len, blk| {
+            |n, p0, len, dst| {
                 with_scratch(k * tile.min(len) + d.band_len(tile), |cols| {
                     // Equal tiles: a range just over one tile would end in a sliver.
                     let even = len.div_ceil(len.div_ceil(tile));
                     for (q0, qlen) in runs(p0, p0 + len, even) {
-                        run_tile(n, q0, qlen, &mut blk[q0 - p0..], len, cols);
+                        run_tile(n, q0, qlen, dst.block(0, q0 - p0, d.cout, qlen), cols);
                     }
                 })
             },

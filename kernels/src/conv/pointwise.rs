@@ -7,10 +7,11 @@
 //! (each task repacks X, which is then small).
 
 use super::{
-    accumulate_in_parts, channel_block, for_each_channel_block, gemm_weight_rows, ranges_per_image,
-    staged_ranges, units_balance, with_gemm_epilogue, Conv2dShape, ConvEpilogueOp, Weights,
+    accumulate_in_parts, channel_block, for_each_channel_block, gemm_weight_rows,
+    gemm_weight_rows_raw, ranges_in_place, ranges_per_image, units_balance, with_gemm_epilogue,
+    Conv2dShape, ConvEpilogueOp, Weights,
 };
-use crate::gemm::{gemm_serial as gemm, MatMut, MatRef};
+use crate::gemm::{gemm_serial as gemm, gemm_serial_raw, MatMut, MatPtr, MatRef};
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
 
 /// Fewest pixels per parallel range.
@@ -70,38 +71,36 @@ pub fn forward(
     if plane == 1 && groups == 1 {
         return single_pixel(shape, x, w, out, epi);
     }
-    // Image n, group gi, pixels p0..p0+len into `dst` (rows of `ld`).
-    let run = |n: usize, gi: usize, p0: usize, len: usize, dst: &mut [f32], ld: usize| {
+    // Image n, group gi, pixels p0..p0+len into `dst` (its cout_g rows).
+    //
+    // SAFETY (of calls): `dst`'s elements are valid and the calling task's alone.
+    let run = |n: usize, gi: usize, p0: usize, len: usize, dst: MatPtr| {
         let xg = columns(x, (n * cin + gi * cin_g) * plane, cin_g, plane, p0, len);
-        let c = MatMut {
-            data: dst,
-            rows: cout_g,
-            cols: len,
-            row_stride: ld,
-        };
         with_gemm_epilogue(shape, epi, n, gi * cout_g, cout_g, p0, len, |e| {
-            gemm_weight_rows(w, (gi * cout_g, cout_g), cin_g, xg, 0.0, c, e)
+            // SAFETY: the closure's contract.
+            unsafe { gemm_weight_rows_raw(w, (gi * cout_g, cout_g), cin_g, xg, 0.0, dst, e) }
         });
     };
     let par = parallel::worth_splitting(shape.macs(), CONV_PAR_MIN_MACS);
     if !par || units_balance(shape.batch * groups) {
         parallel::for_each_chunk_mut(out, cout_g * plane, par, |i, o| {
-            run(i / groups, i % groups, 0, plane, o, plane)
+            let dst = MatMut::row_major(o, cout_g, plane);
+            run(i / groups, i % groups, 0, plane, dst.into())
         });
         return;
     }
     let per_image = ranges_per_image(shape, plane, MIN_RANGE);
     let threads = parallel::num_threads();
     if shape.batch * per_image >= threads {
-        staged_ranges(
+        ranges_in_place(
             out,
             shape.batch,
             shape.out_channels,
             plane,
             per_image,
-            |n, p0, len, blk| {
+            |n, p0, len, dst| {
                 for gi in 0..groups {
-                    run(n, gi, p0, len, &mut blk[gi * cout_g * len..], len);
+                    run(n, gi, p0, len, dst.block(gi * cout_g, 0, cout_g, len));
                 }
             },
         );
@@ -143,32 +142,31 @@ pub fn backward_input(shape: &Conv2dShape, dy: &[f32], w: &[f32], dx: &mut [f32]
         row_stride: 1,
         col_stride: cin_g,
     };
-    let run = |n: usize, gi: usize, p0: usize, len: usize, dst: &mut [f32], ld: usize| {
+    // Image n, group gi, pixels p0..p0+len into `dst` (its cin_g rows).
+    //
+    // SAFETY (of calls): `dst`'s elements are valid and the calling task's alone.
+    let run = |n: usize, gi: usize, p0: usize, len: usize, dst: MatPtr| {
         let dyg = columns(dy, (n * cout + gi * cout_g) * plane, cout_g, plane, p0, len);
-        let c = MatMut {
-            data: dst,
-            rows: cin_g,
-            cols: len,
-            row_stride: ld,
-        };
-        gemm(wt(gi), dyg, 0.0, c, &[]);
+        // SAFETY: the closure's contract.
+        unsafe { gemm_serial_raw(wt(gi), dyg, 0.0, dst, &[]) };
     };
     let par = parallel::worth_splitting(shape.macs(), CONV_PAR_MIN_MACS);
     if !par || units_balance(shape.batch * groups) {
         parallel::for_each_chunk_mut(dx, cin_g * plane, par, |i, o| {
-            run(i / groups, i % groups, 0, plane, o, plane)
+            let dst = MatMut::row_major(o, cin_g, plane);
+            run(i / groups, i % groups, 0, plane, dst.into())
         });
     } else {
         let per_image = ranges_per_image(shape, plane, MIN_RANGE);
-        staged_ranges(
+        ranges_in_place(
             dx,
             shape.batch,
             shape.in_channels,
             plane,
             per_image,
-            |n, p0, len, blk| {
+            |n, p0, len, dst| {
                 for gi in 0..groups {
-                    run(n, gi, p0, len, &mut blk[gi * cin_g * len..], len);
+                    run(n, gi, p0, len, dst.block(gi * cin_g, 0, cin_g, len));
                 }
             },
         );

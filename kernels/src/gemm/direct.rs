@@ -6,7 +6,7 @@
 
 use super::driver::{needs_packing, ASource, OutPtr};
 use super::spec::{Spec, TileEpi};
-use super::{pack, Epilogue, MatMut, MatRef};
+use super::{pack, Epilogue, MatRef};
 use crate::parallel;
 use crate::scratch::{PACK_A, PACK_B};
 
@@ -24,23 +24,23 @@ pub(crate) fn applies(m: usize, b: &MatRef) -> bool {
         && (m <= DIRECT_ALWAYS_M || (m <= DIRECT_MAX_M && b.rows * b.cols <= DIRECT_MAX_B_FLOATS))
 }
 
-/// `C = beta * C + A * B` then `epi`, for `k > 0`, non-empty C and [`applies`].
-pub(crate) fn run(
+/// `C = beta * C + A * B` then `epi`, for `k > 0`, non-empty C (at `out`), [`applies`] and
+/// checked shapes.
+///
+/// # Safety
+/// `out` is valid for reads and writes of C's elements, and they are this call's alone.
+pub(crate) unsafe fn run(
     spec: &Spec,
     a: &MatRef,
     b: &MatRef,
     beta: f32,
-    c: MatMut,
+    out: OutPtr,
     epi: &Epilogue,
     threads: usize,
 ) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     let (mr, nr) = (spec.mr, spec.nr);
     let panels = n.div_ceil(nr);
-    let out = OutPtr {
-        ptr: c.data.as_mut_ptr(),
-        ldc: c.row_stride,
-    };
     let body = |asrc: ASource| {
         let tasks = if threads > 1 {
             panels.min(2 * threads)

@@ -6,7 +6,7 @@
 //! on each tile right after the store of the last K block.
 
 use super::spec::{Spec, TileEpi, TileKernel};
-use super::{pack, Epilogue, MatMut, MatRef, PackedB};
+use super::{pack, Epilogue, MatRef, PackedB};
 use crate::parallel::{self, GEMM_BLOCKED_PAR_MIN_MACS, GEMM_PAR_MIN_MACS};
 use crate::scratch::{PACK_A, PACK_B};
 
@@ -66,23 +66,27 @@ pub(crate) fn threads_for(m: usize, n: usize, k: usize, blocked: bool) -> usize 
     }
 }
 
-/// `C = beta * C + A * B` then `epi`, for `k > 0` and non-empty C.
-pub(crate) fn run(
+/// `C = beta * C + A * B` then `epi`, for `k > 0` and non-empty C (`a.rows x` B's columns at
+/// `out`), shapes checked.
+///
+/// # Safety
+/// `out` is valid for reads and writes of C's elements, and they are this call's alone.
+pub(crate) unsafe fn run(
     spec: &Spec,
     a: &MatRef,
     b: BSource,
     beta: f32,
-    c: MatMut,
+    out: OutPtr,
     epi: &Epilogue,
     threads: usize,
 ) {
-    let (m, k, n) = (a.rows, a.cols, c.cols);
+    let (m, k) = (a.rows, a.cols);
+    let n = match b {
+        BSource::View(bv) => bv.cols,
+        BSource::Packed(pb) => pb.n,
+    };
     let nr = spec.nr;
     let (nkb, kc) = spec.k_blocks(k);
-    let out = OutPtr {
-        ptr: c.data.as_mut_ptr(),
-        ldc: c.row_stride,
-    };
     for jc in (0..n).step_by(spec.nc) {
         let ncb = spec.nc.min(n - jc);
         let panels = ncb.div_ceil(nr);

@@ -10,7 +10,8 @@
 
 use super::epilogue::apply_row;
 use super::{
-    check_c, driver, gemm_threads, scale_only, spec, Epilogue, EpilogueOp, MatMut, MatRef,
+    check_c, check_out, driver, gemm_threads, scale_only, spec, Epilogue, EpilogueOp, MatMut,
+    MatPtr, MatRef,
 };
 use crate::activation::Activation;
 use crate::half_weights::HalfSlice;
@@ -100,15 +101,32 @@ fn with_block_epilogue<'a, R>(
 /// the row-major `c.rows x b.rows` matrix `w` in 16 bits. Blocks of rows and depth of `W` are
 /// decoded and multiplied in turn, the epilogue applied with the last depth block.
 pub fn gemm_half_a_serial(w: HalfSlice, b: MatRef, beta: f32, c: MatMut, epilogue: &Epilogue) {
+    check_c(c.rows, b.cols, &c, epilogue);
+    // SAFETY: `c` borrows its elements uniquely for the whole call and was bounds-checked.
+    unsafe { gemm_half_a_serial_raw(w, b, beta, c.into(), epilogue) }
+}
+
+/// [`gemm_half_a_serial`] into an output given by its raw parts (see [`super::gemm_serial_raw`]).
+///
+/// # Safety
+/// As [`super::gemm_serial_raw`]: `c`'s elements are valid and this call's alone.
+pub unsafe fn gemm_half_a_serial_raw(
+    w: HalfSlice,
+    b: MatRef,
+    beta: f32,
+    c: MatPtr,
+    epilogue: &Epilogue,
+) {
     let (m, k, n) = (c.rows, b.rows, b.cols);
     assert_eq!(w.len(), m * k, "gemm_half_a: weights are not {m} x {k}");
     assert!(b.in_bounds(), "gemm: view out of bounds");
-    check_c(m, n, &c, epilogue);
+    check_out(m, n, c.rows, c.cols, c.row_stride, epilogue);
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
-        return scale_only(beta, c, epilogue);
+        // SAFETY: the contract, passed on.
+        return unsafe { scale_only(beta, c, epilogue) };
     }
     let spec = spec::current();
     let (nkb, kc) = spec.k_blocks(k);
@@ -128,16 +146,17 @@ pub fn gemm_half_a_serial(w: HalfSlice, b: MatRef, beta: f32, c: MatMut, epilogu
                     rows: depth,
                     ..b
                 };
-                let c = MatMut {
-                    data: &mut c.data[r0 * ldc..],
+                let c = MatPtr {
+                    // SAFETY: row r0 < m of C.
+                    ptr: unsafe { c.ptr.add(r0 * ldc) },
                     rows,
-                    cols: n,
-                    row_stride: ldc,
+                    ..c
                 };
                 let ops = if kb + 1 == nkb { epilogue } else { &[] };
                 let beta = if kb == 0 { beta } else { 1.0 };
                 with_block_epilogue(ops, false, (r0, rows), (0, n), |e| {
-                    gemm_threads(spec, a, b, beta, c, e, 1)
+                    // SAFETY: rows r0..r0 + rows of C, this call's alone.
+                    unsafe { gemm_threads(spec, a, b, beta, c, e, 1) }
                 });
             }
         }
@@ -161,7 +180,8 @@ pub fn linear_half(x: MatRef, w: HalfSlice, y: MatMut, epilogue: &Epilogue) {
         return;
     }
     if k == 0 {
-        return scale_only(0.0, y, epilogue);
+        // SAFETY: `y` borrows its elements uniquely for the whole call.
+        return unsafe { scale_only(0.0, y.into(), epilogue) };
     }
     let threads = driver::threads_for(m, n, k, false);
     if m == 1 && x.col_stride == 1 {
@@ -278,15 +298,18 @@ fn rows_times_half(x: MatRef, w: HalfSlice, y: MatMut, epilogue: &Epilogue, thre
                         let ops = if kb + 1 == nkb { epilogue } else { &[] };
                         let beta = if kb == 0 { 0.0 } else { 1.0 };
                         with_block_epilogue(ops, true, (j0 + o, rows), (0, m), |e| {
-                            gemm_threads(
-                                spec,
-                                MatRef::row_major(blk, rows, depth),
-                                xt,
-                                beta,
-                                c,
-                                e,
-                                1,
-                            )
+                            // SAFETY: `c` borrows its rows of `part` uniquely.
+                            unsafe {
+                                gemm_threads(
+                                    spec,
+                                    MatRef::row_major(blk, rows, depth),
+                                    xt,
+                                    beta,
+                                    c.into(),
+                                    e,
+                                    1,
+                                )
+                            }
                         });
                     }
                 }

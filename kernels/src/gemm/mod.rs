@@ -25,7 +25,7 @@ use crate::parallel;
 use driver::BSource;
 use spec::Spec;
 
-pub use half_weights::{gemm_half_a_serial, linear_half};
+pub use half_weights::{gemm_half_a_serial, gemm_half_a_serial_raw, linear_half};
 
 /// A read-only matrix view: element (i, j) is `data[i * row_stride + j * col_stride]`.
 #[derive(Clone, Copy, Debug)]
@@ -103,6 +103,70 @@ impl<'a> MatMut<'a> {
     }
 }
 
+/// An output matrix by its raw parts (row-major, columns contiguous). The tiled paths write
+/// through one; a caller passes one to [`gemm_serial_raw`] when its own parallel tasks write
+/// different columns of the same rows, where `&mut` slices spanning those rows would alias.
+#[derive(Clone, Copy, Debug)]
+pub struct MatPtr {
+    pub ptr: *mut f32,
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+}
+
+// SAFETY: a MatPtr is only dereferenced by the GEMM, under its callers' promise that the call has
+// its `rows x cols` elements to itself; tasks sharing one write pairwise disjoint elements.
+unsafe impl Send for MatPtr {}
+// SAFETY: as above; the fields are never mutated through a shared MatPtr.
+unsafe impl Sync for MatPtr {}
+
+impl MatPtr {
+    /// Row `i`'s `cols` elements.
+    ///
+    /// # Safety
+    /// `i < rows`, the elements are valid, and nothing else accesses them while the slice lives.
+    unsafe fn row_mut<'x>(self, i: usize) -> &'x mut [f32] {
+        // SAFETY: the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(i * self.row_stride), self.cols) }
+    }
+
+    /// The `rows x cols` block whose first element is (`r0`, `c0`).
+    pub fn block(self, r0: usize, c0: usize, rows: usize, cols: usize) -> MatPtr {
+        assert!(
+            r0 + rows <= self.rows && c0 + cols <= self.cols,
+            "MatPtr::block: outside the view"
+        );
+        MatPtr {
+            // Wrapping: the view's validity is its user's promise, not this method's.
+            ptr: self.ptr.wrapping_add(r0 * self.row_stride + c0),
+            rows,
+            cols,
+            row_stride: self.row_stride,
+        }
+    }
+
+    /// The view as the tiled paths take it.
+    fn out(self) -> driver::OutPtr {
+        driver::OutPtr {
+            ptr: self.ptr,
+            ldc: self.row_stride,
+        }
+    }
+}
+
+impl<'a> From<MatMut<'a>> for MatPtr {
+    /// The view's parts; it is consumed, so the borrow it held ends with it (the GEMM's own
+    /// callers keep the matrix borrowed for the whole call).
+    fn from(c: MatMut<'a>) -> Self {
+        MatPtr {
+            ptr: c.data.as_mut_ptr(),
+            rows: c.rows,
+            cols: c.cols,
+            row_stride: c.row_stride,
+        }
+    }
+}
+
 /// One step of the store epilogue, applied in list order to each finished output tile.
 #[derive(Clone, Copy, Debug)]
 pub enum EpilogueOp<'a> {
@@ -133,16 +197,21 @@ fn check_a_c(a: &MatRef, k: usize, n: usize, c: &MatMut, epilogue: &Epilogue) {
 
 /// The checks of an `m x n` output and its epilogue's operands.
 fn check_c(m: usize, n: usize, c: &MatMut, epilogue: &Epilogue) {
-    assert!(m == c.rows && n == c.cols, "gemm: output dimensions differ");
     assert!(c.in_bounds(), "gemm: view out of bounds");
-    assert!(c.row_stride >= c.cols, "gemm: output rows overlap");
+    check_out(m, n, c.rows, c.cols, c.row_stride, epilogue);
+}
+
+/// The checks of an `m x n` output of `rows x cols` (row stride `ldc`) and its epilogue.
+fn check_out(m: usize, n: usize, rows: usize, cols: usize, ldc: usize, epilogue: &Epilogue) {
+    assert!(m == rows && n == cols, "gemm: output dimensions differ");
+    assert!(ldc >= cols, "gemm: output rows overlap");
     for op in epilogue {
         match op {
-            EpilogueOp::BiasPerCol(v) => assert_eq!(v.len(), c.cols, "gemm: column bias length"),
-            EpilogueOp::BiasPerRow(v) => assert_eq!(v.len(), c.rows, "gemm: row bias length"),
+            EpilogueOp::BiasPerCol(v) => assert_eq!(v.len(), cols, "gemm: column bias length"),
+            EpilogueOp::BiasPerRow(v) => assert_eq!(v.len(), rows, "gemm: row bias length"),
             EpilogueOp::Add(r) => {
                 assert!(
-                    r.rows == c.rows && r.cols == c.cols && r.in_bounds(),
+                    r.rows == rows && r.cols == cols && r.in_bounds(),
                     "gemm: residual dims"
                 )
             }
@@ -199,21 +268,40 @@ pub fn gemm(a: MatRef, b: MatRef, beta: f32, c: MatMut, epilogue: &Epilogue) {
 /// pool (a convolution's per-image tasks): a nested fork-join per call only adds overhead there.
 pub fn gemm_serial(a: MatRef, b: MatRef, beta: f32, c: MatMut, epilogue: &Epilogue) {
     check_shapes(&a, &b, &c, epilogue);
-    gemm_threads(spec::current(), a, b, beta, c, epilogue, 1);
+    // SAFETY: `c` borrows its elements uniquely for the whole call and was bounds-checked.
+    unsafe { gemm_threads(spec::current(), a, b, beta, c.into(), epilogue, 1) }
+}
+
+/// [`gemm_serial`] into an output given by its raw parts: for a task of the caller's own
+/// parallel split that writes some columns of rows other tasks write other columns of.
+///
+/// # Safety
+/// `c.ptr` must be valid for reads and writes of the `c.rows x c.cols` elements at row stride
+/// `c.row_stride` for the whole call, and no other thread may access those elements meanwhile.
+pub unsafe fn gemm_serial_raw(a: MatRef, b: MatRef, beta: f32, c: MatPtr, epilogue: &Epilogue) {
+    assert!(b.in_bounds() && a.in_bounds(), "gemm: view out of bounds");
+    assert_eq!(a.cols, b.rows, "gemm: inner dimensions differ");
+    check_out(a.rows, b.cols, c.rows, c.cols, c.row_stride, epilogue);
+    // SAFETY: the caller's contract.
+    unsafe { gemm_threads(spec::current(), a, b, beta, c, epilogue, 1) }
 }
 
 /// [`gemm`] on a given kernel family (tests compare the SIMD families with the scalar one).
 fn gemm_with(spec: &Spec, a: MatRef, b: MatRef, beta: f32, c: MatMut, epilogue: &Epilogue) {
-    gemm_threads(spec, a, b, beta, c, epilogue, usize::MAX)
+    // SAFETY: `c` borrows its elements uniquely for the whole call (checked by the callers).
+    unsafe { gemm_threads(spec, a, b, beta, c.into(), epilogue, usize::MAX) }
 }
 
-/// [`gemm_with`] on at most `max_threads` threads.
-fn gemm_threads(
+/// [`gemm_with`] on at most `max_threads` threads, for checked shapes.
+///
+/// # Safety
+/// As [`gemm_serial_raw`]: `c`'s elements are valid and this call's alone.
+unsafe fn gemm_threads(
     spec: &Spec,
     a: MatRef,
     b: MatRef,
     beta: f32,
-    c: MatMut,
+    c: MatPtr,
     epilogue: &Epilogue,
     max_threads: usize,
 ) {
@@ -222,36 +310,44 @@ fn gemm_threads(
         return;
     }
     if k == 0 {
-        return scale_only(beta, c, epilogue);
+        // SAFETY: the contract, passed on.
+        return unsafe { scale_only(beta, c, epilogue) };
     }
     if gemv::applies(m, &a, &b) {
         let threads = driver::threads_for(m, n, k, false).min(max_threads);
         let per = n.div_ceil(2 * threads).next_multiple_of(16);
-        let out = &mut c.data[..n];
+        // SAFETY: C is one row (m == 1), this call's alone.
+        let out = unsafe { c.row_mut(0) };
         parallel::for_each_chunk_mut(out, per, threads > 1, |ci, chunk| {
             // SAFETY: `spec.gemv` belongs to this process's ISA; its slices are bounds-checked.
             unsafe { (spec.gemv)(&a, &b, beta, chunk, ci * per, epilogue) }
         });
     } else if direct::applies(m, &b) {
         let threads = driver::threads_for(m, n, k, false).min(max_threads);
-        direct::run(spec, &a, &b, beta, c, epilogue, threads);
+        // SAFETY: the contract, passed on.
+        unsafe { direct::run(spec, &a, &b, beta, c.out(), epilogue, threads) };
     } else {
         let threads = driver::threads_for(m, n, k, true).min(max_threads);
-        driver::run(spec, &a, BSource::View(b), beta, c, epilogue, threads);
+        // SAFETY: the contract, passed on.
+        unsafe { driver::run(spec, &a, BSource::View(b), beta, c.out(), epilogue, threads) };
     }
 }
 
 /// An empty product: `C = beta * C` (zero when `beta == 0`, whatever C held), then the epilogue.
-fn scale_only(beta: f32, c: MatMut, epilogue: &Epilogue) {
-    let (m, n) = (c.rows, c.cols);
-    for r in c.data.chunks_mut(c.row_stride).take(m) {
+///
+/// # Safety
+/// As [`gemm_serial_raw`].
+unsafe fn scale_only(beta: f32, c: MatPtr, epilogue: &Epilogue) {
+    for i in 0..c.rows {
+        // SAFETY: row i < rows of C, this call's alone.
+        let r = unsafe { c.row_mut(i) };
         if beta == 0.0 {
-            r[..n].fill(0.0);
+            r.fill(0.0);
         } else {
-            r[..n].iter_mut().for_each(|v| *v *= beta);
+            r.iter_mut().for_each(|v| *v *= beta);
         }
+        apply_epilogue(epilogue, r, c.cols, i, 1, 0, c.cols);
     }
-    apply_epilogue(epilogue, c.data, c.row_stride, 0, m, 0, n);
 }
 
 /// B packed once into the micro-kernel's panel layout, for weights multiplied many times
@@ -360,12 +456,25 @@ fn gemm_packed_with(
     if m == 0 || n == 0 {
         return;
     }
+    let c = MatPtr::from(c);
     if k == 0 {
-        return scale_only(beta, c, epilogue);
+        // SAFETY: `c` borrows its elements uniquely for the whole call, bounds-checked above.
+        return unsafe { scale_only(beta, c, epilogue) };
     }
     // Pre-packed B: one fork-join per K block, like the small-m paths.
     let threads = driver::threads_for(m, n, k, false).min(max_threads);
-    driver::run(spec, &a, BSource::Packed(b), beta, c, epilogue, threads);
+    // SAFETY: as above.
+    unsafe {
+        driver::run(
+            spec,
+            &a,
+            BSource::Packed(b),
+            beta,
+            c.out(),
+            epilogue,
+            threads,
+        )
+    };
 }
 
 /// The reference GEMM every optimised path is tested against: matrixmultiply's packed kernel,

@@ -482,3 +482,80 @@ fn reference_gemm_agrees_with_naive() {
     reference_gemm(a, b, 0.0, MatMut::row_major(&mut got, m, n), &epi);
     assert_close(&got, &want, k, "reference");
 }
+
+/// A caller's tasks writing column blocks of the same rows through raw views (what a conv's
+/// pixel ranges do) get what one call over the whole output gets, epilogue included, on every
+/// path: the matrix-vector one (m = 1), the small-m direct one and the blocked one.
+#[test]
+fn raw_column_blocks_from_parallel_tasks_equal_one_whole_call() {
+    use rayon::prelude::*;
+    for (m, k, n) in [(1, 40, 300), (37, 53, 300), (150, 70, 300)] {
+        let a = values(m * k, 1);
+        let b = values(k * n, 2);
+        let bias = values(m, 3);
+        let res = values(m * n, 4);
+        let ldc = n + 5;
+        let epi_for = |c0: usize, cols: usize| {
+            [
+                EpilogueOp::BiasPerRow(&bias),
+                EpilogueOp::Add(MatRef {
+                    data: &res[c0..],
+                    rows: m,
+                    cols,
+                    row_stride: n,
+                    col_stride: 1,
+                }),
+                EpilogueOp::Act(Activation::Relu),
+            ]
+        };
+        let mut want = vec![f32::NAN; m * ldc];
+        naive_gemm(
+            MatRef::row_major(&a, m, k),
+            MatRef::row_major(&b, k, n),
+            0.0,
+            MatMut {
+                data: &mut want,
+                rows: m,
+                cols: n,
+                row_stride: ldc,
+            },
+            &epi_for(0, n),
+        );
+        let mut got = vec![f32::NAN; m * ldc];
+        let whole = MatPtr::from(MatMut {
+            data: &mut got,
+            rows: m,
+            cols: n,
+            row_stride: ldc,
+        });
+        let blocks = [(0, 75), (75, 64), (139, 1), (140, 160)];
+        blocks.par_iter().for_each(|&(c0, cols)| {
+            let bv = MatRef {
+                data: &b[c0..],
+                rows: k,
+                cols,
+                row_stride: n,
+                col_stride: 1,
+            };
+            // SAFETY: `got` outlives the loop, and the blocks are disjoint columns of it.
+            unsafe {
+                gemm_serial_raw(
+                    MatRef::row_major(&a, m, k),
+                    bv,
+                    0.0,
+                    whole.block(0, c0, m, cols),
+                    &epi_for(c0, cols),
+                )
+            }
+        });
+        for i in 0..m {
+            for j in 0..n {
+                let (g, w) = (got[i * ldc + j], want[i * ldc + j]);
+                assert!(
+                    (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                    "{m}x{k}x{n} at ({i}, {j}): {g} vs {w}"
+                );
+            }
+        }
+    }
+}
