@@ -353,7 +353,7 @@ fn depthwise_simd_matches_scalar() {
         for (kh, kw) in [(1, 1), (3, 3), (5, 5), (7, 7), (2, 3)] {
             for (dy, dx) in [(1, 1), (2, 2), (1, 2)] {
                 for nrows in [1, 2, 3, 4, 5, 9] {
-                    for ow in [1, 3, 4, 7, 8, 9, 15, 16, 17, 31, 33, 45] {
+                    for ow in [1, 2, 3, 4, 6, 7, 8, 9, 10, 15, 16, 17, 31, 33, 45] {
                         for (lo, hi) in [(f32::NEG_INFINITY, f32::INFINITY), (0.0, 0.5)] {
                             let ld = (ow + 8) * sx + kw * dx + 2;
                             let job = PlaneJob {
