@@ -49,20 +49,31 @@ pub(crate) unsafe fn run(
         };
         let per = panels.div_ceil(tasks);
         parallel::for_each_index(tasks, threads > 1, |t| {
-            for jp in t * per..panels.min((t + 1) * per) {
-                let col = jp * nr;
-                let cols = nr.min(n - col);
-                if cols == nr {
-                    // Every read b[p * row_stride + col .. + nr] ends at or before column n - 1
-                    // of row p < k: inside B's view.
-                    let bp = b.data[col..].as_ptr();
-                    tiles(spec, a, asrc, bp, b.row_stride, out, col, cols, beta, epi);
-                } else {
-                    PACK_A.with_aligned(k * nr, |edge| {
-                        pack::pack_b(b, 0, k, 0, jp, nr, edge);
-                        tiles(spec, a, asrc, edge.as_ptr(), nr, out, col, cols, beta, epi);
-                    });
-                }
+            let (p0, p1) = (t * per, panels.min((t + 1) * per));
+            // Whole panels (every read b[p * row_stride + col .. + nr] of one ends at or before
+            // column n - 1 of row p < k: inside B's view), in chunks of CHUNK_PANELS.
+            let whole = if n % nr == 0 { p1 } else { p1.min(panels - 1) };
+            for c0 in (p0..whole).step_by(CHUNK_PANELS) {
+                let c1 = whole.min(c0 + CHUNK_PANELS);
+                chunk(spec, a, asrc, b, out, (c0, c1), beta, epi);
+            }
+            if whole < p1 {
+                let (jp, col) = (whole, whole * nr);
+                PACK_A.with_aligned(k * nr, |edge| {
+                    pack::pack_b(b, 0, k, 0, jp, nr, edge);
+                    tiles(
+                        spec,
+                        a,
+                        asrc,
+                        edge.as_ptr(),
+                        nr,
+                        out,
+                        col,
+                        n - col,
+                        beta,
+                        epi,
+                    );
+                });
             }
         });
     };
@@ -77,6 +88,60 @@ pub(crate) unsafe fn run(
         });
     } else {
         body(ASource::InPlace);
+    }
+}
+
+/// Column panels per chunk of [`chunk`]: its B columns (k x 128 floats) stay in L1/L2 while the
+/// row tiles sweep them.
+const CHUNK_PANELS: usize = 8;
+
+/// Every tile of the whole column panels `panels.0..panels.1`, row tiles outer: each row of C is
+/// then written in runs of a whole chunk, where panels outer scattered one tile's worth of
+/// columns over every row (96 rows of a 12544-pixel plane: 96 pages per panel, each line
+/// read for ownership separately).
+#[allow(clippy::too_many_arguments)]
+fn chunk(
+    spec: &Spec,
+    a: &MatRef,
+    asrc: ASource,
+    b: &MatRef,
+    out: OutPtr,
+    panels: (usize, usize),
+    beta: f32,
+    epi: &Epilogue,
+) {
+    let (m, k, nr) = (a.rows, a.cols, spec.nr);
+    for row in (0..m).step_by(spec.mr) {
+        let rows = spec.mr.min(m - row);
+        let (kern, ap, rsa, csa) = asrc.tile(spec, a, row, rows, 0);
+        for jp in panels.0..panels.1 {
+            let col = jp * nr;
+            let bp = b.data[col..].as_ptr();
+            // SAFETY: `kern` reads A(i, p) for i < rows, p < k, inside A's view (or its packed
+            // copy); panel jp is whole, so `bp + p * ldb` holds nr readable floats for p < k;
+            // the tile lies inside C and this column panel belongs to the calling task alone.
+            unsafe {
+                let cp = out.ptr.add(row * out.ldc + col);
+                let epi = TileEpi {
+                    ops: epi,
+                    row0: row,
+                    col0: col,
+                };
+                kern(
+                    k,
+                    ap,
+                    rsa,
+                    csa,
+                    bp,
+                    b.row_stride,
+                    cp,
+                    out.ldc,
+                    nr,
+                    beta,
+                    epi,
+                );
+            }
+        }
     }
 }
 
