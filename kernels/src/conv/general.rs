@@ -21,6 +21,12 @@ use crate::gemm::{gemm_serial as gemm, MatMut, MatPtr, MatRef};
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
 use crate::scratch::with_scratch;
 
+/// Fewest output channels per parallel block of one image.
+const MIN_CHANNEL_BLOCK: usize = 16;
+
+/// Fewest pixels per parallel range of one image (four column panels of the GEMM).
+const MIN_RANGE_PIXELS: usize = 64;
+
 /// Target bytes of patch matrix per GEMM call: the tile lives in L2 between im2col and the GEMM.
 pub const TILE_BYTES: usize = 256 * 1024;
 /// Most output rows one pixel tile spans for [`Dims::tile_to_cols`]'s segment table.
@@ -360,7 +366,16 @@ fn forward_pixel_tiles(
         });
         return;
     }
-    let per_image = ranges_per_image(shape, plane_out, tile);
+    // With too few output channels for two channel blocks below (blocks of at least 16), ranges
+    // may be shorter than a tile, down to MIN_RANGE_PIXELS: otherwise the whole image would run
+    // on one thread, or in blocks that each repeat the whole im2col (a pruned 16->4 3x3 at 28x28
+    // ran slower on two threads than on one).
+    let min_len = if d.cout_g < 2 * MIN_CHANNEL_BLOCK {
+        tile.min(MIN_RANGE_PIXELS)
+    } else {
+        tile
+    };
+    let per_image = ranges_per_image(shape, plane_out, min_len);
     let threads = parallel::num_threads();
     if shape.batch * per_image >= threads {
         // Few images: pixel ranges of at least one tile each.
@@ -385,7 +400,7 @@ fn forward_pixel_tiles(
     // Few images with small planes: blocks of output channels, each task multiplying its rows
     // of the weights by its own copy of the (small) patch matrix; one block per thread, as each
     // block repeats the im2col.
-    let cb = channel_block(shape, d.cout_g, 16, threads, par);
+    let cb = channel_block(shape, d.cout_g, MIN_CHANNEL_BLOCK, threads, par);
     for_each_channel_block(out, d.cout_g, plane_out, cb, par, |u, c0, o| {
         let (n, gi) = (u / d.groups, u % d.groups);
         let (c, cb) = (gi * d.cout_g + c0, o.len() / plane_out);

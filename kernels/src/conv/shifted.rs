@@ -47,20 +47,21 @@ pub fn supports(s: &Conv2dShape) -> bool {
 }
 
 /// Whether this path beats the tiled im2col for `s`: wide enough planes, enough images to give
-/// every thread whole images, and, for a single image, few input channels. (At batch 1 on one
-/// thread the im2col tile runs 64->64 at 56x56 in 2.6 ms against this path's 3.0, 32->32 at
-/// 14x14 in 47 against 59 us; only 16 channels at 28-32 pixels favour this path, by 4-15 %.)
+/// every thread whole images, and, for a single image, few output channels (the im2col's copies
+/// then cost more than the product). At batch 1 on one thread: 128->4 at 14x14 47 us here against
+/// 78, 64->16 at 28x28 200 against 216, but 16->64 at 28x28 183 against 162 and 64->64 at 56x56
+/// 3.0 ms against 2.6.
 pub fn preferred(s: &Conv2dShape) -> bool {
     let (_, ow) = s.out_hw();
     let par = parallel::worth_splitting(s.macs(), CONV_PAR_MIN_MACS);
     supports(s)
         && ow >= MIN_OUT_W
         && (!par || units_balance(s.batch))
-        && (s.batch > 1 || s.in_channels <= MAX_SINGLE_IMAGE_CIN)
+        && (s.batch > 1 || s.out_channels <= MAX_SINGLE_IMAGE_COUT)
 }
 
-/// Most input channels for which a single image takes this path (see [`preferred`]).
-const MAX_SINGLE_IMAGE_CIN: usize = 16;
+/// Most output channels for which a single image takes this path (see [`preferred`]).
+const MAX_SINGLE_IMAGE_COUT: usize = 16;
 
 /// The padded plane and the output grid of one image.
 #[derive(Clone, Copy, Debug)]
