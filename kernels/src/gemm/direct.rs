@@ -113,7 +113,7 @@ fn chunk(
     let (m, k, nr) = (a.rows, a.cols, spec.nr);
     for row in (0..m).step_by(spec.mr) {
         let rows = spec.mr.min(m - row);
-        let (kern, ap, rsa, csa) = asrc.tile(spec, a, row, rows, 0);
+        let (kern, ap, rsa, csa) = asrc.tile(spec, a, (row, rows), 0, nr);
         for jp in panels.0..panels.1 {
             let col = jp * nr;
             let bp = b.data[col..].as_ptr();
@@ -162,7 +162,7 @@ fn tiles(
     let (m, k) = (a.rows, a.cols);
     for row in (0..m).step_by(spec.mr) {
         let rows = spec.mr.min(m - row);
-        let (kern, ap, rsa, csa) = asrc.tile(spec, a, row, rows, 0);
+        let (kern, ap, rsa, csa) = asrc.tile(spec, a, (row, rows), 0, cols);
         // SAFETY: `kern` reads A(i, p) for i < rows, p < k, inside A's view (or its packed
         // copy); `bp + p * ldb` holds nr readable floats for p < k (checked by the caller); the
         // tile lies inside C and this column panel belongs to the calling task alone.

@@ -280,20 +280,21 @@ pub(crate) enum ASource<'a> {
 }
 
 impl ASource<'_> {
-    /// The kernel, A pointer and A strides for the `rows`-row tile at (`row`, depth `p0`).
+    /// The kernel, A pointer and A strides for the `rows`-row tile at (`row`, depth `p0`) that
+    /// stores `cols` columns.
     #[inline]
     pub(crate) fn tile(
         self,
         spec: &Spec,
         a: &MatRef,
-        row: usize,
-        rows: usize,
+        (row, rows): (usize, usize),
         p0: usize,
+        cols: usize,
     ) -> (TileKernel, *const f32, usize, usize) {
         match self {
             ASource::InPlace => {
                 let kern = spec
-                    .kernel_for(a.row_stride, a.col_stride, rows)
+                    .kernel_for(a.row_stride, a.col_stride, rows, cols)
                     .expect("A has a unit stride");
                 let ap = a.data[row * a.row_stride + p0 * a.col_stride..].as_ptr();
                 (kern, ap, a.row_stride, a.col_stride)
@@ -301,7 +302,7 @@ impl ASource<'_> {
             ASource::Packed { buf, row0, kc } => {
                 let off = (row - row0) * kc;
                 (
-                    spec.cols[rows - 1],
+                    spec.packed_kernel(rows, cols),
                     buf[off..off + kc * spec.mr].as_ptr(),
                     1,
                     spec.mr,
@@ -313,7 +314,8 @@ impl ASource<'_> {
 
 /// Whether A must be packed (neither stride is 1) for the micro-kernels to read it.
 pub(crate) fn needs_packing(spec: &Spec, a: &MatRef) -> bool {
-    spec.kernel_for(a.row_stride, a.col_stride, 1).is_none()
+    spec.kernel_for(a.row_stride, a.col_stride, 1, spec.nr)
+        .is_none()
 }
 
 /// Output columns from which the blocked path packs A even when it could read it in place:
@@ -342,7 +344,7 @@ fn macro_kernel(
             let bp = bb[jp * kc * nr..(jp + 1) * kc * nr].as_ptr();
             for row in (ib..ib + mcb).step_by(mr) {
                 let rows = mr.min(ib + mcb - row);
-                let (kern, ap, rsa, csa) = asrc.tile(spec, a, row, rows, blk.p0);
+                let (kern, ap, rsa, csa) = asrc.tile(spec, a, (row, rows), blk.p0, cols);
                 // SAFETY: `kern` reads A(i, p) for i < rows, p < kc, all inside A's view (or
                 // its packed copy); `bp` holds kc * nr packed floats; the tile (row..row + rows,
                 // col..col + cols) lies inside C (row < m, col < n, C in bounds) and belongs to

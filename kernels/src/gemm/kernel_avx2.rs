@@ -1,5 +1,6 @@
 //! x86_64 AVX2+FMA micro-kernel: a 6x16 register tile (12 ymm accumulators, two B vectors and one
-//! broadcast A value: 15 of the 16 ymm registers), two FMA ports busy every cycle on Zen 3/4.
+//! broadcast A value: 15 of the 16 ymm registers), two FMA ports busy every cycle on Zen 3/4;
+//! and a 6x8 one for ragged last panels (a 49-pixel plane is three full panels and one column).
 
 use super::spec::{TileEpi, TileKernel};
 use super::EpilogueOp;
@@ -7,35 +8,57 @@ use core::arch::x86_64::*;
 
 pub(crate) const MR: usize = 6;
 pub(crate) const NR: usize = 16;
+/// Columns of the narrow tile (one vector), for ragged last panels of at most 8 columns.
+pub(crate) const NARROW_NR: usize = 8;
 
 /// Kernels for A with unit column stride (A(i, p) at `a + i * rsa + p`).
 pub(crate) static ROWS: &[TileKernel] = &[
-    tile::<1, true>,
-    tile::<2, true>,
-    tile::<3, true>,
-    tile::<4, true>,
-    tile::<5, true>,
-    tile::<6, true>,
+    tile::<1, true, 2>,
+    tile::<2, true, 2>,
+    tile::<3, true, 2>,
+    tile::<4, true, 2>,
+    tile::<5, true, 2>,
+    tile::<6, true, 2>,
 ];
 
 /// Kernels for A with unit row stride (A(i, p) at `a + p * csa + i`: packed panels, A^T views).
 pub(crate) static COLS: &[TileKernel] = &[
-    tile::<1, false>,
-    tile::<2, false>,
-    tile::<3, false>,
-    tile::<4, false>,
-    tile::<5, false>,
-    tile::<6, false>,
+    tile::<1, false, 2>,
+    tile::<2, false, 2>,
+    tile::<3, false, 2>,
+    tile::<4, false, 2>,
+    tile::<5, false, 2>,
+    tile::<6, false, 2>,
 ];
 
-/// An `R x 16` tile (`ROWS`: A has unit column stride, else unit row stride); see
-/// [`TileKernel`] for the contract.
+/// [`ROWS`], 8 columns wide.
+pub(crate) static NARROW_ROWS: &[TileKernel] = &[
+    tile::<1, true, 1>,
+    tile::<2, true, 1>,
+    tile::<3, true, 1>,
+    tile::<4, true, 1>,
+    tile::<5, true, 1>,
+    tile::<6, true, 1>,
+];
+
+/// [`COLS`], 8 columns wide.
+pub(crate) static NARROW_COLS: &[TileKernel] = &[
+    tile::<1, false, 1>,
+    tile::<2, false, 1>,
+    tile::<3, false, 1>,
+    tile::<4, false, 1>,
+    tile::<5, false, 1>,
+    tile::<6, false, 1>,
+];
+
+/// An `R x 8V` tile (`ROWS`: A has unit column stride, else unit row stride); see
+/// [`TileKernel`] for the contract (with `8V` for `NR`).
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA, and the pointers must satisfy the [`TileKernel`] contract.
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const R: usize, const ROWS: bool>(
+unsafe fn tile<const R: usize, const ROWS: bool, const V: usize>(
     k: usize,
     a: *const f32,
     rsa: usize,
@@ -48,66 +71,69 @@ unsafe fn tile<const R: usize, const ROWS: bool>(
     beta: f32,
     epi: TileEpi,
 ) {
-    let mut lo = [_mm256_setzero_ps(); MR];
-    let mut hi = [_mm256_setzero_ps(); MR];
+    let mut acc = [[_mm256_setzero_ps(); V]; MR];
     // SAFETY (whole block): every pointer offset stays within the contract's ranges: A step p
-    // reads A(i, p) for i < R, B step p reads b[p * ldb .. + 16].
+    // reads A(i, p) for i < R, B step p reads b[p * ldb .. + 8V].
     unsafe {
-        // One k step into the accumulator pair (lo, hi).
+        // One k step into the accumulators `$acc`.
         macro_rules! step {
-            ($lo:ident, $hi:ident, $p:expr) => {{
+            ($acc:ident, $p:expr) => {{
                 let bp = b.add($p * ldb);
-                let b0 = _mm256_loadu_ps(bp);
-                let b1 = _mm256_loadu_ps(bp.add(8));
+                let mut bv = [_mm256_setzero_ps(); V];
+                for (v, x) in bv.iter_mut().enumerate() {
+                    *x = _mm256_loadu_ps(bp.add(8 * v));
+                }
                 let ap = if ROWS { a.add($p) } else { a.add($p * csa) };
                 for i in 0..R {
                     let ai = _mm256_broadcast_ss(&*ap.add(if ROWS { i * rsa } else { i }));
-                    $lo[i] = _mm256_fmadd_ps(ai, b0, $lo[i]);
-                    $hi[i] = _mm256_fmadd_ps(ai, b1, $hi[i]);
+                    for v in 0..V {
+                        $acc[i][v] = _mm256_fmadd_ps(ai, bv[v], $acc[i][v]);
+                    }
                 }
             }};
         }
         let mut p = 0;
-        if R <= 2 {
+        if R * V <= 4 {
             // Too few accumulators to cover the FMA latency: interleave a second set.
-            let mut lo2 = [_mm256_setzero_ps(); MR];
-            let mut hi2 = [_mm256_setzero_ps(); MR];
+            let mut acc2 = [[_mm256_setzero_ps(); V]; MR];
             while p + 2 <= k {
-                step!(lo, hi, p);
-                step!(lo2, hi2, p + 1);
+                step!(acc, p);
+                step!(acc2, p + 1);
                 p += 2;
             }
             for i in 0..R {
-                lo[i] = _mm256_add_ps(lo[i], lo2[i]);
-                hi[i] = _mm256_add_ps(hi[i], hi2[i]);
+                for v in 0..V {
+                    acc[i][v] = _mm256_add_ps(acc[i][v], acc2[i][v]);
+                }
             }
         }
         while p < k {
-            step!(lo, hi, p);
+            step!(acc, p);
             p += 1;
         }
 
-        if cols == NR {
+        if cols == 8 * V {
             let vbeta = _mm256_set1_ps(beta);
-            for i in 0..R {
+            for (i, row) in acc.iter_mut().enumerate().take(R) {
                 let cp = c.add(i * ldc);
-                if beta == 1.0 {
-                    lo[i] = _mm256_add_ps(_mm256_loadu_ps(cp), lo[i]);
-                    hi[i] = _mm256_add_ps(_mm256_loadu_ps(cp.add(8)), hi[i]);
-                } else if beta != 0.0 {
-                    lo[i] = _mm256_fmadd_ps(vbeta, _mm256_loadu_ps(cp), lo[i]);
-                    hi[i] = _mm256_fmadd_ps(vbeta, _mm256_loadu_ps(cp.add(8)), hi[i]);
+                for (v, x) in row.iter_mut().enumerate() {
+                    if beta == 1.0 {
+                        *x = _mm256_add_ps(_mm256_loadu_ps(cp.add(8 * v)), *x);
+                    } else if beta != 0.0 {
+                        *x = _mm256_fmadd_ps(vbeta, _mm256_loadu_ps(cp.add(8 * v)), *x);
+                    }
                 }
             }
             let fused = epi.ops.iter().all(in_registers);
-            for i in 0..R {
+            for (i, row) in acc.iter().enumerate().take(R) {
                 let cp = c.add(i * ldc);
-                let (mut v0, mut v1) = (lo[i], hi[i]);
+                let mut out = *row;
                 if fused {
-                    (v0, v1) = in_register_epilogue(epi, i, v0, v1);
+                    out = in_register_epilogue(epi, i, out);
                 }
-                _mm256_storeu_ps(cp, v0);
-                _mm256_storeu_ps(cp.add(8), v1);
+                for (v, x) in out.iter().enumerate() {
+                    _mm256_storeu_ps(cp.add(8 * v), *x);
+                }
             }
             if !fused {
                 // The tile's R rows of `cols` floats are ours and the operands cover them.
@@ -115,11 +141,12 @@ unsafe fn tile<const R: usize, const ROWS: bool>(
             }
         } else {
             let mut buf = [0.0f32; NR];
-            for i in 0..R {
-                _mm256_storeu_ps(buf.as_mut_ptr(), lo[i]);
-                _mm256_storeu_ps(buf.as_mut_ptr().add(8), hi[i]);
-                let row = std::slice::from_raw_parts_mut(c.add(i * ldc), cols);
-                super::kernel_scalar::store_row(row, &buf[..cols], beta);
+            for (i, row) in acc.iter().enumerate().take(R) {
+                for (v, x) in row.iter().enumerate() {
+                    _mm256_storeu_ps(buf.as_mut_ptr().add(8 * v), *x);
+                }
+                let out = std::slice::from_raw_parts_mut(c.add(i * ldc), cols);
+                super::kernel_scalar::store_row(out, &buf[..cols], beta);
             }
             if !epi.ops.is_empty() {
                 // The tile's R rows of `cols` floats are ours and the operands cover them.
@@ -140,23 +167,22 @@ fn in_registers(op: &EpilogueOp) -> bool {
     }
 }
 
-/// `epi` applied to row `i` of a full 16-wide tile, held in two vectors, before its one store.
+/// `epi` applied to row `i` of a full `8V`-wide tile, held in `V` vectors, before its one store.
 /// Clamps take the data second, as [`crate::activation`]'s vector lanes do, so NaN propagates
 /// alike.
 ///
 /// # Safety
 /// AVX2 and FMA; every op passes [`in_registers`] and its operand covers row `row0 + i` and
-/// columns `col0 .. + 16` (the GEMM entry checks operands against C).
+/// columns `col0 .. + 8V` (the GEMM entry checks operands against C).
 #[inline(always)]
-unsafe fn in_register_epilogue(
+unsafe fn in_register_epilogue<const V: usize>(
     epi: TileEpi,
     i: usize,
-    mut v0: __m256,
-    mut v1: __m256,
-) -> (__m256, __m256) {
+    mut vs: [__m256; V],
+) -> [__m256; V] {
     use crate::activation::Activation as A;
     let (row, col0) = (epi.row0 + i, epi.col0);
-    // SAFETY (whole block): the loads read operand row `row`, columns `col0 .. + 16`, which the
+    // SAFETY (whole block): the loads read operand row `row`, columns `col0 .. + 8V`, which the
     // operands cover (contract); the slicing checks it again.
     unsafe {
         let clamp = |v: __m256, lo: f32, hi: Option<f32>| {
@@ -167,36 +193,38 @@ unsafe fn in_register_epilogue(
             }
         };
         for op in epi.ops {
-            (v0, v1) = match *op {
+            match *op {
                 EpilogueOp::BiasPerCol(b) => {
-                    let bp = b[col0..col0 + NR].as_ptr();
-                    (
-                        _mm256_add_ps(v0, _mm256_loadu_ps(bp)),
-                        _mm256_add_ps(v1, _mm256_loadu_ps(bp.add(8))),
-                    )
+                    let bp = b[col0..col0 + 8 * V].as_ptr();
+                    for (v, x) in vs.iter_mut().enumerate() {
+                        *x = _mm256_add_ps(*x, _mm256_loadu_ps(bp.add(8 * v)));
+                    }
                 }
                 EpilogueOp::BiasPerRow(b) => {
                     let bi = _mm256_set1_ps(b[row]);
-                    (_mm256_add_ps(v0, bi), _mm256_add_ps(v1, bi))
+                    for x in vs.iter_mut() {
+                        *x = _mm256_add_ps(*x, bi);
+                    }
                 }
                 EpilogueOp::Add(m) => {
                     let s = row * m.row_stride + col0;
-                    let rp = m.data[s..s + NR].as_ptr();
-                    (
-                        _mm256_add_ps(v0, _mm256_loadu_ps(rp)),
-                        _mm256_add_ps(v1, _mm256_loadu_ps(rp.add(8))),
-                    )
+                    let rp = m.data[s..s + 8 * V].as_ptr();
+                    for (v, x) in vs.iter_mut().enumerate() {
+                        *x = _mm256_add_ps(*x, _mm256_loadu_ps(rp.add(8 * v)));
+                    }
                 }
-                EpilogueOp::Act(A::Relu) => (clamp(v0, 0.0, None), clamp(v1, 0.0, None)),
-                EpilogueOp::Act(A::Relu6) => (clamp(v0, 0.0, Some(6.0)), clamp(v1, 0.0, Some(6.0))),
+                EpilogueOp::Act(A::Relu) => vs.iter_mut().for_each(|x| *x = clamp(*x, 0.0, None)),
+                EpilogueOp::Act(A::Relu6) => {
+                    vs.iter_mut().for_each(|x| *x = clamp(*x, 0.0, Some(6.0)))
+                }
                 EpilogueOp::Act(A::Clamp { lo, hi }) => {
-                    (clamp(v0, lo, Some(hi)), clamp(v1, lo, Some(hi)))
+                    vs.iter_mut().for_each(|x| *x = clamp(*x, lo, Some(hi)))
                 }
-                _ => (v0, v1),
-            };
+                _ => {}
+            }
         }
     }
-    (v0, v1)
+    vs
 }
 
 /// The m = 1 path ([`super::gemv`]) compiled for this kernel family.

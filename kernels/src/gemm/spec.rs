@@ -58,6 +58,12 @@ pub(crate) struct Spec {
     pub rows: &'static [TileKernel],
     /// `cols[r - 1]` computes an `r x nr` tile from A with unit row stride (packed or A^T).
     pub cols: &'static [TileKernel],
+    /// Width of the narrow tiles, for ragged last panels of at most this many columns (0: the
+    /// family has none).
+    pub narrow_nr: usize,
+    /// [`Spec::rows`] and [`Spec::cols`], `narrow_nr` columns wide (the contract's `NR`).
+    pub narrow_rows: &'static [TileKernel],
+    pub narrow_cols: &'static [TileKernel],
     /// The m = 1 path.
     pub gemv: super::gemv::GemvFn,
 }
@@ -69,20 +75,32 @@ impl std::fmt::Debug for Spec {
 }
 
 impl Spec {
-    /// The kernel for an `r`-row tile of `a` (unit column stride first, then unit row stride),
-    /// or None when A must be packed first.
+    /// The kernel for an `r`-row tile of `a` (unit column stride first, then unit row stride)
+    /// storing `cols` columns, or None when A must be packed first: a narrow one when `cols`
+    /// fits it (half the multiply-adds of a full tile spent on a one-column panel).
     pub fn kernel_for(
         &self,
         a_row_stride: usize,
         a_col_stride: usize,
         r: usize,
+        cols: usize,
     ) -> Option<TileKernel> {
+        let narrow = cols <= self.narrow_nr;
         if a_col_stride == 1 {
-            Some(self.rows[r - 1])
+            Some(if narrow { self.narrow_rows } else { self.rows }[r - 1])
         } else if a_row_stride == 1 {
-            Some(self.cols[r - 1])
+            Some(self.packed_kernel(r, cols))
         } else {
             None
+        }
+    }
+
+    /// The kernel for an `r`-row tile of packed A (unit row stride) storing `cols` columns.
+    pub fn packed_kernel(&self, r: usize, cols: usize) -> TileKernel {
+        if cols <= self.narrow_nr {
+            self.narrow_cols[r - 1]
+        } else {
+            self.cols[r - 1]
         }
     }
 
@@ -103,6 +121,9 @@ static SCALAR: Spec = Spec {
     nc: 2048,
     rows: super::kernel_scalar::ROWS,
     cols: super::kernel_scalar::COLS,
+    narrow_nr: 0,
+    narrow_rows: &[],
+    narrow_cols: &[],
     gemv: super::kernel_scalar::gemv,
 };
 
@@ -116,6 +137,9 @@ static AVX2: Spec = Spec {
     nc: 4080 - 4080 % super::kernel_avx2::NR,
     rows: super::kernel_avx2::ROWS,
     cols: super::kernel_avx2::COLS,
+    narrow_nr: super::kernel_avx2::NARROW_NR,
+    narrow_rows: super::kernel_avx2::NARROW_ROWS,
+    narrow_cols: super::kernel_avx2::NARROW_COLS,
     gemv: super::kernel_avx2::gemv,
 };
 
@@ -129,6 +153,9 @@ static NEON: Spec = Spec {
     nc: 3072,
     rows: super::kernel_neon::ROWS,
     cols: super::kernel_neon::COLS,
+    narrow_nr: 0,
+    narrow_rows: &[],
+    narrow_cols: &[],
     gemv: super::kernel_neon::gemv,
 };
 
