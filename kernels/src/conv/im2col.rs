@@ -236,17 +236,81 @@ pub(crate) fn copy_run(dst: &mut [f32], src: &[f32]) {
     }
 }
 
-/// `dst[i] = src[2 i]` (stride-2 patch rows) for `src` exactly `2 dst.len() - 1` long, in pairs
-/// the compiler reads without bounds checks.
-#[inline(always)]
+/// `dst[i] = src[2 i]` (stride-2 patch rows) for `src` exactly `2 dst.len() - 1` long: eight (AVX2)
+/// or four (NEON) at a time from deinterleaving vector loads, then in pairs the compiler reads
+/// without bounds checks (the scalar loop was 18-28 % of a 224x224 stem convolution).
+#[inline]
 pub(crate) fn copy_even(dst: &mut [f32], src: &[f32]) {
     assert_eq!(src.len() + 1, 2 * dst.len(), "copy_even: lengths");
+    let done = copy_even_simd(dst, src);
+    let (dst, src) = (&mut dst[done..], &src[2 * done..]);
     let (pairs, last) = src.split_at(src.len() - 1);
     let (body, tail) = dst.split_at_mut(dst.len() - 1);
     for (d, p) in body.iter_mut().zip(pairs.chunks_exact(2)) {
         *d = p[0];
     }
     tail[0] = last[0];
+}
+
+/// The vector part of [`copy_even`]: how many leading outputs it wrote (whole vectors whose loads
+/// stay inside `src`; at least one output is left for the scalar tail).
+#[inline]
+fn copy_even_simd(dst: &mut [f32], src: &[f32]) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if crate::isa::current() == crate::isa::Isa::Avx2Fma {
+        // SAFETY: AVX2 is present (the ISA was detected); the kernel checks its own bounds.
+        return unsafe { even_avx2(dst, src) };
+    }
+    #[cfg(target_arch = "aarch64")]
+    if crate::isa::current() == crate::isa::Isa::Neon {
+        // SAFETY: NEON is present on every aarch64 target; the kernel checks its own bounds.
+        return unsafe { even_neon(dst, src) };
+    }
+    let _ = (dst, src);
+    0
+}
+
+/// # Safety
+/// AVX2 must be present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn even_avx2(dst: &mut [f32], src: &[f32]) -> usize {
+    use core::arch::x86_64::*;
+    let mut i = 0;
+    // Output i + 8 is left over, so the 16 floats read from src[2i..] end before src's end.
+    while i + 8 < dst.len() && 2 * i + 16 <= src.len() {
+        // SAFETY: src[2i .. 2i + 16] and dst[i .. i + 8] are in bounds (loop condition).
+        unsafe {
+            let lo = _mm256_loadu_ps(src.as_ptr().add(2 * i));
+            let hi = _mm256_loadu_ps(src.as_ptr().add(2 * i + 8));
+            // [lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6], then 64-bit lanes reordered 0,2,1,3.
+            let ev = _mm256_shuffle_ps::<0b10_00_10_00>(lo, hi);
+            let ev = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(ev)));
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), ev);
+        }
+        i += 8;
+    }
+    i
+}
+
+/// # Safety
+/// NEON must be present.
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn even_neon(dst: &mut [f32], src: &[f32]) -> usize {
+    use core::arch::aarch64::*;
+    let mut i = 0;
+    while i + 4 < dst.len() && 2 * i + 8 <= src.len() {
+        // SAFETY: src[2i .. 2i + 8] and dst[i .. i + 4] are in bounds (loop condition).
+        unsafe {
+            vst1q_f32(
+                dst.as_mut_ptr().add(i),
+                vld2q_f32(src.as_ptr().add(2 * i)).0,
+            )
+        };
+        i += 4;
+    }
+    i
 }
 
 /// [`im2col_tile`] of whole output planes (`p0 = 0`, `len = oh * ow`) through a zero-padded copy

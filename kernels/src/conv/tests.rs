@@ -444,3 +444,16 @@ fn half_weights_match_their_decoded_f32_values_on_every_path() {
         }
     }
 }
+
+#[test]
+fn copy_even_takes_every_other_value() {
+    // Every length around the vector widths (8 and 4 lanes) and their multiples, so both the
+    // vector loop and the scalar tail run.
+    for n in 1..=40 {
+        let src: Vec<f32> = (0..2 * n - 1).map(|i| i as f32).collect();
+        let mut dst = vec![f32::NAN; n];
+        super::im2col::copy_even(&mut dst, &src);
+        let want: Vec<f32> = (0..n).map(|i| (2 * i) as f32).collect();
+        assert_eq!(dst, want, "n = {n}");
+    }
+}
