@@ -556,6 +556,67 @@ fn single_pixel(
     }
 }
 
+/// Output planes up to this many pixels take [`small_plane`].
+const SMALL_OUT: usize = 16;
+/// Most kernel taps [`small_plane`] takes (5x5).
+const MAX_SMALL_TAPS: usize = 25;
+
+/// Small output planes (4x4 and below: MobileNetV2's late stages on 28x28 images): the taps that
+/// land inside the image are listed once per output pixel, then each channel is a few products
+/// per pixel. Padding a plane and running the row kernels cost ~60 ns a channel, several times
+/// the products themselves at 2x2.
+fn small_plane(
+    shape: &Conv2dShape,
+    g: &Geom,
+    x: &[f32],
+    w: Weights,
+    out: &mut [f32],
+    epi: &[ConvEpilogueOp],
+) {
+    let (cin, cout) = (shape.in_channels, shape.out_channels);
+    let mult = cout / cin;
+    let (plane_in, plane_out, khw) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
+    // Per output pixel p, its (tap, input offset) pairs are pairs[start[p]..start[p + 1]].
+    let mut pairs = [(0usize, 0usize); SMALL_OUT * MAX_SMALL_TAPS];
+    let mut start = [0usize; SMALL_OUT + 1];
+    let mut len = 0;
+    for oy in 0..g.oh {
+        let (ky0, ky1) = kernel_rows(g, oy);
+        for ox in 0..g.ow {
+            let (kx0, kx1) = valid_range(g.kw, g.w, g.dw, ox * g.sw, g.pw);
+            for ky in ky0..ky1 {
+                let iy = oy * g.sh + ky * g.dh - g.ph;
+                for kx in kx0..kx1 {
+                    let ix = ox * g.sw + kx * g.dw - g.pw;
+                    pairs[len] = (ky * g.kw + kx, iy * g.w + ix);
+                    len += 1;
+                }
+            }
+            start[oy * g.ow + ox + 1] = len;
+        }
+    }
+    let plan = Plan::new(epi);
+    let par = parallel::worth_splitting(shape.macs(), CONV_PAR_MIN_MACS);
+    w.with_f32(|wf| {
+        parallel::for_each_chunk_mut(out, plane_out, par, |i, o| {
+            let (n, oc) = (i / cout, i % cout);
+            let xs = &x[(n * cin + oc / mult) * plane_in..][..plane_in];
+            let taps = &wf[oc * khw..][..khw];
+            let init = plan.bias.map_or(0.0, |b| b[oc]);
+            for (p, v) in o.iter_mut().enumerate() {
+                let mut acc = init;
+                for &(t, at) in &pairs[start[p]..start[p + 1]] {
+                    acc += taps[t] * xs[at];
+                }
+                *v = clamp(acc, plan.lo, plan.hi);
+            }
+            if !plan.rest.is_empty() {
+                epilogue_row(plan.rest, o, oc, i * plane_out);
+            }
+        })
+    });
+}
+
 /// Forward with the kernel of `isa` (tests compare the ISAs).
 pub fn forward_isa(
     isa: Isa,
@@ -577,6 +638,9 @@ pub fn forward_isa(
     let khw = g.kh * g.kw;
     if plane_in == 1 && plane_out == 1 {
         return single_pixel(shape, &g, x, w, out, epi);
+    }
+    if plane_out <= SMALL_OUT && khw <= MAX_SMALL_TAPS {
+        return small_plane(shape, &g, x, w, out, epi);
     }
     let wp = padded_width(&g);
     let hp = g.h + 2 * g.ph;

@@ -78,6 +78,11 @@ const CASES: &[Case] = &[
     (2, 3, 6, 71, 3, 3, 3, (2, 2), (1, 1), (1, 1), 3),
     (1, 4, 7, 7, 8, 3, 3, (1, 2), (2, 0), (3, 1), 4),
     (1, 2, 3, 3, 2, 3, 3, (1, 1), (4, 4), (1, 1), 2),
+    // Depthwise with small output planes (the per-pixel tap lists): 2x2 at stride 1 and 2, a
+    // channel multiplier, a 5x5 kernel over a 3x3 plane.
+    (2, 6, 2, 2, 6, 3, 3, (1, 1), (1, 1), (1, 1), 6),
+    (1, 4, 4, 4, 8, 3, 3, (2, 2), (1, 1), (1, 1), 4),
+    (1, 3, 3, 3, 3, 5, 5, (1, 1), (2, 2), (1, 1), 3),
     (2, 3, 6, 5, 4, 3, 2, (1, 1), (2, 1), (1, 1), 1),
     (1, 2, 5, 6, 3, 2, 4, (1, 1), (0, 3), (1, 1), 1),
     // One-pixel planes (a small image's last stages): pointwise as a matrix-vector product,
