@@ -34,10 +34,11 @@
 //! grown to a process-wide high-water mark; after its first run the plan grows every pool
 //! thread's scratch to those marks (`tlc_kernels::scratch::reserve_on_pool`), so every later run
 //! allocates nothing at all, whichever thread rayon hands a task (`tests/plan_alloc.rs` counts
-//! every allocation of every run on 1 and 2 threads). That holds when the plan runs inside the
-//! pool (`ThreadPool::install`, or from a rayon task): called from another thread, each
-//! parallel kernel reaches the pool through rayon's injector queue, which allocates a block every
-//! 63 jobs. Staging scratch is reserved on the calling thread only, so run a plan from one thread.
+//! every allocation of every run on 1 and 2 threads). [`Plan::run`] hands each inference to the
+//! pool once when it has more than one thread (from outside the pool each parallel kernel would
+//! reach it through rayon's injector queue, which also allocates a block every 63 jobs); with one
+//! thread nothing forks and the inference runs on the caller, whose scratch the first run grew.
+//! Staging scratch is reserved on the calling thread only, so run a plan from one thread.
 //! Thread thresholds are the kernels' own (batch-1 layers below them stay on the calling thread):
 //! nothing here decides parallelism.
 
@@ -219,7 +220,13 @@ impl Plan {
         // per step (measured: ResNet-18 w0.25 at batch 1 on a loaded 2-core machine, 4.0 ms from
         // the main thread vs 1.1 ms inside the pool). Inside, it is one hand-off per inference,
         // and the pool threads' scratch reserved after the first run is the scratch used.
-        rayon::scope(|_| self.run_steps(input, after_step));
+        //
+        // With one thread no kernel forks, so the hand-off would be all cost: run here.
+        if tlc_kernels::parallel::num_threads() > 1 {
+            rayon::scope(|_| self.run_steps(input, after_step));
+        } else {
+            self.run_steps(input, after_step);
+        }
         let s = self.slots[self.output];
         &self.bufs[s.buf][..s.len]
     }
