@@ -160,6 +160,22 @@ fn collapse_writes_a_self_describing_checkpoint_and_bench_runs_it() {
     assert!(steps
         .iter()
         .all(|s| s["name"].is_string() && s["median_ms"].is_f64()));
+    assert_eq!(v["in_pool"], false);
+
+    // Timed from a pool thread: the same report, flagged.
+    let json = ok(&[
+        "bench",
+        "--checkpoint",
+        src.to_str().unwrap(),
+        "--iters",
+        "5",
+        "--in-pool",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["in_pool"], true, "{json}");
+    assert!(v["runs"].as_u64().unwrap() >= 5, "{json}");
+    assert!(v["steps"].as_array().unwrap().len() == steps.len());
 
     let err = tlc(&[
         "bench",

@@ -45,6 +45,12 @@ pub struct BenchArgs {
     /// Print only one line of JSON on stdout: median_ms, p90_ms, peak_rss_mb, steps, ...
     #[arg(long)]
     pub json: bool,
+    /// Run the timed loop on a worker-pool thread, as an application that calls the plan from
+    /// inside the pool (`ThreadPool::install`) does. By default the loop runs on the main
+    /// thread, and with more than one thread every inference pays one hand-off to the pool and
+    /// back (10-30 us, most of it visible in the first step's time).
+    #[arg(long)]
+    pub in_pool: bool,
     /// Storage of the conv and linear weights (the arithmetic is f32 either way).
     #[arg(long, value_enum, default_value_t = WeightsArg::F32)]
     pub weights: WeightsArg,
@@ -207,16 +213,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut step_ms: Vec<Vec<f64>> = vec![Vec::with_capacity(args.iters); n_steps];
     let mut times = Vec::with_capacity(args.iters);
     let budget = Duration::from_secs_f64(args.seconds);
-    let start = Instant::now();
-    while times.len() < args.iters && (times.len() < 10 || start.elapsed() < budget) {
-        let t0 = Instant::now();
-        let mut last = t0;
-        plan.run_observed(&xv, |i| {
-            let now = Instant::now();
-            step_ms[i].push((now - last).as_secs_f64() * 1e3);
-            last = now;
-        });
-        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    let mut timed_loop = || {
+        let start = Instant::now();
+        while times.len() < args.iters && (times.len() < 10 || start.elapsed() < budget) {
+            let t0 = Instant::now();
+            let mut last = t0;
+            plan.run_observed(&xv, |i| {
+                let now = Instant::now();
+                step_ms[i].push((now - last).as_secs_f64() * 1e3);
+                last = now;
+            });
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    };
+    if args.in_pool {
+        rayon::scope(|_| timed_loop());
+    } else {
+        timed_loop();
     }
     let runs = times.len();
     let (median, p90) = stats(&mut times);
@@ -263,6 +276,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "batch": args.batch,
             "input_shape": shape,
             "threads": threads,
+            "in_pool": args.in_pool,
             "steps": steps.iter().map(|(s, ms)| json!({
                 "name": s.name,
                 "kind": s.kind,
@@ -288,7 +302,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     println!("{what}");
     let (bufs, floats) = plan.arena();
     println!(
-        "plan: {} fused steps, batch {}, input {}, {threads} thread(s); arena {bufs} buffers, {:.2} MB",
+        "plan: {} fused steps, batch {}, input {}, {threads} thread(s){}; arena {bufs} buffers, {:.2} MB",
         n_steps,
         args.batch,
         shape
@@ -296,6 +310,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .map(|d| d.to_string())
             .collect::<Vec<_>>()
             .join("x"),
+        if args.in_pool {
+            ", timed inside the pool"
+        } else {
+            ""
+        },
         floats as f64 * 4.0 / 1e6
     );
     println!(
