@@ -53,26 +53,18 @@ pub(crate) unsafe fn run(
             // Whole panels (every read b[p * row_stride + col .. + nr] of one ends at or before
             // column n - 1 of row p < k: inside B's view), in chunks of CHUNK_PANELS.
             let whole = if n % nr == 0 { p1 } else { p1.min(panels - 1) };
+            let in_place = |jp: usize| (b.data[jp * nr..].as_ptr(), b.row_stride, nr);
             for c0 in (p0..whole).step_by(CHUNK_PANELS) {
                 let c1 = whole.min(c0 + CHUNK_PANELS);
-                chunk(spec, a, asrc, b, out, (c0, c1), beta, epi);
+                chunk(spec, a, asrc, c0..c1, in_place, out, beta, epi);
             }
             if whole < p1 {
-                let (jp, col) = (whole, whole * nr);
+                // The ragged last panel, copied out zero-padded to nr columns.
+                let jp = whole;
                 PACK_A.with_aligned(k * nr, |edge| {
                     pack::pack_b(b, 0, k, 0, jp, nr, edge);
-                    tiles(
-                        spec,
-                        a,
-                        asrc,
-                        edge.as_ptr(),
-                        nr,
-                        out,
-                        col,
-                        n - col,
-                        beta,
-                        epi,
-                    );
+                    let ragged = |_| (edge.as_ptr(), nr, n - jp * nr);
+                    chunk(spec, a, asrc, jp..jp + 1, ragged, out, beta, epi);
                 });
             }
         });
@@ -95,30 +87,31 @@ pub(crate) unsafe fn run(
 /// row tiles sweep them.
 const CHUNK_PANELS: usize = 8;
 
-/// Every tile of the whole column panels `panels.0..panels.1`, row tiles outer: each row of C is
-/// then written in runs of a whole chunk, where panels outer scattered one tile's worth of
-/// columns over every row (96 rows of a 12544-pixel plane: 96 pages per panel, each line
-/// read for ownership separately).
+/// Every tile of the column panels `jps`, row tiles outer: each row of C is then written in runs
+/// of a whole chunk, where panels outer scattered one tile's worth of columns over every row (96
+/// rows of a 12544-pixel plane: 96 pages per panel, each line read for ownership separately).
+/// `panel(jp)` is the panel's B pointer, row stride and column count; every `bp + p * ldb` must
+/// hold `nr` readable floats for `p < k`.
 #[allow(clippy::too_many_arguments)]
 fn chunk(
     spec: &Spec,
     a: &MatRef,
     asrc: ASource,
-    b: &MatRef,
+    jps: std::ops::Range<usize>,
+    panel: impl Fn(usize) -> (*const f32, usize, usize),
     out: OutPtr,
-    panels: (usize, usize),
     beta: f32,
     epi: &Epilogue,
 ) {
-    let (m, k, nr) = (a.rows, a.cols, spec.nr);
+    let (m, k) = (a.rows, a.cols);
     for row in (0..m).step_by(spec.mr) {
         let rows = spec.mr.min(m - row);
-        let (kern, ap, rsa, csa) = asrc.tile(spec, a, (row, rows), 0, nr);
-        for jp in panels.0..panels.1 {
-            let col = jp * nr;
-            let bp = b.data[col..].as_ptr();
+        for jp in jps.clone() {
+            let (bp, ldb, cols) = panel(jp);
+            let col = jp * spec.nr;
+            let (kern, ap, rsa, csa) = asrc.tile(spec, a, (row, rows), 0, cols);
             // SAFETY: `kern` reads A(i, p) for i < rows, p < k, inside A's view (or its packed
-            // copy); panel jp is whole, so `bp + p * ldb` holds nr readable floats for p < k;
+            // copy); `bp + p * ldb` holds nr readable floats for p < k (the caller's `panel`);
             // the tile lies inside C and this column panel belongs to the calling task alone.
             unsafe {
                 let cp = out.ptr.add(row * out.ldc + col);
@@ -127,53 +120,8 @@ fn chunk(
                     row0: row,
                     col0: col,
                 };
-                kern(
-                    k,
-                    ap,
-                    rsa,
-                    csa,
-                    bp,
-                    b.row_stride,
-                    cp,
-                    out.ldc,
-                    nr,
-                    beta,
-                    epi,
-                );
+                kern(k, ap, rsa, csa, bp, ldb, cp, out.ldc, cols, beta, epi);
             }
-        }
-    }
-}
-
-/// All row tiles of one column panel.
-#[allow(clippy::too_many_arguments)]
-fn tiles(
-    spec: &Spec,
-    a: &MatRef,
-    asrc: ASource,
-    bp: *const f32,
-    ldb: usize,
-    out: OutPtr,
-    col: usize,
-    cols: usize,
-    beta: f32,
-    epi: &Epilogue,
-) {
-    let (m, k) = (a.rows, a.cols);
-    for row in (0..m).step_by(spec.mr) {
-        let rows = spec.mr.min(m - row);
-        let (kern, ap, rsa, csa) = asrc.tile(spec, a, (row, rows), 0, cols);
-        // SAFETY: `kern` reads A(i, p) for i < rows, p < k, inside A's view (or its packed
-        // copy); `bp + p * ldb` holds nr readable floats for p < k (checked by the caller); the
-        // tile lies inside C and this column panel belongs to the calling task alone.
-        unsafe {
-            let cp = out.ptr.add(row * out.ldc + col);
-            let epi = TileEpi {
-                ops: epi,
-                row0: row,
-                col0: col,
-            };
-            kern(k, ap, rsa, csa, bp, ldb, cp, out.ldc, cols, beta, epi);
         }
     }
 }
