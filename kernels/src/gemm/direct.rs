@@ -4,9 +4,9 @@
 //! ragged last panel of B is copied. No K blocking: each tile runs the whole depth and applies the
 //! epilogue at once.
 
-use super::driver::{needs_packing, ASource, OutPtr};
+use super::driver::{needs_packing, ASource};
 use super::spec::{Spec, TileEpi};
-use super::{pack, Epilogue, MatRef};
+use super::{pack, Epilogue, MatPtr, MatRef};
 use crate::parallel;
 use crate::scratch::{PACK_A, PACK_B};
 
@@ -34,7 +34,7 @@ pub(crate) unsafe fn run(
     a: &MatRef,
     b: &MatRef,
     beta: f32,
-    out: OutPtr,
+    out: MatPtr,
     epi: &Epilogue,
     threads: usize,
 ) {
@@ -99,7 +99,7 @@ fn chunk(
     asrc: ASource,
     jps: std::ops::Range<usize>,
     panel: impl Fn(usize) -> (*const f32, usize, usize),
-    out: OutPtr,
+    out: MatPtr,
     beta: f32,
     epi: &Epilogue,
 ) {
@@ -114,13 +114,13 @@ fn chunk(
             // copy); `bp + p * ldb` holds nr readable floats for p < k (the caller's `panel`);
             // the tile lies inside C and this column panel belongs to the calling task alone.
             unsafe {
-                let cp = out.ptr.add(row * out.ldc + col);
+                let cp = out.ptr.add(row * out.row_stride + col);
                 let epi = TileEpi {
                     ops: epi,
                     row0: row,
                     col0: col,
                 };
-                kern(k, ap, rsa, csa, bp, ldb, cp, out.ldc, cols, beta, epi);
+                kern(k, ap, rsa, csa, bp, ldb, cp, out.row_stride, cols, beta, epi);
             }
         }
     }

@@ -6,7 +6,7 @@
 //! on each tile right after the store of the last K block.
 
 use super::spec::{Spec, TileEpi, TileKernel};
-use super::{pack, Epilogue, MatRef, PackedB};
+use super::{pack, Epilogue, MatPtr, MatRef, PackedB};
 use crate::parallel::{self, GEMM_BLOCKED_PAR_MIN_MACS, GEMM_PAR_MIN_MACS};
 use crate::scratch::{PACK_A, PACK_B};
 
@@ -18,27 +18,6 @@ pub(crate) enum BSource<'a> {
     /// Panels packed once ahead of time ([`super::pack_b`]).
     Packed(&'a PackedB),
 }
-
-/// C's base pointer and row stride, shared by the tasks, which write disjoint tiles.
-#[derive(Clone, Copy)]
-pub(crate) struct OutPtr {
-    pub ptr: *mut f32,
-    pub ldc: usize,
-}
-
-impl OutPtr {
-    /// The pointer (a method, so closures capture the whole Sync wrapper, not the raw field).
-    #[inline]
-    pub fn get(self) -> *mut f32 {
-        self.ptr
-    }
-}
-
-// SAFETY: an OutPtr is only dereferenced inside one GEMM call that holds the unique borrow of C,
-// and the tasks it is shared with write pairwise disjoint tiles of it.
-unsafe impl Send for OutPtr {}
-// SAFETY: as above; the pointer itself is never mutated.
-unsafe impl Sync for OutPtr {}
 
 /// One K block of one N block, as the tasks see it.
 struct Block<'e> {
@@ -76,7 +55,7 @@ pub(crate) unsafe fn run(
     a: &MatRef,
     b: BSource,
     beta: f32,
-    out: OutPtr,
+    out: MatPtr,
     epi: &Epilogue,
     threads: usize,
 ) {
@@ -140,7 +119,7 @@ fn pack_and_compute(
     bv: &MatRef,
     bb: &mut [f32],
     blk: &Block,
-    out: OutPtr,
+    out: MatPtr,
     m: usize,
     n: usize,
     threads: usize,
@@ -151,9 +130,11 @@ fn pack_and_compute(
     let groups = blk.panels.div_ceil(group);
     let (claimed, packed) = (AtomicUsize::new(0), AtomicUsize::new(0));
     let len = bb.len();
-    let base = OutPtr {
+    let base = MatPtr {
         ptr: bb.as_mut_ptr(),
-        ldc: 0,
+        rows: 1,
+        cols: len,
+        row_stride: len,
     };
     let grid = TaskGrid::new(spec, m, blk.panels, threads);
     parallel::for_each_index(grid.tasks(), true, |t| {
@@ -233,7 +214,7 @@ impl TaskGrid {
         a: &MatRef,
         bb: &[f32],
         blk: &Block,
-        out: OutPtr,
+        out: MatPtr,
         m: usize,
         n: usize,
     ) {
@@ -256,7 +237,7 @@ fn compute(
     a: &MatRef,
     bb: &[f32],
     blk: &Block,
-    out: OutPtr,
+    out: MatPtr,
     m: usize,
     n: usize,
     threads: usize,
@@ -331,7 +312,7 @@ fn macro_kernel(
     a: &MatRef,
     bb: &[f32],
     blk: &Block,
-    out: OutPtr,
+    out: MatPtr,
     n: usize,
     (i0, i1): (usize, usize),
     (jp0, jp1): (usize, usize),
@@ -350,13 +331,13 @@ fn macro_kernel(
                 // col..col + cols) lies inside C (row < m, col < n, C in bounds) and belongs to
                 // this task alone; `kern` matches this process's ISA.
                 unsafe {
-                    let cp = out.ptr.add(row * out.ldc + col);
+                    let cp = out.ptr.add(row * out.row_stride + col);
                     let epi = TileEpi {
                         ops: blk.epi,
                         row0: row,
                         col0: col,
                     };
-                    kern(kc, ap, rsa, csa, bp, nr, cp, out.ldc, cols, blk.beta, epi);
+                    kern(kc, ap, rsa, csa, bp, nr, cp, out.row_stride, cols, blk.beta, epi);
                 }
             }
         }

@@ -114,8 +114,9 @@ pub struct MatPtr {
     pub row_stride: usize,
 }
 
-// SAFETY: a MatPtr is only dereferenced by the GEMM, under its callers' promise that the call has
-// its `rows x cols` elements to itself; tasks sharing one write pairwise disjoint elements.
+// SAFETY: a MatPtr is only dereferenced by the GEMM (C, or a B block being packed), under its
+// callers' promise that the call has its `rows x cols` elements to itself; tasks sharing one
+// write pairwise disjoint elements.
 unsafe impl Send for MatPtr {}
 // SAFETY: as above; the fields are never mutated through a shared MatPtr.
 unsafe impl Sync for MatPtr {}
@@ -145,12 +146,10 @@ impl MatPtr {
         }
     }
 
-    /// The view as the tiled paths take it.
-    fn out(self) -> driver::OutPtr {
-        driver::OutPtr {
-            ptr: self.ptr,
-            ldc: self.row_stride,
-        }
+    /// The base pointer (a method, so closures capture the whole Sync view, not the raw field).
+    #[inline]
+    pub fn get(self) -> *mut f32 {
+        self.ptr
     }
 }
 
@@ -325,11 +324,11 @@ unsafe fn gemm_threads(
     } else if direct::applies(m, &b) {
         let threads = driver::threads_for(m, n, k, false).min(max_threads);
         // SAFETY: the contract, passed on.
-        unsafe { direct::run(spec, &a, &b, beta, c.out(), epilogue, threads) };
+        unsafe { direct::run(spec, &a, &b, beta, c, epilogue, threads) };
     } else {
         let threads = driver::threads_for(m, n, k, true).min(max_threads);
         // SAFETY: the contract, passed on.
-        unsafe { driver::run(spec, &a, BSource::View(b), beta, c.out(), epilogue, threads) };
+        unsafe { driver::run(spec, &a, BSource::View(b), beta, c, epilogue, threads) };
     }
 }
 
@@ -470,7 +469,7 @@ fn gemm_packed_with(
             &a,
             BSource::Packed(b),
             beta,
-            c.out(),
+            c,
             epilogue,
             threads,
         )
