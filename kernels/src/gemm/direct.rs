@@ -120,7 +120,19 @@ fn chunk(
                     row0: row,
                     col0: col,
                 };
-                kern(k, ap, rsa, csa, bp, ldb, cp, out.row_stride, cols, beta, epi);
+                kern(
+                    k,
+                    ap,
+                    rsa,
+                    csa,
+                    bp,
+                    ldb,
+                    cp,
+                    out.row_stride,
+                    cols,
+                    beta,
+                    epi,
+                );
             }
         }
     }

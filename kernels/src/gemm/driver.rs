@@ -337,7 +337,19 @@ fn macro_kernel(
                         row0: row,
                         col0: col,
                     };
-                    kern(kc, ap, rsa, csa, bp, nr, cp, out.row_stride, cols, blk.beta, epi);
+                    kern(
+                        kc,
+                        ap,
+                        rsa,
+                        csa,
+                        bp,
+                        nr,
+                        cp,
+                        out.row_stride,
+                        cols,
+                        blk.beta,
+                        epi,
+                    );
                 }
             }
         }

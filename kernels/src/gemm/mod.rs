@@ -463,17 +463,7 @@ fn gemm_packed_with(
     // Pre-packed B: one fork-join per K block, like the small-m paths.
     let threads = driver::threads_for(m, n, k, false).min(max_threads);
     // SAFETY: as above.
-    unsafe {
-        driver::run(
-            spec,
-            &a,
-            BSource::Packed(b),
-            beta,
-            c,
-            epilogue,
-            threads,
-        )
-    };
+    unsafe { driver::run(spec, &a, BSource::Packed(b), beta, c, epilogue, threads) };
 }
 
 /// The reference GEMM every optimised path is tested against: matrixmultiply's packed kernel,
