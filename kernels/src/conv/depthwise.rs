@@ -519,56 +519,19 @@ pub fn forward(
     forward_isa(isa::current(), shape, x, w, out, epi);
 }
 
-/// A 1x1 input and output plane (the last stages of a small-image network: MobileNetV2 on 28x28
-/// reaches them by block 14): the only tap that lands on the input pixel is `(ph, pw)`, so each
-/// output is one product (the plane-padding path spent ~40 ns a channel on setup for it).
-fn single_pixel(
-    shape: &Conv2dShape,
-    g: &Geom,
-    x: &[f32],
-    w: Weights,
-    out: &mut [f32],
-    epi: &[ConvEpilogueOp],
-) {
-    let (cin, cout) = (shape.in_channels, shape.out_channels);
-    let mult = cout / cin;
-    let khw = g.kh * g.kw;
-    // The tap over the pixel, when the padding leaves one there.
-    let tap = (g.ph < g.kh * g.dh && g.ph % g.dh == 0 && g.pw < g.kw * g.dw && g.pw % g.dw == 0)
-        .then(|| (g.ph / g.dh) * g.kw + g.pw / g.dw);
-    w.with_f32(|wf| {
-        for (i, o) in out.iter_mut().enumerate() {
-            let oc = i % cout;
-            *o = tap.map_or(0.0, |t| x[(i / cout) * cin + oc / mult] * wf[oc * khw + t]);
-        }
-    });
-    // The epilogue over the whole output at once (per element, the activation's dispatch would
-    // cost more than the products).
-    for op in epi {
-        match *op {
-            ConvEpilogueOp::Bias(b) => out
-                .iter_mut()
-                .enumerate()
-                .for_each(|(i, v)| *v += b[i % cout]),
-            ConvEpilogueOp::Add(r) => out.iter_mut().zip(r).for_each(|(v, r)| *v += r),
-            ConvEpilogueOp::Act(a) => crate::activation::apply_inplace(a, out),
-        }
-    }
-}
-
 /// Multiply-adds per parallel task of the forward: many tasks on large planes (rayon balances
 /// them), few on small ones (each task zeroes its padded plane once).
 const TASK_MACS: usize = 1 << 16;
 
 /// Output planes up to this many pixels take [`small_plane`].
 const SMALL_OUT: usize = 16;
-/// Most kernel taps [`small_plane`] takes (5x5).
-const MAX_SMALL_TAPS: usize = 25;
+/// Most (tap, input pixel) pairs [`small_plane`] lists: 16 pixels of a 5x5 kernel.
+const MAX_PAIRS: usize = SMALL_OUT * 25;
 
-/// Small output planes (4x4 and below: MobileNetV2's late stages on 28x28 images): the taps that
-/// land inside the image are listed once per output pixel, then each channel is a few products
-/// per pixel. Padding a plane and running the row kernels cost ~60 ns a channel, several times
-/// the products themselves at 2x2.
+/// Small output planes (4x4 down to one pixel: MobileNetV2's late stages on 28x28 images): the
+/// taps that land inside the image are listed once per output pixel, then each channel is a few
+/// products per pixel (one per pixel on a 1x1 plane, whatever the kernel). Padding a plane and
+/// running the row kernels cost ~60 ns a channel, several times the products themselves at 2x2.
 fn small_plane(
     shape: &Conv2dShape,
     g: &Geom,
@@ -581,7 +544,7 @@ fn small_plane(
     let mult = cout / cin;
     let (plane_in, plane_out, khw) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
     // Per output pixel p, its (tap, input offset) pairs are pairs[start[p]..start[p + 1]].
-    let mut pairs = [(0usize, 0usize); SMALL_OUT * MAX_SMALL_TAPS];
+    let mut pairs = [(0usize, 0usize); MAX_PAIRS];
     let mut start = [0usize; SMALL_OUT + 1];
     let mut len = 0;
     for oy in 0..g.oh {
@@ -640,10 +603,8 @@ pub fn forward_isa(
     let mult = shape.out_channels / cin;
     let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
     let khw = g.kh * g.kw;
-    if plane_in == 1 && plane_out == 1 {
-        return single_pixel(shape, &g, x, w, out, epi);
-    }
-    if plane_out <= SMALL_OUT && khw <= MAX_SMALL_TAPS {
+    // A pixel's taps inside the image number at most min(taps, input pixels).
+    if plane_out <= SMALL_OUT && plane_out * khw.min(plane_in) <= MAX_PAIRS {
         return small_plane(shape, &g, x, w, out, epi);
     }
     let wp = padded_width(&g);

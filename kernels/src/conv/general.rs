@@ -385,7 +385,8 @@ fn forward_pixel_tiles(
             d.cout,
             plane_out,
             per_image,
-            |n, p0, len, dst| {
+            |n, p0, dst| {
+                let len = dst.cols;
                 with_scratch(k * tile.min(len) + d.band_len(tile), |cols| {
                     // Equal tiles: a range just over one tile would end in a sliver.
                     let even = len.div_ceil(len.div_ceil(tile));

@@ -330,8 +330,8 @@ pub(crate) fn ranges_per_image(shape: &Conv2dShape, plane: usize, min_len: usize
 /// Compute outputs by pixel ranges in parallel, each task writing its range in place.
 ///
 /// `out` holds `batch` images of `rows x plane`. Each image's pixels are cut into `per_image`
-/// ranges; `f(n, p0, len, dst)` writes image `n`'s outputs for pixels `p0..p0 + len` through
-/// `dst`, the `rows x len` view of them (row stride `plane`). A range's outputs are columns of the
+/// ranges; `f(n, p0, dst)` writes image `n`'s outputs for pixels `p0..p0 + dst.cols` through
+/// `dst`, the `rows x dst.cols` view of them (row stride `plane`). A range's outputs are columns of the
 /// image, not a contiguous slice, so the view is raw: tasks write disjoint columns of the same
 /// rows. (Staging each range in a block and copying it into place cost a third of a 16->96
 /// pointwise conv at 112x112: three passes over a 4.8 MB output instead of one.)
@@ -341,7 +341,7 @@ pub(crate) fn ranges_in_place(
     rows: usize,
     plane: usize,
     per_image: usize,
-    f: impl Fn(usize, usize, usize, MatPtr) + Sync,
+    f: impl Fn(usize, usize, MatPtr) + Sync,
 ) {
     assert!(
         out.len() >= batch * rows * plane,
@@ -358,7 +358,7 @@ pub(crate) fn ranges_in_place(
     parallel::for_each_index(batch * per_image, true, |i| {
         let (n, p0) = (i / per_image, (i % per_image) * span);
         let dst = base.block(n * rows, p0, rows, span.min(plane - p0));
-        f(n, p0, dst.cols, dst)
+        f(n, p0, dst)
     });
 }
 

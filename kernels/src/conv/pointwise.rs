@@ -98,7 +98,8 @@ pub fn forward(
             shape.out_channels,
             plane,
             per_image,
-            |n, p0, len, dst| {
+            |n, p0, dst| {
+                let len = dst.cols;
                 for gi in 0..groups {
                     run(n, gi, p0, len, dst.block(gi * cout_g, 0, cout_g, len));
                 }
@@ -164,7 +165,8 @@ pub fn backward_input(shape: &Conv2dShape, dy: &[f32], w: &[f32], dx: &mut [f32]
             shape.in_channels,
             plane,
             per_image,
-            |n, p0, len, dst| {
+            |n, p0, dst| {
+                let len = dst.cols;
                 for gi in 0..groups {
                     run(n, gi, p0, len, dst.block(gi * cin_g, 0, cin_g, len));
                 }
