@@ -50,6 +50,12 @@ pub(crate) unsafe fn run(
         let per = panels.div_ceil(tasks);
         parallel::for_each_index(tasks, threads > 1, |t| {
             let (p0, p1) = (t * per, panels.min((t + 1) * per));
+            if p0 >= p1 {
+                // More tasks than runs of `per` panels (7 panels in 6 tasks: 4 runs of 2). The
+                // ragged-panel test below would otherwise hand the last panel to every such task,
+                // whose epilogues then raced on it.
+                return;
+            }
             // Whole panels (every read b[p * row_stride + col .. + nr] of one ends at or before
             // column n - 1 of row p < k: inside B's view), in chunks of CHUNK_PANELS.
             let whole = if n % nr == 0 { p1 } else { p1.min(panels - 1) };
