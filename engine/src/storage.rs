@@ -35,7 +35,8 @@ impl MappedF32 {
     /// (the caller then copies instead).
     pub fn new(map: Arc<memmap2::Mmap>, byte_offset: usize, len: usize) -> Option<Self> {
         let end = byte_offset.checked_add(len.checked_mul(4)?)?;
-        let aligned = (map.as_ptr() as usize + byte_offset) % std::mem::align_of::<f32>() == 0;
+        let aligned =
+            (map.as_ptr() as usize + byte_offset).is_multiple_of(std::mem::align_of::<f32>());
         (end <= map.len() && aligned).then_some(MappedF32 {
             map,
             byte_offset,

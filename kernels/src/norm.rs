@@ -759,12 +759,12 @@ pub struct RowStats {
 
 fn check_layer_norm(x: &[f32], d: usize, gamma: Option<&[f32]>, beta: Option<&[f32]>) {
     assert!(
-        d > 0 && x.len() % d == 0,
+        d > 0 && x.len().is_multiple_of(d),
         "layer_norm: rows of {d} do not tile {}",
         x.len()
     );
     assert!(
-        gamma.map_or(true, |g| g.len() == d) && beta.map_or(true, |b| b.len() == d),
+        gamma.is_none_or(|g| g.len() == d) && beta.is_none_or(|b| b.len() == d),
         "layer_norm: gamma/beta need {d} elements"
     );
 }

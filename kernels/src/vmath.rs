@@ -102,7 +102,7 @@ fn poly<S: Simd, const N: usize>(s: S, x: S::V, c: &[f32; N]) -> S::V {
     for (i, &k) in c.iter().enumerate() {
         let d = N - 1 - i;
         let top = i < 2;
-        if d % 2 == 0 {
+        if d.is_multiple_of(2) {
             even = if top {
                 s.splat(k)
             } else {

@@ -105,7 +105,9 @@ impl Progress for Reporter {
         if let Some(b) = &self.bar {
             b.set_position(r.batch as u64);
             b.set_message(msg);
-        } else if self.plain && (r.batch % (r.batches / 10).max(1) == 0 || r.batch == r.batches) {
+        } else if self.plain
+            && (r.batch.is_multiple_of((r.batches / 10).max(1)) || r.batch == r.batches)
+        {
             eprintln!(
                 "epoch {}/{} batch {}/{}: {msg}",
                 r.epoch, self.epochs, r.batch, r.batches

@@ -58,7 +58,7 @@ fn assert_same(a: &TensorStore, b: &TensorStore) {
 /// A file of the given header JSON (padded as the writers do) followed by `data`.
 fn craft(header: &str, data: &[u8]) -> Vec<u8> {
     let mut h = header.as_bytes().to_vec();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut f = (h.len() as u64).to_le_bytes().to_vec();

@@ -105,7 +105,7 @@ impl DecayMask {
     }
 
     pub(crate) fn decays(&self, i: usize) -> bool {
-        self.0.as_ref().map_or(true, |m| m[i])
+        self.0.as_ref().is_none_or(|m| m[i])
     }
 }
 

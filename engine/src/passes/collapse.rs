@@ -215,7 +215,7 @@ impl Pricing<'_> {
 
     /// Whether layers `i..j` merged are dense (so pruning can cut channels on either side).
     fn dense(&self, i: usize, j: usize) -> bool {
-        self.spec(i, j).map_or(true, |s| s.groups == 1)
+        self.spec(i, j).is_none_or(|s| s.groups == 1)
     }
 
     /// Channels at boundary `b` between a run of density `left` and one of density `right`.

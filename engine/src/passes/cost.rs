@@ -128,7 +128,10 @@ impl CostEntry {
     fn problem(&self) -> Option<String> {
         let s = self.spec();
         let dims = [self.groups, self.in_ch, self.out_ch, self.batch];
-        if dims.contains(&0) || self.in_ch % self.groups != 0 || self.out_ch % self.groups != 0 {
+        if dims.contains(&0)
+            || !self.in_ch.is_multiple_of(self.groups)
+            || !self.out_ch.is_multiple_of(self.groups)
+        {
             return Some(
                 "channels, groups and batch must be positive, groups dividing both".into(),
             );

@@ -77,8 +77,7 @@ pub fn prune_dead_channels(model: &Model) -> Result<Model> {
         let b = store.try_get(&format!("{name}.bias")).map(|t| t.to_vec());
         let row = w.len() / rows;
         let dead = |o: usize| {
-            w[o * row..][..row].iter().all(|v| *v == 0.0)
-                && b.as_ref().map_or(true, |b| b[o] == 0.0)
+            w[o * row..][..row].iter().all(|v| *v == 0.0) && b.as_ref().is_none_or(|b| b[o] == 0.0)
         };
         let keep: Vec<usize> = (0..rows).filter(|&o| !dead(o)).collect();
         let keep = if keep.is_empty() { vec![0] } else { keep };

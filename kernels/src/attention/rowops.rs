@@ -23,7 +23,7 @@ pub fn scale_add_max(
 ) -> f32 {
     let n = row.len();
     assert!(
-        a.map_or(true, |a| a.len() == n) && b.map_or(true, |b| b.len() == n),
+        a.is_none_or(|a| a.len() == n) && b.is_none_or(|b| b.len() == n),
         "scale_add_max: term lengths differ from the row"
     );
     simd::dispatch_on(

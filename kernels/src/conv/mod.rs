@@ -183,7 +183,7 @@ impl Conv2dShape {
         let g = self.params.groups;
         assert!(g > 0, "conv2d: zero groups");
         assert!(
-            self.in_channels % g == 0 && self.out_channels % g == 0,
+            self.in_channels.is_multiple_of(g) && self.out_channels.is_multiple_of(g),
             "conv2d: channels not divisible by groups"
         );
         assert_eq!(input, self.input_len(), "conv2d: input length");
@@ -305,7 +305,7 @@ pub(crate) fn epilogue_row(epilogue: &[ConvEpilogueOp], row: &mut [f32], c: usiz
 /// imbalance is small.
 pub(crate) fn units_balance(units: usize) -> bool {
     let t = parallel::num_threads();
-    units >= t && (units % t == 0 || units >= 4 * t)
+    units >= t && (units.is_multiple_of(t) || units >= 4 * t)
 }
 
 /// Pixel ranges per image when images alone do not keep the pool busy: enough pieces for the
@@ -320,7 +320,7 @@ pub(crate) fn ranges_per_image(shape: &Conv2dShape, plane: usize, min_len: usize
     // Whole rounds of ranges for the pool: three equal ranges on two threads take as long as
     // four (a 30x30 output at batch 1 ran 1.8x slower than a 28x28 one).
     let total = n * shape.batch;
-    if total > threads && total % threads != 0 && shape.batch == 1 {
+    if total > threads && !total.is_multiple_of(threads) && shape.batch == 1 {
         n.next_multiple_of(threads)
     } else {
         n

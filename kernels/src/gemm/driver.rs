@@ -157,7 +157,7 @@ fn pack_and_compute(
         let mut spins = 0u32;
         while packed.load(Ordering::Acquire) < groups {
             spins += 1;
-            if spins % 64 == 0 {
+            if spins.is_multiple_of(64) {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();

@@ -219,7 +219,7 @@ mod tests {
     fn ds() -> Dataset {
         // 10 images 1x3x3; image i has all pixels = 10*i, label i % 2.
         let pixels = (0..10)
-            .flat_map(|i| std::iter::repeat(10 * i as u8).take(9))
+            .flat_map(|i| std::iter::repeat_n(10 * i as u8, 9))
             .collect();
         Dataset::new(
             pixels,
