@@ -126,8 +126,9 @@ fn main() {
         rows.push(row);
     }
     println!(
-        "{{\"isa\":\"{}\",\"threads\":{},\"results\":[{}]}}",
+        "{{\"isa\":\"{} (gemm {})\",\"threads\":{},\"results\":[{}]}}",
         tlc::kernels::isa::current().name(),
+        tlc::kernels::gemm::kernel_name(),
         rayon::current_num_threads(),
         rows.join(",")
     );

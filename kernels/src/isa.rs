@@ -1,7 +1,8 @@
 //! Instruction-set selection, decided once per process.
 //!
 //! `TLC_ISA=scalar` forces the scalar reference paths (useful to bisect a SIMD bug or to measure the
-//! SIMD gain); any other value, or none, picks the best the CPU supports.
+//! SIMD gain); any other value, or none, picks the best the CPU supports. Within AVX2, the GEMM
+//! picks AVX-512 tiles where the CPU has them; `TLC_GEMM=avx2` keeps it on the AVX2 ones.
 
 use std::sync::OnceLock;
 

@@ -2,7 +2,8 @@
 //!
 //! Every kernel here is a pure function over slices with explicit dimensions; there is no tensor
 //! type. SIMD paths (x86_64 AVX2+FMA, aarch64 NEON) are chosen once at runtime by [`isa`], and each
-//! has a scalar reference beside it that the tests compare against. Threading decisions live in
+//! has a scalar reference beside it that the tests compare against; on CPUs with AVX-512 the GEMM
+//! runs AVX-512 register tiles ([`gemm::kernel_name`]). Threading decisions live in
 //! [`parallel`] only.
 
 pub mod activation;

@@ -206,9 +206,10 @@ pub fn machine() -> String {
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     format!(
-        "{cpu}, {} {}, {cores} cores",
+        "{cpu}, {} {} (gemm {}), {cores} cores",
         std::env::consts::ARCH,
-        tlc_kernels::isa::current().name()
+        tlc_kernels::isa::current().name(),
+        tlc_kernels::gemm::kernel_name()
     )
 }
 
@@ -241,7 +242,7 @@ impl Progress {
                 b.set_position(i as u64 + 1);
                 b.set_message(msg);
             }
-            None if (i + 1) % (self.total / 10).max(1) == 0 || i + 1 == self.total => {
+            None if (i + 1).is_multiple_of((self.total / 10).max(1)) || i + 1 == self.total => {
                 eprintln!("calibrate: {}/{} {msg}", i + 1, self.total);
             }
             None => {}

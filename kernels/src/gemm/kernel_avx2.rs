@@ -51,11 +51,11 @@ pub(crate) static NARROW_COLS: &[TileKernel] = &[
     tile::<6, false, 1>,
 ];
 
-/// An `R x 8V` tile (`ROWS`: A has unit column stride, else unit row stride); see
-/// [`TileKernel`] for the contract (with `8V` for `NR`).
+/// [`super::tile_x86::tile`] over `V` ymm registers per row, compiled for AVX2+FMA.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA, and the pointers must satisfy the [`TileKernel`] contract.
+/// The CPU must support AVX2 and FMA, and the pointers must satisfy the [`TileKernel`] contract
+/// (with `8V` for `NR`).
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<const R: usize, const ROWS: bool, const V: usize>(
@@ -71,160 +71,11 @@ unsafe fn tile<const R: usize, const ROWS: bool, const V: usize>(
     beta: f32,
     epi: TileEpi,
 ) {
-    let mut acc = [[_mm256_setzero_ps(); V]; MR];
-    // SAFETY (whole block): every pointer offset stays within the contract's ranges: A step p
-    // reads A(i, p) for i < R, B step p reads b[p * ldb .. + 8V].
+    // SAFETY: this function's contract is the generic tile's, and its target features are
+    // `__m256`'s.
     unsafe {
-        // One k step into the accumulators `$acc`.
-        macro_rules! step {
-            ($acc:ident, $p:expr) => {{
-                let bp = b.add($p * ldb);
-                let mut bv = [_mm256_setzero_ps(); V];
-                for (v, x) in bv.iter_mut().enumerate() {
-                    *x = _mm256_loadu_ps(bp.add(8 * v));
-                }
-                let ap = if ROWS { a.add($p) } else { a.add($p * csa) };
-                for i in 0..R {
-                    let ai = _mm256_broadcast_ss(&*ap.add(if ROWS { i * rsa } else { i }));
-                    for v in 0..V {
-                        $acc[i][v] = _mm256_fmadd_ps(ai, bv[v], $acc[i][v]);
-                    }
-                }
-            }};
-        }
-        let mut p = 0;
-        if R * V <= 4 {
-            // Too few accumulators to cover the FMA latency: interleave a second set.
-            let mut acc2 = [[_mm256_setzero_ps(); V]; MR];
-            while p + 2 <= k {
-                step!(acc, p);
-                step!(acc2, p + 1);
-                p += 2;
-            }
-            for i in 0..R {
-                for v in 0..V {
-                    acc[i][v] = _mm256_add_ps(acc[i][v], acc2[i][v]);
-                }
-            }
-        }
-        while p < k {
-            step!(acc, p);
-            p += 1;
-        }
-
-        if cols == 8 * V {
-            let vbeta = _mm256_set1_ps(beta);
-            for (i, row) in acc.iter_mut().enumerate().take(R) {
-                let cp = c.add(i * ldc);
-                for (v, x) in row.iter_mut().enumerate() {
-                    if beta == 1.0 {
-                        *x = _mm256_add_ps(_mm256_loadu_ps(cp.add(8 * v)), *x);
-                    } else if beta != 0.0 {
-                        *x = _mm256_fmadd_ps(vbeta, _mm256_loadu_ps(cp.add(8 * v)), *x);
-                    }
-                }
-            }
-            let fused = epi.ops.iter().all(in_registers);
-            for (i, row) in acc.iter().enumerate().take(R) {
-                let cp = c.add(i * ldc);
-                let mut out = *row;
-                if fused {
-                    out = in_register_epilogue(epi, i, out);
-                }
-                for (v, x) in out.iter().enumerate() {
-                    _mm256_storeu_ps(cp.add(8 * v), *x);
-                }
-            }
-            if !fused {
-                // The tile's R rows of `cols` floats are ours and the operands cover them.
-                super::epilogue::apply_tile(epi.ops, c, ldc, epi.row0, R, epi.col0, cols);
-            }
-        } else {
-            let mut buf = [0.0f32; NR];
-            for (i, row) in acc.iter().enumerate().take(R) {
-                for (v, x) in row.iter().enumerate() {
-                    _mm256_storeu_ps(buf.as_mut_ptr().add(8 * v), *x);
-                }
-                let out = std::slice::from_raw_parts_mut(c.add(i * ldc), cols);
-                super::kernel_scalar::store_row(out, &buf[..cols], beta);
-            }
-            if !epi.ops.is_empty() {
-                // The tile's R rows of `cols` floats are ours and the operands cover them.
-                super::epilogue::apply_tile(epi.ops, c, ldc, epi.row0, R, epi.col0, cols);
-            }
-        }
+        super::tile_x86::tile::<__m256, R, ROWS, V>(k, a, rsa, csa, b, ldb, c, ldc, cols, beta, epi)
     }
-}
-
-/// Whether [`in_register_epilogue`] does `op` (the cheap steps every conv/linear epilogue is made
-/// of: bias, a dense residual, and the clamping activations).
-fn in_registers(op: &EpilogueOp) -> bool {
-    use crate::activation::Activation as A;
-    match op {
-        EpilogueOp::BiasPerCol(_) | EpilogueOp::BiasPerRow(_) => true,
-        EpilogueOp::Add(r) => r.col_stride == 1,
-        EpilogueOp::Act(a) => matches!(a, A::Identity | A::Relu | A::Relu6 | A::Clamp { .. }),
-    }
-}
-
-/// `epi` applied to row `i` of a full `8V`-wide tile, held in `V` vectors, before its one store.
-/// Clamps take the data second, as [`crate::activation`]'s vector lanes do, so NaN propagates
-/// alike.
-///
-/// # Safety
-/// AVX2 and FMA; every op passes [`in_registers`] and its operand covers row `row0 + i` and
-/// columns `col0 .. + 8V` (the GEMM entry checks operands against C).
-#[inline(always)]
-unsafe fn in_register_epilogue<const V: usize>(
-    epi: TileEpi,
-    i: usize,
-    mut vs: [__m256; V],
-) -> [__m256; V] {
-    use crate::activation::Activation as A;
-    let (row, col0) = (epi.row0 + i, epi.col0);
-    // SAFETY (whole block): the loads read operand row `row`, columns `col0 .. + 8V`, which the
-    // operands cover (contract); the slicing checks it again.
-    unsafe {
-        let clamp = |v: __m256, lo: f32, hi: Option<f32>| {
-            let v = _mm256_max_ps(_mm256_set1_ps(lo), v);
-            match hi {
-                Some(hi) => _mm256_min_ps(_mm256_set1_ps(hi), v),
-                None => v,
-            }
-        };
-        for op in epi.ops {
-            match *op {
-                EpilogueOp::BiasPerCol(b) => {
-                    let bp = b[col0..col0 + 8 * V].as_ptr();
-                    for (v, x) in vs.iter_mut().enumerate() {
-                        *x = _mm256_add_ps(*x, _mm256_loadu_ps(bp.add(8 * v)));
-                    }
-                }
-                EpilogueOp::BiasPerRow(b) => {
-                    let bi = _mm256_set1_ps(b[row]);
-                    for x in vs.iter_mut() {
-                        *x = _mm256_add_ps(*x, bi);
-                    }
-                }
-                EpilogueOp::Add(m) => {
-                    let s = row * m.row_stride + col0;
-                    let rp = m.data[s..s + 8 * V].as_ptr();
-                    for (v, x) in vs.iter_mut().enumerate() {
-                        *x = _mm256_add_ps(*x, _mm256_loadu_ps(rp.add(8 * v)));
-                    }
-                }
-                EpilogueOp::Act(A::Relu) => vs.iter_mut().for_each(|x| *x = clamp(*x, 0.0, None)),
-                EpilogueOp::Act(A::Relu6) => {
-                    vs.iter_mut().for_each(|x| *x = clamp(*x, 0.0, Some(6.0)))
-                }
-                EpilogueOp::Act(A::Clamp { lo, hi }) => {
-                    vs.iter_mut().for_each(|x| *x = clamp(*x, lo, Some(hi)))
-                }
-                _ => {}
-            }
-        }
-    }
-    vs
 }
 
 /// The m = 1 path ([`super::gemv`]) compiled for this kernel family.

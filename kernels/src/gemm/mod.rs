@@ -11,6 +11,8 @@ mod gemv;
 mod half_weights;
 #[cfg(target_arch = "x86_64")]
 mod kernel_avx2;
+#[cfg(target_arch = "x86_64")]
+mod kernel_avx512;
 #[cfg(target_arch = "aarch64")]
 mod kernel_neon;
 mod kernel_scalar;
@@ -18,6 +20,8 @@ mod pack;
 mod spec;
 #[cfg(test)]
 mod tests;
+#[cfg(target_arch = "x86_64")]
+mod tile_x86;
 
 use crate::activation::{self, Activation};
 use crate::isa::Isa;
@@ -26,6 +30,12 @@ use driver::BSource;
 use spec::Spec;
 
 pub use half_weights::{gemm_half_a_serial, gemm_half_a_serial_raw, linear_half};
+
+/// The GEMM micro-kernel family this process runs, as "MRxNR-family" (e.g. `8x16-avx512`): the
+/// element-wise kernels' [`crate::isa::current`] can be AVX2 while the GEMM runs AVX-512 tiles.
+pub fn kernel_name() -> String {
+    format!("{:?}", spec::current())
+}
 
 /// A read-only matrix view: element (i, j) is `data[i * row_stride + j * col_stride]`.
 #[derive(Clone, Copy, Debug)]

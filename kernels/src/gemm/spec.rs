@@ -7,6 +7,7 @@
 
 use super::EpilogueOp;
 use crate::isa::Isa;
+use std::sync::OnceLock;
 
 /// `tile(k, a, rsa, csa, b, ldb, c, ldc, cols, beta, epi)`: C[0..r, 0..cols] = beta * C +
 /// A * B_rows, then `epi`'s steps, with A(i, p) at `a + i * rsa + p * csa`, where `r` is fixed by
@@ -43,7 +44,10 @@ pub(crate) struct TileEpi<'a> {
 
 /// A micro-kernel family with its register tile and cache blocking.
 pub(crate) struct Spec {
+    /// The ISA family the rest of the kernels run with when this one is chosen.
     pub isa: Isa,
+    /// The family's name in reports ("avx512" beside the AVX2 element-wise kernels).
+    pub name: &'static str,
     /// Rows of the register tile (A micro-panel height).
     pub mr: usize,
     /// Columns of the register tile (B micro-panel width).
@@ -70,7 +74,7 @@ pub(crate) struct Spec {
 
 impl std::fmt::Debug for Spec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}x{}-{}", self.mr, self.nr, self.isa.name())
+        write!(f, "{}x{}-{}", self.mr, self.nr, self.name)
     }
 }
 
@@ -114,6 +118,7 @@ impl Spec {
 
 static SCALAR: Spec = Spec {
     isa: Isa::Scalar,
+    name: "scalar",
     mr: super::kernel_scalar::MR,
     nr: super::kernel_scalar::NR,
     kc: 256,
@@ -130,6 +135,7 @@ static SCALAR: Spec = Spec {
 #[cfg(target_arch = "x86_64")]
 static AVX2: Spec = Spec {
     isa: Isa::Avx2Fma,
+    name: "avx2",
     mr: super::kernel_avx2::MR,
     nr: super::kernel_avx2::NR,
     kc: 256,
@@ -143,9 +149,28 @@ static AVX2: Spec = Spec {
     gemv: super::kernel_avx2::gemv,
 };
 
+/// The AVX-512 tiles; everything else (packing, the m = 1 path) as the AVX2 family.
+#[cfg(target_arch = "x86_64")]
+static AVX512: Spec = Spec {
+    isa: Isa::Avx2Fma,
+    name: "avx512",
+    mr: super::kernel_avx512::MR,
+    nr: super::kernel_avx512::NR,
+    kc: 256,
+    mc: 144,
+    nc: 4080 - 4080 % super::kernel_avx512::NR,
+    rows: super::kernel_avx512::ROWS,
+    cols: super::kernel_avx512::COLS,
+    narrow_nr: super::kernel_avx512::NARROW_NR,
+    narrow_rows: super::kernel_avx512::NARROW_ROWS,
+    narrow_cols: super::kernel_avx512::NARROW_COLS,
+    gemv: super::kernel_avx2::gemv,
+};
+
 #[cfg(target_arch = "aarch64")]
 static NEON: Spec = Spec {
     isa: Isa::Neon,
+    name: "neon",
     mr: super::kernel_neon::MR,
     nr: super::kernel_neon::NR,
     kc: 256,
@@ -170,7 +195,34 @@ pub(crate) fn for_isa(isa: Isa) -> &'static Spec {
     }
 }
 
-/// The kernel family this process dispatches to.
+/// Every kernel family this CPU can run, the scalar reference first.
+#[cfg(test)]
+pub(crate) fn supported() -> Vec<&'static Spec> {
+    let mut v = vec![&SCALAR];
+    let best = for_isa(crate::isa::detect());
+    if best.isa != Isa::Scalar {
+        v.push(best);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if best.isa == Isa::Avx2Fma && super::kernel_avx512::supported() {
+        v.push(&AVX512);
+    }
+    v
+}
+
+/// The kernel family this process dispatches to: the widest this CPU runs, within the ISA
+/// `TLC_ISA` allows; `TLC_GEMM=avx2` keeps an AVX-512 CPU on the AVX2 tiles (for comparisons).
 pub(crate) fn current() -> &'static Spec {
-    for_isa(crate::isa::current())
+    static CURRENT: OnceLock<&'static Spec> = OnceLock::new();
+    CURRENT.get_or_init(|| {
+        let isa = crate::isa::current();
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx2Fma
+            && std::env::var("TLC_GEMM").as_deref() != Ok("avx2")
+            && super::kernel_avx512::supported()
+        {
+            return &AVX512;
+        }
+        for_isa(isa)
+    })
 }

@@ -1,0 +1,68 @@
+//! x86_64 AVX-512 micro-kernel: an 8x16 register tile (8 zmm accumulators). On Zen 4 a zmm
+//! multiply-add is one instruction for two 256-bit halves and the A broadcast folds into it as
+//! an embedded-broadcast operand, so a k step is 9 instructions where the AVX2 6x16 tile needs
+//! 20; the row count divides the 8-multiple channel counts of every network here. Ragged last
+//! panels of at most 8 columns use ymm tiles (EVEX-encoded here too).
+
+use super::spec::{TileEpi, TileKernel};
+use core::arch::x86_64::*;
+
+pub(crate) const MR: usize = 8;
+pub(crate) const NR: usize = 16;
+/// Columns of the narrow tile (one ymm), for ragged last panels of at most 8 columns.
+pub(crate) const NARROW_NR: usize = 8;
+
+/// `tile::<L, R, ROWS>` for R = 1..=MR, as a table indexed by R - 1.
+macro_rules! table {
+    ($l:ty, $rows:expr) => {
+        table!($l, $rows; 1 2 3 4 5 6 7 8)
+    };
+    ($l:ty, $rows:expr; $($r:literal)*) => {
+        &[$(tile::<$l, $r, $rows>),*]
+    };
+}
+
+/// Kernels for A with unit column stride (A(i, p) at `a + i * rsa + p`).
+pub(crate) static ROWS: &[TileKernel] = table!(__m512, true);
+/// Kernels for A with unit row stride (A(i, p) at `a + p * csa + i`: packed panels, A^T views).
+pub(crate) static COLS: &[TileKernel] = table!(__m512, false);
+/// [`ROWS`], 8 columns wide.
+pub(crate) static NARROW_ROWS: &[TileKernel] = table!(__m256, true);
+/// [`COLS`], 8 columns wide.
+pub(crate) static NARROW_COLS: &[TileKernel] = table!(__m256, false);
+
+/// Whether this CPU runs the family (AVX-512F and VL for the ymm tiles; AVX2+FMA for the rest
+/// of the GEMM, which it shares with the AVX2 family).
+pub(crate) fn supported() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+}
+
+/// [`super::tile_x86::tile`] over one register of `L` per row, compiled for AVX-512.
+///
+/// # Safety
+/// [`supported`] holds, and the pointers satisfy the [`TileKernel`] contract (with `L`'s lane
+/// count for `NR`).
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<L: super::tile_x86::Lanes, const R: usize, const ROWS: bool>(
+    k: usize,
+    a: *const f32,
+    rsa: usize,
+    csa: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    beta: f32,
+    epi: TileEpi,
+) {
+    // SAFETY: this function's contract is the generic tile's, and its target features cover
+    // both register types.
+    unsafe {
+        super::tile_x86::tile::<L, R, ROWS, 1>(k, a, rsa, csa, b, ldb, c, ldc, cols, beta, epi)
+    }
+}

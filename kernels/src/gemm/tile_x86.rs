@@ -1,0 +1,304 @@
+//! The x86_64 register tile, written once over a vector type: `__m256` (8 lanes) for the AVX2
+//! family and its narrow tiles, `__m512` (16 lanes) for the AVX-512 family. Each family wraps
+//! [`tile`] in a function compiled with its own target features, so the same body becomes VEX
+//! code in one and EVEX code (broadcast A values folded into the multiply-adds) in the other.
+
+use super::spec::TileEpi;
+use super::EpilogueOp;
+use core::arch::x86_64::*;
+
+/// One SIMD register of f32 lanes. Every method is a single intrinsic, inlined into a caller
+/// compiled with the features it needs.
+pub(crate) trait Lanes: Copy {
+    /// f32 lanes per register.
+    const N: usize;
+    /// # Safety
+    /// The caller's target features include the type's.
+    unsafe fn zero() -> Self;
+    /// # Safety
+    /// As [`Lanes::zero`].
+    unsafe fn splat(x: f32) -> Self;
+    /// # Safety
+    /// As [`Lanes::zero`]; `p` is readable.
+    unsafe fn broadcast(p: *const f32) -> Self;
+    /// # Safety
+    /// As [`Lanes::zero`]; `N` floats at `p` are readable.
+    unsafe fn load(p: *const f32) -> Self;
+    /// # Safety
+    /// As [`Lanes::zero`]; `N` floats at `p` are writable.
+    unsafe fn store(p: *mut f32, v: Self);
+    /// `a * b + c`.
+    /// # Safety
+    /// As [`Lanes::zero`].
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
+    /// # Safety
+    /// As [`Lanes::zero`].
+    unsafe fn add(a: Self, b: Self) -> Self;
+    /// Lane-wise max with `x` second, as the activation kernels (NaN in `x` propagates alike).
+    /// # Safety
+    /// As [`Lanes::zero`].
+    unsafe fn max(lo: Self, x: Self) -> Self;
+    /// # Safety
+    /// As [`Lanes::zero`].
+    unsafe fn min(hi: Self, x: Self) -> Self;
+}
+
+// SAFETY (both impls): each method is one intrinsic; the trait's contract (caller compiled with
+// AVX2+FMA, resp. AVX-512F, and the pointer ranges) is exactly the intrinsic's.
+impl Lanes for __m256 {
+    const N: usize = 8;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        unsafe { _mm256_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        unsafe { _mm256_set1_ps(x) }
+    }
+    #[inline(always)]
+    unsafe fn broadcast(p: *const f32) -> Self {
+        unsafe { _mm256_broadcast_ss(&*p) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        unsafe { _mm256_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self) {
+        unsafe { _mm256_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+        unsafe { _mm256_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        unsafe { _mm256_add_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn max(lo: Self, x: Self) -> Self {
+        unsafe { _mm256_max_ps(lo, x) }
+    }
+    #[inline(always)]
+    unsafe fn min(hi: Self, x: Self) -> Self {
+        unsafe { _mm256_min_ps(hi, x) }
+    }
+}
+
+impl Lanes for __m512 {
+    const N: usize = 16;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        unsafe { _mm512_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        unsafe { _mm512_set1_ps(x) }
+    }
+    #[inline(always)]
+    unsafe fn broadcast(p: *const f32) -> Self {
+        unsafe { _mm512_set1_ps(*p) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        unsafe { _mm512_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self) {
+        unsafe { _mm512_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+        unsafe { _mm512_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        unsafe { _mm512_add_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn max(lo: Self, x: Self) -> Self {
+        unsafe { _mm512_max_ps(lo, x) }
+    }
+    #[inline(always)]
+    unsafe fn min(hi: Self, x: Self) -> Self {
+        unsafe { _mm512_min_ps(hi, x) }
+    }
+}
+
+/// An `R x (V * L::N)` tile (`ROWS`: A has unit column stride, else unit row stride); see
+/// [`super::spec::TileKernel`] for the contract, with `V * L::N` for `NR`.
+///
+/// # Safety
+/// Inlined into a function compiled with `L`'s target features; the pointers satisfy the
+/// [`super::spec::TileKernel`] contract.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn tile<L: Lanes, const R: usize, const ROWS: bool, const V: usize>(
+    k: usize,
+    a: *const f32,
+    rsa: usize,
+    csa: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    beta: f32,
+    epi: TileEpi,
+) {
+    // SAFETY (whole block): every pointer offset stays within the contract's ranges: A step p
+    // reads A(i, p) for i < R, B step p reads b[p * ldb .. + V * L::N], C rows i < R hold
+    // `cols` writable floats (all V * L::N of them on the full-width path).
+    unsafe {
+        let mut acc = [[L::zero(); V]; R];
+        // One k step into the accumulators `$acc`.
+        macro_rules! step {
+            ($acc:ident, $p:expr) => {{
+                let bp = b.add($p * ldb);
+                let mut bv = [L::zero(); V];
+                for (v, x) in bv.iter_mut().enumerate() {
+                    *x = L::load(bp.add(L::N * v));
+                }
+                let ap = if ROWS { a.add($p) } else { a.add($p * csa) };
+                for i in 0..R {
+                    let ai = L::broadcast(ap.add(if ROWS { i * rsa } else { i }));
+                    for v in 0..V {
+                        $acc[i][v] = L::fma(ai, bv[v], $acc[i][v]);
+                    }
+                }
+            }};
+        }
+        let mut p = 0;
+        if R * V <= 4 {
+            // Too few accumulators to cover the FMA latency: interleave a second set.
+            let mut acc2 = [[L::zero(); V]; R];
+            while p + 2 <= k {
+                step!(acc, p);
+                step!(acc2, p + 1);
+                p += 2;
+            }
+            for i in 0..R {
+                for v in 0..V {
+                    acc[i][v] = L::add(acc[i][v], acc2[i][v]);
+                }
+            }
+        }
+        while p < k {
+            step!(acc, p);
+            p += 1;
+        }
+
+        if cols == V * L::N {
+            let vbeta = L::splat(beta);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let cp = c.add(i * ldc);
+                for (v, x) in row.iter_mut().enumerate() {
+                    if beta == 1.0 {
+                        *x = L::add(L::load(cp.add(L::N * v)), *x);
+                    } else if beta != 0.0 {
+                        *x = L::fma(vbeta, L::load(cp.add(L::N * v)), *x);
+                    }
+                }
+            }
+            let fused = epi.ops.iter().all(in_registers);
+            for (i, row) in acc.iter().enumerate() {
+                let cp = c.add(i * ldc);
+                let mut out = *row;
+                if fused {
+                    out = in_register_epilogue(epi, i, out);
+                }
+                for (v, x) in out.iter().enumerate() {
+                    L::store(cp.add(L::N * v), *x);
+                }
+            }
+            if !fused {
+                // The tile's R rows of `cols` floats are ours and the operands cover them.
+                super::epilogue::apply_tile(epi.ops, c, ldc, epi.row0, R, epi.col0, cols);
+            }
+        } else {
+            // Ragged columns: through a buffer (64 floats: the widest tile is 4 x 16).
+            let mut buf = [0.0f32; 64];
+            for (i, row) in acc.iter().enumerate() {
+                for (v, x) in row.iter().enumerate() {
+                    L::store(buf.as_mut_ptr().add(L::N * v), *x);
+                }
+                let out = std::slice::from_raw_parts_mut(c.add(i * ldc), cols);
+                super::kernel_scalar::store_row(out, &buf[..cols], beta);
+            }
+            if !epi.ops.is_empty() {
+                // The tile's R rows of `cols` floats are ours and the operands cover them.
+                super::epilogue::apply_tile(epi.ops, c, ldc, epi.row0, R, epi.col0, cols);
+            }
+        }
+    }
+}
+
+/// Whether [`in_register_epilogue`] does `op` (the cheap steps every conv/linear epilogue is made
+/// of: bias, a dense residual, and the clamping activations).
+fn in_registers(op: &EpilogueOp) -> bool {
+    use crate::activation::Activation as A;
+    match op {
+        EpilogueOp::BiasPerCol(_) | EpilogueOp::BiasPerRow(_) => true,
+        EpilogueOp::Add(r) => r.col_stride == 1,
+        EpilogueOp::Act(a) => matches!(a, A::Identity | A::Relu | A::Relu6 | A::Clamp { .. }),
+    }
+}
+
+/// `epi` applied to row `i` of a full tile, held in `V` vectors, before its one store. Clamps
+/// take the data second, as [`crate::activation`]'s vector lanes do, so NaN propagates alike.
+///
+/// # Safety
+/// `L`'s target features; every op passes [`in_registers`] and its operand covers row
+/// `row0 + i` and columns `col0 .. + V * L::N` (the GEMM entry checks operands against C).
+#[inline(always)]
+unsafe fn in_register_epilogue<L: Lanes, const V: usize>(
+    epi: TileEpi,
+    i: usize,
+    mut vs: [L; V],
+) -> [L; V] {
+    use crate::activation::Activation as A;
+    let (row, col0, width) = (epi.row0 + i, epi.col0, V * L::N);
+    // SAFETY (whole block): the loads read operand row `row`, columns `col0 .. + width`, which
+    // the operands cover (contract); the slicing checks it again.
+    unsafe {
+        let clamp = |v: L, lo: f32, hi: Option<f32>| {
+            let v = L::max(L::splat(lo), v);
+            match hi {
+                Some(hi) => L::min(L::splat(hi), v),
+                None => v,
+            }
+        };
+        for op in epi.ops {
+            match *op {
+                EpilogueOp::BiasPerCol(b) => {
+                    let bp = b[col0..col0 + width].as_ptr();
+                    for (v, x) in vs.iter_mut().enumerate() {
+                        *x = L::add(*x, L::load(bp.add(L::N * v)));
+                    }
+                }
+                EpilogueOp::BiasPerRow(b) => {
+                    let bi = L::splat(b[row]);
+                    for x in vs.iter_mut() {
+                        *x = L::add(*x, bi);
+                    }
+                }
+                EpilogueOp::Add(m) => {
+                    let s = row * m.row_stride + col0;
+                    let rp = m.data[s..s + width].as_ptr();
+                    for (v, x) in vs.iter_mut().enumerate() {
+                        *x = L::add(*x, L::load(rp.add(L::N * v)));
+                    }
+                }
+                EpilogueOp::Act(A::Relu) => vs.iter_mut().for_each(|x| *x = clamp(*x, 0.0, None)),
+                EpilogueOp::Act(A::Relu6) => {
+                    vs.iter_mut().for_each(|x| *x = clamp(*x, 0.0, Some(6.0)))
+                }
+                EpilogueOp::Act(A::Clamp { lo, hi }) => {
+                    vs.iter_mut().for_each(|x| *x = clamp(*x, lo, Some(hi)))
+                }
+                _ => {}
+            }
+        }
+    }
+    vs
+}
