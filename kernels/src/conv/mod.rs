@@ -24,6 +24,7 @@
 pub mod depthwise;
 pub mod general;
 pub mod im2col;
+pub mod implicit;
 pub mod naive;
 pub mod pointwise;
 pub mod shifted;
@@ -178,6 +179,15 @@ impl Conv2dShape {
         }
     }
 
+    /// The path the forward takes: [`Conv2dShape::path`], except that stride-1 convolutions the
+    /// implicit GEMM supports take it.
+    pub fn forward_path(&self) -> ConvPath {
+        match self.path() {
+            ConvPath::General | ConvPath::Shifted if implicit::supports(self) => ConvPath::Implicit,
+            p => p,
+        }
+    }
+
     /// Assert the shape is well-formed and the slices have its lengths.
     fn check(&self, input: usize, weight: usize, output: usize) {
         let g = self.params.groups;
@@ -203,6 +213,10 @@ pub enum ConvPath {
     General,
     /// Stride 1, one group: GEMMs over shifted views of a padded plane, no im2col.
     Shifted,
+    /// Stride 1, one group, output rows of at least [`implicit::MIN_OUT_W`]: an implicit GEMM
+    /// reading a padded plane through row offsets. Forward only: its gradients are the
+    /// [`ConvPath::General`] ones.
+    Implicit,
 }
 
 /// One step of the forward's store epilogue, applied in list order.
@@ -453,7 +467,7 @@ pub fn forward(
     output: &mut [f32],
     epilogue: &[ConvEpilogueOp],
 ) {
-    forward_with(shape.path(), shape, input, weight, output, epilogue);
+    forward_with(shape.forward_path(), shape, input, weight, output, epilogue);
 }
 
 /// [`forward`] with the weights in f32 or in 16 bits ([`Weights`]; decoded block by block where
@@ -465,7 +479,7 @@ pub fn forward_weights(
     output: &mut [f32],
     epilogue: &[ConvEpilogueOp],
 ) {
-    forward_weights_with(shape.path(), shape, input, weight, output, epilogue);
+    forward_weights_with(shape.forward_path(), shape, input, weight, output, epilogue);
 }
 
 /// [`forward`] through a chosen path (benchmarks and tests compare paths on the same problem).
@@ -507,6 +521,7 @@ pub fn forward_weights_with(
             );
             shifted::forward(shape, input, weight, output, epilogue)
         }
+        ConvPath::Implicit => implicit::forward(shape, input, weight, output, epilogue),
     }
 }
 
@@ -536,7 +551,9 @@ pub fn backward_input_with(
     match path {
         ConvPath::Pointwise => pointwise::backward_input(shape, grad_out, weight, grad_input),
         ConvPath::Depthwise => depthwise::backward_input(shape, grad_out, weight, grad_input),
-        ConvPath::General => general::backward_input(shape, grad_out, weight, grad_input),
+        ConvPath::General | ConvPath::Implicit => {
+            general::backward_input(shape, grad_out, weight, grad_input)
+        }
         ConvPath::Shifted => {
             assert!(
                 shifted::supports(shape),
@@ -573,7 +590,9 @@ pub fn backward_weight_with(
     match path {
         ConvPath::Pointwise => pointwise::backward_weight(shape, input, grad_out, grad_weight),
         ConvPath::Depthwise => depthwise::backward_weight(shape, input, grad_out, grad_weight),
-        ConvPath::General => general::backward_weight(shape, input, grad_out, grad_weight),
+        ConvPath::General | ConvPath::Implicit => {
+            general::backward_weight(shape, input, grad_out, grad_weight)
+        }
         ConvPath::Shifted => {
             assert!(
                 shifted::supports(shape),

@@ -118,6 +118,10 @@ const PAR_CASES: &[Case] = &[
     (1, 17, 8, 8, 67, 3, 3, (1, 1), (1, 1), (1, 1), 1),
     (1, 67, 9, 9, 31, 3, 3, (2, 2), (1, 1), (1, 1), 1),
     (1, 74, 12, 12, 82, 1, 1, (1, 1), (0, 0), (1, 1), 2),
+    // The implicit GEMM's narrowest rows (a full and a narrow tile, channel blocks) and a 7x7
+    // kernel.
+    (1, 24, 10, 10, 40, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    (1, 8, 16, 16, 12, 7, 7, (1, 1), (3, 3), (1, 1), 1),
 ];
 
 fn assert_near(actual: &[f32], expected: &[f32], what: &str) {
@@ -141,6 +145,9 @@ fn paths(s: &Conv2dShape) -> Vec<ConvPath> {
     }
     if shifted::supports(s) {
         p.push(ConvPath::Shifted);
+    }
+    if implicit::supports(s) {
+        p.push(ConvPath::Implicit);
     }
     p
 }

@@ -2,7 +2,8 @@
 //! broadcast A value: 15 of the 16 ymm registers), two FMA ports busy every cycle on Zen 3/4;
 //! and a 6x8 one for ragged last panels (a 49-pixel plane is three full panels and one column).
 
-use super::spec::{TileEpi, TileKernel};
+use super::spec::{IndirectKernel, TileEpi, TileKernel};
+use super::tile_x86::{Indexed, Strided};
 use super::EpilogueOp;
 use core::arch::x86_64::*;
 
@@ -51,6 +52,26 @@ pub(crate) static NARROW_COLS: &[TileKernel] = &[
     tile::<6, false, 1>,
 ];
 
+/// Indirect-B tiles (see [`IndirectKernel`]), 16 columns wide.
+pub(crate) static INDIRECT: &[IndirectKernel] = &[
+    indirect::<1, 2>,
+    indirect::<2, 2>,
+    indirect::<3, 2>,
+    indirect::<4, 2>,
+    indirect::<5, 2>,
+    indirect::<6, 2>,
+];
+
+/// [`INDIRECT`], 8 columns wide.
+pub(crate) static INDIRECT_NARROW: &[IndirectKernel] = &[
+    indirect::<1, 1>,
+    indirect::<2, 1>,
+    indirect::<3, 1>,
+    indirect::<4, 1>,
+    indirect::<5, 1>,
+    indirect::<6, 1>,
+];
+
 /// [`super::tile_x86::tile`] over `V` ymm registers per row, compiled for AVX2+FMA.
 ///
 /// # Safety
@@ -74,7 +95,34 @@ unsafe fn tile<const R: usize, const ROWS: bool, const V: usize>(
     // SAFETY: this function's contract is the generic tile's, and its target features are
     // `__m256`'s.
     unsafe {
-        super::tile_x86::tile::<__m256, R, ROWS, V>(k, a, rsa, csa, b, ldb, c, ldc, cols, beta, epi)
+        let b = Strided { b, ldb };
+        super::tile_x86::tile::<__m256, _, R, ROWS, V>(k, a, rsa, csa, b, c, ldc, cols, beta, epi)
+    }
+}
+
+/// [`super::tile_x86::tile`] with B rows at offsets, over `V` ymm registers per row.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; the [`IndirectKernel`] contract (with `8V` for `NR`).
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn indirect<const R: usize, const V: usize>(
+    k: usize,
+    a: *const f32,
+    rsa: usize,
+    b: *const f32,
+    offs: *const u32,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    beta: f32,
+    epi: TileEpi,
+) {
+    // SAFETY: this function's contract is the generic tile's (A with unit column stride), and
+    // its target features are `__m256`'s.
+    unsafe {
+        let b = Indexed { b, offs };
+        super::tile_x86::tile::<__m256, _, R, true, V>(k, a, rsa, 1, b, c, ldc, cols, beta, epi)
     }
 }
 

@@ -4,7 +4,8 @@
 //! 20; the row count divides the 8-multiple channel counts of every network here. Ragged last
 //! panels of at most 8 columns use ymm tiles (EVEX-encoded here too).
 
-use super::spec::{TileEpi, TileKernel};
+use super::spec::{IndirectKernel, TileEpi, TileKernel};
+use super::tile_x86::{Indexed, Strided};
 use core::arch::x86_64::*;
 
 pub(crate) const MR: usize = 8;
@@ -17,8 +18,14 @@ macro_rules! table {
     ($l:ty, $rows:expr) => {
         table!($l, $rows; 1 2 3 4 5 6 7 8)
     };
+    (indirect $l:ty) => {
+        table!(indirect $l; 1 2 3 4 5 6 7 8)
+    };
     ($l:ty, $rows:expr; $($r:literal)*) => {
         &[$(tile::<$l, $r, $rows>),*]
+    };
+    (indirect $l:ty; $($r:literal)*) => {
+        &[$(indirect::<$l, $r>),*]
     };
 }
 
@@ -30,6 +37,11 @@ pub(crate) static COLS: &[TileKernel] = table!(__m512, false);
 pub(crate) static NARROW_ROWS: &[TileKernel] = table!(__m256, true);
 /// [`COLS`], 8 columns wide.
 pub(crate) static NARROW_COLS: &[TileKernel] = table!(__m256, false);
+
+/// Indirect-B tiles (see [`IndirectKernel`]), 16 columns wide.
+pub(crate) static INDIRECT: &[IndirectKernel] = table!(indirect __m512);
+/// [`INDIRECT`], 8 columns wide.
+pub(crate) static INDIRECT_NARROW: &[IndirectKernel] = table!(indirect __m256);
 
 /// Whether this CPU runs the family (AVX-512F and VL for the ymm tiles; AVX2+FMA for the rest
 /// of the GEMM, which it shares with the AVX2 family).
@@ -63,6 +75,33 @@ unsafe fn tile<L: super::tile_x86::Lanes, const R: usize, const ROWS: bool>(
     // SAFETY: this function's contract is the generic tile's, and its target features cover
     // both register types.
     unsafe {
-        super::tile_x86::tile::<L, R, ROWS, 1>(k, a, rsa, csa, b, ldb, c, ldc, cols, beta, epi)
+        let b = Strided { b, ldb };
+        super::tile_x86::tile::<L, _, R, ROWS, 1>(k, a, rsa, csa, b, c, ldc, cols, beta, epi)
+    }
+}
+
+/// [`super::tile_x86::tile`] with B rows at offsets, one register of `L` per row.
+///
+/// # Safety
+/// [`supported`] holds; the [`IndirectKernel`] contract (with `L`'s lane count for `NR`).
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn indirect<L: super::tile_x86::Lanes, const R: usize>(
+    k: usize,
+    a: *const f32,
+    rsa: usize,
+    b: *const f32,
+    offs: *const u32,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    beta: f32,
+    epi: TileEpi,
+) {
+    // SAFETY: this function's contract is the generic tile's (A with unit column stride), and
+    // its target features cover both register types.
+    unsafe {
+        let b = Indexed { b, offs };
+        super::tile_x86::tile::<L, _, R, true, 1>(k, a, rsa, 1, b, c, ldc, cols, beta, epi)
     }
 }

@@ -9,6 +9,7 @@ mod driver;
 mod epilogue;
 mod gemv;
 mod half_weights;
+mod indirect;
 #[cfg(target_arch = "x86_64")]
 mod kernel_avx2;
 #[cfg(target_arch = "x86_64")]
@@ -30,6 +31,7 @@ use driver::BSource;
 use spec::Spec;
 
 pub use half_weights::{gemm_half_a_serial, gemm_half_a_serial_raw, linear_half};
+pub use indirect::{gemm_indirect_serial_raw, indirect_row_reach, indirect_supported, OffsetRows};
 
 /// The GEMM micro-kernel family this process runs, as "MRxNR-family" (e.g. `8x16-avx512`): the
 /// element-wise kernels' [`crate::isa::current`] can be AVX2 while the GEMM runs AVX-512 tiles.

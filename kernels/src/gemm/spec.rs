@@ -31,6 +31,22 @@ pub(crate) type TileKernel = unsafe fn(
     epi: TileEpi,
 );
 
+/// `tile(k, a, rsa, b, offs, c, ldc, cols, beta, epi)`: a [`TileKernel`] whose A has unit
+/// column stride and whose B row `p` starts at `b + offs[p]` (`offs` holds `k` offsets, each with
+/// `NR` readable floats behind it): the implicit-GEMM convolution's tile.
+pub(crate) type IndirectKernel = unsafe fn(
+    k: usize,
+    a: *const f32,
+    rsa: usize,
+    b: *const f32,
+    offs: *const u32,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    beta: f32,
+    epi: TileEpi,
+);
+
 /// The store epilogue a tile applies once its last K block is in: `ops` (none when empty) on the
 /// tile whose top-left element is output element (`row0`, `col0`). Kernels apply the cheap steps
 /// in registers before the one store where they can (a separate pass re-reads a tile whose store
@@ -68,6 +84,11 @@ pub(crate) struct Spec {
     /// [`Spec::rows`] and [`Spec::cols`], `narrow_nr` columns wide (the contract's `NR`).
     pub narrow_rows: &'static [TileKernel],
     pub narrow_cols: &'static [TileKernel],
+    /// `indirect[r - 1]` computes an `r x nr` tile with B rows at offsets (empty: the family
+    /// has none, and convolutions take the im2col path instead).
+    pub indirect: &'static [IndirectKernel],
+    /// [`Spec::indirect`], `narrow_nr` columns wide.
+    pub indirect_narrow: &'static [IndirectKernel],
     /// The m = 1 path.
     pub gemv: super::gemv::GemvFn,
 }
@@ -108,6 +129,15 @@ impl Spec {
         }
     }
 
+    /// The indirect kernel for an `r`-row tile storing `cols` columns (the family has some).
+    pub fn indirect_kernel(&self, r: usize, cols: usize) -> IndirectKernel {
+        if cols <= self.narrow_nr {
+            self.indirect_narrow[r - 1]
+        } else {
+            self.indirect[r - 1]
+        }
+    }
+
     /// The K blocking for depth `k`: `(block count, block length)` with blocks as even as
     /// possible, so a depth just over `kc` is not split into a full block and a sliver.
     pub fn k_blocks(&self, k: usize) -> (usize, usize) {
@@ -129,6 +159,8 @@ static SCALAR: Spec = Spec {
     narrow_nr: 0,
     narrow_rows: &[],
     narrow_cols: &[],
+    indirect: &[],
+    indirect_narrow: &[],
     gemv: super::kernel_scalar::gemv,
 };
 
@@ -146,6 +178,8 @@ static AVX2: Spec = Spec {
     narrow_nr: super::kernel_avx2::NARROW_NR,
     narrow_rows: super::kernel_avx2::NARROW_ROWS,
     narrow_cols: super::kernel_avx2::NARROW_COLS,
+    indirect: super::kernel_avx2::INDIRECT,
+    indirect_narrow: super::kernel_avx2::INDIRECT_NARROW,
     gemv: super::kernel_avx2::gemv,
 };
 
@@ -164,6 +198,8 @@ static AVX512: Spec = Spec {
     narrow_nr: super::kernel_avx512::NARROW_NR,
     narrow_rows: super::kernel_avx512::NARROW_ROWS,
     narrow_cols: super::kernel_avx512::NARROW_COLS,
+    indirect: super::kernel_avx512::INDIRECT,
+    indirect_narrow: super::kernel_avx512::INDIRECT_NARROW,
     gemv: super::kernel_avx2::gemv,
 };
 
@@ -181,6 +217,8 @@ static NEON: Spec = Spec {
     narrow_nr: 0,
     narrow_rows: &[],
     narrow_cols: &[],
+    indirect: &[],
+    indirect_narrow: &[],
     gemv: super::kernel_neon::gemv,
 };
 

@@ -551,3 +551,61 @@ fn raw_column_blocks_from_parallel_tasks_equal_one_whole_call() {
         }
     }
 }
+
+#[test]
+fn indirect_rows_match_the_gathered_product() {
+    // B's rows are windows of one slice at scattered (and overlapping) offsets, as a padded
+    // convolution plane gives them.
+    for spec in spec::supported()
+        .into_iter()
+        .filter(|s| !s.indirect.is_empty())
+    {
+        for (m, k, n) in [
+            (1, 1, 1),
+            (8, 9, 16),
+            (13, 27, 56),
+            (20, 40, 7),
+            (64, 36, 28),
+        ] {
+            let data = values(k * 7 + 64 + n, 41);
+            let offs: Vec<u32> = (0..k as u32).map(|p| (p * 37) % (k as u32 * 5)).collect();
+            let ad = values(m * k, 42);
+            let a = MatRef::row_major(&ad, m, k);
+            let gathered: Vec<f32> = (0..k * n)
+                .map(|i| data[offs[i / n] as usize + i % n])
+                .collect();
+            let bias = values(m, 43);
+            let epi = [
+                EpilogueOp::BiasPerRow(&bias),
+                EpilogueOp::Act(Activation::Relu),
+            ];
+            let mut want = vec![0.0; m * n];
+            let b_gathered = MatRef::row_major(&gathered, k, n);
+            naive_gemm(a, b_gathered, 0.0, MatMut::row_major(&mut want, m, n), &epi);
+            let ldc = n + 3;
+            let mut got = vec![f32::NAN; m * ldc];
+            let b = OffsetRows {
+                data: &data,
+                offs: &offs,
+                cols: n,
+            };
+            let c = MatPtr {
+                ptr: got.as_mut_ptr(),
+                rows: m,
+                cols: n,
+                row_stride: ldc,
+            };
+            // SAFETY: `got` holds m rows of ldc floats and is this call's alone.
+            unsafe { indirect::gemm_indirect_with(spec, a, b, c, &epi) };
+            for i in 0..m {
+                assert_close(
+                    &got[i * ldc..i * ldc + n],
+                    &want[i * n..(i + 1) * n],
+                    k,
+                    &format!("{spec:?} {m}x{k}x{n} row {i}"),
+                );
+                assert!(got[i * ldc + n..(i + 1) * ldc].iter().all(|v| v.is_nan()));
+            }
+        }
+    }
+}

@@ -125,21 +125,59 @@ impl Lanes for __m512 {
     }
 }
 
+/// Where row `p` of B's panel starts.
+pub(crate) trait BRows: Copy {
+    /// # Safety
+    /// `p` is below the tile's depth `k`.
+    unsafe fn row(self, p: usize) -> *const f32;
+}
+
+/// Rows `ldb` floats apart: packed panels (`ldb == NR`), or row-major B read in place.
+#[derive(Clone, Copy)]
+pub(crate) struct Strided {
+    pub b: *const f32,
+    pub ldb: usize,
+}
+
+impl BRows for Strided {
+    #[inline(always)]
+    unsafe fn row(self, p: usize) -> *const f32 {
+        // SAFETY: the tile contract keeps `b + p * ldb` inside B.
+        unsafe { self.b.add(p * self.ldb) }
+    }
+}
+
+/// Row `p` at `b + offs[p]`: the implicit-GEMM convolution, whose B rows are shifted windows of a
+/// padded input plane (one offset per channel and tap), never copied into a patch matrix.
+#[derive(Clone, Copy)]
+pub(crate) struct Indexed {
+    pub b: *const f32,
+    pub offs: *const u32,
+}
+
+impl BRows for Indexed {
+    #[inline(always)]
+    unsafe fn row(self, p: usize) -> *const f32 {
+        // SAFETY: the indirect tile contract: `offs` holds k offsets, each inside B.
+        unsafe { self.b.add(*self.offs.add(p) as usize) }
+    }
+}
+
 /// An `R x (V * L::N)` tile (`ROWS`: A has unit column stride, else unit row stride); see
-/// [`super::spec::TileKernel`] for the contract, with `V * L::N` for `NR`.
+/// [`super::spec::TileKernel`] for the contract, with `V * L::N` for `NR` and `b.row(p)` for
+/// `b + p * ldb`.
 ///
 /// # Safety
 /// Inlined into a function compiled with `L`'s target features; the pointers satisfy the
 /// [`super::spec::TileKernel`] contract.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn tile<L: Lanes, const R: usize, const ROWS: bool, const V: usize>(
+pub(crate) unsafe fn tile<L: Lanes, B: BRows, const R: usize, const ROWS: bool, const V: usize>(
     k: usize,
     a: *const f32,
     rsa: usize,
     csa: usize,
-    b: *const f32,
-    ldb: usize,
+    b: B,
     c: *mut f32,
     ldc: usize,
     cols: usize,
@@ -147,14 +185,14 @@ pub(crate) unsafe fn tile<L: Lanes, const R: usize, const ROWS: bool, const V: u
     epi: TileEpi,
 ) {
     // SAFETY (whole block): every pointer offset stays within the contract's ranges: A step p
-    // reads A(i, p) for i < R, B step p reads b[p * ldb .. + V * L::N], C rows i < R hold
+    // reads A(i, p) for i < R, B step p reads b.row(p)[.. V * L::N], C rows i < R hold
     // `cols` writable floats (all V * L::N of them on the full-width path).
     unsafe {
         let mut acc = [[L::zero(); V]; R];
         // One k step into the accumulators `$acc`.
         macro_rules! step {
             ($acc:ident, $p:expr) => {{
-                let bp = b.add($p * ldb);
+                let bp = b.row($p);
                 let mut bv = [L::zero(); V];
                 for (v, x) in bv.iter_mut().enumerate() {
                     *x = L::load(bp.add(L::N * v));

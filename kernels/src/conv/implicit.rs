@@ -1,0 +1,182 @@
+//! Stride-1 convolutions as an implicit GEMM: the micro-kernels read a zero-padded copy of the
+//! input through a table of row offsets, one per (input channel, ky, kx), and no patch matrix is
+//! ever written (the tiled im2col writes and re-reads `kh * kw` copies of the input: 12 % of a
+//! 64-channel 3x3 conv at 56x56).
+//!
+//! Each task pads the input rows its output rows need (a band) into its own scratch: rows
+//! `ws = W + pw` wide, each opening with `pw` zeros that are also the right padding of the row
+//! above (left and right padding are equal), zero rows standing in for the rows above and below
+//! the image. For output row `t` of the band, patch row `(c, ky, kx)` is then the window that
+//! starts at `c * plane + (t + ky) * ws + kx`, `OW` floats long: the B of a GEMM
+//! `[Cout x Cin*kh*kw] x [Cin*kh*kw x OW]` whose product is that output row of every channel,
+//! with the weights as A as they lie.
+//!
+//! A GEMM per output row keeps every tile inside one row, so tiles store in place; rows narrower
+//! than [`MIN_OUT_W`] would leave most vector lanes idle and take the im2col path instead.
+
+use super::{with_gemm_epilogue, Conv2dShape, ConvEpilogueOp, Weights};
+use crate::gemm::{
+    gemm_indirect_serial_raw, indirect_row_reach, indirect_supported, MatPtr, MatRef, OffsetRows,
+};
+use crate::parallel::{self, CONV_PAR_MIN_MACS};
+use crate::scratch::with_scratch;
+
+/// Narrowest output row for this path. Narrower rows run on the 8-lane narrow tiles, at half the
+/// multiply-adds per instruction of the 16-lane ones the im2col path fills with several rows:
+/// 512 channels at 7x7 ran 1.2x, 256 at 8x8 1.16x slower than the im2col there.
+pub const MIN_OUT_W: usize = 10;
+
+/// Output channels per task are a multiple of this (the widest register tile's rows).
+const CHANNEL_QUANTUM: usize = 8;
+
+/// Whether the geometry fits this path: stride 1, no dilation, one group, a kernel larger than
+/// 1x1, padding smaller than the kernel, output rows at least [`MIN_OUT_W`] wide, and a kernel
+/// family with indirect tiles.
+pub fn supports(s: &Conv2dShape) -> bool {
+    let p = &s.params;
+    p.stride == (1, 1)
+        && p.dilation == (1, 1)
+        && p.groups == 1
+        && s.kernel_h * s.kernel_w > 1
+        && p.padding.0 < s.kernel_h
+        && p.padding.1 < s.kernel_w
+        && s.out_hw().1 >= MIN_OUT_W
+        && indirect_supported()
+}
+
+/// The band geometry every task of one call shares.
+#[derive(Clone, Copy)]
+struct Band {
+    /// Padded row width.
+    ws: usize,
+    /// Floats per padded channel of a band.
+    plane: usize,
+    /// Floats of one band: every channel, plus the reach of the last tile past its last row.
+    len: usize,
+}
+
+impl Band {
+    /// The band of `rows` output rows (the most any task has).
+    fn new(s: &Conv2dShape, rows: usize) -> Band {
+        let (w, pw) = (s.in_w, s.params.padding.1);
+        let ws = w + pw;
+        // Input rows of `rows` output rows, then the last row's right padding.
+        let plane = (rows + s.kernel_h - 1) * ws + pw;
+        let ow = s.out_hw().1;
+        // A tile of output row t reads up to offset (c, ky, kx) + t * ws + reach: at most
+        // (plane - pw - ws) + kw - 1 + reach past the last channel's start, which is
+        // plane + reach - ow (as ow + kw - 1 = ws + pw).
+        let len = s.in_channels * plane + indirect_row_reach(ow) - ow;
+        Band { ws, plane, len }
+    }
+
+    /// Row offsets of the patch rows `(c, ky, kx)`, in the weights' order.
+    fn offsets(&self, s: &Conv2dShape, offs: &mut [u32]) {
+        let (kh, kw) = (s.kernel_h, s.kernel_w);
+        for c in 0..s.in_channels {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let o = c * self.plane + ky * self.ws + kx;
+                    offs[(c * kh + ky) * kw + kx] = u32::try_from(o).expect("band within 4 G");
+                }
+            }
+        }
+    }
+
+    /// Pad the input rows that output rows `oy0..oy0 + rows` read from image `x` into `band`.
+    fn fill(&self, s: &Conv2dShape, x: &[f32], oy0: usize, rows: usize, band: &mut [f32]) {
+        let (h, w, ph, pw) = (s.in_h, s.in_w, s.params.padding.0, s.params.padding.1);
+        let used = (rows + s.kernel_h - 1) * self.ws + pw;
+        for (c, plane) in band.chunks_exact_mut(self.plane).enumerate() {
+            let src = &x[c * h * w..(c + 1) * h * w];
+            for (r, row) in plane[..used - pw].chunks_exact_mut(self.ws).enumerate() {
+                // Padded row oy0 + r is input row oy0 + r - ph.
+                let (pad, vals) = row.split_at_mut(pw);
+                pad.fill(0.0);
+                match (oy0 + r).checked_sub(ph).filter(|&y| y < h) {
+                    Some(y) => vals.copy_from_slice(&src[y * w..(y + 1) * w]),
+                    None => vals.fill(0.0),
+                }
+            }
+            plane[used - pw..used].fill(0.0);
+        }
+    }
+}
+
+/// The forward (see the module docs); `w` row-major `[Cout x Cin*kh*kw]`. [`supports`] must
+/// hold.
+pub fn forward(s: &Conv2dShape, x: &[f32], w: Weights, out: &mut [f32], epi: &[ConvEpilogueOp]) {
+    assert!(supports(s), "conv2d: implicit path needs stride 1");
+    let (oh, ow) = s.out_hw();
+    let (cin, cout) = (s.in_channels, s.out_channels);
+    let k = cin * s.kernel_h * s.kernel_w;
+    let (plane_out, img_in) = (oh * ow, cin * s.in_h * s.in_w);
+
+    // Tasks: runs of output rows, times blocks of output channels when rows alone are too few.
+    let par = parallel::worth_splitting(s.macs(), CONV_PAR_MIN_MACS);
+    let want = if par {
+        parallel::pieces(s.macs(), CONV_PAR_MIN_MACS)
+            .max(parallel::num_threads())
+            .div_ceil(s.batch)
+    } else {
+        1
+    };
+    let row_runs = want.min(oh).max(1);
+    let rows = oh.div_ceil(row_runs);
+    let row_runs = oh.div_ceil(rows);
+    let blocks = want
+        .div_ceil(row_runs)
+        .min(cout.div_ceil(CHANNEL_QUANTUM))
+        .max(1);
+    let cb = cout
+        .div_ceil(blocks)
+        .next_multiple_of(CHANNEL_QUANTUM)
+        .min(cout);
+    let blocks = cout.div_ceil(cb);
+    let band = Band::new(s, rows);
+
+    let base = MatPtr {
+        ptr: out.as_mut_ptr(),
+        rows: s.batch * cout,
+        cols: plane_out,
+        row_stride: plane_out,
+    };
+    w.with_f32(|wf| {
+        let tasks = s.batch * row_runs * blocks;
+        parallel::for_each_index(tasks, par && tasks > 1, |t| {
+            let (n, rest) = (t / (row_runs * blocks), t % (row_runs * blocks));
+            let (oy0, c0) = ((rest / blocks) * rows, (rest % blocks) * cb);
+            let (rows, cb) = (rows.min(oh - oy0), cb.min(cout - c0));
+            let weights = MatRef::row_major(&wf[c0 * k..(c0 + cb) * k], cb, k);
+            with_scratch(k + band.len, |buf| {
+                let (offs, data) = buf.split_at_mut(k);
+                // The offsets live in the f32 scratch as their bit patterns.
+                let offs: &mut [u32] = bytes_as_u32(offs);
+                band.offsets(s, offs);
+                band.fill(s, &x[n * img_in..(n + 1) * img_in], oy0, rows, data);
+                for t in 0..rows {
+                    let oy = oy0 + t;
+                    let b = OffsetRows {
+                        data: &data[t * band.ws..],
+                        offs,
+                        cols: ow,
+                    };
+                    let dst = base.block(n * cout + c0, oy * ow, cb, ow);
+                    with_gemm_epilogue(s, epi, n, c0, cb, oy * ow, ow, |e| {
+                        // SAFETY: `dst` is rows c0..c0 + cb of output row oy of image n: inside
+                        // `out`, and this task's alone (tasks split images, rows and channels).
+                        unsafe { gemm_indirect_serial_raw(weights, b, dst, e) }
+                    });
+                }
+            })
+        });
+    });
+}
+
+/// An f32 scratch slice reused for u32 values (same size and alignment; every bit pattern is a
+/// valid value of either type).
+fn bytes_as_u32(v: &mut [f32]) -> &mut [u32] {
+    // SAFETY: f32 and u32 have the same size and alignment and no invalid bit patterns; the
+    // returned slice reborrows `v` mutably, so nothing else reads it as f32 meanwhile.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u32>(), v.len()) }
+}
