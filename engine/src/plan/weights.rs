@@ -68,8 +68,6 @@ impl ConvWeight {
 pub(super) enum LinearWeight {
     /// `W^T` packed for the GEMM micro-kernel.
     Packed(PackedB),
-    /// `W` `[out, in]` as stored, read as `W^T` by the one-row (GEMV) path.
-    Rows(Vec<f32>),
     /// `W` `[out, in]` in 16 bits, decoded block by block by `linear_half`.
     Half(HalfVec),
 }
@@ -79,7 +77,6 @@ impl LinearWeight {
     pub(super) fn bytes(&self) -> usize {
         match self {
             LinearWeight::Packed(p) => 4 * p.rows() * p.cols(),
-            LinearWeight::Rows(w) => 4 * w.len(),
             LinearWeight::Half(h) => h.bytes(),
         }
     }

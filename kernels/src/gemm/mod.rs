@@ -472,10 +472,16 @@ fn gemm_packed_with(
         // SAFETY: `c` borrows its elements uniquely for the whole call, bounds-checked above.
         return unsafe { scale_only(beta, c, epilogue) };
     }
-    // Pre-packed B: one fork-join per K block, like the small-m paths.
+    // Pre-packed B: one fork-join per K block, like the small-m paths; a row or a few in one.
     let threads = driver::threads_for(m, n, k, false).min(max_threads);
     // SAFETY: as above.
-    unsafe { driver::run(spec, &a, BSource::Packed(b), beta, c, epilogue, threads) };
+    unsafe {
+        if m <= spec.mr {
+            driver::run_packed_few_rows(spec, &a, b, beta, c, epilogue, threads)
+        } else {
+            driver::run(spec, &a, BSource::Packed(b), beta, c, epilogue, threads)
+        }
+    }
 }
 
 /// The reference GEMM every optimised path is tested against: matrixmultiply's packed kernel,
