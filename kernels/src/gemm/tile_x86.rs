@@ -254,8 +254,10 @@ pub(crate) unsafe fn tile<L: Lanes, B: BRows, const R: usize, const ROWS: bool, 
                 super::epilogue::apply_tile(epi.ops, c, ldc, epi.row0, R, epi.col0, cols);
             }
         } else {
-            // Ragged columns: through a buffer (64 floats: the widest tile is 4 x 16).
-            let mut buf = [0.0f32; 64];
+            // Ragged columns: each row through a buffer (a row of the widest tile is 16 floats).
+            const ROW_BUF: usize = 16;
+            debug_assert!(V * L::N <= ROW_BUF);
+            let mut buf = [0.0f32; ROW_BUF];
             for (i, row) in acc.iter().enumerate() {
                 for (v, x) in row.iter().enumerate() {
                     L::store(buf.as_mut_ptr().add(L::N * v), *x);
