@@ -25,7 +25,6 @@ mod tests;
 mod tile_x86;
 
 use crate::activation::{self, Activation};
-use crate::isa::Isa;
 use crate::parallel;
 use driver::BSource;
 use spec::Spec;
@@ -372,7 +371,8 @@ pub struct PackedB {
     /// `n` rounded up to the panel width: K block `[p0, p0 + kc)` starts at `p0 * npad`, its
     /// panel `j` at `p0 * npad + j * kc * nr`.
     npad: usize,
-    isa: Isa,
+    /// The kernel family packed for ([`Spec::name`]): its panel width and K blocking.
+    family: &'static str,
 }
 
 impl PackedB {
@@ -393,7 +393,7 @@ impl PackedB {
 
 impl std::fmt::Debug for PackedB {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PackedB({}x{}, {})", self.k, self.n, self.isa.name())
+        write!(f, "PackedB({}x{}, {})", self.k, self.n, self.family)
     }
 }
 
@@ -435,7 +435,7 @@ fn pack_b_with(spec: &Spec, b: MatRef) -> PackedB {
         k,
         n,
         npad,
-        isa: spec.isa,
+        family: spec.name,
     }
 }
 
@@ -459,7 +459,7 @@ fn gemm_packed_with(
     max_threads: usize,
 ) {
     assert_eq!(
-        b.isa, spec.isa,
+        b.family, spec.name,
         "gemm_packed: B was packed for another kernel family"
     );
     check_a_c(&a, b.k, b.n, &c, epilogue);

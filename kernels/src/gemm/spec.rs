@@ -60,8 +60,6 @@ pub(crate) struct TileEpi<'a> {
 
 /// A micro-kernel family with its register tile and cache blocking.
 pub(crate) struct Spec {
-    /// The ISA family the rest of the kernels run with when this one is chosen.
-    pub isa: Isa,
     /// The family's name in reports ("avx512" beside the AVX2 element-wise kernels).
     pub name: &'static str,
     /// Rows of the register tile (A micro-panel height).
@@ -147,7 +145,6 @@ impl Spec {
 }
 
 static SCALAR: Spec = Spec {
-    isa: Isa::Scalar,
     name: "scalar",
     mr: super::kernel_scalar::MR,
     nr: super::kernel_scalar::NR,
@@ -166,7 +163,6 @@ static SCALAR: Spec = Spec {
 
 #[cfg(target_arch = "x86_64")]
 static AVX2: Spec = Spec {
-    isa: Isa::Avx2Fma,
     name: "avx2",
     mr: super::kernel_avx2::MR,
     nr: super::kernel_avx2::NR,
@@ -186,7 +182,6 @@ static AVX2: Spec = Spec {
 /// The AVX-512 tiles; everything else (packing, the m = 1 path) as the AVX2 family.
 #[cfg(target_arch = "x86_64")]
 static AVX512: Spec = Spec {
-    isa: Isa::Avx2Fma,
     name: "avx512",
     mr: super::kernel_avx512::MR,
     nr: super::kernel_avx512::NR,
@@ -205,7 +200,6 @@ static AVX512: Spec = Spec {
 
 #[cfg(target_arch = "aarch64")]
 static NEON: Spec = Spec {
-    isa: Isa::Neon,
     name: "neon",
     mr: super::kernel_neon::MR,
     nr: super::kernel_neon::NR,
@@ -237,12 +231,12 @@ pub(crate) fn for_isa(isa: Isa) -> &'static Spec {
 #[cfg(test)]
 pub(crate) fn supported() -> Vec<&'static Spec> {
     let mut v = vec![&SCALAR];
-    let best = for_isa(crate::isa::detect());
-    if best.isa != Isa::Scalar {
-        v.push(best);
+    let isa = crate::isa::detect();
+    if isa != Isa::Scalar {
+        v.push(for_isa(isa));
     }
     #[cfg(target_arch = "x86_64")]
-    if best.isa == Isa::Avx2Fma && super::kernel_avx512::supported() {
+    if isa == Isa::Avx2Fma && super::kernel_avx512::supported() {
         v.push(&AVX512);
     }
     v

@@ -3,6 +3,7 @@
 //! beta, every epilogue step, and threads.
 
 use super::*;
+use crate::isa::Isa;
 
 /// Deterministic values in [-1, 1).
 fn values(len: usize, seed: u64) -> Vec<f32> {
