@@ -49,7 +49,7 @@ use crate::graph::{Graph, Model, NodeId, Op};
 use crate::passes::{fold_batch_norms, remove_passthrough};
 use tlc_kernels::conv::{self, Conv2dShape, ConvEpilogueOp};
 use tlc_kernels::elementwise::{self, BinaryOp};
-use tlc_kernels::gemm::{gemm_packed, linear_half, pack_b, EpilogueOp, MatMut, MatRef};
+use tlc_kernels::gemm::{gemm_packed, linear_half, pack_b, EpilogueOp, MatMut, MatRef, PackedB};
 use tlc_kernels::half_weights::{HalfKind, HalfVec};
 use tlc_kernels::pool::{self, PoolDims, Window2d};
 use tlc_kernels::{activation, Activation};
@@ -474,6 +474,27 @@ impl<'m> Compiler<'m> {
         Ok(v)
     }
 
+    /// Node `node`'s `[rows, cols]` weight as the packed B of a linear layer (`W^T`), subnormal
+    /// values flushed as in [`Compiler::tensor`], packed straight from the model's storage (a
+    /// copy first had VGG-16-bn's 64 MB classifier weights held twice while packing).
+    fn packed_weight(&self, node: NodeId, rows: usize, cols: usize) -> Result<PackedB> {
+        let name = format!("{}.weight", self.g.node(node).name);
+        let t = self
+            .m
+            .get(&name)
+            .ok_or_else(|| plan_err(format!("the model has no tensor `{name}`")))?;
+        let data = t.contiguous_data();
+        if data.len() != rows * cols {
+            return Err(plan_err(format!(
+                "`{name}` has {} values, the layer needs {rows}x{cols}",
+                data.len()
+            )));
+        }
+        let mut packed = pack_b(MatRef::row_major(&data, rows, cols).t());
+        packed.flush_subnormals();
+        Ok(packed)
+    }
+
     /// Node `node`'s weight tensor in 16 bits of `kind`.
     fn half_weight(&self, node: NodeId, kind: HalfKind) -> Result<HalfVec> {
         let w = self.tensor(node, "weight")?;
@@ -635,10 +656,7 @@ impl<'m> Compiler<'m> {
                     let bias = l.bias.then(|| self.tensor(id, "bias")).transpose()?;
                     let weight = match self.weights.half() {
                         Some(h) => LinearWeight::Half(self.half_weight(id, h)?),
-                        None => {
-                            let w = self.tensor(id, "weight")?;
-                            LinearWeight::Packed(pack_b(MatRef::row_major(&w, l.out_f, l.in_f).t()))
-                        }
+                        None => LinearWeight::Packed(self.packed_weight(id, l.out_f, l.in_f)?),
                     };
                     let kind = format!(
                         "linear{}{}",

@@ -610,3 +610,19 @@ fn indirect_rows_match_the_gathered_product() {
         }
     }
 }
+
+#[test]
+fn flushing_a_packed_b_zeroes_its_subnormals_only() {
+    let (k, n) = (3, 20);
+    let mut bd = values(k * n, 50);
+    bd[7] = 1e-40;
+    bd[45] = -3e-39;
+    let mut pb = pack_b(MatRef::row_major(&bd, k, n));
+    let before: Vec<f32> = pb.data().to_vec();
+    assert_eq!(before.iter().filter(|x| x.is_subnormal()).count(), 2);
+    pb.flush_subnormals();
+    for (&old, &new) in before.iter().zip(pb.data()) {
+        let want = if old.is_subnormal() { 0.0 } else { old };
+        assert_eq!(new.to_bits(), want.to_bits());
+    }
+}
