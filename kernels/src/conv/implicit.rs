@@ -1,19 +1,20 @@
-//! Stride-1 convolutions as an implicit GEMM: the micro-kernels read a zero-padded copy of the
-//! input through a table of row offsets, one per (input channel, ky, kx), and no patch matrix is
-//! ever written (the tiled im2col writes and re-reads `kh * kw` copies of the input: 12 % of a
-//! 64-channel 3x3 conv at 56x56).
+//! Convolutions of stride 1 or 2 as an implicit GEMM: the micro-kernels read a zero-padded copy
+//! of the input through a table of row offsets, one per (input channel, ky, kx), and no patch
+//! matrix is ever written (the tiled im2col writes and re-reads `kh * kw` copies of the input:
+//! 12 % of a 64-channel 3x3 conv at 56x56).
 //!
-//! Each task pads the input rows its output rows need (a band) into its own scratch: rows
-//! `ws = W + pw` wide, each opening with `pw` zeros that are also the right padding of the row
-//! above (left and right padding are equal), zero rows standing in for the rows above and below
-//! the image. For output row `t` of the band, patch row `(c, ky, kx)` is then the window that
-//! starts at `c * plane + (t + ky) * ws + kx`, `OW` floats long: the B of a GEMM
-//! `[Cout x Cin*kh*kw] x [Cin*kh*kw x OW]` whose product is that output row of every channel,
-//! with the weights as A as they lie.
+//! Each task pads the input rows its output rows need (a band) into its own scratch, each padded
+//! row (`W + 2 pw` wide) split into `sw` column phases (phase `p` holds columns `p, p + sw, ...`;
+//! one phase at stride 1), zero rows standing in for the rows above and below the image. For
+//! output row `t` of the band, patch row `(c, ky, kx)` is then the window that starts at
+//! `c * plane + (sh * t + ky) * rowlen + (kx % sw) * hp + kx / sw`, `OW` floats long: the B of a
+//! GEMM `[Cout x Cin*kh*kw] x [Cin*kh*kw x OW]` whose product is that output row of every
+//! channel, with the weights as A as they lie.
 //!
 //! A GEMM per output row keeps every tile inside one row, so tiles store in place; rows narrower
 //! than [`MIN_OUT_W`] would leave most vector lanes idle and take the im2col path instead.
 
+use super::im2col::copy_even;
 use super::{with_gemm_epilogue, Conv2dShape, ConvEpilogueOp, Weights};
 use crate::gemm::{
     gemm_indirect_serial_raw, indirect_row_reach, indirect_supported, MatPtr, MatRef, OffsetRows,
@@ -29,15 +30,24 @@ pub const MIN_OUT_W: usize = 10;
 /// Output channels per task are a multiple of this (the widest register tile's rows).
 const CHANNEL_QUANTUM: usize = 8;
 
-/// Whether the geometry fits this path: stride 1, no dilation, one group, a kernel larger than
-/// 1x1, padding smaller than the kernel, output rows at least [`MIN_OUT_W`] wide, and a kernel
-/// family with indirect tiles.
+/// Most input channels of a strided convolution on this path: image stems (3 channels) ran
+/// 0.79-0.87x the im2col's time, but ResNet-18's 128->256 3x3 at stride 2 1.07-1.13x and its
+/// 1x1 downsamples 1.8x (their bands split rows and columns the kernel never reads).
+const MAX_STRIDED_IN_CHANNELS: usize = 4;
+
+/// Whether the geometry fits this path: a kernel larger than 1x1, strides of 1 or 2 (2 only for
+/// at most [`MAX_STRIDED_IN_CHANNELS`] input channels), no dilation, one group, padding smaller
+/// than the kernel, output rows at least [`MIN_OUT_W`] wide, and a kernel family with indirect
+/// tiles.
 pub fn supports(s: &Conv2dShape) -> bool {
     let p = &s.params;
-    p.stride == (1, 1)
+    let strided = p.stride != (1, 1);
+    (1..=2).contains(&p.stride.0)
+        && (1..=2).contains(&p.stride.1)
+        && (!strided || s.in_channels <= MAX_STRIDED_IN_CHANNELS)
+        && s.kernel_h * s.kernel_w > 1
         && p.dilation == (1, 1)
         && p.groups == 1
-        && s.kernel_h * s.kernel_w > 1
         && p.padding.0 < s.kernel_h
         && p.padding.1 < s.kernel_w
         && s.out_hw().1 >= MIN_OUT_W
@@ -47,8 +57,10 @@ pub fn supports(s: &Conv2dShape) -> bool {
 /// The band geometry every task of one call shares.
 #[derive(Clone, Copy)]
 struct Band {
-    /// Padded row width.
-    ws: usize,
+    /// Floats per column phase of a padded row (`ceil((W + 2 pw) / sw)`).
+    hp: usize,
+    /// Floats per padded row: its `sw` phases.
+    rowlen: usize,
     /// Floats per padded channel of a band.
     plane: usize,
     /// Floats of one band: every channel, plus the reach of the last tile past its last row.
@@ -58,25 +70,30 @@ struct Band {
 impl Band {
     /// The band of `rows` output rows (the most any task has).
     fn new(s: &Conv2dShape, rows: usize) -> Band {
-        let (w, pw) = (s.in_w, s.params.padding.1);
-        let ws = w + pw;
-        // Input rows of `rows` output rows, then the last row's right padding.
-        let plane = (rows + s.kernel_h - 1) * ws + pw;
-        let ow = s.out_hw().1;
-        // A tile of output row t reads up to offset (c, ky, kx) + t * ws + reach: at most
-        // (plane - pw - ws) + kw - 1 + reach past the last channel's start, which is
-        // plane + reach - ow (as ow + kw - 1 = ws + pw).
-        let len = s.in_channels * plane + indirect_row_reach(ow) - ow;
-        Band { ws, plane, len }
+        let (sh, sw) = s.params.stride;
+        let hp = (s.in_w + 2 * s.params.padding.1).div_ceil(sw);
+        let rowlen = sw * hp;
+        let plane = ((rows - 1) * sh + s.kernel_h) * rowlen;
+        // A tile of output row t reads at most offset (Cin - 1, kh - 1, kw - 1) + sh * t * rowlen
+        // + reach - 1, which is below Cin * plane - hp + (kw - 1) / sw + reach: inside `len`.
+        let len = s.in_channels * plane + indirect_row_reach(s.out_hw().1);
+        Band {
+            hp,
+            rowlen,
+            plane,
+            len,
+        }
     }
 
-    /// Row offsets of the patch rows `(c, ky, kx)`, in the weights' order.
+    /// Row offsets of the patch rows `(c, ky, kx)`, in the weights' order: padded column
+    /// `sw * i + p` of a row is element `i` of its phase `p`, so a window of output columns at
+    /// stride `sw` is contiguous.
     fn offsets(&self, s: &Conv2dShape, offs: &mut [u32]) {
-        let (kh, kw) = (s.kernel_h, s.kernel_w);
+        let (kh, kw, sw) = (s.kernel_h, s.kernel_w, s.params.stride.1);
         for c in 0..s.in_channels {
             for ky in 0..kh {
                 for kx in 0..kw {
-                    let o = c * self.plane + ky * self.ws + kx;
+                    let o = c * self.plane + ky * self.rowlen + (kx % sw) * self.hp + kx / sw;
                     offs[(c * kh + ky) * kw + kx] = u32::try_from(o).expect("band within 4 G");
                 }
             }
@@ -85,20 +102,39 @@ impl Band {
 
     /// Pad the input rows that output rows `oy0..oy0 + rows` read from image `x` into `band`.
     fn fill(&self, s: &Conv2dShape, x: &[f32], oy0: usize, rows: usize, band: &mut [f32]) {
-        let (h, w, ph, pw) = (s.in_h, s.in_w, s.params.padding.0, s.params.padding.1);
-        let used = (rows + s.kernel_h - 1) * self.ws + pw;
+        let (h, w, ph) = (s.in_h, s.in_w, s.params.padding.0);
+        let sh = s.params.stride.0;
+        let used = ((rows - 1) * sh + s.kernel_h) * self.rowlen;
         for (c, plane) in band.chunks_exact_mut(self.plane).enumerate() {
             let src = &x[c * h * w..(c + 1) * h * w];
-            for (r, row) in plane[..used - pw].chunks_exact_mut(self.ws).enumerate() {
-                // Padded row oy0 + r is input row oy0 + r - ph.
-                let (pad, vals) = row.split_at_mut(pw);
-                pad.fill(0.0);
-                match (oy0 + r).checked_sub(ph).filter(|&y| y < h) {
-                    Some(y) => vals.copy_from_slice(&src[y * w..(y + 1) * w]),
-                    None => vals.fill(0.0),
+            for (r, row) in plane[..used].chunks_exact_mut(self.rowlen).enumerate() {
+                // Padded row sh * oy0 + r is input row sh * oy0 + r - ph.
+                match (sh * oy0 + r).checked_sub(ph).filter(|&y| y < h) {
+                    Some(y) => self.fill_row(s, &src[y * w..(y + 1) * w], row),
+                    None => row.fill(0.0),
                 }
             }
-            plane[used - pw..used].fill(0.0);
+        }
+    }
+
+    /// One input row, zero-padded and split into its column phases.
+    fn fill_row(&self, s: &Conv2dShape, src: &[f32], row: &mut [f32]) {
+        let (w, pw, sw) = (s.in_w, s.params.padding.1, s.params.stride.1);
+        for (p, phase) in row.chunks_exact_mut(self.hp).enumerate() {
+            // Element i is padded column sw * i + p, input column sw * i + p - pw.
+            let i0 = pw.saturating_sub(p).div_ceil(sw);
+            let x0 = sw * i0 + p - pw;
+            let n = if x0 < w { (w - x0).div_ceil(sw) } else { 0 };
+            phase[..i0].fill(0.0);
+            if n > 0 {
+                let dst = &mut phase[i0..i0 + n];
+                if sw == 1 {
+                    dst.copy_from_slice(&src[x0..x0 + n]);
+                } else {
+                    copy_even(dst, &src[x0..x0 + 2 * n - 1]);
+                }
+            }
+            phase[i0 + n..].fill(0.0);
         }
     }
 }
@@ -106,7 +142,7 @@ impl Band {
 /// The forward (see the module docs); `w` row-major `[Cout x Cin*kh*kw]`. [`supports`] must
 /// hold.
 pub fn forward(s: &Conv2dShape, x: &[f32], w: Weights, out: &mut [f32], epi: &[ConvEpilogueOp]) {
-    assert!(supports(s), "conv2d: implicit path needs stride 1");
+    assert!(supports(s), "conv2d: implicit path needs stride 1 or 2");
     let (oh, ow) = s.out_hw();
     let (cin, cout) = (s.in_channels, s.out_channels);
     let k = cin * s.kernel_h * s.kernel_w;
@@ -157,7 +193,7 @@ pub fn forward(s: &Conv2dShape, x: &[f32], w: Weights, out: &mut [f32], epi: &[C
                 for t in 0..rows {
                     let oy = oy0 + t;
                     let b = OffsetRows {
-                        data: &data[t * band.ws..],
+                        data: &data[s.params.stride.0 * t * band.rowlen..],
                         offs,
                         cols: ow,
                     };

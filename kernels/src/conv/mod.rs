@@ -179,8 +179,8 @@ impl Conv2dShape {
         }
     }
 
-    /// The path the forward takes: [`Conv2dShape::path`], except that stride-1 convolutions the
-    /// implicit GEMM supports take it.
+    /// The path the forward takes: [`Conv2dShape::path`], except that the convolutions the
+    /// implicit GEMM supports take it (pointwise and depthwise ones keep their own kernels).
     pub fn forward_path(&self) -> ConvPath {
         match self.path() {
             ConvPath::General | ConvPath::Shifted if implicit::supports(self) => ConvPath::Implicit,
@@ -213,8 +213,8 @@ pub enum ConvPath {
     General,
     /// Stride 1, one group: GEMMs over shifted views of a padded plane, no im2col.
     Shifted,
-    /// Stride 1, one group, output rows of at least [`implicit::MIN_OUT_W`]: an implicit GEMM
-    /// reading a padded plane through row offsets. Forward only: its gradients are the
+    /// Stride 1 or 2, one group, output rows of at least [`implicit::MIN_OUT_W`]: an implicit
+    /// GEMM reading a padded band of the input through row offsets. Forward only: its gradients are the
     /// [`ConvPath::General`] ones.
     Implicit,
 }

@@ -95,6 +95,12 @@ const CASES: &[Case] = &[
     (2, 3, 3, 3, 4, 3, 3, (1, 1), (0, 0), (1, 1), 1),
     (1, 2, 1, 1, 3, 3, 3, (1, 1), (1, 1), (1, 1), 1),
     (1, 2, 4, 4, 3, 3, 3, (2, 2), (0, 0), (1, 1), 1),
+    // Strided implicit GEMMs (few input channels): column phases with and without padding, row
+    // stride alone, an odd-width 7x7 stem; and a 1x1 downsample, which stays on im2col.
+    (2, 4, 9, 24, 6, 3, 3, (1, 2), (1, 0), (1, 1), 1),
+    (1, 4, 10, 12, 5, 2, 3, (2, 1), (1, 1), (1, 1), 1),
+    (1, 6, 8, 22, 7, 1, 1, (2, 2), (0, 0), (1, 1), 1),
+    (1, 3, 23, 41, 8, 7, 7, (2, 2), (3, 3), (1, 1), 1),
 ];
 
 /// Large enough to cross CONV_PAR_MIN_MACS: exercises every parallel split.
