@@ -2,7 +2,8 @@
 //!
 //! `TLC_ISA=scalar` forces the scalar reference paths (useful to bisect a SIMD bug or to measure the
 //! SIMD gain); any other value, or none, picks the best the CPU supports. Within AVX2, the GEMM
-//! picks AVX-512 tiles where the CPU has them; `TLC_GEMM=avx2` keeps it on the AVX2 ones.
+//! tiles and the depthwise kernels use AVX-512 where the CPU has it ([`avx512`]);
+//! `TLC_AVX512=0` keeps them on AVX2 (for comparisons).
 
 use std::sync::OnceLock;
 
@@ -52,6 +53,31 @@ pub fn current() -> Isa {
     *CURRENT.get_or_init(|| match std::env::var("TLC_ISA").as_deref() {
         Ok("scalar") => Isa::Scalar,
         _ => detect(),
+    })
+}
+
+/// Whether this CPU has AVX-512F and AVX-512VL (whatever `TLC_ISA` and `TLC_AVX512` say).
+pub fn detect_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        detect() == Isa::Avx2Fma
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether the kernels that have AVX-512 variants use them: [`current`] is AVX2, the CPU has
+/// AVX-512F/VL ([`detect_avx512`]) and `TLC_AVX512` is not `0`. Decided once.
+pub fn avx512() -> bool {
+    static AVX512: OnceLock<bool> = OnceLock::new();
+    *AVX512.get_or_init(|| {
+        current() == Isa::Avx2Fma
+            && detect_avx512()
+            && std::env::var("TLC_AVX512").as_deref() != Ok("0")
     })
 }
 

@@ -21,8 +21,8 @@ use crate::parallel::{self, CONV_PAR_MIN_MACS};
 use crate::scratch::with_scratch;
 use std::ops::Range;
 
-/// The widest SIMD vector any kernel here uses, in f32 lanes (AVX2).
-const MAX_LANES: usize = 8;
+/// The widest SIMD vector any kernel here uses, in f32 lanes (AVX-512).
+const MAX_LANES: usize = 16;
 /// Output rows computed together by the SIMD kernels.
 pub const ROWS: usize = 4;
 
@@ -142,51 +142,91 @@ pub fn rows_scalar(job: &PlaneJob, oy0: usize, ow: usize, out: &mut [f32]) {
     }
 }
 
+/// The row kernels: the scalar reference and one SIMD instantiation per vector width.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    Scalar,
+    Avx2,
+    /// 16 lanes; a stride-2 load deinterleaves with one two-source permute where AVX2 needs a
+    /// shuffle and a cross-lane permute for every 8 outputs.
+    Avx512,
+    Neon,
+}
+
+impl Kernel {
+    /// The kernel for `isa`: AVX-512 within AVX2 where [`isa::avx512`] allows.
+    pub fn of(isa: Isa) -> Kernel {
+        match isa {
+            Isa::Scalar => Kernel::Scalar,
+            Isa::Avx2Fma if isa::avx512() => Kernel::Avx512,
+            Isa::Avx2Fma => Kernel::Avx2,
+            Isa::Neon => Kernel::Neon,
+        }
+    }
+
+    /// Whether this CPU runs the kernel.
+    pub fn runs_here(self) -> bool {
+        match self {
+            Kernel::Scalar => true,
+            Kernel::Avx2 => isa::detect() == Isa::Avx2Fma,
+            Kernel::Avx512 => isa::detect_avx512(),
+            Kernel::Neon => isa::detect() == Isa::Neon,
+        }
+    }
+
+    /// Every kernel this CPU runs (the tests compare them all with the scalar one).
+    pub fn available() -> Vec<Kernel> {
+        [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512, Kernel::Neon]
+            .into_iter()
+            .filter(|k| k.runs_here())
+            .collect()
+    }
+}
+
 /// The kernel for `isa` (SIMD for horizontal strides 1 and 2, the scalar reference otherwise):
 /// output rows `oy0..oy0 + out.len() / ow` into `out` (rows of `ow`).
 pub fn rows(isa: Isa, job: &PlaneJob, oy0: usize, ow: usize, out: &mut [f32]) {
+    rows_on(Kernel::of(isa), job, oy0, ow, out)
+}
+
+/// [`rows`] on a given kernel (one of [`Kernel::available`]).
+pub fn rows_on(kernel: Kernel, job: &PlaneJob, oy0: usize, ow: usize, out: &mut [f32]) {
     let nrows = out.len().checked_div(ow).unwrap_or(0);
     assert_eq!(nrows * ow, out.len(), "depthwise: output is not whole rows");
     if nrows == 0 {
         return;
     }
-    match (isa, job.sx) {
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2Fma, 1 | 2) => {
-            assert!(
-                job.reads_in_bounds(oy0, nrows, ow),
-                "depthwise: reads out of bounds"
-            );
-            // SAFETY: Avx2Fma is only selected when the CPU supports AVX2 and FMA, and the assert
-            // above proves every load of every (rounded-up) output vector of these rows lies
-            // inside `src` and every tap inside `taps`; stores go to whole vectors inside `out`
-            // or, masked, to the columns of `out` in a partial one.
-            unsafe {
-                if job.sx == 1 {
-                    avx2::rows::<1>(job, oy0, ow, out)
-                } else {
-                    avx2::rows::<2>(job, oy0, ow, out)
-                }
-            }
+    if !matches!(job.sx, 1 | 2) || kernel == Kernel::Scalar {
+        return rows_scalar(job, oy0, ow, out);
+    }
+    assert!(
+        job.reads_in_bounds(oy0, nrows, ow),
+        "depthwise: reads out of bounds"
+    );
+    assert!(
+        kernel.runs_here(),
+        "depthwise: {kernel:?} kernel on a CPU without it"
+    );
+    // SAFETY (every arm): the kernel's features are present (asserted above), and `reads_in_bounds` proves every load of every (rounded-up
+    // to MAX_LANES) output vector of these rows lies inside `src` and every tap inside `taps`;
+    // stores go to whole vectors inside `out` or, masked or lane by lane, to the columns of
+    // `out` in a partial one.
+    unsafe {
+        match (kernel, job.sx) {
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx2, 1) => avx2::rows::<1>(job, oy0, ow, out),
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx2, _) => avx2::rows::<2>(job, oy0, ow, out),
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx512, 1) => avx512::rows::<1>(job, oy0, ow, out),
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx512, _) => avx512::rows::<2>(job, oy0, ow, out),
+            #[cfg(target_arch = "aarch64")]
+            (Kernel::Neon, 1) => neon::rows::<1>(job, oy0, ow, out),
+            #[cfg(target_arch = "aarch64")]
+            (Kernel::Neon, _) => neon::rows::<2>(job, oy0, ow, out),
+            _ => rows_scalar(job, oy0, ow, out),
         }
-        #[cfg(target_arch = "aarch64")]
-        (Isa::Neon, 1 | 2) => {
-            assert!(
-                job.reads_in_bounds(oy0, nrows, ow),
-                "depthwise: reads out of bounds"
-            );
-            // SAFETY: NEON is present on every aarch64 target (isa::detect checked it), and the
-            // assert above proves every load lies inside `src` and `taps`; stores go to whole
-            // vectors inside `out` or lane by lane to the columns of `out` in a partial one.
-            unsafe {
-                if job.sx == 1 {
-                    neon::rows::<1>(job, oy0, ow, out)
-                } else {
-                    neon::rows::<2>(job, oy0, ow, out)
-                }
-            }
-        }
-        _ => rows_scalar(job, oy0, ow, out),
     }
 }
 
@@ -403,6 +443,59 @@ mod avx2 {
     simd_rows!("avx2,fma", 8, __m256);
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::PlaneJob;
+    use core::arch::x86_64::*;
+
+    /// Sixteen outputs' inputs: 16 consecutive floats (stride 1) or the even ones of 32
+    /// (stride 2, one two-source permute).
+    #[target_feature(enable = "avx512f,avx512vl")]
+    #[inline]
+    unsafe fn load<const S: usize>(p: *const f32) -> __m512 {
+        if S == 1 {
+            _mm512_loadu_ps(p)
+        } else {
+            let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+            _mm512_permutex2var_ps(_mm512_loadu_ps(p), even, _mm512_loadu_ps(p.add(16)))
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512vl")]
+    #[inline]
+    unsafe fn store(p: *mut f32, v: __m512) {
+        _mm512_storeu_ps(p, v)
+    }
+
+    /// Lanes `0..n` of `v` to `p..p + n` (`n < 16`): a masked store, nothing past them touched.
+    #[target_feature(enable = "avx512f,avx512vl")]
+    #[inline]
+    unsafe fn store_first(p: *mut f32, v: __m512, n: usize) {
+        _mm512_mask_storeu_ps(p, ((1u32 << n) - 1) as __mmask16, v)
+    }
+
+    #[target_feature(enable = "avx512f,avx512vl")]
+    #[inline]
+    unsafe fn splat(v: f32) -> __m512 {
+        _mm512_set1_ps(v)
+    }
+
+    #[target_feature(enable = "avx512f,avx512vl")]
+    #[inline]
+    unsafe fn fma(acc: __m512, w: __m512, x: __m512) -> __m512 {
+        _mm512_fmadd_ps(w, x, acc)
+    }
+
+    #[target_feature(enable = "avx512f,avx512vl")]
+    #[inline]
+    unsafe fn clamp(v: __m512, lo: __m512, hi: __m512) -> __m512 {
+        // Operand order keeps NaN: max/min return the second operand when either is NaN.
+        _mm512_min_ps(hi, _mm512_max_ps(lo, v))
+    }
+
+    simd_rows!("avx512f,avx512vl", 16, __m512);
+}
+
 #[cfg(target_arch = "aarch64")]
 mod neon {
     use super::PlaneJob;
@@ -584,9 +677,21 @@ fn small_plane(
     });
 }
 
-/// Forward with the kernel of `isa` (tests compare the ISAs).
+/// Forward with the kernel of `isa`.
 pub fn forward_isa(
     isa: Isa,
+    shape: &Conv2dShape,
+    x: &[f32],
+    w: Weights,
+    out: &mut [f32],
+    epi: &[ConvEpilogueOp],
+) {
+    forward_on(Kernel::of(isa), shape, x, w, out, epi)
+}
+
+/// Forward with a given row kernel (tests compare them).
+pub fn forward_on(
+    kernel: Kernel,
     shape: &Conv2dShape,
     x: &[f32],
     w: Weights,
@@ -660,7 +765,7 @@ pub fn forward_isa(
                         lo: plan.lo,
                         hi: plan.hi,
                     };
-                    rows(isa, &job, 0, g.ow, oplane);
+                    rows_on(kernel, &job, 0, g.ow, oplane);
                     if !plan.rest.is_empty() {
                         let at = (n * shape.out_channels + oc) * plane_out;
                         for (oy, orow) in oplane.chunks_exact_mut(g.ow).enumerate() {

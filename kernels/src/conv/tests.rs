@@ -4,7 +4,7 @@
 use super::depthwise::{self, PlaneJob};
 use super::im2col::valid_range;
 use super::*;
-use crate::isa::{self, Isa};
+use crate::isa;
 
 /// A small deterministic generator (xorshift64*), values uniform in [-1, 1).
 struct Rng(u64);
@@ -229,10 +229,10 @@ fn check_forward(c: Case, seed: u64) {
             assert_near(&got, &want, &format!("{c:?} {tiling:?} {name}"));
         }
         if s.in_per_group() == 1 {
-            for isa in [Isa::Scalar, isa::current()] {
+            for kernel in depthwise::Kernel::available() {
                 let mut got = vec![f32::NAN; s.output_len()];
-                depthwise::forward_isa(isa, &s, &d.x, (&d.w).into(), &mut got, &epi);
-                assert_near(&got, &want, &format!("{c:?} depthwise {isa:?} {name}"));
+                depthwise::forward_on(kernel, &s, &d.x, (&d.w).into(), &mut got, &epi);
+                assert_near(&got, &want, &format!("{c:?} depthwise {kernel:?} {name}"));
             }
         }
     }
@@ -393,10 +393,14 @@ fn depthwise_simd_matches_scalar() {
                             let mut want = vec![0.0; ow * nrows];
                             let mut got = vec![f32::NAN; ow * nrows];
                             depthwise::rows_scalar(&job, oy0, ow, &mut want);
-                            depthwise::rows(isa::current(), &job, oy0, ow, &mut got);
-                            let what =
-                                format!("s {sy},{sx} k {kh}x{kw} d {dy},{dx} rows {nrows} ow {ow}");
-                            assert_near(&got, &want, &what);
+                            for kernel in depthwise::Kernel::available() {
+                                got.fill(f32::NAN);
+                                depthwise::rows_on(kernel, &job, oy0, ow, &mut got);
+                                let what = format!(
+                                    "{kernel:?} s {sy},{sx} k {kh}x{kw} d {dy},{dx} rows {nrows} ow {ow}"
+                                );
+                                assert_near(&got, &want, &what);
+                            }
                         }
                     }
                 }

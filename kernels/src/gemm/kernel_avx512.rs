@@ -43,19 +43,10 @@ pub(crate) static INDIRECT: &[IndirectKernel] = table!(indirect __m512);
 /// [`INDIRECT`], 8 columns wide.
 pub(crate) static INDIRECT_NARROW: &[IndirectKernel] = table!(indirect __m256);
 
-/// Whether this CPU runs the family (AVX-512F and VL for the ymm tiles; AVX2+FMA for the rest
-/// of the GEMM, which it shares with the AVX2 family).
-pub(crate) fn supported() -> bool {
-    is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx512vl")
-        && is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-}
-
 /// [`super::tile_x86::tile`] over one register of `L` per row, compiled for AVX-512.
 ///
 /// # Safety
-/// [`supported`] holds, and the pointers satisfy the [`TileKernel`] contract (with `L`'s lane
+/// [`crate::isa::detect_avx512`] holds, and the pointers satisfy the [`TileKernel`] contract (with `L`'s lane
 /// count for `NR`).
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -83,7 +74,7 @@ unsafe fn tile<L: super::tile_x86::Lanes, const R: usize, const ROWS: bool>(
 /// [`super::tile_x86::tile`] with B rows at offsets, one register of `L` per row.
 ///
 /// # Safety
-/// [`supported`] holds; the [`IndirectKernel`] contract (with `L`'s lane count for `NR`).
+/// [`crate::isa::detect_avx512`] holds; the [`IndirectKernel`] contract (with `L`'s lane count for `NR`).
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn indirect<L: super::tile_x86::Lanes, const R: usize>(

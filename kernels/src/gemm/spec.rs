@@ -7,7 +7,6 @@
 
 use super::EpilogueOp;
 use crate::isa::Isa;
-use std::sync::OnceLock;
 
 /// `tile(k, a, rsa, csa, b, ldb, c, ldc, cols, beta, epi)`: C[0..r, 0..cols] = beta * C +
 /// A * B_rows, then `epi`'s steps, with A(i, p) at `a + i * rsa + p * csa`, where `r` is fixed by
@@ -236,25 +235,18 @@ pub(crate) fn supported() -> Vec<&'static Spec> {
         v.push(for_isa(isa));
     }
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2Fma && super::kernel_avx512::supported() {
+    if crate::isa::detect_avx512() {
         v.push(&AVX512);
     }
     v
 }
 
-/// The kernel family this process dispatches to: the widest this CPU runs, within the ISA
-/// `TLC_ISA` allows; `TLC_GEMM=avx2` keeps an AVX-512 CPU on the AVX2 tiles (for comparisons).
+/// The kernel family this process dispatches to: the AVX-512 tiles where [`crate::isa::avx512`]
+/// allows, else the family of [`crate::isa::current`].
 pub(crate) fn current() -> &'static Spec {
-    static CURRENT: OnceLock<&'static Spec> = OnceLock::new();
-    CURRENT.get_or_init(|| {
-        let isa = crate::isa::current();
-        #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx2Fma
-            && std::env::var("TLC_GEMM").as_deref() != Ok("avx2")
-            && super::kernel_avx512::supported()
-        {
-            return &AVX512;
-        }
-        for_isa(isa)
-    })
+    #[cfg(target_arch = "x86_64")]
+    if crate::isa::avx512() {
+        return &AVX512;
+    }
+    for_isa(crate::isa::current())
 }
