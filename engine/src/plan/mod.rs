@@ -49,8 +49,10 @@ use crate::graph::{Graph, Model, NodeId, Op};
 use crate::passes::{fold_batch_norms, remove_passthrough};
 use tlc_kernels::conv::{self, Conv2dShape, ConvEpilogueOp};
 use tlc_kernels::elementwise::{self, BinaryOp};
-use tlc_kernels::gemm::{gemm_packed, linear_half, pack_b, EpilogueOp, MatMut, MatRef, PackedB};
-use tlc_kernels::half_weights::{HalfKind, HalfVec};
+use tlc_kernels::gemm::{
+    gemm_packed, linear_half, pack_b, EpilogueOp, MatMut, MatRef, PackedB, PackedPanels,
+};
+use tlc_kernels::half_weights::{HalfKind, HalfVec, Weights};
 use tlc_kernels::pool::{self, PoolDims, Window2d};
 use tlc_kernels::{activation, Activation};
 pub use weights::WeightDtype;
@@ -339,6 +341,14 @@ impl Plan {
     }
 }
 
+/// Whether a conv of `shape` runs on the pixel-major tiles ([`conv::pixel_major::preferred`]);
+/// `TLC_PIXEL_MAJOR=0` keeps every conv on the channel-major paths (for comparisons).
+fn pixel_major(shape: &Conv2dShape) -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("TLC_PIXEL_MAJOR").as_deref() != Ok("0"))
+        && conv::pixel_major::preferred(shape)
+}
+
 /// Run one kernel: `val(k)` is input `k`, `y` the output.
 fn exec<'a>(kernel: &Kernel, n_in: usize, val: &dyn Fn(usize) -> &'a [f32], y: &mut [f32]) {
     match kernel {
@@ -362,7 +372,14 @@ fn exec<'a>(kernel: &Kernel, n_in: usize, val: &dyn Fn(usize) -> &'a [f32], y: &
                 epi[n] = ConvEpilogueOp::Act(*a);
                 n += 1;
             }
-            conv::forward_weights(shape, val(0), weight.view(), y, &epi[..n]);
+            let (x, epi) = (val(0), &epi[..n]);
+            match weight {
+                ConvWeight::F32(w) => conv::forward_weights(shape, x, Weights::F32(w), y, epi),
+                ConvWeight::Half(h) => {
+                    conv::forward_weights(shape, x, Weights::Half(h.as_slice()), y, epi)
+                }
+                ConvWeight::PixelMajor(w) => conv::pixel_major::forward(shape, x, w, y, epi),
+            }
         }
         Kernel::Linear {
             rows,
@@ -478,21 +495,34 @@ impl<'m> Compiler<'m> {
     /// values flushed as in [`Compiler::tensor`], packed straight from the model's storage (a
     /// copy first had VGG-16-bn's 64 MB classifier weights held twice while packing).
     fn packed_weight(&self, node: NodeId, rows: usize, cols: usize) -> Result<PackedB> {
+        let data = self.stored_weight(node, rows * cols)?;
+        let mut packed = pack_b(MatRef::row_major(&data, rows, cols).t());
+        packed.flush_subnormals();
+        Ok(packed)
+    }
+
+    /// Node `node`'s conv weight packed for the pixel-major tiles (subnormals flushed by the
+    /// packing), straight from the model's storage.
+    fn pixel_major_weight(&self, node: NodeId, shape: &Conv2dShape) -> Result<PackedPanels> {
+        let data = self.stored_weight(node, shape.weight_len())?;
+        Ok(conv::pixel_major::pack(shape, &data))
+    }
+
+    /// Node `node`'s weight values as the model stores them, checked to number `len`.
+    fn stored_weight(&self, node: NodeId, len: usize) -> Result<std::borrow::Cow<'_, [f32]>> {
         let name = format!("{}.weight", self.g.node(node).name);
         let t = self
             .m
             .get(&name)
             .ok_or_else(|| plan_err(format!("the model has no tensor `{name}`")))?;
         let data = t.contiguous_data();
-        if data.len() != rows * cols {
+        if data.len() != len {
             return Err(plan_err(format!(
-                "`{name}` has {} values, the layer needs {rows}x{cols}",
+                "`{name}` has {} values, the layer needs {len}",
                 data.len()
             )));
         }
-        let mut packed = pack_b(MatRef::row_major(&data, rows, cols).t());
-        packed.flush_subnormals();
-        Ok(packed)
+        Ok(data)
     }
 
     /// Node `node`'s weight tensor in 16 bits of `kind`.
@@ -638,6 +668,9 @@ impl<'m> Compiler<'m> {
                     kind.push_str(&self.dtype_kind());
                     kind.push_str(&epilogue_kind(bias.is_some(), residual.is_some(), act));
                     let weight = match self.weights.half() {
+                        None if pixel_major(&shape) => {
+                            ConvWeight::PixelMajor(self.pixel_major_weight(id, &shape)?)
+                        }
                         None => ConvWeight::F32(self.tensor(id, "weight")?),
                         Some(h) => ConvWeight::Half(self.half_weight(id, h)?),
                     };

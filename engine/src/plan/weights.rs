@@ -1,7 +1,7 @@
 //! How a plan stores conv and linear weights: f32, or 16 bits decoded by the kernels.
 
-use tlc_kernels::gemm::PackedB;
-use tlc_kernels::half_weights::{HalfKind, HalfVec, Weights};
+use tlc_kernels::gemm::{PackedB, PackedPanels};
+use tlc_kernels::half_weights::{HalfKind, HalfVec};
 
 /// How conv and linear weights are stored (the arithmetic is f32 either way).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -46,6 +46,8 @@ impl WeightDtype {
 pub(super) enum ConvWeight {
     F32(Vec<f32>),
     Half(HalfVec),
+    /// `W^T` packed for the pixel-major tiles (`conv::pixel_major`).
+    PixelMajor(PackedPanels),
 }
 
 impl ConvWeight {
@@ -54,13 +56,7 @@ impl ConvWeight {
         match self {
             ConvWeight::F32(w) => 4 * w.len(),
             ConvWeight::Half(h) => h.bytes(),
-        }
-    }
-
-    pub(super) fn view(&self) -> Weights<'_> {
-        match self {
-            ConvWeight::F32(w) => Weights::F32(w),
-            ConvWeight::Half(h) => Weights::Half(h.as_slice()),
+            ConvWeight::PixelMajor(p) => 4 * p.rows() * p.cols(),
         }
     }
 }

@@ -17,7 +17,8 @@
 use super::im2col::copy_even;
 use super::{with_gemm_epilogue, Conv2dShape, ConvEpilogueOp, Weights};
 use crate::gemm::{
-    gemm_indirect_serial_raw, indirect_row_reach, indirect_supported, MatPtr, MatRef, OffsetRows,
+    gemm_indirect_serial_raw, gemm_pixel_major_raw, indirect_row_reach, indirect_supported,
+    pixel_major_supported, Epilogue, MatPtr, MatRef, OffsetRows, PackedPanels, PixelRows, PANEL,
 };
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
 use crate::scratch::with_scratch;
@@ -40,6 +41,17 @@ const MAX_STRIDED_IN_CHANNELS: usize = 4;
 /// than the kernel, output rows at least [`MIN_OUT_W`] wide, and a kernel family with indirect
 /// tiles.
 pub fn supports(s: &Conv2dShape) -> bool {
+    geometry_fits(s) && s.out_hw().1 >= MIN_OUT_W && indirect_supported()
+}
+
+/// Whether [`forward_pixel_major`] runs `s`: [`supports`]'s geometry, any row width (pixels fill
+/// the tile's rows, not its lanes), and a CPU with the pixel-major tiles.
+pub fn supports_pixel_major(s: &Conv2dShape) -> bool {
+    geometry_fits(s) && pixel_major_supported()
+}
+
+/// [`supports`] without the row width and the kernel family.
+fn geometry_fits(s: &Conv2dShape) -> bool {
     let p = &s.params;
     let strided = p.stride != (1, 1);
     (1..=2).contains(&p.stride.0)
@@ -50,8 +62,6 @@ pub fn supports(s: &Conv2dShape) -> bool {
         && p.groups == 1
         && p.padding.0 < s.kernel_h
         && p.padding.1 < s.kernel_w
-        && s.out_hw().1 >= MIN_OUT_W
-        && indirect_supported()
 }
 
 /// The band geometry every task of one call shares.
@@ -105,7 +115,12 @@ impl Band {
         let (h, w, ph) = (s.in_h, s.in_w, s.params.padding.0);
         let sh = s.params.stride.0;
         let used = ((rows - 1) * sh + s.kernel_h) * self.rowlen;
-        for (c, plane) in band.chunks_exact_mut(self.plane).enumerate() {
+        // `take`: the reach behind the last channel can hold a whole plane of a narrow band.
+        for (c, plane) in band
+            .chunks_exact_mut(self.plane)
+            .enumerate()
+            .take(s.in_channels)
+        {
             let src = &x[c * h * w..(c + 1) * h * w];
             for (r, row) in plane[..used].chunks_exact_mut(self.rowlen).enumerate() {
                 // Padded row sh * oy0 + r is input row sh * oy0 + r - ph.
@@ -143,12 +158,104 @@ impl Band {
 /// hold.
 pub fn forward(s: &Conv2dShape, x: &[f32], w: Weights, out: &mut [f32], epi: &[ConvEpilogueOp]) {
     assert!(supports(s), "conv2d: implicit path needs stride 1 or 2");
+    let k = s.in_channels * s.kernel_h * s.kernel_w;
+    let ow = s.out_hw().1;
+    w.with_f32(|wf| {
+        let split = Split::Rows(CHANNEL_QUANTUM);
+        for_each_row(s, x, out, epi, split, |data, offs, c0, cb, dst, e| {
+            let weights = MatRef::row_major(&wf[c0 * k..(c0 + cb) * k], cb, k);
+            let b = OffsetRows {
+                data,
+                offs,
+                cols: ow,
+            };
+            // SAFETY: `for_each_row`'s contract for `dst`.
+            unsafe { gemm_indirect_serial_raw(weights, b, dst, e) }
+        })
+    });
+}
+
+/// The forward on the pixel-major tiles, with the weights packed by [`pack_pixel_major`].
+/// [`supports_pixel_major`] must hold.
+pub fn forward_pixel_major(
+    s: &Conv2dShape,
+    x: &[f32],
+    w: &PackedPanels,
+    out: &mut [f32],
+    epi: &[ConvEpilogueOp],
+) {
+    assert!(
+        supports_pixel_major(s),
+        "conv2d: no pixel-major implicit path for this shape"
+    );
+    let k = s.in_channels * s.kernel_h * s.kernel_w;
+    assert!(
+        w.rows() == k && w.cols() == s.out_channels,
+        "conv2d: packed weights of another shape"
+    );
+    let ow = s.out_hw().1;
+    // Each task's weight panels (k x 16 floats, 295 KB at 512 input channels) stay in L2 while
+    // they sweep its rows. Row runs each stream every panel of their channels, which costs more
+    // than the products once the weights no longer stay in cache between runs (ResNet-18's 7x7
+    // stage ran 1.1x slower); every task then takes all rows, if its band of the whole input
+    // stays in L2 (128 channels at 28x28, 460 KB, ran 1.2x slower that way).
+    let padded =
+        s.in_channels * (s.in_h + 2 * s.params.padding.0) * (s.in_w + 2 * s.params.padding.1);
+    let split = if k * s.out_channels >= padded && padded <= MAX_WHOLE_BAND {
+        Split::Channels
+    } else {
+        Split::Rows(PANEL)
+    };
+    for_each_row(s, x, out, epi, split, |data, offs, c0, cb, dst, e| {
+        let a = PixelRows {
+            data,
+            offs,
+            pixels: ow,
+        };
+        let panels = c0 / PANEL..(c0 + cb).div_ceil(PANEL);
+        // SAFETY: `for_each_row`'s contract for `dst`.
+        unsafe { gemm_pixel_major_raw(a, w, panels, dst, e) }
+    });
+}
+
+/// `W^T` packed for [`forward_pixel_major`] (`w` row-major `[Cout x Cin*kh*kw]`, as for any conv).
+pub fn pack_pixel_major(s: &Conv2dShape, w: &[f32]) -> PackedPanels {
+    let k = s.in_channels * s.kernel_h * s.kernel_w;
+    PackedPanels::new(MatRef::row_major(&w[..s.out_channels * k], s.out_channels, k).t())
+}
+
+/// Most floats of a padded input that [`forward_pixel_major`] hands every task whole (384 KB).
+const MAX_WHOLE_BAND: usize = 96 * 1024;
+
+/// How [`for_each_row`] splits a convolution into tasks.
+#[derive(Clone, Copy)]
+enum Split {
+    /// Runs of output rows, times blocks of a multiple of this many channels when rows alone are
+    /// too few; each task's rows one after another, all its channels at a time.
+    Rows(usize),
+    /// Blocks of whole [`PANEL`]s of channels, every output row each; within a task, panel by
+    /// panel, each panel over every row.
+    Channels,
+}
+
+/// Split the output into tasks, pad each task's band, and call `gemm(data, offs, c0, cb, dst,
+/// epi)` for each of its output rows (and, with [`Split::Channels`], each panel): patch element
+/// `p` of output pixel `i` is `data[offs[p] + i]` (at least `indirect_row_reach(ow)` floats
+/// readable behind each offset), and `dst` is channels `c0..c0 + cb` of that row, valid and the
+/// calling task's alone.
+fn for_each_row(
+    s: &Conv2dShape,
+    x: &[f32],
+    out: &mut [f32],
+    epi: &[ConvEpilogueOp],
+    split: Split,
+    gemm: impl Fn(&[f32], &[u32], usize, usize, MatPtr, &Epilogue) + Sync,
+) {
     let (oh, ow) = s.out_hw();
     let (cin, cout) = (s.in_channels, s.out_channels);
     let k = cin * s.kernel_h * s.kernel_w;
     let (plane_out, img_in) = (oh * ow, cin * s.in_h * s.in_w);
 
-    // Tasks: runs of output rows, times blocks of output channels when rows alone are too few.
     let par = parallel::worth_splitting(s.macs(), CONV_PAR_MIN_MACS);
     let want = if par {
         parallel::pieces(s.macs(), CONV_PAR_MIN_MACS)
@@ -157,17 +264,14 @@ pub fn forward(s: &Conv2dShape, x: &[f32], w: Weights, out: &mut [f32], epi: &[C
     } else {
         1
     };
-    let row_runs = want.min(oh).max(1);
+    let (quantum, row_runs) = match split {
+        Split::Rows(q) => (q, want.min(oh).max(1)),
+        Split::Channels => (PANEL, 1),
+    };
     let rows = oh.div_ceil(row_runs);
     let row_runs = oh.div_ceil(rows);
-    let blocks = want
-        .div_ceil(row_runs)
-        .min(cout.div_ceil(CHANNEL_QUANTUM))
-        .max(1);
-    let cb = cout
-        .div_ceil(blocks)
-        .next_multiple_of(CHANNEL_QUANTUM)
-        .min(cout);
+    let blocks = want.div_ceil(row_runs).min(cout.div_ceil(quantum)).max(1);
+    let cb = cout.div_ceil(blocks).next_multiple_of(quantum).min(cout);
     let blocks = cout.div_ceil(cb);
     let band = Band::new(s, rows);
 
@@ -177,41 +281,41 @@ pub fn forward(s: &Conv2dShape, x: &[f32], w: Weights, out: &mut [f32], epi: &[C
         cols: plane_out,
         row_stride: plane_out,
     };
-    w.with_f32(|wf| {
-        let tasks = s.batch * row_runs * blocks;
-        parallel::for_each_index(tasks, par && tasks > 1, |t| {
-            let (n, rest) = (t / (row_runs * blocks), t % (row_runs * blocks));
-            let (oy0, c0) = ((rest / blocks) * rows, (rest % blocks) * cb);
-            let (rows, cb) = (rows.min(oh - oy0), cb.min(cout - c0));
-            let weights = MatRef::row_major(&wf[c0 * k..(c0 + cb) * k], cb, k);
-            with_scratch(k + band.len, |buf| {
-                let (offs, data) = buf.split_at_mut(k);
-                // The offsets live in the f32 scratch as their bit patterns.
-                let offs: &mut [u32] = bytes_as_u32(offs);
-                band.offsets(s, offs);
-                band.fill(s, &x[n * img_in..(n + 1) * img_in], oy0, rows, data);
+    let tasks = s.batch * row_runs * blocks;
+    parallel::for_each_index(tasks, par && tasks > 1, |t| {
+        let (n, rest) = (t / (row_runs * blocks), t % (row_runs * blocks));
+        let (oy0, c0) = ((rest / blocks) * rows, (rest % blocks) * cb);
+        let (rows, cb) = (rows.min(oh - oy0), cb.min(cout - c0));
+        with_scratch(k + band.len, |buf| {
+            let (offs, data) = buf.split_at_mut(k);
+            // The offsets live in the f32 scratch as their bit patterns.
+            let offs: &mut [u32] = bytes_as_u32(offs);
+            band.offsets(s, offs);
+            band.fill(s, &x[n * img_in..(n + 1) * img_in], oy0, rows, data);
+            let chunk = match split {
+                Split::Rows(_) => cb,
+                Split::Channels => PANEL,
+            };
+            for c in (c0..c0 + cb).step_by(chunk) {
+                let cc = chunk.min(c0 + cb - c);
                 for t in 0..rows {
                     let oy = oy0 + t;
-                    let b = OffsetRows {
-                        data: &data[s.params.stride.0 * t * band.rowlen..],
-                        offs,
-                        cols: ow,
-                    };
-                    let dst = base.block(n * cout + c0, oy * ow, cb, ow);
-                    with_gemm_epilogue(s, epi, n, c0, cb, oy * ow, ow, |e| {
-                        // SAFETY: `dst` is rows c0..c0 + cb of output row oy of image n: inside
-                        // `out`, and this task's alone (tasks split images, rows and channels).
-                        unsafe { gemm_indirect_serial_raw(weights, b, dst, e) }
+                    let row = &data[s.params.stride.0 * t * band.rowlen..];
+                    let dst = base.block(n * cout + c, oy * ow, cc, ow);
+                    // `dst` is channels c..c + cc of output row oy of image n: inside `out`, and
+                    // this task's alone (tasks split images, rows and channels).
+                    with_gemm_epilogue(s, epi, n, c, cc, oy * ow, ow, |e| {
+                        gemm(row, offs, c, cc, dst, e)
                     });
                 }
-            })
-        });
+            }
+        })
     });
 }
 
 /// An f32 scratch slice reused for u32 values (same size and alignment; every bit pattern is a
 /// valid value of either type).
-fn bytes_as_u32(v: &mut [f32]) -> &mut [u32] {
+pub(crate) fn bytes_as_u32(v: &mut [f32]) -> &mut [u32] {
     // SAFETY: f32 and u32 have the same size and alignment and no invalid bit patterns; the
     // returned slice reborrows `v` mutably, so nothing else reads it as f32 meanwhile.
     unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u32>(), v.len()) }

@@ -26,6 +26,7 @@ pub mod general;
 pub mod im2col;
 pub mod implicit;
 pub mod naive;
+pub mod pixel_major;
 pub mod pointwise;
 pub mod shifted;
 #[cfg(test)]

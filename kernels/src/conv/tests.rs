@@ -128,6 +128,11 @@ const PAR_CASES: &[Case] = &[
     // kernel.
     (1, 24, 10, 10, 40, 3, 3, (1, 1), (1, 1), (1, 1), 1),
     (1, 8, 16, 16, 12, 7, 7, (1, 1), (3, 3), (1, 1), 1),
+    // Pixel-major: every task all rows (weights outweigh the input), a ragged last panel, rows
+    // narrower than a tile; and 1x1 tasks split by pixel ranges and by panels.
+    (1, 48, 5, 7, 40, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    (2, 40, 30, 30, 24, 1, 1, (1, 1), (0, 0), (1, 1), 1),
+    (1, 160, 7, 7, 72, 1, 1, (1, 1), (0, 0), (1, 1), 1),
 ];
 
 fn assert_near(actual: &[f32], expected: &[f32], what: &str) {
@@ -227,6 +232,12 @@ fn check_forward(c: Case, seed: u64) {
             let mut got = vec![f32::NAN; s.output_len()];
             general::forward_tiled(&s, tiling, &d.x, (&d.w).into(), &mut got, &epi);
             assert_near(&got, &want, &format!("{c:?} {tiling:?} {name}"));
+        }
+        if pixel_major::supports(&s) {
+            let packed = pixel_major::pack(&s, &d.w);
+            let mut got = vec![f32::NAN; s.output_len()];
+            pixel_major::forward(&s, &d.x, &packed, &mut got, &epi);
+            assert_near(&got, &want, &format!("{c:?} pixel-major {name}"));
         }
         if s.in_per_group() == 1 {
             for kernel in depthwise::Kernel::available() {

@@ -18,6 +18,7 @@ mod kernel_avx512;
 mod kernel_neon;
 mod kernel_scalar;
 mod pack;
+mod pixel_major;
 mod spec;
 #[cfg(test)]
 mod tests;
@@ -31,6 +32,9 @@ use spec::Spec;
 
 pub use half_weights::{gemm_half_a_serial, gemm_half_a_serial_raw, linear_half};
 pub use indirect::{gemm_indirect_serial_raw, indirect_row_reach, indirect_supported, OffsetRows};
+pub use pixel_major::{
+    gemm_pixel_major_raw, supported as pixel_major_supported, PackedPanels, PixelRows, PANEL,
+};
 
 /// The GEMM micro-kernel family this process runs, as "MRxNR-family" (e.g. `8x16-avx512`): the
 /// element-wise kernels' [`crate::isa::current`] can be AVX2 while the GEMM runs AVX-512 tiles.

@@ -626,3 +626,82 @@ fn flushing_a_packed_b_zeroes_its_subnormals_only() {
         assert_eq!(new.to_bits(), want.to_bits());
     }
 }
+
+#[test]
+fn pixel_major_tiles_match_the_gathered_product() {
+    if !pixel_major::supported() {
+        return;
+    }
+    // Pixel i's patch element p is data[offs[p] + i] at scattered, overlapping offsets; C is
+    // channels x pixels with padded rows, computed for a sub-range of the weight panels.
+    for (pixels, k, n, panels) in [
+        (1, 1, 1, 0..1),
+        (8, 9, 16, 0..1),
+        (13, 27, 37, 0..3),
+        (20, 40, 37, 1..3),
+        (7, 130, 48, 2..3),
+    ] {
+        let data = values(k * 7 + 64 + pixels, 61);
+        let offs: Vec<u32> = (0..k as u32).map(|p| (p * 37) % (k as u32 * 5)).collect();
+        let wd = values(k * n, 62);
+        let w = PackedPanels::new(MatRef::row_major(&wd, k, n));
+        let (c0, c1) = (panels.start * PANEL, n.min(panels.end * PANEL));
+        let rows = c1 - c0;
+        // C = W_T[:, c0..c1]^T x A_T^T, by the naive product of the gathered operands.
+        let at: Vec<f32> = (0..k * pixels)
+            .map(|i| data[offs[i / pixels] as usize + i % pixels])
+            .collect();
+        let wt = MatRef {
+            data: &wd[c0..],
+            rows,
+            cols: k,
+            row_stride: 1,
+            col_stride: n,
+        };
+        let (bias, res) = (values(rows, 63), values(rows * pixels, 64));
+        let residual = MatRef::row_major(&res, rows, pixels);
+        let epilogues: [&[EpilogueOp]; 3] = [
+            &[],
+            &[
+                EpilogueOp::BiasPerRow(&bias),
+                EpilogueOp::Add(residual),
+                EpilogueOp::Act(Activation::Relu6),
+            ],
+            &[
+                EpilogueOp::Act(Activation::Sigmoid),
+                EpilogueOp::BiasPerRow(&bias),
+            ],
+        ];
+        for epi in epilogues {
+            let mut want = vec![0.0; rows * pixels];
+            let a = MatRef::row_major(&at, k, pixels);
+            naive_gemm(wt, a, 0.0, MatMut::row_major(&mut want, rows, pixels), epi);
+            let ldc = pixels + 3;
+            let mut got = vec![f32::NAN; rows * ldc];
+            let c = MatPtr {
+                ptr: got.as_mut_ptr(),
+                rows,
+                cols: pixels,
+                row_stride: ldc,
+            };
+            let a = PixelRows {
+                data: &data,
+                offs: &offs,
+                pixels,
+            };
+            // SAFETY: `got` holds `rows` rows of ldc floats and is this call's alone.
+            unsafe { gemm_pixel_major_raw(a, &w, panels.clone(), c, epi) };
+            for i in 0..rows {
+                assert_close(
+                    &got[i * ldc..i * ldc + pixels],
+                    &want[i * pixels..(i + 1) * pixels],
+                    k,
+                    &format!("{pixels}x{k}x{n} {panels:?} channel {i} {} ops", epi.len()),
+                );
+                assert!(got[i * ldc + pixels..(i + 1) * ldc]
+                    .iter()
+                    .all(|v| v.is_nan()));
+            }
+        }
+    }
+}

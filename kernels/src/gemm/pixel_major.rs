@@ -1,0 +1,345 @@
+//! Convolution products computed pixel-major and stored channel-major: `C = (A_T * W_T)^T`, where
+//! row `i` of `A_T` is one output pixel's patch (read through an offset per patch element, so a
+//! padded input plane, an input image or an im2col matrix serve alike) and `W_T` is the weights
+//! transposed and packed once into 16-channel panels.
+//!
+//! In this orientation the 16 vector lanes hold 16 output channels, which every network here has
+//! in multiples of 16, while pixels fill the register tile's rows, where a short row costs only
+//! its own multiply-adds: a 7-pixel output row fills 7 of 8 rows, where the channel-major tile
+//! filled 7 of 16 lanes. The weight loads are aligned and contiguous, and the 8 pixels of a k
+//! step are one contiguous run (the channel-major tile broadcasts from 8 weight rows `K` apart).
+//! Each finished tile is transposed in registers and stored as 16 channel rows of 8 pixels: the
+//! NCHW output, with the conv epilogue (bias, residual, clamping activation) applied on the way.
+//!
+//! AVX-512 only (16 lanes and masked stores); [`supported`] says whether the process runs it.
+
+#[cfg(target_arch = "x86_64")]
+use super::spec::TileEpi;
+use super::{Epilogue, MatPtr, MatRef};
+
+/// Channels per packed panel (the vector width).
+pub const PANEL: usize = 16;
+/// Pixels per register tile.
+#[cfg(target_arch = "x86_64")]
+const TILE_PIXELS: usize = 8;
+
+/// `W_T` (`k x n`: depth by channels) packed as `ceil(n / 16)` panels of `k x 16` floats, one
+/// after another, 64-byte aligned; channels past `n` are zero.
+// Elsewhere than x86_64 nothing reads the panels ([`supported`] is false).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub struct PackedPanels {
+    buf: Vec<f32>,
+    start: usize,
+    k: usize,
+    n: usize,
+}
+
+impl PackedPanels {
+    /// Pack `b` (`k x n`, any strides).
+    pub fn new(b: MatRef) -> PackedPanels {
+        assert!(b.in_bounds(), "pack_panels: view out of bounds");
+        let (k, n) = (b.rows, b.cols);
+        let panels = n.div_ceil(PANEL);
+        let mut buf = Vec::new();
+        let start = {
+            let data = crate::scratch::aligned(&mut buf, panels * k * PANEL);
+            (data.as_ptr() as usize - buf.as_ptr() as usize) / std::mem::size_of::<f32>()
+        };
+        if k > 0 && n > 0 {
+            let dst = &mut buf[start..start + panels * k * PANEL];
+            super::pack::pack_b(&b, 0, k, 0, 0, PANEL, dst);
+            // Subnormal weights would slow every multiply-add that reads them on x86 cores.
+            dst.iter_mut()
+                .filter(|x| x.is_subnormal())
+                .for_each(|x| *x = 0.0);
+        }
+        PackedPanels { buf, start, k, n }
+    }
+
+    /// Depth (patch length).
+    pub fn rows(&self) -> usize {
+        self.k
+    }
+
+    /// Channels.
+    pub fn cols(&self) -> usize {
+        self.n
+    }
+
+    /// Panels of 16 channels.
+    pub fn panels(&self) -> usize {
+        self.n.div_ceil(PANEL)
+    }
+
+    /// Bytes of the packed values (padding channels included).
+    pub fn bytes(&self) -> usize {
+        4 * self.panels() * self.k * PANEL
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn panel(&self, j: usize) -> &[f32] {
+        let len = self.k * PANEL;
+        &self.buf[self.start + j * len..self.start + (j + 1) * len]
+    }
+}
+
+impl std::fmt::Debug for PackedPanels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedPanels({}x{})", self.k, self.n)
+    }
+}
+
+/// The pixel-major operand: pixel `i`'s patch element `p` is `data[offs[p] + i]`.
+#[derive(Clone, Copy, Debug)]
+pub struct PixelRows<'a> {
+    pub data: &'a [f32],
+    pub offs: &'a [u32],
+    /// Pixels.
+    pub pixels: usize,
+}
+
+/// Whether this process runs the pixel-major tiles (AVX-512 enabled; see [`crate::isa::avx512`]).
+pub fn supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        crate::isa::avx512()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `C[j][i] = sum_p A(i, p) * W_T(p, j)` for the channels of panels `panels` and every pixel,
+/// then `epi` (on C: rows are channels relative to the first panel's, columns pixels), on the
+/// calling thread. `c` is C's block for those channels: `c.rows` channels from panel
+/// `panels.start`, `c.cols == a.pixels`.
+///
+/// Panics unless [`supported`], or when the shapes disagree or a patch read leaves `a.data`.
+///
+/// # Safety
+/// `c` is valid for reads and writes of its elements, and they are this call's alone.
+pub unsafe fn gemm_pixel_major_raw(
+    a: PixelRows,
+    w: &PackedPanels,
+    panels: std::ops::Range<usize>,
+    c: MatPtr,
+    epi: &Epilogue,
+) {
+    assert!(supported(), "gemm: no pixel-major tiles on this CPU");
+    assert_eq!(a.offs.len(), w.k, "gemm: inner dimensions differ");
+    assert!(panels.end <= w.panels(), "gemm: panel range out of bounds");
+    let chans = (panels.end * PANEL).min(w.n) - (panels.start * PANEL).min(w.n);
+    assert!(
+        c.rows == chans && c.cols == a.pixels,
+        "gemm: output block {}x{} for {chans} channels x {} pixels",
+        c.rows,
+        c.cols,
+        a.pixels
+    );
+    super::check_out(c.rows, c.cols, c.rows, c.cols, c.row_stride, epi);
+    let last = a.offs.iter().copied().max().unwrap_or(0) as usize;
+    assert!(
+        a.offs.is_empty() || last + a.pixels <= a.data.len(),
+        "gemm: pixel-major patch read out of bounds"
+    );
+    if a.pixels == 0 || chans == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    for (q, jp) in panels.enumerate() {
+        let bp = w.panel(jp).as_ptr();
+        let row0 = q * PANEL;
+        let rows = PANEL.min(chans - row0);
+        for i0 in (0..a.pixels).step_by(TILE_PIXELS) {
+            let r = TILE_PIXELS.min(a.pixels - i0);
+            let tile = TILES[r - 1];
+            let epi = TileEpi {
+                ops: epi,
+                row0,
+                col0: i0,
+            };
+            // SAFETY: the tile reads data[offs[p] + i0 + i] for i < r <= pixels - i0, inside
+            // `data` (checked above), and its panel's k x 16 floats; it writes rows row0..row0 +
+            // rows (< c.rows) at columns i0..i0 + r (< c.cols) of C, which the caller hands this
+            // call alone; `supported` holds (asserted).
+            unsafe {
+                tile(
+                    w.k,
+                    a.data.as_ptr().add(i0),
+                    a.offs.as_ptr(),
+                    bp,
+                    c.ptr.add(row0 * c.row_stride + i0),
+                    c.row_stride,
+                    rows,
+                    epi,
+                )
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+type Tile = unsafe fn(usize, *const f32, *const u32, *const f32, *mut f32, usize, usize, TileEpi);
+
+/// `tile::<R>` for R = 1..=8 pixels.
+#[cfg(target_arch = "x86_64")]
+static TILES: [Tile; TILE_PIXELS] = [
+    avx512::tile::<1>,
+    avx512::tile::<2>,
+    avx512::tile::<3>,
+    avx512::tile::<4>,
+    avx512::tile::<5>,
+    avx512::tile::<6>,
+    avx512::tile::<7>,
+    avx512::tile::<8>,
+];
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::super::EpilogueOp;
+    use super::{TileEpi, PANEL};
+    use crate::activation::Activation;
+    use core::arch::x86_64::*;
+
+    /// `R` pixels (tile rows) by one 16-channel panel over depth `k`: pixel `i`'s patch element
+    /// `p` at `a + offs[p] + i`, panel row `p` at `b + 16 p` (64-byte aligned); the result, with
+    /// `epi`, stored transposed: channel `j < rows` to `c + j * ldc .. + R`.
+    ///
+    /// # Safety
+    /// AVX-512F/VL present; those reads are in bounds, those writes valid and the caller's alone,
+    /// and `epi`'s operands cover channels `row0 .. + rows` and pixels `col0 .. + R`.
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile<const R: usize>(
+        k: usize,
+        a: *const f32,
+        offs: *const u32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        epi: TileEpi,
+    ) {
+        // SAFETY (whole body): the function's contract bounds every pointer used.
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); 8];
+            for p in 0..k {
+                let bv = _mm512_load_ps(b.add(p * PANEL));
+                let ap = a.add(*offs.add(p) as usize);
+                for (i, x) in acc.iter_mut().enumerate().take(R) {
+                    *x = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(i)), bv, *x);
+                }
+            }
+            let chans = transpose(acc);
+            let mask: __mmask8 = ((1u16 << R) - 1) as u8;
+            let simple = epi.ops.iter().all(in_registers);
+            for (j, v) in chans.iter().enumerate().take(rows) {
+                let cp = c.add(j * ldc);
+                let mut v = *v;
+                if simple {
+                    v = epilogue(epi, j, v, mask);
+                }
+                _mm256_mask_storeu_ps(cp, mask, v);
+            }
+            if !simple {
+                // The tile's channel rows of R pixels are ours and the operands cover them.
+                super::super::epilogue::apply_tile(epi.ops, c, ldc, epi.row0, rows, epi.col0, R);
+            }
+        }
+    }
+
+    /// Rows `r[i]` (pixel i, lane j = channel j) as 16 vectors: `out[j]` lane i = `r[i][j]`.
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+    #[inline]
+    unsafe fn transpose(r: [__m512; 8]) -> [__m256; 16] {
+        // Per 128-bit block q: pairs of pixels interleaved, then quads of one channel.
+        let t0 = _mm512_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm512_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm512_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm512_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm512_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm512_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm512_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm512_unpackhi_ps(r[6], r[7]);
+        // u[m] block q: channel 4q + m, pixels 0-3; u[m + 4]: the same channel, pixels 4-7.
+        let u = [
+            _mm512_shuffle_ps::<0x44>(t0, t2),
+            _mm512_shuffle_ps::<0xEE>(t0, t2),
+            _mm512_shuffle_ps::<0x44>(t1, t3),
+            _mm512_shuffle_ps::<0xEE>(t1, t3),
+            _mm512_shuffle_ps::<0x44>(t4, t6),
+            _mm512_shuffle_ps::<0xEE>(t4, t6),
+            _mm512_shuffle_ps::<0x44>(t5, t7),
+            _mm512_shuffle_ps::<0xEE>(t5, t7),
+        ];
+        // Blocks q of u[m] and u[m + 4] side by side: channels m and m + 4, then m + 8, m + 12.
+        let lo = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+        let hi = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+        let mut out = [_mm256_setzero_ps(); 16];
+        for m in 0..4 {
+            let a = _mm512_permutex2var_ps(u[m], lo, u[m + 4]);
+            let b = _mm512_permutex2var_ps(u[m], hi, u[m + 4]);
+            out[m] = _mm512_castps512_ps256(a);
+            out[m + 4] = upper(a);
+            out[m + 8] = _mm512_castps512_ps256(b);
+            out[m + 12] = upper(b);
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+    #[inline]
+    unsafe fn upper(v: __m512) -> __m256 {
+        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))
+    }
+
+    /// Whether [`epilogue`] does `op` (the conv steps: per-channel bias, a dense residual, the
+    /// clamping activations).
+    fn in_registers(op: &EpilogueOp) -> bool {
+        use Activation as A;
+        match op {
+            EpilogueOp::BiasPerRow(_) => true,
+            EpilogueOp::Add(r) => r.col_stride == 1,
+            EpilogueOp::Act(a) => matches!(a, A::Identity | A::Relu | A::Relu6 | A::Clamp { .. }),
+            EpilogueOp::BiasPerCol(_) => false,
+        }
+    }
+
+    /// `epi` on channel `j` of the tile (lanes = pixels, `mask` the valid ones), in the order and
+    /// with the operand order of the scalar epilogue (so NaN propagates alike).
+    ///
+    /// # Safety
+    /// Every op passes [`in_registers`], and its operand covers channel `row0 + j` and the tile's
+    /// masked pixels.
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+    #[inline]
+    unsafe fn epilogue(epi: TileEpi, j: usize, mut v: __m256, mask: __mmask8) -> __m256 {
+        use Activation as A;
+        let clamp = |v: __m256, lo: f32, hi: Option<f32>| {
+            let v = _mm256_max_ps(_mm256_set1_ps(lo), v);
+            match hi {
+                Some(hi) => _mm256_min_ps(_mm256_set1_ps(hi), v),
+                None => v,
+            }
+        };
+        let row = epi.row0 + j;
+        for op in epi.ops {
+            match *op {
+                EpilogueOp::BiasPerRow(b) => v = _mm256_add_ps(v, _mm256_set1_ps(b[row])),
+                EpilogueOp::Add(m) => {
+                    let s = row * m.row_stride + epi.col0;
+                    // SAFETY: the masked lanes read operand row `row` at the tile's pixels,
+                    // which the operand covers (contract); the others are not read.
+                    let r = unsafe { _mm256_maskz_loadu_ps(mask, m.data[s..].as_ptr()) };
+                    v = _mm256_add_ps(v, r);
+                }
+                EpilogueOp::Act(A::Relu) => v = clamp(v, 0.0, None),
+                EpilogueOp::Act(A::Relu6) => v = clamp(v, 0.0, Some(6.0)),
+                EpilogueOp::Act(A::Clamp { lo, hi }) => v = clamp(v, lo, Some(hi)),
+                _ => {}
+            }
+        }
+        v
+    }
+}
