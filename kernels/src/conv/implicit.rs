@@ -44,20 +44,28 @@ pub fn supports(s: &Conv2dShape) -> bool {
     geometry_fits(s) && s.out_hw().1 >= MIN_OUT_W && indirect_supported()
 }
 
-/// Whether [`forward_pixel_major`] runs `s`: [`supports`]'s geometry, any row width (pixels fill
-/// the tile's rows, not its lanes), and a CPU with the pixel-major tiles.
+/// Whether [`forward_pixel_major`] runs `s`: strides of 1 or 2 whatever the channel count, a 1x1
+/// kernel at stride 2 too, any row width (pixels fill the tile's rows, not its lanes), no
+/// dilation, one group, padding smaller than the kernel, and a CPU with the pixel-major tiles.
 pub fn supports_pixel_major(s: &Conv2dShape) -> bool {
-    geometry_fits(s) && pixel_major_supported()
+    let strided = s.params.stride != (1, 1);
+    band_fits(s) && (strided || s.kernel_h * s.kernel_w > 1) && pixel_major_supported()
 }
 
 /// [`supports`] without the row width and the kernel family.
 fn geometry_fits(s: &Conv2dShape) -> bool {
-    let p = &s.params;
-    let strided = p.stride != (1, 1);
-    (1..=2).contains(&p.stride.0)
-        && (1..=2).contains(&p.stride.1)
+    let strided = s.params.stride != (1, 1);
+    band_fits(s)
         && (!strided || s.in_channels <= MAX_STRIDED_IN_CHANNELS)
         && s.kernel_h * s.kernel_w > 1
+}
+
+/// The geometry the band covers: strides of 1 or 2, no dilation, one group, padding smaller than
+/// the kernel.
+fn band_fits(s: &Conv2dShape) -> bool {
+    let p = &s.params;
+    (1..=2).contains(&p.stride.0)
+        && (1..=2).contains(&p.stride.1)
         && p.dilation == (1, 1)
         && p.groups == 1
         && p.padding.0 < s.kernel_h
@@ -110,17 +118,21 @@ impl Band {
         }
     }
 
-    /// Pad the input rows that output rows `oy0..oy0 + rows` read from image `x` into `band`.
-    fn fill(&self, s: &Conv2dShape, x: &[f32], oy0: usize, rows: usize, band: &mut [f32]) {
+    /// Pad the input rows that output rows `oy0..oy0 + rows` read from image `x` into `band`,
+    /// whose planes are channels `c0..` (as many as it holds, up to the last one).
+    fn fill(
+        &self,
+        s: &Conv2dShape,
+        x: &[f32],
+        c0: usize,
+        (oy0, rows): (usize, usize),
+        band: &mut [f32],
+    ) {
         let (h, w, ph) = (s.in_h, s.in_w, s.params.padding.0);
         let sh = s.params.stride.0;
         let used = ((rows - 1) * sh + s.kernel_h) * self.rowlen;
-        // `take`: the reach behind the last channel can hold a whole plane of a narrow band.
-        for (c, plane) in band
-            .chunks_exact_mut(self.plane)
-            .enumerate()
-            .take(s.in_channels)
-        {
+        // Not past the last channel: the reach behind it can hold a whole plane of a narrow band.
+        for (c, plane) in (c0..s.in_channels).zip(band.chunks_exact_mut(self.plane)) {
             let src = &x[c * h * w..(c + 1) * h * w];
             for (r, row) in plane[..used].chunks_exact_mut(self.rowlen).enumerate() {
                 // Padded row sh * oy0 + r is input row sh * oy0 + r - ph.
@@ -264,23 +276,58 @@ fn for_each_row(
     } else {
         1
     };
-    let (quantum, row_runs) = match split {
-        Split::Rows(q) => (q, want.min(oh).max(1)),
-        Split::Channels => (PANEL, 1),
-    };
-    let rows = oh.div_ceil(row_runs);
-    let row_runs = oh.div_ceil(rows);
-    let blocks = want.div_ceil(row_runs).min(cout.div_ceil(quantum)).max(1);
-    let cb = cout.div_ceil(blocks).next_multiple_of(quantum).min(cout);
-    let blocks = cout.div_ceil(cb);
-    let band = Band::new(s, rows);
-
     let base = MatPtr {
         ptr: out.as_mut_ptr(),
         rows: s.batch * cout,
         cols: plane_out,
         row_stride: plane_out,
     };
+    let quantum = match split {
+        Split::Rows(q) => q,
+        Split::Channels => PANEL,
+    };
+    let blocks_of = |want: usize| {
+        let blocks = want.min(cout.div_ceil(quantum)).max(1);
+        let cb = cout.div_ceil(blocks).next_multiple_of(quantum).min(cout);
+        (cout.div_ceil(cb), cb)
+    };
+    // Channels c0..c0 + cb of output rows oy0..oy0 + rows of image n from its band: `chunk`
+    // channels at a time, each over every row.
+    let block = |data: &[f32], offs: &[u32], band: &Band, n, (oy0, rows), (c0, cb), chunk| {
+        for c in (c0..c0 + cb).step_by(chunk) {
+            let cc = chunk.min(c0 + cb - c);
+            for t in 0..rows {
+                let oy = oy0 + t;
+                let row = &data[s.params.stride.0 * t * band.rowlen..];
+                let dst = base.block(n * cout + c, oy * ow, cc, ow);
+                // `dst` is channels c..c + cc of output row oy of image n: inside `out`, and
+                // the calling task's alone (tasks split images, rows and channels).
+                with_gemm_epilogue(s, epi, n, c, cc, oy * ow, ow, |e| {
+                    gemm(row, offs, c, cc, dst, e)
+                });
+            }
+        }
+    };
+    // Tasks: runs of output rows times channel blocks; with `Split::Channels` one run of every
+    // row. Each task pads its own band (a band shared by the tasks ran 1.05-1.2x slower: each
+    // task read half of it from the other core's cache, and two fork-joins instead of one).
+    let row_runs = match split {
+        Split::Rows(_) => want.min(oh).max(1),
+        Split::Channels => 1,
+    };
+    let rows = oh.div_ceil(row_runs);
+    let row_runs = oh.div_ceil(rows);
+    let (blocks, cb) = match split {
+        Split::Rows(_) => blocks_of(want.div_ceil(row_runs)),
+        // One block per thread: every block pads the whole input.
+        Split::Channels if par => blocks_of(parallel::num_threads()),
+        Split::Channels => blocks_of(1),
+    };
+    let chunk = match split {
+        Split::Rows(_) => cb,
+        Split::Channels => PANEL,
+    };
+    let band = Band::new(s, rows);
     let tasks = s.batch * row_runs * blocks;
     parallel::for_each_index(tasks, par && tasks > 1, |t| {
         let (n, rest) = (t / (row_runs * blocks), t % (row_runs * blocks));
@@ -291,24 +338,9 @@ fn for_each_row(
             // The offsets live in the f32 scratch as their bit patterns.
             let offs: &mut [u32] = bytes_as_u32(offs);
             band.offsets(s, offs);
-            band.fill(s, &x[n * img_in..(n + 1) * img_in], oy0, rows, data);
-            let chunk = match split {
-                Split::Rows(_) => cb,
-                Split::Channels => PANEL,
-            };
-            for c in (c0..c0 + cb).step_by(chunk) {
-                let cc = chunk.min(c0 + cb - c);
-                for t in 0..rows {
-                    let oy = oy0 + t;
-                    let row = &data[s.params.stride.0 * t * band.rowlen..];
-                    let dst = base.block(n * cout + c, oy * ow, cc, ow);
-                    // `dst` is channels c..c + cc of output row oy of image n: inside `out`, and
-                    // this task's alone (tasks split images, rows and channels).
-                    with_gemm_epilogue(s, epi, n, c, cc, oy * ow, ow, |e| {
-                        gemm(row, offs, c, cc, dst, e)
-                    });
-                }
-            }
+            let img = &x[n * img_in..(n + 1) * img_in];
+            band.fill(s, img, 0, (oy0, rows), data);
+            block(data, offs, &band, n, (oy0, rows), (c0, cb), chunk);
         })
     });
 }

@@ -25,13 +25,21 @@ const MIN_PATCH: usize = 128;
 const MAX_POINTWISE_PLANE: usize = 256;
 
 /// Whether the plan should pack `s`'s weights for [`forward`]: [`supports`], a patch of at least
-/// [`MIN_PATCH`], stride 1 (the image stems, 3 channels at stride 2, ran 1.1-1.3x slower), and
-/// for a 1x1 convolution a plane of at most [`MAX_POINTWISE_PLANE`] pixels.
+/// [`MIN_PATCH`], for a 1x1 convolution stride 1 and a plane of at most [`MAX_POINTWISE_PLANE`]
+/// pixels, and stride 1 or more than 4 input channels. At stride 2 ResNet-18's 3x3 convs ran
+/// 0.83-1.0x their im2col time on two threads, but its 1x1 downsamples 1.5-1.7x (their bands
+/// copy both column phases of the rows they read for a short product) and the 3-channel image
+/// stems 1.1-1.3x.
 pub fn preferred(s: &Conv2dShape) -> bool {
+    let stride1 = s.params.stride == (1, 1);
+    let pointwise = s.kernel_h * s.kernel_w == 1;
     supports(s)
-        && s.params.stride == (1, 1)
         && s.patch_len() >= MIN_PATCH
-        && (s.path() != ConvPath::Pointwise || s.in_h * s.in_w <= MAX_POINTWISE_PLANE)
+        && if pointwise {
+            stride1 && s.in_h * s.in_w <= MAX_POINTWISE_PLANE
+        } else {
+            stride1 || s.in_channels > 4
+        }
 }
 
 /// Whether [`forward`] runs `s` on this CPU: one group, and a pointwise convolution or one the

@@ -133,6 +133,9 @@ const PAR_CASES: &[Case] = &[
     (1, 48, 5, 7, 40, 3, 3, (1, 1), (1, 1), (1, 1), 1),
     (2, 40, 30, 30, 24, 1, 1, (1, 1), (0, 0), (1, 1), 1),
     (1, 160, 7, 7, 72, 1, 1, (1, 1), (0, 0), (1, 1), 1),
+    // Pixel-major at stride 2: column phases of a deep input, all rows per task and row runs.
+    (1, 40, 13, 14, 48, 3, 3, (2, 2), (1, 1), (1, 1), 1),
+    (2, 24, 30, 31, 32, 3, 3, (2, 2), (1, 1), (1, 1), 1),
 ];
 
 fn assert_near(actual: &[f32], expected: &[f32], what: &str) {
