@@ -25,11 +25,12 @@ const MIN_PATCH: usize = 128;
 const MAX_POINTWISE_PLANE: usize = 256;
 
 /// Whether the plan should pack `s`'s weights for [`forward`]: [`supports`], a patch of at least
-/// [`MIN_PATCH`], for a 1x1 convolution stride 1 and a plane of at most [`MAX_POINTWISE_PLANE`]
-/// pixels, and stride 1 or more than 4 input channels. At stride 2 ResNet-18's 3x3 convs ran
-/// 0.83-1.0x their im2col time on two threads, but its 1x1 downsamples 1.5-1.7x (their bands
-/// copy both column phases of the rows they read for a short product) and the 3-channel image
-/// stems 1.1-1.3x.
+/// [`MIN_PATCH`]; for a 1x1 convolution stride 1 and a plane of at most [`MAX_POINTWISE_PLANE`]
+/// pixels; otherwise stride 1 or more than 4 input channels, and rows that fill the tiles about
+/// as well as the plane fills the channel-major tiles' lanes ([`fills_tiles`]). At stride 2
+/// ResNet-18's 3x3 convs ran 0.83-1.0x their im2col time on two threads, but its 1x1
+/// downsamples 1.5-1.7x (their bands copy both column phases of the rows they read for a short
+/// product) and the 3-channel image stems 1.1-1.3x.
 pub fn preferred(s: &Conv2dShape) -> bool {
     let stride1 = s.params.stride == (1, 1);
     let pointwise = s.kernel_h * s.kernel_w == 1;
@@ -38,8 +39,19 @@ pub fn preferred(s: &Conv2dShape) -> bool {
         && if pointwise {
             stride1 && s.in_h * s.in_w <= MAX_POINTWISE_PLANE
         } else {
-            stride1 || s.in_channels > 4
+            (stride1 || s.in_channels > 4) && fills_tiles(s)
         }
+}
+
+/// Whether the output rows fill the pixel-major tiles (rows of `ow` pixels in tiles of 8) at
+/// least 85 % as well as the output plane fills the channel-major tiles' 16 lanes: the tiles
+/// themselves ran ~15 % faster, but 4x4 planes (half-empty tiles against full lanes) ran 1.25-1.3x
+/// slower; 2x2 ones (a quarter of either) 0.8x, 7x7 (7/8 against 49/64) 0.94x.
+fn fills_tiles(s: &Conv2dShape) -> bool {
+    let (oh, ow) = s.out_hw();
+    let plane = oh * ow;
+    // pixel-major fill ow / ceil8(ow) >= 0.85 * channel-major fill plane / ceil16(plane).
+    100 * ow * plane.next_multiple_of(16) >= 85 * plane * ow.next_multiple_of(8)
 }
 
 /// Whether [`forward`] runs `s` on this CPU: one group, and a pointwise convolution or one the
