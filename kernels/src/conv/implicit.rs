@@ -15,7 +15,7 @@
 //! than [`MIN_OUT_W`] would leave most vector lanes idle and take the im2col path instead.
 
 use super::im2col::copy_even;
-use super::{with_gemm_epilogue, Conv2dShape, ConvEpilogueOp, Weights};
+use super::{tasks_per_image, with_gemm_epilogue, Conv2dShape, ConvEpilogueOp, Weights};
 use crate::gemm::{
     gemm_indirect_serial_raw, gemm_pixel_major_raw, indirect_row_reach, indirect_supported,
     pixel_major_supported, Epilogue, MatPtr, MatRef, OffsetRows, PackedPanels, PixelRows, PANEL,
@@ -210,10 +210,16 @@ pub fn forward_pixel_major(
     // they sweep its rows. Row runs each stream every panel of their channels, which costs more
     // than the products once the weights no longer stay in cache between runs (ResNet-18's 7x7
     // stage ran 1.1x slower); every task then takes all rows, if its band of the whole input
-    // stays in L2 (128 channels at 28x28, 460 KB, ran 1.2x slower that way).
+    // stays in L2 (128 channels at 28x28, 460 KB, ran 1.2x slower that way). At stride 2, whose
+    // bands split every row into column phases, small weights keep the row runs, each padding a
+    // share of the input: padding it whole in every task cost a TLC-pruned 32->64 3x3/2 at
+    // 14x14 all of its second thread (at stride 1 all rows ran faster for small weights too).
     let padded =
         s.in_channels * (s.in_h + 2 * s.params.padding.0) * (s.in_w + 2 * s.params.padding.1);
-    let split = if k * s.out_channels >= padded && padded <= MAX_WHOLE_BAND {
+    let weights = k * s.out_channels;
+    let strided = s.params.stride != (1, 1);
+    let big = weights >= padded && (!strided || weights >= MIN_STREAMED_WEIGHTS);
+    let split = if big && padded <= MAX_WHOLE_BAND {
         Split::Channels
     } else {
         Split::Rows(PANEL)
@@ -238,6 +244,10 @@ pub fn pack_pixel_major(s: &Conv2dShape, w: &[f32]) -> PackedPanels {
 
 /// Most floats of a padded input that [`forward_pixel_major`] hands every task whole (384 KB).
 const MAX_WHOLE_BAND: usize = 96 * 1024;
+
+/// Fewest weights (floats, 256 KB) for which [`forward_pixel_major`] gives every task all rows of
+/// a strided convolution.
+const MIN_STREAMED_WEIGHTS: usize = 64 * 1024;
 
 /// How [`for_each_row`] splits a convolution into tasks.
 #[derive(Clone, Copy)]
@@ -269,13 +279,7 @@ fn for_each_row(
     let (plane_out, img_in) = (oh * ow, cin * s.in_h * s.in_w);
 
     let par = parallel::worth_splitting(s.macs(), CONV_PAR_MIN_MACS);
-    let want = if par {
-        parallel::pieces(s.macs(), CONV_PAR_MIN_MACS)
-            .max(parallel::num_threads())
-            .div_ceil(s.batch)
-    } else {
-        1
-    };
+    let want = if par { tasks_per_image(s) } else { 1 };
     let base = MatPtr {
         ptr: out.as_mut_ptr(),
         rows: s.batch * cout,

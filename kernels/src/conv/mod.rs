@@ -315,6 +315,16 @@ pub(crate) fn epilogue_row(epilogue: &[ConvEpilogueOp], row: &mut [f32], c: usiz
     }
 }
 
+/// Tasks per image for a split convolution: about one per [`CONV_PAR_MIN_MACS`] of work, a few
+/// per thread at most, and a multiple of the thread count (3 tasks on 2 threads left a 7-row
+/// output split 3 + 3 + 1, its critical path 6 rows where one thread took 7).
+pub(crate) fn tasks_per_image(shape: &Conv2dShape) -> usize {
+    let threads = parallel::num_threads();
+    parallel::pieces(shape.macs(), CONV_PAR_MIN_MACS)
+        .next_multiple_of(threads)
+        .div_ceil(shape.batch)
+}
+
 /// Whether `units` equal pieces of work (images, or images x groups) keep the pool busy on their
 /// own: at least one per thread, and either an even share each or enough that the last round's
 /// imbalance is small.

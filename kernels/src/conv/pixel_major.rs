@@ -5,7 +5,7 @@
 //! through the implicit GEMM's offset table ([`super::implicit`]), whatever the row width.
 
 use super::implicit::{self, bytes_as_u32};
-use super::{with_gemm_epilogue, Conv2dShape, ConvEpilogueOp, ConvPath};
+use super::{tasks_per_image, with_gemm_epilogue, Conv2dShape, ConvEpilogueOp, ConvPath};
 use crate::gemm::{
     gemm_pixel_major_raw, pixel_major_supported, MatPtr, PackedPanels, PixelRows, PANEL,
 };
@@ -25,33 +25,42 @@ const MIN_PATCH: usize = 128;
 const MAX_POINTWISE_PLANE: usize = 256;
 
 /// Whether the plan should pack `s`'s weights for [`forward`]: [`supports`], a patch of at least
-/// [`MIN_PATCH`]; for a 1x1 convolution stride 1 and a plane of at most [`MAX_POINTWISE_PLANE`]
-/// pixels; otherwise stride 1 or more than 4 input channels, and rows that fill the tiles about
-/// as well as the plane fills the channel-major tiles' lanes ([`fills_tiles`]). At stride 2
-/// ResNet-18's 3x3 convs ran 0.83-1.0x their im2col time on two threads, but its 1x1
-/// downsamples 1.5-1.7x (their bands copy both column phases of the rows they read for a short
-/// product) and the 3-channel image stems 1.1-1.3x.
+/// [`MIN_PATCH`], tiles about as full as the channel-major ones ([`fills_tiles`]); for a 1x1
+/// convolution stride 1 and a plane of at most [`MAX_POINTWISE_PLANE`] pixels, otherwise stride 1
+/// or more than 4 input channels. At stride 2 ResNet-18's 3x3 convs ran 0.83-1.0x their im2col
+/// time on two threads, but its 1x1 downsamples 1.5-1.7x (their bands copy both column phases of
+/// the rows they read for a short product) and the 3-channel image stems 1.1-1.3x.
 pub fn preferred(s: &Conv2dShape) -> bool {
     let stride1 = s.params.stride == (1, 1);
     let pointwise = s.kernel_h * s.kernel_w == 1;
     supports(s)
         && s.patch_len() >= MIN_PATCH
+        && fills_tiles(s)
         && if pointwise {
             stride1 && s.in_h * s.in_w <= MAX_POINTWISE_PLANE
         } else {
-            (stride1 || s.in_channels > 4) && fills_tiles(s)
+            stride1 || s.in_channels > 4
         }
 }
 
-/// Whether the output rows fill the pixel-major tiles (rows of `ow` pixels in tiles of 8) at
-/// least 85 % as well as the output plane fills the channel-major tiles' 16 lanes: the tiles
-/// themselves ran ~15 % faster, but 4x4 planes (half-empty tiles against full lanes) ran 1.25-1.3x
-/// slower; 2x2 ones (a quarter of either) 0.8x, 7x7 (7/8 against 49/64) 0.94x.
+/// Whether the pixel-major tiles (rows of `ow` pixels in tiles of 8 — a 1x1 convolution's whole
+/// plane in one run — times channels in panels of 16) are filled at least 85 % as well as the
+/// channel-major tiles (channels in rows of 8, whose tile costs shrink with them; the output
+/// plane in 16 lanes). The tiles themselves ran ~15 % faster, but 4x4 planes (half-empty tiles
+/// against full lanes) ran 1.25-1.3x slower, 2x2 ones (a quarter of either) 0.8x, 7x7 (7/8
+/// against 49/64) 0.94x, and TLC-pruned layers of 3-5 channels (a third of a panel) 1.7-2.7x.
 fn fills_tiles(s: &Conv2dShape) -> bool {
     let (oh, ow) = s.out_hw();
     let plane = oh * ow;
-    // pixel-major fill ow / ceil8(ow) >= 0.85 * channel-major fill plane / ceil16(plane).
-    100 * ow * plane.next_multiple_of(16) >= 85 * plane * ow.next_multiple_of(8)
+    let run = if s.kernel_h * s.kernel_w == 1 {
+        plane
+    } else {
+        ow
+    };
+    let cout = s.out_channels;
+    // run/ceil8(run) * cout/ceil16(cout) >= 0.85 * plane/ceil16(plane), in integers.
+    100 * run * cout * plane.next_multiple_of(16)
+        >= 85 * plane * run.next_multiple_of(8) * cout.next_multiple_of(PANEL)
 }
 
 /// Whether [`forward`] runs `s` on this CPU: one group, and a pointwise convolution or one the
@@ -106,13 +115,7 @@ fn pointwise(
     let plane = s.in_h * s.in_w;
     let (cin, cout, panels) = (s.in_channels, s.out_channels, w.panels());
     let par = parallel::worth_splitting(s.macs(), CONV_PAR_MIN_MACS);
-    let want = if par {
-        parallel::pieces(s.macs(), CONV_PAR_MIN_MACS)
-            .max(parallel::num_threads())
-            .div_ceil(s.batch)
-    } else {
-        1
-    };
+    let want = if par { tasks_per_image(s) } else { 1 };
     let ranges = want.min(plane.div_ceil(MIN_PIXELS)).max(1);
     let len = plane.div_ceil(ranges).next_multiple_of(8).min(plane);
     let ranges = plane.div_ceil(len);
