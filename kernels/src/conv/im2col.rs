@@ -236,6 +236,31 @@ pub(crate) fn copy_run(dst: &mut [f32], src: &[f32]) {
     }
 }
 
+/// One input row zero-padded by `pw` on the left and split into `sw` column phases of `hp` floats
+/// each (`row.len() == sw * hp`): element `i` of phase `p` is padded column `sw * i + p`, that is
+/// input column `sw * i + p - pw`, or zero outside the input. With `sw == 2` a window of outputs
+/// at stride 2 reads each phase contiguously. Each phase must hold the padded row's share:
+/// `hp >= (pw + src.len()).div_ceil(sw)`.
+pub(crate) fn fill_phases(src: &[f32], pw: usize, sw: usize, hp: usize, row: &mut [f32]) {
+    let w = src.len();
+    assert!(hp >= (pw + w).div_ceil(sw), "fill_phases: phase too short");
+    for (p, phase) in row.chunks_exact_mut(hp).enumerate() {
+        let i0 = pw.saturating_sub(p).div_ceil(sw);
+        let x0 = sw * i0 + p - pw;
+        let n = if x0 < w { (w - x0).div_ceil(sw) } else { 0 };
+        phase[..i0].fill(0.0);
+        if n > 0 {
+            let dst = &mut phase[i0..i0 + n];
+            if sw == 1 {
+                dst.copy_from_slice(&src[x0..x0 + n]);
+            } else {
+                copy_even(dst, &src[x0..x0 + 2 * n - 1]);
+            }
+        }
+        phase[i0 + n..].fill(0.0);
+    }
+}
+
 /// `dst[i] = src[2 i]` (stride-2 patch rows) for `src` exactly `2 dst.len() - 1` long: eight (AVX2)
 /// or four (NEON) at a time from deinterleaving vector loads, then in pairs the compiler reads
 /// without bounds checks (the scalar loop was 18-28 % of a 224x224 stem convolution).

@@ -14,7 +14,7 @@
 //! A GEMM per output row keeps every tile inside one row, so tiles store in place; rows narrower
 //! than [`MIN_OUT_W`] would leave most vector lanes idle and take the im2col path instead.
 
-use super::im2col::copy_even;
+use super::im2col::fill_phases;
 use super::{tasks_per_image, with_gemm_epilogue, Conv2dShape, ConvEpilogueOp, Weights};
 use crate::gemm::{
     gemm_indirect_serial_raw, gemm_pixel_major_raw, indirect_row_reach, indirect_supported,
@@ -146,23 +146,7 @@ impl Band {
 
     /// One input row, zero-padded and split into its column phases.
     fn fill_row(&self, s: &Conv2dShape, src: &[f32], row: &mut [f32]) {
-        let (w, pw, sw) = (s.in_w, s.params.padding.1, s.params.stride.1);
-        for (p, phase) in row.chunks_exact_mut(self.hp).enumerate() {
-            // Element i is padded column sw * i + p, input column sw * i + p - pw.
-            let i0 = pw.saturating_sub(p).div_ceil(sw);
-            let x0 = sw * i0 + p - pw;
-            let n = if x0 < w { (w - x0).div_ceil(sw) } else { 0 };
-            phase[..i0].fill(0.0);
-            if n > 0 {
-                let dst = &mut phase[i0..i0 + n];
-                if sw == 1 {
-                    dst.copy_from_slice(&src[x0..x0 + n]);
-                } else {
-                    copy_even(dst, &src[x0..x0 + 2 * n - 1]);
-                }
-            }
-            phase[i0 + n..].fill(0.0);
-        }
+        fill_phases(src, s.params.padding.1, s.params.stride.1, self.hp, row)
     }
 }
 

@@ -83,6 +83,10 @@ const CASES: &[Case] = &[
     (2, 6, 2, 2, 6, 3, 3, (1, 1), (1, 1), (1, 1), 6),
     (1, 4, 4, 4, 8, 3, 3, (2, 2), (1, 1), (1, 1), 4),
     (1, 3, 3, 3, 3, 5, 5, (1, 1), (2, 2), (1, 1), 3),
+    // Depthwise at stride 2 over column phases: a 5x5 kernel, and a dilated one with a channel
+    // multiplier and a row stride of its own.
+    (1, 4, 15, 19, 4, 5, 5, (2, 2), (2, 2), (1, 1), 4),
+    (1, 3, 17, 21, 6, 3, 3, (1, 2), (2, 2), (2, 2), 3),
     (2, 3, 6, 5, 4, 3, 2, (1, 1), (2, 1), (1, 1), 1),
     (1, 2, 5, 6, 3, 2, 4, (1, 1), (0, 3), (1, 1), 1),
     // One-pixel planes (a small image's last stages): pointwise as a matrix-vector product,
@@ -385,35 +389,46 @@ fn depthwise_simd_matches_scalar() {
         for (kh, kw) in [(1, 1), (3, 3), (5, 5), (7, 7), (2, 3)] {
             for (dy, dx) in [(1, 1), (2, 2), (1, 2)] {
                 for nrows in [1, 2, 3, 4, 5, 9] {
-                    for ow in [1, 2, 3, 4, 6, 7, 8, 9, 10, 15, 16, 17, 31, 33, 45] {
+                    for ow in [1usize, 2, 3, 4, 6, 7, 8, 9, 10, 15, 16, 17, 31, 33, 45] {
                         for (lo, hi) in [(f32::NEG_INFINITY, f32::INFINITY), (0.0, 0.5)] {
                             let ld = (ow + 8) * sx + kw * dx + 2;
-                            let job = PlaneJob {
-                                src: &src[3..],
-                                ld,
-                                taps: &taps,
-                                kh,
-                                kw,
-                                sy,
-                                sx,
-                                dy,
-                                dx,
-                                init: 0.25,
-                                lo,
-                                hi,
+                            // At stride 2 also rows split into two column phases.
+                            let phase = (ld / 2).max(ow.next_multiple_of(16) + (kw - 1) * dx / 2);
+                            let layouts: &[(usize, usize)] = if sx == 2 {
+                                &[(ld, 0), (2 * phase, phase)]
+                            } else {
+                                &[(ld, 0)]
                             };
-                            let oy0 = 1;
-                            assert!((oy0 + nrows + kh * dy) * sy * ld < src.len() - 3);
-                            let mut want = vec![0.0; ow * nrows];
-                            let mut got = vec![f32::NAN; ow * nrows];
-                            depthwise::rows_scalar(&job, oy0, ow, &mut want);
-                            for kernel in depthwise::Kernel::available() {
-                                got.fill(f32::NAN);
-                                depthwise::rows_on(kernel, &job, oy0, ow, &mut got);
-                                let what = format!(
-                                    "{kernel:?} s {sy},{sx} k {kh}x{kw} d {dy},{dx} rows {nrows} ow {ow}"
-                                );
-                                assert_near(&got, &want, &what);
+                            for &(ld, phase) in layouts {
+                                let job = PlaneJob {
+                                    src: &src[3..],
+                                    ld,
+                                    taps: &taps,
+                                    kh,
+                                    kw,
+                                    sy,
+                                    sx,
+                                    dy,
+                                    dx,
+                                    init: 0.25,
+                                    lo,
+                                    hi,
+                                    phase,
+                                };
+                                let oy0 = 1;
+                                assert!((oy0 + nrows + kh * dy) * sy * ld < src.len() - 3);
+                                let mut want = vec![0.0; ow * nrows];
+                                let mut got = vec![f32::NAN; ow * nrows];
+                                depthwise::rows_scalar(&job, oy0, ow, &mut want);
+                                for kernel in depthwise::Kernel::available() {
+                                    got.fill(f32::NAN);
+                                    depthwise::rows_on(kernel, &job, oy0, ow, &mut got);
+                                    let what = format!(
+                                        "{kernel:?} s {sy},{sx} k {kh}x{kw} d {dy},{dx} rows \
+                                         {nrows} ow {ow} phase {phase}"
+                                    );
+                                    assert_near(&got, &want, &what);
+                                }
                             }
                         }
                     }
@@ -440,6 +455,7 @@ fn depthwise_keeps_nan() {
         init: 0.0,
         lo: 0.0,
         hi: 6.0,
+        phase: 0,
     };
     let mut out = vec![0.0; 9];
     depthwise::rows(isa::current(), &job, 0, 9, &mut out);
