@@ -6,8 +6,9 @@
 //! bounds checks — so every output row uses every kernel tap and no border case remains. Output
 //! rows are computed [`ROWS`] at a time, a vector of columns each, all taps accumulated in
 //! registers: the rows' accumulators are independent chains, which keeps the FMA pipes busy even
-//! on 7-pixel-wide planes. Stride 1 loads are plain unaligned loads, stride 2 loads deinterleave;
-//! other strides use the scalar kernel. A leading bias and a final clamping activation (ReLU,
+//! on 7-pixel-wide planes. Stride 1 loads are plain unaligned loads, stride 2 loads deinterleave
+//! (on AVX-512 the padded rows are split into their two column phases once instead, and read
+//! plainly); other strides use the scalar kernel. A leading bias and a final clamping activation (ReLU,
 //! ReLU6, clamp) are applied in registers; any other epilogue runs on each finished row in L1.
 //!
 //! Backward (direct, scalar loops the compiler vectorises): the input gradient scatters each
@@ -505,8 +506,8 @@ mod avx512 {
     use super::PlaneJob;
     use core::arch::x86_64::*;
 
-    /// Sixteen outputs' inputs: 16 consecutive floats (stride 1, or a column phase) or the even ones of 32
-    /// (stride 2, one two-source permute).
+    /// Sixteen outputs' inputs: 16 consecutive floats (stride 1, or a column phase) or the even
+    /// ones of 32 (stride 2, one two-source permute).
     #[target_feature(enable = "avx512f,avx512vl")]
     #[inline]
     unsafe fn load<const S: usize>(p: *const f32) -> __m512 {

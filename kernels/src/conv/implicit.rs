@@ -13,6 +13,8 @@
 //!
 //! A GEMM per output row keeps every tile inside one row, so tiles store in place; rows narrower
 //! than [`MIN_OUT_W`] would leave most vector lanes idle and take the im2col path instead.
+//! [`forward_pixel_major`] runs the same bands on the pixel-major tiles (output pixels in the
+//! tile's rows, channels in its lanes: any row width), against weights packed once.
 
 use super::im2col::fill_phases;
 use super::{tasks_per_image, with_gemm_epilogue, Conv2dShape, ConvEpilogueOp, Weights};
@@ -118,21 +120,17 @@ impl Band {
         }
     }
 
-    /// Pad the input rows that output rows `oy0..oy0 + rows` read from image `x` into `band`,
-    /// whose planes are channels `c0..` (as many as it holds, up to the last one).
-    fn fill(
-        &self,
-        s: &Conv2dShape,
-        x: &[f32],
-        c0: usize,
-        (oy0, rows): (usize, usize),
-        band: &mut [f32],
-    ) {
+    /// Pad the input rows that output rows `oy0..oy0 + rows` read from image `x` into `band`.
+    fn fill(&self, s: &Conv2dShape, x: &[f32], oy0: usize, rows: usize, band: &mut [f32]) {
         let (h, w, ph) = (s.in_h, s.in_w, s.params.padding.0);
         let sh = s.params.stride.0;
         let used = ((rows - 1) * sh + s.kernel_h) * self.rowlen;
         // Not past the last channel: the reach behind it can hold a whole plane of a narrow band.
-        for (c, plane) in (c0..s.in_channels).zip(band.chunks_exact_mut(self.plane)) {
+        for (c, plane) in band
+            .chunks_exact_mut(self.plane)
+            .take(s.in_channels)
+            .enumerate()
+        {
             let src = &x[c * h * w..(c + 1) * h * w];
             for (r, row) in plane[..used].chunks_exact_mut(self.rowlen).enumerate() {
                 // Padded row sh * oy0 + r is input row sh * oy0 + r - ph.
@@ -171,7 +169,8 @@ pub fn forward(s: &Conv2dShape, x: &[f32], w: Weights, out: &mut [f32], epi: &[C
     });
 }
 
-/// The forward on the pixel-major tiles, with the weights packed by [`pack_pixel_major`].
+/// The forward on the pixel-major tiles, with the weights packed by
+/// [`super::pixel_major::pack`].
 /// [`supports_pixel_major`] must hold.
 pub fn forward_pixel_major(
     s: &Conv2dShape,
@@ -220,12 +219,6 @@ pub fn forward_pixel_major(
     });
 }
 
-/// `W^T` packed for [`forward_pixel_major`] (`w` row-major `[Cout x Cin*kh*kw]`, as for any conv).
-pub fn pack_pixel_major(s: &Conv2dShape, w: &[f32]) -> PackedPanels {
-    let k = s.in_channels * s.kernel_h * s.kernel_w;
-    PackedPanels::new(MatRef::row_major(&w[..s.out_channels * k], s.out_channels, k).t())
-}
-
 /// Most floats of a padded input that [`forward_pixel_major`] hands every task whole (384 KB).
 const MAX_WHOLE_BAND: usize = 96 * 1024;
 
@@ -270,47 +263,25 @@ fn for_each_row(
         cols: plane_out,
         row_stride: plane_out,
     };
-    let quantum = match split {
-        Split::Rows(q) => q,
-        Split::Channels => PANEL,
-    };
-    let blocks_of = |want: usize| {
-        let blocks = want.min(cout.div_ceil(quantum)).max(1);
-        let cb = cout.div_ceil(blocks).next_multiple_of(quantum).min(cout);
-        (cout.div_ceil(cb), cb)
-    };
-    // Channels c0..c0 + cb of output rows oy0..oy0 + rows of image n from its band: `chunk`
-    // channels at a time, each over every row.
-    let block = |data: &[f32], offs: &[u32], band: &Band, n, (oy0, rows), (c0, cb), chunk| {
-        for c in (c0..c0 + cb).step_by(chunk) {
-            let cc = chunk.min(c0 + cb - c);
-            for t in 0..rows {
-                let oy = oy0 + t;
-                let row = &data[s.params.stride.0 * t * band.rowlen..];
-                let dst = base.block(n * cout + c, oy * ow, cc, ow);
-                // `dst` is channels c..c + cc of output row oy of image n: inside `out`, and
-                // the calling task's alone (tasks split images, rows and channels).
-                with_gemm_epilogue(s, epi, n, c, cc, oy * ow, ow, |e| {
-                    gemm(row, offs, c, cc, dst, e)
-                });
-            }
-        }
-    };
     // Tasks: runs of output rows times channel blocks; with `Split::Channels` one run of every
-    // row. Each task pads its own band (a band shared by the tasks ran 1.05-1.2x slower: each
-    // task read half of it from the other core's cache, and two fork-joins instead of one).
-    let row_runs = match split {
-        Split::Rows(_) => want.min(oh).max(1),
-        Split::Channels => 1,
+    // row and one block per thread (each pads the whole input). Each task pads its own band (a
+    // band shared by the tasks ran 1.05-1.2x slower: each task read half of it from the other
+    // core's cache, and two fork-joins instead of one).
+    let (quantum, row_runs) = match split {
+        Split::Rows(q) => (q, want.min(oh).max(1)),
+        Split::Channels => (PANEL, 1),
     };
     let rows = oh.div_ceil(row_runs);
     let row_runs = oh.div_ceil(rows);
-    let (blocks, cb) = match split {
-        Split::Rows(_) => blocks_of(want.div_ceil(row_runs)),
-        // One block per thread: every block pads the whole input.
-        Split::Channels if par => blocks_of(parallel::num_threads()),
-        Split::Channels => blocks_of(1),
+    let blocks = match split {
+        Split::Rows(_) => want.div_ceil(row_runs),
+        Split::Channels if par => parallel::num_threads(),
+        Split::Channels => 1,
     };
+    let blocks = blocks.min(cout.div_ceil(quantum)).max(1);
+    let cb = cout.div_ceil(blocks).next_multiple_of(quantum).min(cout);
+    let blocks = cout.div_ceil(cb);
+    // Channels per GEMM call: all of the task's, or (`Split::Channels`) a panel over every row.
     let chunk = match split {
         Split::Rows(_) => cb,
         Split::Channels => PANEL,
@@ -326,9 +297,20 @@ fn for_each_row(
             // The offsets live in the f32 scratch as their bit patterns.
             let offs: &mut [u32] = bytes_as_u32(offs);
             band.offsets(s, offs);
-            let img = &x[n * img_in..(n + 1) * img_in];
-            band.fill(s, img, 0, (oy0, rows), data);
-            block(data, offs, &band, n, (oy0, rows), (c0, cb), chunk);
+            band.fill(s, &x[n * img_in..(n + 1) * img_in], oy0, rows, data);
+            for c in (c0..c0 + cb).step_by(chunk) {
+                let cc = chunk.min(c0 + cb - c);
+                for t in 0..rows {
+                    let oy = oy0 + t;
+                    let row = &data[s.params.stride.0 * t * band.rowlen..];
+                    let dst = base.block(n * cout + c, oy * ow, cc, ow);
+                    // `dst` is channels c..c + cc of output row oy of image n: inside `out`, and
+                    // this task's alone (tasks split images, rows and channels).
+                    with_gemm_epilogue(s, epi, n, c, cc, oy * ow, ow, |e| {
+                        gemm(row, offs, c, cc, dst, e)
+                    });
+                }
+            }
         })
     });
 }

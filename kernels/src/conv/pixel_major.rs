@@ -7,7 +7,7 @@
 use super::implicit::{self, bytes_as_u32};
 use super::{tasks_per_image, with_gemm_epilogue, Conv2dShape, ConvEpilogueOp, ConvPath};
 use crate::gemm::{
-    gemm_pixel_major_raw, pixel_major_supported, MatPtr, PackedPanels, PixelRows, PANEL,
+    gemm_pixel_major_raw, pixel_major_supported, MatPtr, MatRef, PackedPanels, PixelRows, PANEL,
 };
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
 use crate::scratch::with_scratch;
@@ -73,7 +73,8 @@ pub fn supports(s: &Conv2dShape) -> bool {
 
 /// The weights (`[Cout x Cin*kh*kw]`, row-major) packed for [`forward`].
 pub fn pack(s: &Conv2dShape, w: &[f32]) -> PackedPanels {
-    implicit::pack_pixel_major(s, w)
+    let k = s.patch_len();
+    PackedPanels::new(MatRef::row_major(&w[..s.out_channels * k], s.out_channels, k).t())
 }
 
 /// The forward with weights from [`pack`]; [`supports`] must hold.

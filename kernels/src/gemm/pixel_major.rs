@@ -71,11 +71,6 @@ impl PackedPanels {
         self.n.div_ceil(PANEL)
     }
 
-    /// Bytes of the packed values (padding channels included).
-    pub fn bytes(&self) -> usize {
-        4 * self.panels() * self.k * PANEL
-    }
-
     #[cfg(target_arch = "x86_64")]
     fn panel(&self, j: usize) -> &[f32] {
         let len = self.k * PANEL;
