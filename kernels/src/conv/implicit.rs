@@ -20,7 +20,8 @@ use super::im2col::fill_phases;
 use super::{tasks_per_image, with_gemm_epilogue, Conv2dShape, ConvEpilogueOp, Weights};
 use crate::gemm::{
     gemm_indirect_serial_raw, gemm_pixel_major_raw, indirect_row_reach, indirect_supported,
-    pixel_major_supported, Epilogue, MatPtr, MatRef, OffsetRows, PackedPanels, PixelRows, PANEL,
+    pixel_major_supported, Epilogue, MatPtr, MatRef, OffsetRows, OffsetTable, PackedPanels,
+    PixelRows, PANEL,
 };
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
 use crate::scratch::with_scratch;
@@ -248,7 +249,7 @@ fn for_each_row(
     out: &mut [f32],
     epi: &[ConvEpilogueOp],
     split: Split,
-    gemm: impl Fn(&[f32], &[u32], usize, usize, MatPtr, &Epilogue) + Sync,
+    gemm: impl Fn(&[f32], OffsetTable, usize, usize, MatPtr, &Epilogue) + Sync,
 ) {
     let (oh, ow) = s.out_hw();
     let (cin, cout) = (s.in_channels, s.out_channels);
@@ -297,6 +298,7 @@ fn for_each_row(
             // The offsets live in the f32 scratch as their bit patterns.
             let offs: &mut [u32] = bytes_as_u32(offs);
             band.offsets(s, offs);
+            let offs = OffsetTable::new(offs);
             band.fill(s, &x[n * img_in..(n + 1) * img_in], oy0, rows, data);
             for c in (c0..c0 + cb).step_by(chunk) {
                 let cc = chunk.min(c0 + cb - c);

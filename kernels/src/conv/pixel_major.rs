@@ -7,7 +7,8 @@
 use super::implicit::{self, bytes_as_u32};
 use super::{tasks_per_image, with_gemm_epilogue, Conv2dShape, ConvEpilogueOp, ConvPath};
 use crate::gemm::{
-    gemm_pixel_major_raw, pixel_major_supported, MatPtr, MatRef, PackedPanels, PixelRows, PANEL,
+    gemm_pixel_major_raw, pixel_major_supported, MatPtr, MatRef, OffsetTable, PackedPanels,
+    PixelRows, PANEL,
 };
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
 use crate::scratch::with_scratch;
@@ -134,7 +135,7 @@ fn pointwise(
         for (p, o) in offs.iter_mut().enumerate() {
             *o = u32::try_from(p * plane).expect("input plane within 4 G");
         }
-        let offs = &*offs;
+        let offs = OffsetTable::new(offs);
         let tasks = s.batch * ranges * groups;
         parallel::for_each_index(tasks, par && tasks > 1, |t| {
             let (n, rest) = (t / (ranges * groups), t % (ranges * groups));

@@ -7,11 +7,44 @@
 use super::spec::{self, Spec, TileEpi};
 use super::{check_out, Epilogue, MatPtr, MatRef};
 
+/// A table of offsets into one slice, with its largest entry found once: the offset GEMMs bound
+/// every read by it in O(1), where a scan per call ran over `k` entries for every output row of
+/// an implicit convolution.
+#[derive(Clone, Copy, Debug)]
+pub struct OffsetTable<'a> {
+    offs: &'a [u32],
+    max: usize,
+}
+
+impl<'a> OffsetTable<'a> {
+    pub fn new(offs: &'a [u32]) -> Self {
+        let max = offs.iter().copied().max().unwrap_or(0) as usize;
+        OffsetTable { offs, max }
+    }
+
+    pub fn as_slice(&self) -> &'a [u32] {
+        self.offs
+    }
+
+    pub fn len(&self) -> usize {
+        self.offs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.offs.is_empty()
+    }
+
+    /// Whether `span` floats behind every offset lie inside a slice of `len` floats.
+    pub(crate) fn fits(&self, span: usize, len: usize) -> bool {
+        self.offs.is_empty() || self.max + span <= len
+    }
+}
+
 /// B as rows of one slice: row `p` is `data[offs[p] as usize ..][.. cols]`.
 #[derive(Clone, Copy, Debug)]
 pub struct OffsetRows<'a> {
     pub data: &'a [f32],
-    pub offs: &'a [u32],
+    pub offs: OffsetTable<'a>,
     pub cols: usize,
 }
 
@@ -62,9 +95,8 @@ pub(crate) unsafe fn gemm_indirect_with(
     assert_eq!(a.cols, b.offs.len(), "gemm: inner dimensions differ");
     check_out(a.rows, b.cols, c.rows, c.cols, c.row_stride, epilogue);
     let reach = b.cols.next_multiple_of(spec.nr);
-    let last = b.offs.iter().copied().max().unwrap_or(0) as usize;
     assert!(
-        b.offs.is_empty() || last + reach <= b.data.len(),
+        b.offs.fits(reach, b.data.len()),
         "gemm: indirect B row out of bounds"
     );
     let (m, k, n) = (a.rows, a.cols, b.cols);
@@ -90,7 +122,7 @@ pub(crate) unsafe fn gemm_indirect_with(
                     a.data[row * a.row_stride..].as_ptr(),
                     a.row_stride,
                     b.data[col..].as_ptr(),
-                    b.offs.as_ptr(),
+                    b.offs.as_slice().as_ptr(),
                     c.ptr.add(row * c.row_stride + col),
                     c.row_stride,
                     cols,

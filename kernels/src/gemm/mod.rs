@@ -31,7 +31,9 @@ use driver::BSource;
 use spec::Spec;
 
 pub use half_weights::{gemm_half_a_serial, gemm_half_a_serial_raw, linear_half};
-pub use indirect::{gemm_indirect_serial_raw, indirect_row_reach, indirect_supported, OffsetRows};
+pub use indirect::{
+    gemm_indirect_serial_raw, indirect_row_reach, indirect_supported, OffsetRows, OffsetTable,
+};
 pub use pixel_major::{
     gemm_pixel_major_raw, supported as pixel_major_supported, PackedPanels, PixelRows, PANEL,
 };

@@ -15,7 +15,7 @@
 
 #[cfg(target_arch = "x86_64")]
 use super::spec::TileEpi;
-use super::{Epilogue, MatPtr, MatRef};
+use super::{Epilogue, MatPtr, MatRef, OffsetTable};
 
 /// Channels per packed panel (the vector width).
 pub const PANEL: usize = 16;
@@ -88,7 +88,7 @@ impl std::fmt::Debug for PackedPanels {
 #[derive(Clone, Copy, Debug)]
 pub struct PixelRows<'a> {
     pub data: &'a [f32],
-    pub offs: &'a [u32],
+    pub offs: OffsetTable<'a>,
     /// Pixels.
     pub pixels: usize,
 }
@@ -133,9 +133,8 @@ pub unsafe fn gemm_pixel_major_raw(
         a.pixels
     );
     super::check_out(c.rows, c.cols, c.rows, c.cols, c.row_stride, epi);
-    let last = a.offs.iter().copied().max().unwrap_or(0) as usize;
     assert!(
-        a.offs.is_empty() || last + a.pixels <= a.data.len(),
+        a.offs.fits(a.pixels, a.data.len()),
         "gemm: pixel-major patch read out of bounds"
     );
     if a.pixels == 0 || chans == 0 {
@@ -162,7 +161,7 @@ pub unsafe fn gemm_pixel_major_raw(
                 tile(
                     w.k,
                     a.data.as_ptr().add(i0),
-                    a.offs.as_ptr(),
+                    a.offs.as_slice().as_ptr(),
                     bp,
                     c.ptr.add(row0 * c.row_stride + i0),
                     c.row_stride,

@@ -587,7 +587,7 @@ fn indirect_rows_match_the_gathered_product() {
             let mut got = vec![f32::NAN; m * ldc];
             let b = OffsetRows {
                 data: &data,
-                offs: &offs,
+                offs: OffsetTable::new(&offs),
                 cols: n,
             };
             let c = MatPtr {
@@ -686,7 +686,7 @@ fn pixel_major_tiles_match_the_gathered_product() {
             };
             let a = PixelRows {
                 data: &data,
-                offs: &offs,
+                offs: OffsetTable::new(&offs),
                 pixels,
             };
             // SAFETY: `got` holds `rows` rows of ldc floats and is this call's alone.
