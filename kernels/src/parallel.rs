@@ -5,6 +5,8 @@
 //! thresholds below (in units of floating-point operations, or elements for memory-bound kernels),
 //! so tuning happens in one place.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 /// Minimum multiply-adds (m*n*k) before a GEMM is split across threads. Measured on 2 Zen 4
 /// cores: one fork-join (the m = 1 and small-m GEMM paths) pays off from about 0.5-1 M MACs.
 pub const GEMM_PAR_MIN_MACS: usize = 1 << 20;
@@ -112,6 +114,57 @@ where
     for_each_chunk_mut(data, per * item_len.max(1), true, |i, c| f(i * per, c));
 }
 
+/// Run `f` on a pool thread while the pool's other threads stay awake, polling for the jobs its
+/// kernels fork, until `f` returns; with one thread, run it here.
+///
+/// An idle rayon worker sleeps after a few dozen polls, and waking it costs a futex hand-off:
+/// a batch-1 inference alternates parallel kernels with serial ones a few microseconds long, so
+/// every parallel kernel after a serial stretch paid that wake-up (a TLC-collapsed ResNet-18's
+/// 64->128 3x3/2 conv took 0.045 ms in the network on two threads, 0.024 ms in a loop of its
+/// own). The cost is the other cores busy-polling for the duration of `f`, as OpenMP runtimes
+/// and ONNX Runtime's intra-op pool do.
+pub fn with_pool_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let threads = num_threads();
+    if threads <= 1 {
+        return f();
+    }
+    let done = AtomicBool::new(false);
+    rayon::scope(|_| {
+        let runner = rayon::current_thread_index();
+        let (r, ()) = rayon::join(
+            || {
+                let r = f();
+                done.store(true, Ordering::Release);
+                r
+            },
+            || stay_awake(runner, &done, threads - 1),
+        );
+        r
+    })
+}
+
+/// Poll the pool for work until `done`, on `extra` threads (this one and `extra - 1` more, each
+/// taking a forked half). The runner itself may pop one of these jobs while it waits inside a
+/// kernel: it must return at once, or it would poll for its own completion.
+fn stay_awake(runner: Option<usize>, done: &AtomicBool, extra: usize) {
+    if extra == 0 || rayon::current_thread_index() == runner {
+        return;
+    }
+    if extra > 1 {
+        let half = extra / 2;
+        rayon::join(
+            || stay_awake(runner, done, extra - half),
+            || stay_awake(runner, done, half),
+        );
+        return;
+    }
+    while !done.load(Ordering::Acquire) {
+        if rayon::yield_now() != Some(rayon::Yield::Executed) {
+            std::hint::spin_loop();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +208,37 @@ mod tests {
     fn pieces_is_at_least_one() {
         assert!(pieces(0, 100) >= 1);
         assert!(pieces(1_000_000, 1) <= 4 * num_threads().max(1));
+    }
+
+    /// The keep-awake wrapper returns `f`'s result with every forked job run once, from outside
+    /// the pool and from inside it, on 1-4 threads, also when the inferences themselves run in
+    /// parallel (the runner may pop a keeper job and must not poll for itself).
+    #[test]
+    fn pool_awake_runs_the_work_and_returns() {
+        let work = || {
+            let sum = AtomicUsize::new(0);
+            for _ in 0..50 {
+                for_each_index(64, true, |i| {
+                    sum.fetch_add(i, Ordering::Relaxed);
+                });
+            }
+            sum.into_inner()
+        };
+        for threads in 1..=4 {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            assert_eq!(pool.install(|| with_pool_awake(work)), 50 * 2016);
+            let nested: Vec<usize> = pool.install(|| {
+                use rayon::prelude::*;
+                (0..8)
+                    .into_par_iter()
+                    .map(|_| with_pool_awake(work))
+                    .collect()
+            });
+            assert!(nested.iter().all(|&s| s == 50 * 2016), "{nested:?}");
+        }
+        assert_eq!(with_pool_awake(work), 50 * 2016);
     }
 }

@@ -225,12 +225,10 @@ impl Plan {
         // the main thread vs 1.1 ms inside the pool). Inside, it is one hand-off per inference,
         // and the pool threads' scratch reserved after the first run is the scratch used.
         //
-        // With one thread no kernel forks, so the hand-off would be all cost: run here.
-        if tlc_kernels::parallel::num_threads() > 1 {
-            rayon::scope(|_| self.run_steps(input, after_step));
-        } else {
-            self.run_steps(input, after_step);
-        }
+        // The other workers poll for the kernels' jobs until the inference ends, so a parallel
+        // step after serial ones does not wait for a sleeping worker to wake. With one thread no
+        // kernel forks, so the hand-off would be all cost: it runs here.
+        tlc_kernels::parallel::with_pool_awake(|| self.run_steps(input, after_step));
         let s = self.slots[self.output];
         &self.bufs[s.buf][..s.len]
     }
