@@ -920,10 +920,9 @@ pub fn forward_on(
                     };
                     rows_on(kernel, &job, 0, g.ow, oplane);
                     if !plan.rest.is_empty() {
+                        // The plane is contiguous: one pass over it, not one per short row.
                         let at = (n * shape.out_channels + oc) * plane_out;
-                        for (oy, orow) in oplane.chunks_exact_mut(g.ow).enumerate() {
-                            epilogue_row(plan.rest, orow, oc, at + oy * g.ow);
-                        }
+                        epilogue_row(plan.rest, oplane, oc, at);
                     }
                 }
             }

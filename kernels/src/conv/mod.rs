@@ -22,6 +22,7 @@
 //! all dense row-major. The engine validates shapes; these functions `assert!` their contracts.
 
 pub mod depthwise;
+pub mod few_outputs;
 pub mod general;
 pub mod im2col;
 pub mod implicit;
@@ -183,6 +184,9 @@ impl Conv2dShape {
     /// The path the forward takes: [`Conv2dShape::path`], except that the convolutions the
     /// implicit GEMM supports take it (pointwise and depthwise ones keep their own kernels).
     pub fn forward_path(&self) -> ConvPath {
+        if few_outputs::preferred(self) {
+            return ConvPath::FewOutputs;
+        }
         match self.path() {
             ConvPath::General | ConvPath::Shifted if implicit::supports(self) => ConvPath::Implicit,
             p => p,
@@ -218,6 +222,9 @@ pub enum ConvPath {
     /// GEMM reading a padded band of the input through row offsets. Forward only: its gradients are the
     /// [`ConvPath::General`] ones.
     Implicit,
+    /// One group, at most [`few_outputs::MAX_OUT_CHANNELS`] output channels: per output channel
+    /// a depthwise convolution with its kernels, its planes summed. Forward only.
+    FewOutputs,
 }
 
 /// One step of the forward's store epilogue, applied in list order.
@@ -533,6 +540,7 @@ pub fn forward_weights_with(
             shifted::forward(shape, input, weight, output, epilogue)
         }
         ConvPath::Implicit => implicit::forward(shape, input, weight, output, epilogue),
+        ConvPath::FewOutputs => few_outputs::forward(shape, input, weight, output, epilogue),
     }
 }
 
@@ -562,7 +570,7 @@ pub fn backward_input_with(
     match path {
         ConvPath::Pointwise => pointwise::backward_input(shape, grad_out, weight, grad_input),
         ConvPath::Depthwise => depthwise::backward_input(shape, grad_out, weight, grad_input),
-        ConvPath::General | ConvPath::Implicit => {
+        ConvPath::General | ConvPath::Implicit | ConvPath::FewOutputs => {
             general::backward_input(shape, grad_out, weight, grad_input)
         }
         ConvPath::Shifted => {
@@ -601,7 +609,7 @@ pub fn backward_weight_with(
     match path {
         ConvPath::Pointwise => pointwise::backward_weight(shape, input, grad_out, grad_weight),
         ConvPath::Depthwise => depthwise::backward_weight(shape, input, grad_out, grad_weight),
-        ConvPath::General | ConvPath::Implicit => {
+        ConvPath::General | ConvPath::Implicit | ConvPath::FewOutputs => {
             general::backward_weight(shape, input, grad_out, grad_weight)
         }
         ConvPath::Shifted => {

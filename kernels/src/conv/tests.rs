@@ -167,6 +167,9 @@ fn paths(s: &Conv2dShape) -> Vec<ConvPath> {
     if implicit::supports(s) {
         p.push(ConvPath::Implicit);
     }
+    if s.params.groups == 1 {
+        p.push(ConvPath::FewOutputs);
+    }
     p
 }
 
