@@ -5,6 +5,7 @@
 //! thresholds below (in units of floating-point operations, or elements for memory-bound kernels),
 //! so tuning happens in one place.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Minimum multiply-adds (m*n*k) before a GEMM is split across threads. Measured on 2 Zen 4
@@ -31,9 +32,33 @@ pub const ATTENTION_PAR_MIN_MACS: usize = 1 << 18;
 /// makes a few pieces per thread, each worth a task).
 pub const ROWWISE_MIN_PIECE_ELEMS: usize = 1 << 13;
 
-/// Threads rayon will use (the global pool, set by `tlc --threads` or `RAYON_NUM_THREADS`).
+thread_local! {
+    /// Set inside [`serial`]: this thread's kernels stay off the pool.
+    static SERIAL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Threads the kernels will use: rayon's (the global pool, set by `tlc --threads` or
+/// `RAYON_NUM_THREADS`, or the pool `install`ed around the caller), or 1 inside [`serial`].
 pub fn num_threads() -> usize {
-    rayon::current_num_threads()
+    if SERIAL.with(Cell::get) {
+        1
+    } else {
+        rayon::current_num_threads()
+    }
+}
+
+/// Run `f` with every kernel it calls on this thread: [`num_threads`] reads 1 meanwhile, so no
+/// kernel splits its work (an inference too small for any kernel to split skips the hand-off to
+/// the pool this way; see [`with_pool_awake`]).
+pub fn serial<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SERIAL.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(SERIAL.with(|s| s.replace(true)));
+    f()
 }
 
 /// Whether `work` (in the unit of `threshold`) is worth spreading over the pool.
@@ -115,7 +140,9 @@ where
 }
 
 /// Run `f` on a pool thread while the pool's other threads stay awake, polling for the jobs its
-/// kernels fork, until `f` returns; with one thread, run it here.
+/// kernels fork, until `f` returns; with one thread, run it here. Returns `f`'s result and
+/// whether another thread ran any of its jobs (none did: nothing in `f` split, so [`serial`]
+/// would have run it as fast without the hand-off).
 ///
 /// An idle rayon worker sleeps after a few dozen polls, and waking it costs a futex hand-off:
 /// a batch-1 inference alternates parallel kernels with serial ones a few microseconds long, so
@@ -123,13 +150,14 @@ where
 /// 64->128 3x3/2 conv took 0.045 ms in the network on two threads, 0.024 ms in a loop of its
 /// own). The cost is the other cores busy-polling for the duration of `f`, as OpenMP runtimes
 /// and ONNX Runtime's intra-op pool do.
-pub fn with_pool_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+pub fn with_pool_awake<R: Send>(f: impl FnOnce() -> R + Send) -> (R, bool) {
     let threads = num_threads();
     if threads <= 1 {
-        return f();
+        return (f(), false);
     }
     let done = AtomicBool::new(false);
-    rayon::scope(|_| {
+    let helped = AtomicBool::new(false);
+    let r = rayon::scope(|_| {
         let runner = rayon::current_thread_index();
         let (r, ()) = rayon::join(
             || {
@@ -137,29 +165,33 @@ pub fn with_pool_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
                 done.store(true, Ordering::Release);
                 r
             },
-            || stay_awake(runner, &done, threads - 1),
+            || stay_awake(runner, &done, &helped, threads - 1),
         );
         r
-    })
+    });
+    (r, helped.into_inner())
 }
 
 /// Poll the pool for work until `done`, on `extra` threads (this one and `extra - 1` more, each
-/// taking a forked half). The runner itself may pop one of these jobs while it waits inside a
-/// kernel: it must return at once, or it would poll for its own completion.
-fn stay_awake(runner: Option<usize>, done: &AtomicBool, extra: usize) {
+/// taking a forked half), noting in `helped` that some work ran. The runner itself may pop one
+/// of these jobs while it waits inside a kernel: it must return at once, or it would poll for
+/// its own completion.
+fn stay_awake(runner: Option<usize>, done: &AtomicBool, helped: &AtomicBool, extra: usize) {
     if extra == 0 || rayon::current_thread_index() == runner {
         return;
     }
     if extra > 1 {
         let half = extra / 2;
         rayon::join(
-            || stay_awake(runner, done, extra - half),
-            || stay_awake(runner, done, half),
+            || stay_awake(runner, done, helped, extra - half),
+            || stay_awake(runner, done, helped, half),
         );
         return;
     }
     while !done.load(Ordering::Acquire) {
-        if rayon::yield_now() != Some(rayon::Yield::Executed) {
+        if rayon::yield_now() == Some(rayon::Yield::Executed) {
+            helped.store(true, Ordering::Relaxed);
+        } else {
             std::hint::spin_loop();
         }
     }
@@ -229,16 +261,43 @@ mod tests {
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            assert_eq!(pool.install(|| with_pool_awake(work)), 50 * 2016);
+            assert_eq!(pool.install(|| with_pool_awake(work)).0, 50 * 2016);
             let nested: Vec<usize> = pool.install(|| {
                 use rayon::prelude::*;
                 (0..8)
                     .into_par_iter()
-                    .map(|_| with_pool_awake(work))
+                    .map(|_| with_pool_awake(work).0)
                     .collect()
             });
             assert!(nested.iter().all(|&s| s == 50 * 2016), "{nested:?}");
         }
-        assert_eq!(with_pool_awake(work), 50 * 2016);
+        assert_eq!(with_pool_awake(work).0, 50 * 2016);
+    }
+
+    /// Inside `serial` the kernels see one thread (restored after, also after a panic), and
+    /// work that forks nothing reports no help from the pool.
+    #[test]
+    fn serial_hides_the_pool_and_quiet_work_needs_no_help() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            assert_eq!(num_threads(), 2);
+            assert_eq!(serial(num_threads), 1);
+            let caught = std::panic::catch_unwind(|| serial(|| panic!("inside")));
+            assert!(caught.is_err());
+            assert_eq!(num_threads(), 2);
+            let (n, helped) = with_pool_awake(|| {
+                serial(|| {
+                    let sum = AtomicUsize::new(0);
+                    for_each_index(1000, worth_splitting(1000, 1), |i| {
+                        sum.fetch_add(i, Ordering::Relaxed);
+                    });
+                    sum.into_inner()
+                })
+            });
+            assert_eq!((n, helped), (499_500, false));
+        });
     }
 }

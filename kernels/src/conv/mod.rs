@@ -170,7 +170,16 @@ impl Conv2dShape {
     /// The forward path [`forward`] takes for this shape.
     pub fn path(&self) -> ConvPath {
         let p = &self.params;
-        if self.kernel_h == 1 && self.kernel_w == 1 && p.stride == (1, 1) && p.padding == (0, 0) {
+        // A grouped 1x1 with one channel per group is a per-channel scale: the depthwise kernel's
+        // (the pointwise path would run one GEMM per group).
+        let depthwise = self.in_per_group() == 1 && p.groups > 1;
+        if depthwise {
+            ConvPath::Depthwise
+        } else if self.kernel_h == 1
+            && self.kernel_w == 1
+            && p.stride == (1, 1)
+            && p.padding == (0, 0)
+        {
             ConvPath::Pointwise
         } else if self.in_per_group() == 1 {
             ConvPath::Depthwise

@@ -105,6 +105,8 @@ const CASES: &[Case] = &[
     (1, 4, 10, 12, 5, 2, 3, (2, 1), (1, 1), (1, 1), 1),
     (1, 6, 8, 22, 7, 1, 1, (2, 2), (0, 0), (1, 1), 1),
     (1, 3, 23, 41, 8, 7, 7, (2, 2), (3, 3), (1, 1), 1),
+    // A 1x1 depthwise (a 3x3 trimmed on a 1x1 plane): the depthwise kernel, not one GEMM per group.
+    (2, 6, 5, 4, 12, 1, 1, (1, 1), (0, 0), (1, 1), 6),
 ];
 
 /// Large enough to cross CONV_PAR_MIN_MACS: exercises every parallel split.
@@ -327,6 +329,7 @@ fn dispatch_picks_the_specialised_paths() {
     assert_eq!(shape_of(CASES[7]).path(), ConvPath::Depthwise);
     assert_eq!(shape_of(CASES[11]).path(), ConvPath::Depthwise);
     assert_eq!(shape_of(CASES[0]).path(), ConvPath::General);
+    assert_eq!(shape_of(CASES[CASES.len() - 1]).path(), ConvPath::Depthwise);
 }
 
 #[test]
