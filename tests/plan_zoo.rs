@@ -80,6 +80,12 @@ fn mobilenet_v2_plan_matches_eval() {
     check(&m, "mobilenet-v2");
     let k = kinds(&m);
     assert!(k.iter().any(|k| k == "conv3x3/s1 dw +bias+relu6"), "{k:?}");
+    // On the 1x1 planes of the last stages the depthwise 3x3s run trimmed to their centre tap
+    // (and still match the executor above).
+    assert!(
+        k.iter().any(|k| k.starts_with("conv1x1/s1 (of 3x3) dw")),
+        "{k:?}"
+    );
     // Inverted residuals: the projection conv takes the block input in its epilogue (10 blocks,
     // and at width 0.25 the first block too, its 32 and 16 channels both rounding to 8).
     assert_eq!(

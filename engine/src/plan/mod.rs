@@ -170,6 +170,13 @@ enum Threading {
 /// Runs on the pool without help from another thread before a plan moves to the caller.
 const QUIET_RUNS: u8 = 3;
 
+/// Subnormal weights as zeros (the kernels would slow down on them; see [`Compiler::tensor`]).
+fn flush_subnormals(v: &mut [f32]) {
+    v.iter_mut()
+        .filter(|x| x.is_subnormal())
+        .for_each(|x| *x = 0.0);
+}
+
 fn plan_err(detail: impl Into<String>) -> Error {
     Error::invalid("plan", detail)
 }
@@ -523,9 +530,7 @@ impl<'m> Compiler<'m> {
             .get(&name)
             .map(|t| t.to_vec())
             .ok_or_else(|| plan_err(format!("the model has no tensor `{name}`")))?;
-        v.iter_mut()
-            .filter(|x| x.is_subnormal())
-            .for_each(|x| *x = 0.0);
+        flush_subnormals(&mut v);
         Ok(v)
     }
 
@@ -700,12 +705,12 @@ impl<'m> Compiler<'m> {
                     let trim = trim::trimmed(&full);
                     let shape = trim.as_ref().map_or(full, |t| t.0);
                     let trimmed_weight = match &trim {
-                        Some((_, rows, cols)) => Some(trim::weights(
-                            &full,
-                            &self.tensor(id, "weight")?,
-                            rows,
-                            cols,
-                        )),
+                        Some((_, rows, cols)) => {
+                            let w = self.stored_weight(id, full.weight_len())?;
+                            let mut w = trim::weights(&full, &w, rows, cols);
+                            flush_subnormals(&mut w);
+                            Some(w)
+                        }
                         None => None,
                     };
                     let mut kind =

@@ -875,7 +875,9 @@ pub fn forward_on(
     let par = parallel::worth_splitting(work, CONV_PAR_MIN_MACS);
     let tasks = if par {
         let t = parallel::num_threads();
-        (work / TASK_MACS).next_multiple_of(t).clamp(t, units.max(1))
+        (work / TASK_MACS)
+            .next_multiple_of(t)
+            .clamp(t, units.max(1))
     } else {
         1
     };
