@@ -28,7 +28,9 @@ const MAX_POINTWISE_PLANE: usize = 256;
 /// Whether the plan should pack `s`'s weights for [`forward`]: [`supports`], a patch of at least
 /// [`MIN_PATCH`], tiles about as full as the channel-major ones ([`fills_tiles`]); for a 1x1
 /// convolution stride 1 and a plane of at most [`MAX_POINTWISE_PLANE`] pixels, otherwise stride 1
-/// or more than 4 input channels. At stride 2 ResNet-18's 3x3 convs ran 0.83-1.0x their im2col
+/// or more than 4 input channels. Not for one-pixel outputs: the channel-major paths run those as
+/// matrix-vector products (MobileNetV2's last 1x1 convs on 28x28 images: 160->1280 0.014 ms
+/// against 0.018 in one eighth of a pixel tile). At stride 2 ResNet-18's 3x3 convs ran 0.83-1.0x their im2col
 /// time on two threads, but its 1x1 downsamples 1.5-1.7x (their bands copy both column phases of
 /// the rows they read for a short product) and the 3-channel image stems 1.1-1.3x.
 pub fn preferred(s: &Conv2dShape) -> bool {
@@ -36,6 +38,7 @@ pub fn preferred(s: &Conv2dShape) -> bool {
     let pointwise = s.kernel_h * s.kernel_w == 1;
     supports(s)
         && s.patch_len() >= MIN_PATCH
+        && s.out_hw() != (1, 1)
         && fills_tiles(s)
         && if pointwise {
             stride1 && s.in_h * s.in_w <= MAX_POINTWISE_PLANE
