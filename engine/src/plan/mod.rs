@@ -254,7 +254,7 @@ impl Plan {
         // step after serial ones does not wait for a sleeping worker to wake. With one thread no
         // kernel forks, so the hand-off would be all cost: it runs here; likewise once runs
         // have shown that no kernel splits (kernels decide by shape and thread count, the same
-        // every run).
+        // every run as long as the plan runs under the same pool).
         use tlc_kernels::parallel;
         match self.threading {
             Threading::Caller => {

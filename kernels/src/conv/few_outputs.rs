@@ -1,4 +1,4 @@
-//! Convolutions with a handful of output channels: the 1-3-channel layers TLC's pruning leaves in
+//! Convolutions with one or two output channels: the narrowest layers TLC's pruning leaves in
 //! the middle of a residual block.
 //!
 //! Output channel `o` is the sum over input channels `c` of `c`'s plane convolved with kernel
