@@ -7,8 +7,8 @@
 use super::implicit::{self, bytes_as_u32};
 use super::{tasks_per_image, with_gemm_epilogue, Conv2dShape, ConvEpilogueOp, ConvPath};
 use crate::gemm::{
-    gemm_pixel_major_raw, pixel_major_supported, MatPtr, MatRef, OffsetTable, PackedPanels,
-    PixelRows, PANEL,
+    gemm_pixel_major_raw, pixel_major_supported, wide_pixel_tiles, MatPtr, MatRef, OffsetTable,
+    PackedPanels, PixelRows, PANEL,
 };
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
 use crate::scratch::with_scratch;
@@ -19,20 +19,25 @@ use crate::scratch::with_scratch;
 /// ran 0.88-0.96x their time on one thread.
 const MIN_PATCH: usize = 128;
 
-/// Largest plane of a 1x1 convolution [`preferred`] puts here: at 7x7 and 14x14 a channel-major
-/// tile leaves lanes idle (49 = 3 x 16 + 1) and MobileNetV2's 1x1 convs there ran 0.85-0.95x
-/// their time, but 144->24 at 56x56 ran 1.5x and 192->32 at 28x28 1.07x slower (a 24-channel
-/// layer fills one and a half panels, where the channel-major tile takes 3 rows of 8).
+/// Largest plane of a 1x1 convolution [`preferred`] puts here, on the AVX-512 tiles: at 7x7 and
+/// 14x14 a channel-major tile leaves lanes idle (49 = 3 x 16 + 1) and MobileNetV2's 1x1 convs
+/// there ran 0.85-0.95x their time, but 144->24 at 56x56 ran 1.5x and 192->32 at 28x28 1.07x
+/// slower (a 24-channel layer fills one and a half panels, where the channel-major tile takes 3
+/// rows of 8). The AVX2 tiles (6 pixels, two transposes per tile) lost on every 1x1 conv tried
+/// (320->1280 at 7x7 1.5x, 160->960 1.25x, 960->320 1.1x the channel-major time on one thread).
 const MAX_POINTWISE_PLANE: usize = 256;
 
 /// Whether the plan should pack `s`'s weights for [`forward`]: [`supports`], a patch of at least
 /// [`MIN_PATCH`], tiles about as full as the channel-major ones ([`fills_tiles`]); for a 1x1
-/// convolution stride 1 and a plane of at most [`MAX_POINTWISE_PLANE`] pixels, otherwise stride 1
-/// or more than 4 input channels. Not for one-pixel outputs: the channel-major paths run those as
-/// matrix-vector products (MobileNetV2's last 1x1 convs on 28x28 images: 160->1280 0.014 ms
-/// against 0.018 in one eighth of a pixel tile). At stride 2 ResNet-18's 3x3 convs ran 0.83-1.0x their im2col
-/// time on two threads, but its 1x1 downsamples 1.5-1.7x (their bands copy both column phases of
-/// the rows they read for a short product) and the 3-channel image stems 1.1-1.3x.
+/// convolution the AVX-512 tiles, stride 1 and a plane of at most [`MAX_POINTWISE_PLANE`]
+/// pixels; otherwise stride 1, or stride 2 with more than 4 input channels on the AVX-512 tiles.
+/// Not for one-pixel outputs: the channel-major paths run those as matrix-vector products
+/// (MobileNetV2's last 1x1 convs on 28x28 images: 160->1280 0.014 ms against 0.018 in one
+/// eighth of a pixel tile). At stride 2 ResNet-18's 3x3 convs ran 0.83-1.0x their im2col time on
+/// two threads on the AVX-512 tiles, 1.0-1.1x on the AVX2 ones, but its 1x1 downsamples 1.5-1.7x
+/// (their bands copy both column phases of the rows they read for a short product) and the
+/// 3-channel image stems 1.1-1.3x. On AVX2, ResNet-18's stride-1 3x3 convs ran 0.86-0.99x
+/// their channel-major time in the plan.
 pub fn preferred(s: &Conv2dShape) -> bool {
     let stride1 = s.params.stride == (1, 1);
     let pointwise = s.kernel_h * s.kernel_w == 1;
@@ -41,9 +46,9 @@ pub fn preferred(s: &Conv2dShape) -> bool {
         && s.out_hw() != (1, 1)
         && fills_tiles(s)
         && if pointwise {
-            stride1 && s.in_h * s.in_w <= MAX_POINTWISE_PLANE
+            stride1 && s.in_h * s.in_w <= MAX_POINTWISE_PLANE && wide_pixel_tiles()
         } else {
-            stride1 || s.in_channels > 4
+            stride1 || (s.in_channels > 4 && wide_pixel_tiles())
         }
 }
 

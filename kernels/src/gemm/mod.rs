@@ -35,7 +35,8 @@ pub use indirect::{
     gemm_indirect_serial_raw, indirect_row_reach, indirect_supported, OffsetRows, OffsetTable,
 };
 pub use pixel_major::{
-    gemm_pixel_major_raw, supported as pixel_major_supported, PackedPanels, PixelRows, PANEL,
+    gemm_pixel_major_raw, supported as pixel_major_supported, wide_tiles as wide_pixel_tiles,
+    PackedPanels, PixelRows, PANEL,
 };
 
 /// The GEMM micro-kernel family this process runs, as "MRxNR-family" (e.g. `8x16-avx512`): the

@@ -11,7 +11,9 @@
 //! Each finished tile is transposed in registers and stored as 16 channel rows of 8 pixels: the
 //! NCHW output, with the conv epilogue (bias, residual, clamping activation) applied on the way.
 //!
-//! AVX-512 only (16 lanes and masked stores); [`supported`] says whether the process runs it.
+//! Two tile families: AVX-512 (up to 8 pixels x one 16-lane register, masked stores) and AVX2+FMA
+//! (up to 6 pixels x two 8-lane registers: 12 accumulators, as the channel-major 6x16 tile).
+//! [`supported`] says whether the process runs either.
 
 #[cfg(target_arch = "x86_64")]
 use super::spec::TileEpi;
@@ -19,9 +21,6 @@ use super::{Epilogue, MatPtr, MatRef, OffsetTable};
 
 /// Channels per packed panel (the vector width).
 pub const PANEL: usize = 16;
-/// Pixels per register tile.
-#[cfg(target_arch = "x86_64")]
-const TILE_PIXELS: usize = 8;
 
 /// `W_T` (`k x n`: depth by channels) packed as `ceil(n / 16)` panels of `k x 16` floats, one
 /// after another, 64-byte aligned; channels past `n` are zero.
@@ -93,8 +92,21 @@ pub struct PixelRows<'a> {
     pub pixels: usize,
 }
 
-/// Whether this process runs the pixel-major tiles (AVX-512 enabled; see [`crate::isa::avx512`]).
+/// Whether this process runs the pixel-major tiles (AVX-512 enabled, see [`crate::isa::avx512`],
+/// or AVX2+FMA dispatched).
 pub fn supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        crate::isa::avx512() || crate::isa::current() == crate::isa::Isa::Avx2Fma
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether the pixel tiles are the AVX-512 ones (8 pixels, one transpose per tile), not AVX2's.
+pub fn wide_tiles() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         crate::isa::avx512()
@@ -141,44 +153,69 @@ pub unsafe fn gemm_pixel_major_raw(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    for (q, jp) in panels.enumerate() {
-        let bp = w.panel(jp).as_ptr();
-        let row0 = q * PANEL;
-        let rows = PANEL.min(chans - row0);
-        for i0 in (0..a.pixels).step_by(TILE_PIXELS) {
-            let r = TILE_PIXELS.min(a.pixels - i0);
-            let tile = TILES[r - 1];
-            let epi = TileEpi {
-                ops: epi,
-                row0,
-                col0: i0,
-            };
-            // SAFETY: the tile reads data[offs[p] + i0 + i] for i < r <= pixels - i0, inside
-            // `data` (checked above), and its panel's k x 16 floats; it writes rows row0..row0 +
-            // rows (< c.rows) at columns i0..i0 + r (< c.cols) of C, which the caller hands this
-            // call alone; `supported` holds (asserted).
-            unsafe {
-                tile(
-                    w.k,
-                    a.data.as_ptr().add(i0),
-                    a.offs.as_slice().as_ptr(),
-                    bp,
-                    c.ptr.add(row0 * c.row_stride + i0),
-                    c.row_stride,
-                    rows,
-                    epi,
-                )
+    {
+        let tiles = tile_family();
+        for (q, jp) in panels.enumerate() {
+            let bp = w.panel(jp).as_ptr();
+            let row0 = q * PANEL;
+            let rows = PANEL.min(chans - row0);
+            for (i0, r) in even_tiles(a.pixels, tiles.len()) {
+                let epi = TileEpi {
+                    ops: epi,
+                    row0,
+                    col0: i0,
+                };
+                // The AVX2 tiles store 8 pixels per channel row where the block has them (the
+                // next tile overwrites what lies past this one's `r`).
+                let room = i0 + 8 <= c.cols;
+                // SAFETY: the tile reads data[offs[p] + i0 + i] for i < r <= pixels - i0, inside
+                // `data` (checked above), and its panel's k x 16 floats; it writes rows row0..row0
+                // + rows (< c.rows) at columns i0..i0 + r (< c.cols) of C, or i0..i0 + 8 when
+                // `room` says those lie inside C's columns too; the caller hands C to this call
+                // alone and later tiles of this loop rewrite the columns past r; `supported`
+                // holds (asserted), and `tile_family` picked tiles this CPU runs.
+                unsafe {
+                    tiles[r - 1](
+                        w.k,
+                        a.data.as_ptr().add(i0),
+                        a.offs.as_slice().as_ptr(),
+                        bp,
+                        c.ptr.add(row0 * c.row_stride + i0),
+                        c.row_stride,
+                        rows,
+                        room,
+                        epi,
+                    )
+                }
             }
         }
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-type Tile = unsafe fn(usize, *const f32, *const u32, *const f32, *mut f32, usize, usize, TileEpi);
+/// `pixels` split into runs of at most `width` as even as possible (`(start, len)`): 7 pixels in
+/// tiles of 6 as 4 + 3, where 6 + 1 spent a whole tile's loop on one pixel.
+fn even_tiles(pixels: usize, width: usize) -> impl Iterator<Item = (usize, usize)> {
+    let n = pixels.div_ceil(width);
+    let (base, extra) = (pixels / n.max(1), pixels % n.max(1));
+    (0..n).map(move |t| (t * base + t.min(extra), base + usize::from(t < extra)))
+}
 
-/// `tile::<R>` for R = 1..=8 pixels.
 #[cfg(target_arch = "x86_64")]
-static TILES: [Tile; TILE_PIXELS] = [
+type Tile =
+    unsafe fn(usize, *const f32, *const u32, *const f32, *mut f32, usize, usize, bool, TileEpi);
+
+/// The tiles of this process's family, `[r - 1]` for `r` pixels (their count the widest tile).
+#[cfg(target_arch = "x86_64")]
+fn tile_family() -> &'static [Tile] {
+    if crate::isa::avx512() {
+        &AVX512_TILES
+    } else {
+        &AVX2_TILES
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+static AVX512_TILES: [Tile; 8] = [
     avx512::tile::<1>,
     avx512::tile::<2>,
     avx512::tile::<3>,
@@ -190,9 +227,34 @@ static TILES: [Tile; TILE_PIXELS] = [
 ];
 
 #[cfg(target_arch = "x86_64")]
+static AVX2_TILES: [Tile; 6] = [
+    avx2::tile::<1>,
+    avx2::tile::<2>,
+    avx2::tile::<3>,
+    avx2::tile::<4>,
+    avx2::tile::<5>,
+    avx2::tile::<6>,
+];
+
+/// Whether a tile applies `op` in registers (the conv steps: per-channel bias, a dense residual,
+/// the clamping activations); tiles with any other op store first and run the scalar epilogue.
+#[cfg(target_arch = "x86_64")]
+fn in_registers(op: &super::EpilogueOp) -> bool {
+    use crate::activation::Activation as A;
+    match op {
+        super::EpilogueOp::BiasPerRow(_) => true,
+        super::EpilogueOp::Add(r) => r.col_stride == 1,
+        super::EpilogueOp::Act(a) => {
+            matches!(a, A::Identity | A::Relu | A::Relu6 | A::Clamp { .. })
+        }
+        super::EpilogueOp::BiasPerCol(_) => false,
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::super::EpilogueOp;
-    use super::{TileEpi, PANEL};
+    use super::{in_registers, TileEpi, PANEL};
     use crate::activation::Activation;
     use core::arch::x86_64::*;
 
@@ -213,6 +275,7 @@ mod avx512 {
         c: *mut f32,
         ldc: usize,
         rows: usize,
+        _room: bool,
         epi: TileEpi,
     ) {
         // SAFETY (whole body): the function's contract bounds every pointer used.
@@ -288,19 +351,8 @@ mod avx512 {
         _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))
     }
 
-    /// Whether [`epilogue`] does `op` (the conv steps: per-channel bias, a dense residual, the
-    /// clamping activations).
-    fn in_registers(op: &EpilogueOp) -> bool {
-        use Activation as A;
-        match op {
-            EpilogueOp::BiasPerRow(_) => true,
-            EpilogueOp::Add(r) => r.col_stride == 1,
-            EpilogueOp::Act(a) => matches!(a, A::Identity | A::Relu | A::Relu6 | A::Clamp { .. }),
-            EpilogueOp::BiasPerCol(_) => false,
-        }
-    }
-
-    /// `epi` on channel `j` of the tile (lanes = pixels, `mask` the valid ones), in the order and
+    /// `epi` on channel `j` of the tile (lanes = pixels, `mask` the valid ones; every op passes
+    /// [`in_registers`]), in the order and
     /// with the operand order of the scalar epilogue (so NaN propagates alike).
     ///
     /// # Safety
@@ -335,5 +387,177 @@ mod avx512 {
             }
         }
         v
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::super::EpilogueOp;
+    use super::{in_registers, TileEpi, PANEL};
+    use crate::activation::Activation;
+    use core::arch::x86_64::*;
+
+    /// `R <= 6` pixels (tile rows) by one 16-channel panel (two registers) over depth `k`, as the
+    /// AVX-512 tile: pixel `i`'s patch element `p` at `a + offs[p] + i`, panel row `p` at
+    /// `b + 16 p` (32-byte aligned); the result, with `epi`, stored transposed: channel `j < rows`
+    /// to `c + j * ldc .. + R`, or `.. + 8` when `room` (lanes past `R` then hold junk that the
+    /// caller's next tile overwrites).
+    ///
+    /// # Safety
+    /// AVX2 and FMA present; those reads are in bounds, those writes valid and the caller's
+    /// alone, and `epi`'s operands cover channels `row0 .. + rows` and pixels `col0 .. + R` (`..
+    /// + 8` when `room`).
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile<const R: usize>(
+        k: usize,
+        a: *const f32,
+        offs: *const u32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        room: bool,
+        epi: TileEpi,
+    ) {
+        // SAFETY (whole body): the function's contract bounds every pointer used.
+        unsafe {
+            let mut lo = [_mm256_setzero_ps(); 6];
+            let mut hi = [_mm256_setzero_ps(); 6];
+            for p in 0..k {
+                let b0 = _mm256_load_ps(b.add(p * PANEL));
+                let b1 = _mm256_load_ps(b.add(p * PANEL + 8));
+                let ap = a.add(*offs.add(p) as usize);
+                for i in 0..R {
+                    let x = _mm256_broadcast_ss(&*ap.add(i));
+                    lo[i] = _mm256_fmadd_ps(x, b0, lo[i]);
+                    hi[i] = _mm256_fmadd_ps(x, b1, hi[i]);
+                }
+            }
+            let chans = [transpose(lo), transpose(hi)];
+            let simple = epi.ops.iter().all(in_registers);
+            let wide = room && simple;
+            for (j, v) in chans.iter().flatten().enumerate().take(rows) {
+                let cp = c.add(j * ldc);
+                let mut v = *v;
+                if simple {
+                    v = epilogue(epi, j, v, if wide { 8 } else { R });
+                }
+                if wide {
+                    _mm256_storeu_ps(cp, v);
+                } else {
+                    let mut t = [0f32; 8];
+                    _mm256_storeu_ps(t.as_mut_ptr(), v);
+                    std::ptr::copy_nonoverlapping(t.as_ptr(), cp, R);
+                }
+            }
+            if !simple {
+                // The tile's channel rows of R pixels are ours and the operands cover them.
+                super::super::epilogue::apply_tile(epi.ops, c, ldc, epi.row0, rows, epi.col0, R);
+            }
+        }
+    }
+
+    /// Pixel rows `r[i]` (lane j = channel j; rows past 6 zero) as 8 vectors: `out[j]` lane `i` =
+    /// `r[i][j]`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn transpose(r: [__m256; 6]) -> [__m256; 8] {
+        let z = _mm256_setzero_ps();
+        // Pairs of pixels interleaved per 128-bit half, then quads of one channel per half.
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let (t6, t7) = (z, z);
+        // u[m] half h: channel 4h + m, pixels 0-3; u[m + 4]: the same channel, pixels 4-7.
+        let u = [
+            _mm256_shuffle_ps::<0x44>(t0, t2),
+            _mm256_shuffle_ps::<0xEE>(t0, t2),
+            _mm256_shuffle_ps::<0x44>(t1, t3),
+            _mm256_shuffle_ps::<0xEE>(t1, t3),
+            _mm256_shuffle_ps::<0x44>(t4, t6),
+            _mm256_shuffle_ps::<0xEE>(t4, t6),
+            _mm256_shuffle_ps::<0x44>(t5, t7),
+            _mm256_shuffle_ps::<0xEE>(t5, t7),
+        ];
+        let mut out = [z; 8];
+        for m in 0..4 {
+            out[m] = _mm256_permute2f128_ps::<0x20>(u[m], u[m + 4]);
+            out[m + 4] = _mm256_permute2f128_ps::<0x31>(u[m], u[m + 4]);
+        }
+        out
+    }
+
+    /// `epi` on channel `j` of the tile (lanes = pixels, the first `n` of them read from the
+    /// residual; every op passes [`in_registers`]), in the order and with the operand order of
+    /// the scalar epilogue (so NaN propagates alike).
+    ///
+    /// # Safety
+    /// As [`tile`]: the residual covers channel `row0 + j` at the tile's first `n` pixels.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn epilogue(epi: TileEpi, j: usize, mut v: __m256, n: usize) -> __m256 {
+        use Activation as A;
+        let clamp = |v: __m256, lo: f32, hi: Option<f32>| {
+            let v = _mm256_max_ps(_mm256_set1_ps(lo), v);
+            match hi {
+                Some(hi) => _mm256_min_ps(_mm256_set1_ps(hi), v),
+                None => v,
+            }
+        };
+        let row = epi.row0 + j;
+        for op in epi.ops {
+            match *op {
+                EpilogueOp::BiasPerRow(b) => v = _mm256_add_ps(v, _mm256_set1_ps(b[row])),
+                EpilogueOp::Add(m) => {
+                    let s = row * m.row_stride + epi.col0;
+                    let r = if n == 8 {
+                        // SAFETY: the operand covers 8 pixels of this row (contract).
+                        unsafe { _mm256_loadu_ps(m.data[s..s + 8].as_ptr()) }
+                    } else {
+                        let mut t = [0f32; 8];
+                        t[..n].copy_from_slice(&m.data[s..s + n]);
+                        // SAFETY: `t` holds 8 floats.
+                        unsafe { _mm256_loadu_ps(t.as_ptr()) }
+                    };
+                    v = _mm256_add_ps(v, r);
+                }
+                EpilogueOp::Act(A::Relu) => v = clamp(v, 0.0, None),
+                EpilogueOp::Act(A::Relu6) => v = clamp(v, 0.0, Some(6.0)),
+                EpilogueOp::Act(A::Clamp { lo, hi }) => v = clamp(v, lo, Some(hi)),
+                _ => {}
+            }
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::even_tiles;
+
+    #[test]
+    fn even_tiles_cover_the_pixels_in_near_equal_runs() {
+        for width in [6, 8] {
+            for pixels in 1..100 {
+                let tiles: Vec<_> = even_tiles(pixels, width).collect();
+                assert_eq!(tiles.len(), pixels.div_ceil(width));
+                let mut next = 0;
+                for &(start, len) in &tiles {
+                    assert_eq!(start, next, "{pixels} px in {width}: contiguous");
+                    assert!(len >= 1 && len <= width);
+                    next += len;
+                }
+                assert_eq!(next, pixels);
+                let (lo, hi) = tiles
+                    .iter()
+                    .fold((usize::MAX, 0), |(lo, hi), t| (lo.min(t.1), hi.max(t.1)));
+                assert!(hi - lo <= 1, "{pixels} px in {width}: {tiles:?}");
+            }
+        }
+        assert_eq!(even_tiles(7, 6).collect::<Vec<_>>(), [(0, 4), (4, 3)]);
     }
 }

@@ -640,6 +640,10 @@ fn pixel_major_tiles_match_the_gathered_product() {
         (13, 27, 37, 0..3),
         (20, 40, 37, 1..3),
         (7, 130, 48, 2..3),
+        // Rows split into even tiles (56 = 10 tiles of 5-6, 14 = 3 of 4-5 on the AVX2 tiles),
+        // most stored 8 pixels wide, the last ones exactly.
+        (56, 18, 16, 0..1),
+        (14, 33, 20, 0..2),
     ] {
         let data = values(k * 7 + 64 + pixels, 61);
         let offs: Vec<u32> = (0..k as u32).map(|p| (p * 37) % (k as u32 * 5)).collect();
