@@ -7,8 +7,8 @@
 //! rows are computed [`ROWS`] at a time, a vector of columns each, all taps accumulated in
 //! registers: the rows' accumulators are independent chains, which keeps the FMA pipes busy even
 //! on 7-pixel-wide planes. Stride 1 loads are plain unaligned loads, stride 2 loads deinterleave
-//! (on AVX-512 the padded rows are split into their two column phases once instead, and read
-//! plainly); other strides use the scalar kernel. A leading bias and a final clamping activation (ReLU,
+//! (on wide enough rows the padded rows are split into their two column phases once instead, and
+//! read plainly); other strides use the scalar kernel. A leading bias and a final clamping activation (ReLU,
 //! ReLU6, clamp) are applied in registers; any other epilogue runs on each finished row in L1.
 //!
 //! Backward (direct, scalar loops the compiler vectorises): the input gradient scatters each
@@ -464,6 +464,34 @@ mod avx2 {
         }
     }
 
+    /// The leading whole 16-float blocks of `src` into their two column phases of `row` (see
+    /// [`super::split_columns`]): one shuffle and one cross-lane permute per 8 outputs of each
+    /// phase. Returns the floats done (a multiple of 16); the caller does the rest.
+    ///
+    /// # Safety
+    /// AVX2 present; `row[even_at .. + ceil(len / 2)]` and `row[odd_at .. + len / 2]` exist.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn split_row(src: &[f32], row: &mut [f32], at: (usize, usize)) -> usize {
+        let (even_at, odd_at) = at;
+        let whole = src.len() / 16 * 16;
+        for c in (0..whole).step_by(16) {
+            // SAFETY: c + 16 <= src.len(); the runs hold c / 2 + 8 <= ceil(len / 2) and <= len /
+            // 2 floats (the function's contract), so both stores stay inside `row`.
+            unsafe {
+                let lo = _mm256_loadu_ps(src.as_ptr().add(c));
+                let hi = _mm256_loadu_ps(src.as_ptr().add(c + 8));
+                let order = |v: __m256| {
+                    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
+                };
+                let e = order(_mm256_shuffle_ps::<0b10_00_10_00>(lo, hi));
+                let o = order(_mm256_shuffle_ps::<0b11_01_11_01>(lo, hi));
+                _mm256_storeu_ps(row.as_mut_ptr().add(even_at + c / 2), e);
+                _mm256_storeu_ps(row.as_mut_ptr().add(odd_at + c / 2), o);
+            }
+        }
+        whole
+    }
+
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     unsafe fn store(p: *mut f32, v: __m256) {
@@ -797,6 +825,20 @@ fn split_columns(src: &[f32], w: usize, rows: &mut [f32], wp: usize, at: (usize,
         // stores write the two runs of its padded row, inside `rows` (asserted above).
         return unsafe { avx512::split_columns(src, w, rows.as_mut_ptr(), wp, at) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if isa::current() == Isa::Avx2Fma {
+        for (s, row) in src.chunks_exact(w).zip(rows.chunks_exact_mut(wp)) {
+            // SAFETY: AVX2 is dispatched; the asserts above keep both runs inside `row`.
+            let done = unsafe { avx2::split_row(s, row, at) };
+            for (i, pair) in s[done..].chunks(2).enumerate() {
+                row[even_at + done / 2 + i] = pair[0];
+                if let Some(&v) = pair.get(1) {
+                    row[odd_at + done / 2 + i] = v;
+                }
+            }
+        }
+        return;
+    }
     for (s, row) in src.chunks_exact(w).zip(rows.chunks_exact_mut(wp)) {
         for (i, pair) in s.chunks(2).enumerate() {
             row[even_at + i] = pair[0];
@@ -804,6 +846,18 @@ fn split_columns(src: &[f32], w: usize, rows: &mut [f32], wp: usize, at: (usize,
                 row[odd_at + i] = v;
             }
         }
+    }
+}
+
+/// Whether `kernel` reads stride-2 rows of `ow` outputs from column phases: AVX-512 for rows of
+/// more than half a vector (7 outputs from 14 ran 1.08x slower), AVX2 for rows of more than two
+/// vectors (MobileNetV2's 112 -> 56 layer ran 0.75x the time on two threads, 56 -> 28 the same,
+/// 28 -> 14 1.27x and 14 -> 7 1.7x slower: the phase rows are padded to 16 lanes and zeroed).
+fn phased(kernel: Kernel, ow: usize) -> bool {
+    match kernel {
+        Kernel::Avx512 => ow > MAX_LANES / 2,
+        Kernel::Avx2 => ow > 16,
+        _ => false,
     }
 }
 
@@ -842,12 +896,12 @@ pub fn forward_on(
     if plane_out <= SMALL_OUT && plane_out * khw.min(plane_in) <= MAX_PAIRS {
         return small_plane(shape, &g, x, w, out, epi);
     }
-    // Stride 2 on the AVX-512 kernel: each padded row split into its two column phases (one
-    // masked deinterleave per 32 inputs), so the kernel loads stride-2 windows plainly instead of
-    // deinterleaving every load (three taps of a row each deinterleaved the same inputs again):
-    // MobileNetV2's layers at 112, 56 and 28 ran 0.67, 0.71 and 0.84x the time on one thread.
-    // Not for rows of at most half a vector (7 outputs from 14: 1.08x).
-    let phase = if g.sw == 2 && kernel == Kernel::Avx512 && g.ow > MAX_LANES / 2 {
+    // Stride 2 on the AVX-512 and AVX2 kernels ([`phased`]): each padded row split into its two
+    // column phases (one deinterleave per 32, resp. 16, inputs), so the kernel loads stride-2
+    // windows plainly instead of deinterleaving every load (three taps of a row each
+    // deinterleaved the same inputs again): on AVX-512 MobileNetV2's layers at 112, 56 and 28
+    // ran 0.67, 0.71 and 0.84x the time on one thread.
+    let phase = if g.sw == 2 && phased(kernel, g.ow) {
         let ow_up = g.ow.div_ceil(MAX_LANES).max(1) * MAX_LANES;
         (g.pw + g.w).div_ceil(2).max(ow_up + (g.kw - 1) * g.dw / 2)
     } else {

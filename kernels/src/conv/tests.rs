@@ -87,6 +87,10 @@ const CASES: &[Case] = &[
     // multiplier and a row stride of its own.
     (1, 4, 15, 19, 4, 5, 5, (2, 2), (2, 2), (1, 1), 4),
     (1, 3, 17, 21, 6, 3, 3, (1, 2), (2, 2), (2, 2), 3),
+    // Rows wide enough for the AVX2 kernel's phases (more than 16 outputs), split 16 inputs at a
+    // time plus a tail: odd and even widths, with and without padding.
+    (1, 3, 9, 45, 3, 3, 3, (2, 2), (1, 1), (1, 1), 3),
+    (2, 2, 6, 40, 4, 3, 3, (2, 2), (0, 0), (1, 1), 2),
     (2, 3, 6, 5, 4, 3, 2, (1, 1), (2, 1), (1, 1), 1),
     (1, 2, 5, 6, 3, 2, 4, (1, 1), (0, 3), (1, 1), 1),
     // One-pixel planes (a small image's last stages): pointwise as a matrix-vector product,
