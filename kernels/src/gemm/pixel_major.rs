@@ -254,9 +254,7 @@ fn in_registers(op: &super::EpilogueOp) -> bool {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::super::EpilogueOp;
     use super::{in_registers, TileEpi, PANEL};
-    use crate::activation::Activation;
     use core::arch::x86_64::*;
 
     /// `R` pixels (tile rows) by one 16-channel panel over depth `k`: pixel `i`'s patch element
@@ -296,7 +294,10 @@ mod avx512 {
                 let cp = c.add(j * ldc);
                 let mut v = *v;
                 if simple {
-                    v = epilogue(epi, j, v, mask);
+                    // The masked lanes read the residual row at the tile's pixels, which the
+                    // operand covers (contract); the others are not read.
+                    let residual = |r: &[f32]| _mm256_maskz_loadu_ps(mask, r.as_ptr());
+                    v = super::avx2::epilogue(epi, j, v, residual);
                 }
                 _mm256_mask_storeu_ps(cp, mask, v);
             }
@@ -351,44 +352,6 @@ mod avx512 {
     unsafe fn upper(v: __m512) -> __m256 {
         _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))
     }
-
-    /// `epi` on channel `j` of the tile (lanes = pixels, `mask` the valid ones; every op passes
-    /// [`in_registers`]), in the order and
-    /// with the operand order of the scalar epilogue (so NaN propagates alike).
-    ///
-    /// # Safety
-    /// Every op passes [`in_registers`], and its operand covers channel `row0 + j` and the tile's
-    /// masked pixels.
-    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-    #[inline]
-    unsafe fn epilogue(epi: TileEpi, j: usize, mut v: __m256, mask: __mmask8) -> __m256 {
-        use Activation as A;
-        let clamp = |v: __m256, lo: f32, hi: Option<f32>| {
-            let v = _mm256_max_ps(_mm256_set1_ps(lo), v);
-            match hi {
-                Some(hi) => _mm256_min_ps(_mm256_set1_ps(hi), v),
-                None => v,
-            }
-        };
-        let row = epi.row0 + j;
-        for op in epi.ops {
-            match *op {
-                EpilogueOp::BiasPerRow(b) => v = _mm256_add_ps(v, _mm256_set1_ps(b[row])),
-                EpilogueOp::Add(m) => {
-                    let s = row * m.row_stride + epi.col0;
-                    // SAFETY: the masked lanes read operand row `row` at the tile's pixels,
-                    // which the operand covers (contract); the others are not read.
-                    let r = unsafe { _mm256_maskz_loadu_ps(mask, m.data[s..].as_ptr()) };
-                    v = _mm256_add_ps(v, r);
-                }
-                EpilogueOp::Act(A::Relu) => v = clamp(v, 0.0, None),
-                EpilogueOp::Act(A::Relu6) => v = clamp(v, 0.0, Some(6.0)),
-                EpilogueOp::Act(A::Clamp { lo, hi }) => v = clamp(v, lo, Some(hi)),
-                _ => {}
-            }
-        }
-        v
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -442,7 +405,8 @@ mod avx2 {
                 let cp = c.add(j * ldc);
                 let mut v = *v;
                 if simple {
-                    v = epilogue(epi, j, v, if wide { 8 } else { R });
+                    let n = if wide { 8 } else { R };
+                    v = epilogue(epi, j, v, |r: &[f32]| load_first(r, n));
                 }
                 if wide {
                     _mm256_storeu_ps(cp, v);
@@ -492,15 +456,21 @@ mod avx2 {
         out
     }
 
-    /// `epi` on channel `j` of the tile (lanes = pixels, the first `n` of them read from the
-    /// residual; every op passes [`in_registers`]), in the order and with the operand order of
-    /// the scalar epilogue (so NaN propagates alike).
+    /// `epi` on channel `j` of a tile (lanes = pixels; every op passes [`in_registers`]), in the
+    /// order and with the operand order of the scalar epilogue (so NaN propagates alike);
+    /// `residual` loads the tile's pixels from the residual row starting at its argument. The
+    /// AVX-512 tile shares it (its masked residual load is the only difference).
     ///
     /// # Safety
-    /// As [`tile`]: the residual covers channel `row0 + j` at the tile's first `n` pixels.
+    /// AVX2 present; the residual covers channel `row0 + j` at the pixels `residual` reads.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn epilogue(epi: TileEpi, j: usize, mut v: __m256, n: usize) -> __m256 {
+    pub(super) unsafe fn epilogue(
+        epi: TileEpi,
+        j: usize,
+        mut v: __m256,
+        residual: impl Fn(&[f32]) -> __m256,
+    ) -> __m256 {
         use Activation as A;
         let clamp = |v: __m256, lo: f32, hi: Option<f32>| {
             let v = _mm256_max_ps(_mm256_set1_ps(lo), v);
@@ -514,17 +484,7 @@ mod avx2 {
             match *op {
                 EpilogueOp::BiasPerRow(b) => v = _mm256_add_ps(v, _mm256_set1_ps(b[row])),
                 EpilogueOp::Add(m) => {
-                    let s = row * m.row_stride + epi.col0;
-                    let r = if n == 8 {
-                        // SAFETY: the operand covers 8 pixels of this row (contract).
-                        unsafe { _mm256_loadu_ps(m.data[s..s + 8].as_ptr()) }
-                    } else {
-                        let mut t = [0f32; 8];
-                        t[..n].copy_from_slice(&m.data[s..s + n]);
-                        // SAFETY: `t` holds 8 floats.
-                        unsafe { _mm256_loadu_ps(t.as_ptr()) }
-                    };
-                    v = _mm256_add_ps(v, r);
+                    v = _mm256_add_ps(v, residual(&m.data[row * m.row_stride + epi.col0..]))
                 }
                 EpilogueOp::Act(A::Relu) => v = clamp(v, 0.0, None),
                 EpilogueOp::Act(A::Relu6) => v = clamp(v, 0.0, Some(6.0)),
@@ -533,6 +493,21 @@ mod avx2 {
             }
         }
         v
+    }
+
+    /// The first `n <= 8` floats of `r` as a vector, the rest zero.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn load_first(r: &[f32], n: usize) -> __m256 {
+        if n == 8 {
+            // SAFETY: the slice holds 8 floats (indexed first).
+            unsafe { _mm256_loadu_ps(r[..8].as_ptr()) }
+        } else {
+            let mut t = [0f32; 8];
+            t[..n].copy_from_slice(&r[..n]);
+            // SAFETY: `t` holds 8 floats.
+            unsafe { _mm256_loadu_ps(t.as_ptr()) }
+        }
     }
 }
 
