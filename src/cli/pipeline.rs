@@ -47,7 +47,7 @@ pub struct PipelineArgs {
     /// Stop TLC once this many activations are removed. [default: 6; --full: 10]
     #[arg(long)]
     pub target_removed: Option<usize>,
-    /// Fine-tuning epochs per TLC iteration. [default: 1]
+    /// Fine-tuning epochs per TLC iteration.
     #[arg(long, default_value_t = 1)]
     pub tlc_epochs: usize,
     /// Fine-tuning epochs of TLC's result once it stops. [default: 1; --full: 4]
