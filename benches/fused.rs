@@ -1,0 +1,186 @@
+//! The fused inference kernels (criterion), batch 1:
+//!
+//! - `fused_conv/<layer>/fused`: one conv step of the inference plan — the kernel the plan picks
+//!   for the shape (pixel-major tiles against weights packed once where
+//!   `conv::pixel_major::preferred`, the channel-major paths otherwise) with bias, residual and
+//!   activation applied in the store epilogue;
+//! - `fused_conv/<layer>/unfused`: the same convolution with no epilogue, then one pass per graph
+//!   node, as a node-by-node executor runs them: bias per channel, residual add into a new
+//!   buffer, activation in place. The difference is what the fusion saves.
+//! - `plan/<network>`: a whole compiled plan (`tlc_engine::plan::Plan::run`) at batch 1, random
+//!   weights, on the rayon pool (`RAYON_NUM_THREADS` sets its size; `tlc bench` prints the same
+//!   network's per-step profile).
+//!
+//! The layers are ResNet-18's and MobileNetV2's at 224x224 (and ResNet-18's CIFAR form), chosen
+//! so every conv path the plan uses at batch 1 appears: pixel-major 3x3, strided im2col,
+//! pointwise, depthwise.
+//!
+//! `cargo bench --bench fused -- --warm-up-time 1 --measurement-time 3 [filter]`
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use std::hint::black_box;
+use tlc::engine::plan::Plan;
+use tlc::engine::{Model, Rng};
+use tlc::kernels::conv::{self, Conv2dParams, Conv2dShape, ConvEpilogueOp};
+use tlc::kernels::elementwise::{binary, BinaryOp};
+use tlc::kernels::{activation, Activation};
+use tlc_models::zoo::{self, Arch, ArchSpec};
+
+/// One plan step: a convolution and what its epilogue carries.
+struct Layer {
+    name: &'static str,
+    /// (in channels, input side, out channels, kernel, stride, groups)
+    geometry: (usize, usize, usize, usize, usize, usize),
+    residual: bool,
+    act: Activation,
+}
+
+const LAYERS: [Layer; 6] = [
+    Layer {
+        name: "r18_224_layer2_3x3_128@28_add_relu",
+        geometry: (128, 28, 128, 3, 1, 1),
+        residual: true,
+        act: Activation::Relu,
+    },
+    Layer {
+        name: "r18_224_layer3_3x3s2_128to256@28_relu",
+        geometry: (128, 28, 256, 3, 2, 1),
+        residual: false,
+        act: Activation::Relu,
+    },
+    Layer {
+        name: "r18_cifar_layer1_3x3_64@32_add_relu",
+        geometry: (64, 32, 64, 3, 1, 1),
+        residual: true,
+        act: Activation::Relu,
+    },
+    Layer {
+        name: "mnv2_expand_1x1_160to960@7_relu6",
+        geometry: (160, 7, 960, 1, 1, 1),
+        residual: false,
+        act: Activation::Relu6,
+    },
+    Layer {
+        name: "mnv2_project_1x1_960to160@7_add",
+        geometry: (960, 7, 160, 1, 1, 1),
+        residual: true,
+        act: Activation::Identity,
+    },
+    Layer {
+        name: "mnv2_dw_3x3_576@14_relu6",
+        geometry: (576, 14, 576, 3, 1, 576),
+        residual: false,
+        act: Activation::Relu6,
+    },
+];
+
+impl Layer {
+    fn shape(&self) -> Conv2dShape {
+        let (cin, side, cout, k, s, groups) = self.geometry;
+        Conv2dShape {
+            batch: 1,
+            in_channels: cin,
+            in_h: side,
+            in_w: side,
+            out_channels: cout,
+            kernel_h: k,
+            kernel_w: k,
+            params: Conv2dParams {
+                stride: (s, s),
+                padding: (k / 2, k / 2),
+                dilation: (1, 1),
+                groups,
+            },
+        }
+    }
+}
+
+/// Deterministic values in [-0.5, 0.5) (a multiplicative hash; no RNG state to thread through).
+fn values(len: usize, salt: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| ((i.wrapping_mul(2654435761) ^ salt) % 1000) as f32 / 1000.0 - 0.5)
+        .collect()
+}
+
+/// The convolution as the plan runs it: packed pixel-major weights where the plan packs them.
+enum PlanConv {
+    PixelMajor(tlc::kernels::gemm::PackedPanels),
+    ChannelMajor(Vec<f32>),
+}
+
+impl PlanConv {
+    fn new(s: &Conv2dShape, w: Vec<f32>) -> PlanConv {
+        if conv::pixel_major::preferred(s) {
+            PlanConv::PixelMajor(conv::pixel_major::pack(s, &w))
+        } else {
+            PlanConv::ChannelMajor(w)
+        }
+    }
+
+    fn run(&self, s: &Conv2dShape, x: &[f32], y: &mut [f32], epi: &[ConvEpilogueOp]) {
+        match self {
+            PlanConv::PixelMajor(p) => conv::pixel_major::forward(s, x, p, y, epi),
+            PlanConv::ChannelMajor(w) => conv::forward(s, x, w, y, epi),
+        }
+    }
+}
+
+fn fused_conv(c: &mut Criterion) {
+    let mut g = c.benchmark_group("fused_conv");
+    for layer in &LAYERS {
+        let s = layer.shape();
+        let (x, bias) = (values(s.input_len(), 1), values(s.out_channels, 3));
+        let residual = values(s.output_len(), 4);
+        let op = PlanConv::new(&s, values(s.weight_len(), 2));
+        let (mut y, mut sum) = (vec![0f32; s.output_len()], vec![0f32; s.output_len()]);
+        let plane = s.output_len() / s.out_channels;
+        g.throughput(Throughput::Elements(s.macs() as u64));
+
+        let mut epi = vec![ConvEpilogueOp::Bias(&bias)];
+        if layer.residual {
+            epi.push(ConvEpilogueOp::Add(&residual));
+        }
+        epi.push(ConvEpilogueOp::Act(layer.act));
+        g.bench_function(BenchmarkId::new(layer.name, "fused"), |b| {
+            b.iter(|| op.run(&s, black_box(&x), &mut y, &epi))
+        });
+
+        g.bench_function(BenchmarkId::new(layer.name, "unfused"), |b| {
+            b.iter(|| {
+                op.run(&s, black_box(&x), &mut y, &[]);
+                for (p, &bc) in y.chunks_exact_mut(plane).zip(&bias) {
+                    p.iter_mut().for_each(|v| *v += bc);
+                }
+                let out = if layer.residual {
+                    binary(BinaryOp::Add, &y, &residual, &mut sum);
+                    &mut sum
+                } else {
+                    &mut y
+                };
+                activation::apply_inplace(layer.act, out);
+            })
+        });
+    }
+    g.finish();
+}
+
+fn plan(c: &mut Criterion) {
+    let mut g = c.benchmark_group("plan");
+    g.sample_size(10);
+    for arch in [Arch::Resnet18Cifar, Arch::MobilenetV2, Arch::Resnet18] {
+        let spec = ArchSpec::new(arch);
+        let (graph, init) = zoo::build(&spec).expect("zoo network");
+        let model = Model::init(graph, init, &mut Rng::new(0)).expect("initialised weights");
+        let mut plan = Plan::compile(&model, 1).expect("compiled plan");
+        let x = values(plan.input_shape().iter().product(), 5);
+        g.bench_function(arch.name(), |b| {
+            b.iter(|| {
+                black_box(plan.run(black_box(&x)));
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, fused_conv, plan);
+criterion_main!(benches);
