@@ -35,7 +35,8 @@ pub struct PipelineArgs {
     /// Channel width multiplier of the trained network.
     #[arg(long, default_value_t = 0.25)]
     pub width: f32,
-    /// Data set (`fashion-mnist`: Debian's dataset-fashion-mnist package, or a directory).
+    /// Data set (`fashion-mnist`: Debian's dataset-fashion-mnist package, fetched into
+    /// ~/.cache/tlc when not installed; or a directory).
     #[arg(long, default_value = "fashion-mnist")]
     pub data: String,
     /// Training epochs. [default: 4; --full: 15]

@@ -34,8 +34,9 @@ pub enum OptimizerArg {
 pub struct TrainArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Data set: `fashion-mnist` (Debian's dataset-fashion-mnist package), or a directory of
-    /// Fashion-MNIST IDX files or CIFAR-10 binary batches. [default: fashion-mnist]
+    /// Data set: `fashion-mnist` (Debian's dataset-fashion-mnist package, fetched into
+    /// ~/.cache/tlc when not installed), or a directory of Fashion-MNIST IDX files or CIFAR-10
+    /// binary batches. [default: fashion-mnist]
     #[arg(long)]
     pub data: Option<String>,
     /// Output directory: last.safetensors (every epoch), best.safetensors (best validation

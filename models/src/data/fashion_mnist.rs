@@ -1,6 +1,7 @@
 //! Fashion-MNIST (60 000 training and 10 000 test images, 28x28 grey, 10 classes) from its four
 //! IDX files, as Debian's `dataset-fashion-mnist` package installs them.
 
+use super::debian::{self, Package};
 use super::{idx, Dataset};
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -13,6 +14,42 @@ pub const INSTALL_HINT: &str =
     "Install it with `apt-get install -y dataset-fashion-mnist`, or point --data at a directory holding \
      train-images-idx3-ubyte(.gz), train-labels-idx1-ubyte(.gz), t10k-images-idx3-ubyte(.gz) and \
      t10k-labels-idx1-ubyte(.gz).";
+
+/// Debian's package, as [`locate`] fetches it when it is not installed.
+pub const PACKAGE: Package = Package {
+    name: "dataset-fashion-mnist",
+    dir: DEFAULT_DIR,
+    files: &[
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ],
+    download_mb: 31,
+};
+
+/// The directory of the data set `--data fashion-mnist` names: Debian's location when the package
+/// is installed, else a copy in the per-user cache ([`debian::cache_root`]); when neither holds it
+/// and `fetch`, the package is downloaded into the cache first ([`debian::fetch`], no root
+/// needed), `note` hearing about it. Without the data (and not fetching) Debian's location, whose
+/// loading then says how to install it.
+pub fn locate(fetch: bool, note: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    let installed = PathBuf::from(DEFAULT_DIR);
+    if PACKAGE.complete_in(&installed) {
+        return Ok(installed);
+    }
+    let Some(cache) = debian::cache_root() else {
+        return Ok(installed);
+    };
+    let cached = PACKAGE.cached_dir(&cache);
+    if PACKAGE.complete_in(&cached) {
+        return Ok(cached);
+    }
+    if !fetch {
+        return Ok(installed);
+    }
+    debian::fetch(&PACKAGE, &cache, note)
+}
 
 /// The class names, in label order.
 pub const CLASSES: [&str; 10] = [
@@ -178,5 +215,34 @@ mod real_data {
             (mean[0] - 0.2860).abs() < 1e-3 && (std[0] - 0.3530).abs() < 1e-3,
             "{mean:?} {std:?}"
         );
+    }
+
+    /// The fetch a machine without the package takes (CI's apt lists are fresh: `.ci/run` ran
+    /// `apt-get update`): the downloaded copy is the installed one, byte for byte.
+    #[test]
+    fn fetching_the_package_into_a_cache_gives_the_installed_files() {
+        let cache = std::env::temp_dir().join(format!("tlc-fetch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&cache);
+        let mut notes = vec![];
+        let dir = debian::fetch(&PACKAGE, &cache, &mut |m| notes.push(m.to_string()))
+            .expect("apt-get download dataset-fashion-mnist");
+        assert_eq!(dir, PACKAGE.cached_dir(&cache));
+        assert!(
+            notes[0].contains("fetching Debian's dataset-fashion-mnist"),
+            "{notes:?}"
+        );
+        for f in PACKAGE.files {
+            let (got, want) = (
+                std::fs::read(dir.join(f)),
+                std::fs::read(Path::new(DEFAULT_DIR).join(f)),
+            );
+            assert!(
+                got.unwrap() == want.unwrap(),
+                "{f} differs from the installed copy"
+            );
+        }
+        let (train, test) = load(Some(&dir)).unwrap();
+        assert_eq!((train.len(), test.len()), (60_000, 10_000));
+        std::fs::remove_dir_all(&cache).unwrap();
     }
 }

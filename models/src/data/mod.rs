@@ -3,6 +3,7 @@
 //! prefetch).
 
 pub mod cifar;
+pub mod debian;
 pub mod fashion_mnist;
 pub mod idx;
 pub mod loader;

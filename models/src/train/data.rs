@@ -19,12 +19,15 @@ pub enum DataSource {
 }
 
 impl DataSource {
-    /// `fashion-mnist` (Debian's package location), `cifar10:DIR`, or a directory recognised by
-    /// its files.
+    /// `fashion-mnist` (Debian's package location, or the copy [`fashion_mnist::locate`] fetches
+    /// when it is not installed), `cifar10:DIR`, or a directory recognised by its files.
     pub fn parse(arg: &str) -> Result<DataSource> {
         match arg {
             "fashion-mnist" | "fashion_mnist" | "fmnist" => {
-                return Ok(DataSource::FashionMnist(fashion_mnist::DEFAULT_DIR.into()))
+                // Fetched into the user's cache when not installed: the commands' one-line
+                // notes go to stderr, next to their progress.
+                let dir = fashion_mnist::locate(true, &mut |m| eprintln!("{m}"))?;
+                return Ok(DataSource::FashionMnist(dir));
             }
             "cifar10" | "cifar-10" => {
                 return Err(Error::Config(
