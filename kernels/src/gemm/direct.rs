@@ -25,13 +25,16 @@ pub(crate) fn applies(m: usize, b: &MatRef) -> bool {
 }
 
 /// `C = beta * C + A * B` then `epi`, for `k > 0`, non-empty C (at `out`), [`applies`] and
-/// checked shapes.
+/// checked shapes; A from `a_packed` when given (whole-depth panels from A's row 0:
+/// [`super::PackedRows`]), `a` then only its shape.
 ///
 /// # Safety
 /// `out` is valid for reads and writes of C's elements, and they are this call's alone.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn run(
     spec: &Spec,
     a: &MatRef,
+    a_packed: Option<&[f32]>,
     b: &MatRef,
     beta: f32,
     out: MatPtr,
@@ -75,7 +78,9 @@ pub(crate) unsafe fn run(
             }
         });
     };
-    if needs_packing(spec, a) {
+    if let Some(buf) = a_packed {
+        body(ASource::Prepacked { buf, k });
+    } else if needs_packing(spec, a) {
         PACK_B.with_aligned(m.div_ceil(mr) * k * mr, |abuf| {
             pack::pack_a(a, 0, m, 0, k, mr, abuf);
             body(ASource::Packed {

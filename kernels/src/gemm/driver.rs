@@ -21,6 +21,9 @@ pub(crate) enum BSource<'a> {
 
 /// One K block of one N block, as the tasks see it.
 struct Block<'e> {
+    /// A's panels packed ahead of time ([`super::PackedRows`], from A's row 0), or `None` to
+    /// read or pack A from its view.
+    a_packed: Option<&'e [f32]>,
     p0: usize,
     kc: usize,
     jc: usize,
@@ -46,13 +49,16 @@ pub(crate) fn threads_for(m: usize, n: usize, k: usize, blocked: bool) -> usize 
 }
 
 /// `C = beta * C + A * B` then `epi`, for `k > 0` and non-empty C (`a.rows x` B's columns at
-/// `out`), shapes checked.
+/// `out`), shapes checked; A from `a_packed` when given (whole-depth panels from A's row 0:
+/// [`super::PackedRows`]), `a` then only its shape.
 ///
 /// # Safety
 /// `out` is valid for reads and writes of C's elements, and they are this call's alone.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn run(
     spec: &Spec,
     a: &MatRef,
+    a_packed: Option<&[f32]>,
     b: BSource,
     beta: f32,
     out: MatPtr,
@@ -73,6 +79,7 @@ pub(crate) unsafe fn run(
             let p0 = kb * kc;
             let kcb = kc.min(k - p0);
             let blk = Block {
+                a_packed,
                 p0,
                 kc: kcb,
                 jc,
@@ -139,6 +146,7 @@ pub(crate) unsafe fn run_packed_few_rows(
             let p0 = kb * kc;
             let kcb = kc.min(k - p0);
             let blk = Block {
+                a_packed: None,
                 p0,
                 kc: kcb,
                 jc: 0,
@@ -306,6 +314,12 @@ pub(crate) enum ASource<'a> {
         row0: usize,
         kc: usize,
     },
+    /// All of A's rows from row 0 over its whole depth `k`, packed ahead of time
+    /// ([`super::PackedRows`]): a K block is a run inside each panel.
+    Prepacked {
+        buf: &'a [f32],
+        k: usize,
+    },
 }
 
 impl ASource<'_> {
@@ -327,6 +341,16 @@ impl ASource<'_> {
                     .expect("A has a unit stride");
                 let ap = a.data[row * a.row_stride + p0 * a.col_stride..].as_ptr();
                 (kern, ap, a.row_stride, a.col_stride)
+            }
+            ASource::Prepacked { buf, k } => {
+                // Panel `row / mr` (rows advance by whole panels), depth p0 on.
+                let off = row * k + p0 * spec.mr;
+                (
+                    spec.packed_kernel(rows, cols),
+                    buf[off..].as_ptr(),
+                    1,
+                    spec.mr,
+                )
             }
             ASource::Packed { buf, row0, kc } => {
                 let off = (row - row0) * kc;
@@ -402,6 +426,16 @@ fn macro_kernel(
             }
         }
     };
+    if let Some(buf) = blk.a_packed {
+        for ib in (i0..i1).step_by(spec.mc) {
+            block(
+                ib,
+                spec.mc.min(i1 - ib),
+                ASource::Prepacked { buf, k: a.cols },
+            );
+        }
+        return;
+    }
     if n < PACK_A_MIN_N && !needs_packing(spec, a) {
         for ib in (i0..i1).step_by(spec.mc) {
             block(ib, spec.mc.min(i1 - ib), ASource::InPlace);

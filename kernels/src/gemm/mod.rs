@@ -19,6 +19,7 @@ mod kernel_neon;
 mod kernel_scalar;
 mod pack;
 mod pixel_major;
+mod prepacked;
 mod spec;
 #[cfg(test)]
 mod tests;
@@ -38,6 +39,7 @@ pub use pixel_major::{
     gemm_pixel_major_raw, supported as pixel_major_supported, wide_tiles as wide_pixel_tiles,
     PackedPanels, PixelRows, PANEL,
 };
+pub use prepacked::{gemm_prepacked_serial_raw, PackedRows};
 
 /// The GEMM micro-kernel family this process runs, as "MRxNR-family" (e.g. `8x16-avx512`): the
 /// element-wise kernels' [`crate::isa::current`] can be AVX2 while the GEMM runs AVX-512 tiles.
@@ -342,11 +344,11 @@ unsafe fn gemm_threads(
     } else if direct::applies(m, &b) {
         let threads = driver::threads_for(m, n, k, false).min(max_threads);
         // SAFETY: the contract, passed on.
-        unsafe { direct::run(spec, &a, &b, beta, c, epilogue, threads) };
+        unsafe { direct::run(spec, &a, None, &b, beta, c, epilogue, threads) };
     } else {
         let threads = driver::threads_for(m, n, k, true).min(max_threads);
         // SAFETY: the contract, passed on.
-        unsafe { driver::run(spec, &a, BSource::View(b), beta, c, epilogue, threads) };
+        unsafe { driver::run(spec, &a, None, BSource::View(b), beta, c, epilogue, threads) };
     }
 }
 
@@ -495,7 +497,16 @@ fn gemm_packed_with(
         if m <= spec.mr {
             driver::run_packed_few_rows(spec, &a, b, beta, c, epilogue, threads)
         } else {
-            driver::run(spec, &a, BSource::Packed(b), beta, c, epilogue, threads)
+            driver::run(
+                spec,
+                &a,
+                None,
+                BSource::Packed(b),
+                beta,
+                c,
+                epilogue,
+                threads,
+            )
         }
     }
 }

@@ -709,3 +709,69 @@ fn pixel_major_tiles_match_the_gathered_product() {
         }
     }
 }
+
+#[test]
+fn prepacked_rows_match_the_naive_product() {
+    // Direct-path row counts (<= 24) and blocked ones (> 96), depths over one K block and under,
+    // ragged last panels of rows and columns, row offsets, beta and a residual epilogue.
+    let spec = spec::current();
+    let mr = spec.mr;
+    for (m, k, n) in [
+        (7, 19, 5),
+        (24, 300, 49),
+        (130, 37, 600),
+        (200, 700, 49),
+        (300, 40, 600),
+        (97, 1, 3),
+    ] {
+        let ad = values(m * k, 60 + m as u64);
+        let packed = PackedRows::new(MatRef::row_major(&ad, m, k));
+        assert_eq!(
+            (packed.rows(), packed.depth(), packed.row_quantum()),
+            (m, k, mr)
+        );
+        let bd = values(k * n, 61);
+        let b = MatRef::row_major(&bd, k, n);
+        for r0 in [0, mr, 2 * mr] {
+            if r0 >= m {
+                continue;
+            }
+            let rows = (m - r0).min(m / 2 + 1);
+            let a = MatRef::row_major(&ad[r0 * k..(r0 + rows) * k], rows, k);
+            let bias = values(rows, 62);
+            let res = values(rows * n, 63);
+            let epi = [
+                EpilogueOp::BiasPerRow(&bias),
+                EpilogueOp::Add(MatRef::row_major(&res, rows, n)),
+                EpilogueOp::Act(Activation::Relu),
+            ];
+            for beta in [0.0, 0.5] {
+                let init = values(rows * n, 64);
+                let mut want = init.clone();
+                naive_gemm(a, b, beta, MatMut::row_major(&mut want, rows, n), &epi);
+                let mut got = init.clone();
+                let c = MatPtr::from(MatMut::row_major(&mut got, rows, n));
+                // SAFETY: `c` is `got`, borrowed for this call alone.
+                unsafe { gemm_prepacked_serial_raw(&packed, r0, rows, b, beta, c, &epi) };
+                assert_close(
+                    &got,
+                    &want,
+                    k,
+                    &format!("{m}x{k}x{n} rows {r0}+{rows} beta {beta}"),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "packed rows")]
+fn prepacked_rows_refuse_a_start_inside_a_panel() {
+    let ad = values(20 * 8, 65);
+    let packed = PackedRows::new(MatRef::row_major(&ad, 20, 8));
+    let bd = values(8 * 4, 66);
+    let mut out = vec![0.0; 4 * 4];
+    let c = MatPtr::from(MatMut::row_major(&mut out, 4, 4));
+    // SAFETY: `c` is `out`, borrowed for this call alone (which panics before writing).
+    unsafe { gemm_prepacked_serial_raw(&packed, 1, 4, MatRef::row_major(&bd, 8, 4), 0.0, c, &[]) };
+}
