@@ -70,7 +70,7 @@ impl PackedRows {
     }
 
     /// The panels from row `r0` on (a multiple of [`Self::row_quantum`]).
-    fn from_row(&self, r0: usize) -> &[f32] {
+    fn panels_at(&self, r0: usize) -> &[f32] {
         let len = self.m.div_ceil(self.mr) * self.mr * self.k;
         &self.buf[self.start + r0 * self.k..self.start + len]
     }
@@ -125,7 +125,7 @@ pub unsafe fn gemm_prepacked_serial_raw(
         row_stride: a.k,
         col_stride: 1,
     };
-    let panels = Some(a.from_row(r0));
+    let panels = Some(a.panels_at(r0));
     if a.k == 0 {
         // SAFETY: the caller's contract.
         return unsafe { super::scale_only(beta, c, epi) };
