@@ -2,8 +2,10 @@
 //!
 //! - `fused_conv/<layer>/fused`: one conv step of the inference plan — the kernel the plan picks
 //!   for the shape (pixel-major tiles against weights packed once where
-//!   `conv::pixel_major::preferred`, the channel-major paths otherwise) with bias, residual and
-//!   activation applied in the store epilogue;
+//!   `conv::pixel_major::preferred`, the channel-major paths otherwise, their weights packed once
+//!   as the tiles' rows where `conv::prepacked_supported`) with bias, residual and activation
+//!   applied in the store epilogue; `fused_weights_as_stored` is the same step on the weights
+//!   as stored (A read in place or repacked per call), where the plan packs rows;
 //! - `fused_conv/<layer>/unfused`: the same convolution with no epilogue, then one pass per graph
 //!   node, as a node-by-node executor runs them: bias per channel, residual add into a new
 //!   buffer, activation in place. The difference is what the fusion saves.
@@ -23,6 +25,9 @@ use tlc::engine::plan::Plan;
 use tlc::engine::{Model, Rng};
 use tlc::kernels::conv::{self, Conv2dParams, Conv2dShape, ConvEpilogueOp};
 use tlc::kernels::elementwise::{binary, BinaryOp};
+use tlc::kernels::gemm::{PackedPanels, PackedRows};
+use tlc::kernels::half_weights::Weights;
+use tlc::kernels::MatRef;
 use tlc::kernels::{activation, Activation};
 use tlc_models::zoo::{self, Arch, ArchSpec};
 
@@ -102,25 +107,31 @@ fn values(len: usize, salt: usize) -> Vec<f32> {
         .collect()
 }
 
-/// The convolution as the plan runs it: packed pixel-major weights where the plan packs them.
+/// The convolution as the plan runs it: weights packed once for the pixel-major tiles or as the
+/// channel-major tiles' rows where the plan packs them, as stored otherwise.
 enum PlanConv {
-    PixelMajor(tlc::kernels::gemm::PackedPanels),
-    ChannelMajor(Vec<f32>),
+    PixelMajor(PackedPanels),
+    Rows(PackedRows),
+    Stored(Vec<f32>),
 }
 
 impl PlanConv {
     fn new(s: &Conv2dShape, w: Vec<f32>) -> PlanConv {
         if conv::pixel_major::preferred(s) {
             PlanConv::PixelMajor(conv::pixel_major::pack(s, &w))
+        } else if conv::prepacked_supported(s) {
+            let rows = MatRef::row_major(&w, s.out_channels, s.patch_len());
+            PlanConv::Rows(PackedRows::new(rows))
         } else {
-            PlanConv::ChannelMajor(w)
+            PlanConv::Stored(w)
         }
     }
 
     fn run(&self, s: &Conv2dShape, x: &[f32], y: &mut [f32], epi: &[ConvEpilogueOp]) {
         match self {
             PlanConv::PixelMajor(p) => conv::pixel_major::forward(s, x, p, y, epi),
-            PlanConv::ChannelMajor(w) => conv::forward(s, x, w, y, epi),
+            PlanConv::Rows(p) => conv::forward_weights(s, x, Weights::Packed(p), y, epi),
+            PlanConv::Stored(w) => conv::forward(s, x, w, y, epi),
         }
     }
 }
@@ -131,7 +142,8 @@ fn fused_conv(c: &mut Criterion) {
         let s = layer.shape();
         let (x, bias) = (values(s.input_len(), 1), values(s.out_channels, 3));
         let residual = values(s.output_len(), 4);
-        let op = PlanConv::new(&s, values(s.weight_len(), 2));
+        let w = values(s.weight_len(), 2);
+        let op = PlanConv::new(&s, w.clone());
         let (mut y, mut sum) = (vec![0f32; s.output_len()], vec![0f32; s.output_len()]);
         let plane = s.output_len() / s.out_channels;
         g.throughput(Throughput::Elements(s.macs() as u64));
@@ -144,6 +156,14 @@ fn fused_conv(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new(layer.name, "fused"), |b| {
             b.iter(|| op.run(&s, black_box(&x), &mut y, &epi))
         });
+
+        if matches!(op, PlanConv::Rows(_)) {
+            // What packing the rows once saves: the same fused step on the weights as stored.
+            g.bench_function(
+                BenchmarkId::new(layer.name, "fused_weights_as_stored"),
+                |b| b.iter(|| conv::forward(&s, black_box(&x), &w, &mut y, &epi)),
+            );
+        }
 
         g.bench_function(BenchmarkId::new(layer.name, "unfused"), |b| {
             b.iter(|| {

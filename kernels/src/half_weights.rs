@@ -7,6 +7,7 @@
 //! 2^-11, about 4.9e-4) over ±65504, with less precision below 6.1e-5 (subnormal) and zero below
 //! 3e-8; bf16 keeps 8 significant bits (at most 2^-8, about 3.9e-3) over the whole f32 range.
 
+use crate::gemm::PackedRows;
 use crate::simd;
 use std::ops::Range;
 
@@ -146,11 +147,15 @@ impl<'a> HalfSlice<'a> {
     }
 }
 
-/// A weight tensor as a kernel reads it: f32, or 16-bit values decoded as they are read.
+/// A weight tensor as a kernel reads it: f32, 16-bit values decoded as they are read, or f32
+/// rows packed once for the channel-major tiles.
 #[derive(Clone, Copy, Debug)]
 pub enum Weights<'a> {
     F32(&'a [f32]),
     Half(HalfSlice<'a>),
+    /// `[Cout x Cin*kh*kw]` packed by [`PackedRows::new`]: only the GEMM paths that take the
+    /// weights as A rows read these (`conv::prepacked_supported`), whole panels of rows at a time.
+    Packed(&'a PackedRows),
 }
 
 impl<'a> Weights<'a> {
@@ -158,18 +163,33 @@ impl<'a> Weights<'a> {
         match self {
             Weights::F32(w) => w.len(),
             Weights::Half(h) => h.len(),
+            Weights::Packed(p) => p.rows() * p.depth(),
         }
+    }
+
+    /// Row ranges of these weights start at multiples of this: a packed panel's rows (1 else).
+    pub(crate) fn row_quantum(self) -> usize {
+        match self {
+            Weights::Packed(p) => p.row_quantum(),
+            _ => 1,
+        }
+    }
+
+    /// `block` (channels per task) rounded up to whole [`Self::row_quantum`]s, at most `all`.
+    pub(crate) fn align_rows(self, block: usize, all: usize) -> usize {
+        block.next_multiple_of(self.row_quantum()).min(all)
     }
 
     pub fn is_empty(self) -> bool {
         self.len() == 0
     }
 
-    /// Elements `r`.
+    /// Elements `r`. Panics for packed rows, which the GEMM takes by row range instead.
     pub fn range(self, r: Range<usize>) -> Self {
         match self {
             Weights::F32(w) => Weights::F32(&w[r]),
             Weights::Half(h) => Weights::Half(h.range(r)),
+            Weights::Packed(_) => panic!("packed weights are read by whole row panels"),
         }
     }
 
@@ -182,6 +202,7 @@ impl<'a> Weights<'a> {
                 h.decode_into(buf);
                 f(buf)
             }),
+            Weights::Packed(_) => panic!("packed weights serve only the GEMM paths"),
         }
     }
 }

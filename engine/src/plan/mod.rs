@@ -50,7 +50,7 @@ use crate::passes::{fold_batch_norms, remove_passthrough};
 use tlc_kernels::conv::{self, Conv2dShape, ConvEpilogueOp};
 use tlc_kernels::elementwise::{self, BinaryOp};
 use tlc_kernels::gemm::{
-    gemm_packed, linear_half, pack_b, EpilogueOp, MatMut, MatRef, PackedB, PackedPanels,
+    gemm_packed, linear_half, pack_b, EpilogueOp, MatMut, MatRef, PackedB, PackedPanels, PackedRows,
 };
 use tlc_kernels::half_weights::{HalfKind, HalfVec, Weights};
 use tlc_kernels::pool::{self, PoolDims, Window2d};
@@ -394,6 +394,16 @@ fn pixel_major(shape: &Conv2dShape) -> bool {
         && conv::pixel_major::preferred(shape)
 }
 
+/// Whether a conv of `shape` that is not on the pixel-major tiles gets its weights packed once as
+/// the channel-major tiles' A panels ([`conv::prepacked_supported`]: the pointwise and im2col
+/// paths), not repacked (wide outputs) or read in place (narrow ones) on every run;
+/// `TLC_PREPACK=0` keeps them as stored (for comparisons).
+fn prepacked(shape: &Conv2dShape) -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("TLC_PREPACK").as_deref() != Ok("0"))
+        && conv::prepacked_supported(shape)
+}
+
 /// Run one kernel: `val(k)` is input `k`, `y` the output.
 fn exec<'a>(kernel: &Kernel, n_in: usize, val: &dyn Fn(usize) -> &'a [f32], y: &mut [f32]) {
     match kernel {
@@ -424,6 +434,7 @@ fn exec<'a>(kernel: &Kernel, n_in: usize, val: &dyn Fn(usize) -> &'a [f32], y: &
                     conv::forward_weights(shape, x, Weights::Half(h.as_slice()), y, epi)
                 }
                 ConvWeight::PixelMajor(w) => conv::pixel_major::forward(shape, x, w, y, epi),
+                ConvWeight::Rows(w) => conv::forward_weights(shape, x, Weights::Packed(w), y, epi),
             }
         }
         Kernel::Linear {
@@ -731,6 +742,14 @@ impl<'m> Compiler<'m> {
                         }
                         (None, None) if pixel_major(&shape) => {
                             ConvWeight::PixelMajor(self.pixel_major_weight(id, &shape)?)
+                        }
+                        (None, w) if prepacked(&shape) => {
+                            let data = match &w {
+                                Some(w) => std::borrow::Cow::Borrowed(&w[..]),
+                                None => self.stored_weight(id, shape.weight_len())?,
+                            };
+                            let (rows, k) = (shape.out_channels, shape.patch_len());
+                            ConvWeight::Rows(PackedRows::new(MatRef::row_major(&data, rows, k)))
                         }
                         (None, w) => ConvWeight::F32(match w {
                             Some(w) => w,

@@ -1,6 +1,6 @@
 //! How a plan stores conv and linear weights: f32, or 16 bits decoded by the kernels.
 
-use tlc_kernels::gemm::{PackedB, PackedPanels};
+use tlc_kernels::gemm::{PackedB, PackedPanels, PackedRows};
 use tlc_kernels::half_weights::{HalfKind, HalfVec};
 
 /// How conv and linear weights are stored (the arithmetic is f32 either way).
@@ -48,6 +48,8 @@ pub(super) enum ConvWeight {
     Half(HalfVec),
     /// `W^T` packed for the pixel-major tiles (`conv::pixel_major`).
     PixelMajor(PackedPanels),
+    /// `W` packed as the channel-major tiles' A panels (`conv::prepacked_supported`).
+    Rows(PackedRows),
 }
 
 impl ConvWeight {
@@ -57,6 +59,7 @@ impl ConvWeight {
             ConvWeight::F32(w) => 4 * w.len(),
             ConvWeight::Half(h) => h.bytes(),
             ConvWeight::PixelMajor(p) => 4 * p.rows() * p.cols(),
+            ConvWeight::Rows(p) => 4 * p.rows() * p.depth(),
         }
     }
 }

@@ -965,6 +965,7 @@ pub fn forward_on(
                             h.decode_into(decoded);
                             decoded
                         }
+                        Weights::Packed(_) => unreachable!("`range` refuses packed weights"),
                     };
                     let job = PlaneJob {
                         src: pad,

@@ -401,7 +401,10 @@ fn forward_pixel_tiles(
     // Few images with small planes: blocks of output channels, each task multiplying its rows
     // of the weights by its own copy of the (small) patch matrix; one block per thread, as each
     // block repeats the im2col.
-    let cb = channel_block(shape, d.cout_g, MIN_CHANNEL_BLOCK, threads, par);
+    let cb = w.align_rows(
+        channel_block(shape, d.cout_g, MIN_CHANNEL_BLOCK, threads, par),
+        d.cout_g,
+    );
     for_each_channel_block(out, d.cout_g, plane_out, cb, par, |u, c0, o| {
         let (n, gi) = (u / d.groups, u % d.groups);
         let (c, cb) = (gi * d.cout_g + c0, o.len() / plane_out);

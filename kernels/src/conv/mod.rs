@@ -35,7 +35,8 @@ mod tests;
 
 use crate::activation::Activation;
 use crate::gemm::{
-    gemm_half_a_serial_raw, gemm_serial, gemm_serial_raw, EpilogueOp, MatMut, MatPtr, MatRef,
+    gemm_half_a_serial_raw, gemm_prepacked_serial_raw, gemm_serial, gemm_serial_raw, EpilogueOp,
+    MatMut, MatPtr, MatRef,
 };
 pub use crate::half_weights::Weights;
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
@@ -214,6 +215,20 @@ impl Conv2dShape {
         assert_eq!(weight, self.weight_len(), "conv2d: weight length");
         assert_eq!(output, self.output_len(), "conv2d: output length");
     }
+}
+
+/// Whether the forward of `s` takes weights packed once as GEMM rows
+/// ([`crate::gemm::PackedRows`] of `[Cout x Cin*kh*kw]`, as [`Weights::Packed`]): one group, on
+/// the pointwise or im2col path, with more than one output pixel (one pixel runs as a
+/// matrix-vector product over the weights as they lie).
+pub fn prepacked_supported(s: &Conv2dShape) -> bool {
+    prepacked_runs(s.forward_path(), s)
+}
+
+fn prepacked_runs(path: ConvPath, s: &Conv2dShape) -> bool {
+    s.params.groups == 1
+        && matches!(path, ConvPath::Pointwise | ConvPath::General)
+        && s.out_hw() != (1, 1)
 }
 
 /// The specialised forward implementations.
@@ -533,6 +548,12 @@ pub fn forward_weights_with(
     epilogue: &[ConvEpilogueOp],
 ) {
     shape.check(input.len(), weight.len(), output.len());
+    if let Weights::Packed(p) = weight {
+        assert!(
+            prepacked_runs(path, shape) && p.rows() == shape.out_channels,
+            "conv2d: weights packed as rows on the {path:?} path of {shape:?}"
+        );
+    }
     check_epilogue(shape, epilogue);
     if output.is_empty() {
         return;
@@ -685,12 +706,19 @@ pub(crate) unsafe fn gemm_weight_rows_raw(
     c: MatPtr,
     epilogue: &[EpilogueOp],
 ) {
-    // SAFETY (both arms): the caller's contract.
-    match w.range(r0 * k..(r0 + rows) * k) {
-        Weights::F32(w) => unsafe {
-            gemm_serial_raw(MatRef::row_major(w, rows, k), b, beta, c, epilogue)
+    // SAFETY (every arm): the caller's contract; packed rows start on a panel (callers align
+    // their channel blocks with `Weights::align_rows`), which that call asserts.
+    match w {
+        Weights::Packed(p) => unsafe {
+            gemm_prepacked_serial_raw(p, r0, rows, b, beta, c, epilogue)
         },
-        Weights::Half(h) => unsafe { gemm_half_a_serial_raw(h, b, beta, c, epilogue) },
+        _ => match w.range(r0 * k..(r0 + rows) * k) {
+            Weights::F32(w) => unsafe {
+                gemm_serial_raw(MatRef::row_major(w, rows, k), b, beta, c, epilogue)
+            },
+            Weights::Half(h) => unsafe { gemm_half_a_serial_raw(h, b, beta, c, epilogue) },
+            Weights::Packed(_) => unreachable!("matched above"),
+        },
     }
 }
 

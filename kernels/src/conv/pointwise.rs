@@ -108,7 +108,7 @@ pub fn forward(
         return;
     }
     // Small planes: blocks of output channels (each task packs the small X for itself).
-    let cb = channel_block(shape, cout_g, 16, threads, par);
+    let cb = w.align_rows(channel_block(shape, cout_g, 16, threads, par), cout_g);
     for_each_channel_block(out, cout_g, plane, cb, par, |u, c0, o| {
         let (n, gi) = (u / groups, u % groups);
         let (c, cb) = (gi * cout_g + c0, o.len() / plane);

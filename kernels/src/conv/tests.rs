@@ -134,6 +134,8 @@ const PAR_CASES: &[Case] = &[
     (1, 17, 8, 8, 67, 3, 3, (1, 1), (1, 1), (1, 1), 1),
     (1, 67, 9, 9, 31, 3, 3, (2, 2), (1, 1), (1, 1), 1),
     (1, 74, 12, 12, 82, 1, 1, (1, 1), (0, 0), (1, 1), 2),
+    // Channel blocks of packed weight rows start on a panel: 70 channels in two blocks.
+    (1, 96, 7, 7, 70, 1, 1, (1, 1), (0, 0), (1, 1), 1),
     // The implicit GEMM's narrowest rows (a full and a narrow tile, channel blocks) and a 7x7
     // kernel.
     (1, 24, 10, 10, 40, 3, 3, (1, 1), (1, 1), (1, 1), 1),
@@ -248,6 +250,21 @@ fn check_forward(c: Case, seed: u64) {
             let mut got = vec![f32::NAN; s.output_len()];
             general::forward_tiled(&s, tiling, &d.x, (&d.w).into(), &mut got, &epi);
             assert_near(&got, &want, &format!("{c:?} {tiling:?} {name}"));
+        }
+        let rows =
+            crate::gemm::PackedRows::new(MatRef::row_major(&d.w, s.out_channels, s.patch_len()));
+        for path in paths(&s).into_iter().filter(|&p| prepacked_runs(p, &s)) {
+            let mut got = vec![f32::NAN; s.output_len()];
+            forward_weights_with(path, &s, &d.x, Weights::Packed(&rows), &mut got, &epi);
+            assert_near(&got, &want, &format!("{c:?} {path:?} packed rows {name}"));
+        }
+        if prepacked_runs(ConvPath::General, &s) {
+            for tiling in tilings(&s) {
+                let mut got = vec![f32::NAN; s.output_len()];
+                let w = Weights::Packed(&rows);
+                general::forward_tiled(&s, tiling, &d.x, w, &mut got, &epi);
+                assert_near(&got, &want, &format!("{c:?} {tiling:?} packed rows {name}"));
+            }
         }
         if pixel_major::supports(&s) {
             let packed = pixel_major::pack(&s, &d.w);
