@@ -40,44 +40,31 @@ struct Layer {
     act: Activation,
 }
 
+// One row a layer: name, (in channels, input side, out channels, kernel, stride, groups),
+// residual, activation.
+#[rustfmt::skip]
 const LAYERS: [Layer; 6] = [
-    Layer {
-        name: "r18_224_layer2_3x3_128@28_add_relu",
-        geometry: (128, 28, 128, 3, 1, 1),
-        residual: true,
-        act: Activation::Relu,
-    },
-    Layer {
-        name: "r18_224_layer3_3x3s2_128to256@28_relu",
-        geometry: (128, 28, 256, 3, 2, 1),
-        residual: false,
-        act: Activation::Relu,
-    },
-    Layer {
-        name: "r18_cifar_layer1_3x3_64@32_add_relu",
-        geometry: (64, 32, 64, 3, 1, 1),
-        residual: true,
-        act: Activation::Relu,
-    },
-    Layer {
-        name: "mnv2_expand_1x1_160to960@7_relu6",
-        geometry: (160, 7, 960, 1, 1, 1),
-        residual: false,
-        act: Activation::Relu6,
-    },
-    Layer {
-        name: "mnv2_project_1x1_960to160@7_add",
-        geometry: (960, 7, 160, 1, 1, 1),
-        residual: true,
-        act: Activation::Identity,
-    },
-    Layer {
-        name: "mnv2_dw_3x3_576@14_relu6",
-        geometry: (576, 14, 576, 3, 1, 576),
-        residual: false,
-        act: Activation::Relu6,
-    },
+    layer("r18_224_layer2_3x3_128@28_add_relu", (128, 28, 128, 3, 1, 1), true, Activation::Relu),
+    layer("r18_224_layer3_3x3s2_128to256@28_relu", (128, 28, 256, 3, 2, 1), false, Activation::Relu),
+    layer("r18_cifar_layer1_3x3_64@32_add_relu", (64, 32, 64, 3, 1, 1), true, Activation::Relu),
+    layer("mnv2_expand_1x1_160to960@7_relu6", (160, 7, 960, 1, 1, 1), false, Activation::Relu6),
+    layer("mnv2_project_1x1_960to160@7_add", (960, 7, 160, 1, 1, 1), true, Activation::Identity),
+    layer("mnv2_dw_3x3_576@14_relu6", (576, 14, 576, 3, 1, 576), false, Activation::Relu6),
 ];
+
+const fn layer(
+    name: &'static str,
+    geometry: (usize, usize, usize, usize, usize, usize),
+    residual: bool,
+    act: Activation,
+) -> Layer {
+    Layer {
+        name,
+        geometry,
+        residual,
+        act,
+    }
+}
 
 impl Layer {
     fn shape(&self) -> Conv2dShape {
