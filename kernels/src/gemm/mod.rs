@@ -398,14 +398,11 @@ impl PackedB {
     fn data(&self) -> &[f32] {
         &self.buf[self.start..self.start + self.k * self.npad]
     }
-    /// Set subnormal values to zero (they would make every multiply-add that reads them slow on
-    /// x86 cores); packing from a borrowed view and flushing here spares a copy of the weights.
+    /// Set subnormal values to zero (as every packing does); packing from a borrowed view
+    /// and flushing here spares a copy of the weights.
     pub fn flush_subnormals(&mut self) {
         let (s, len) = (self.start, self.k * self.npad);
-        self.buf[s..s + len]
-            .iter_mut()
-            .filter(|x| x.is_subnormal())
-            .for_each(|x| *x = 0.0);
+        pack::flush_subnormals(&mut self.buf[s..s + len]);
     }
 }
 

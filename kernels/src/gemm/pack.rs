@@ -100,3 +100,11 @@ pub(crate) fn pack_b(
         }
     }
 }
+
+/// Set subnormal values to zero: packed weights are read by every multiply-add of a layer, and a
+/// subnormal operand makes each one that reads it slow on x86 cores.
+pub(crate) fn flush_subnormals(dst: &mut [f32]) {
+    dst.iter_mut()
+        .filter(|x| x.is_subnormal())
+        .for_each(|x| *x = 0.0);
+}

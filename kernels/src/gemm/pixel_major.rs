@@ -47,10 +47,7 @@ impl PackedPanels {
         if k > 0 && n > 0 {
             let dst = &mut buf[start..start + panels * k * PANEL];
             super::pack::pack_b(&b, 0, k, 0, 0, PANEL, dst);
-            // Subnormal weights would slow every multiply-add that reads them on x86 cores.
-            dst.iter_mut()
-                .filter(|x| x.is_subnormal())
-                .for_each(|x| *x = 0.0);
+            super::pack::flush_subnormals(dst);
         }
         PackedPanels { buf, start, k, n }
     }

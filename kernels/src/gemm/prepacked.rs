@@ -39,10 +39,7 @@ impl PackedRows {
         if len > 0 {
             let dst = &mut buf[start..start + len];
             pack::pack_a(&a, 0, m, 0, k, mr, dst);
-            // Subnormal weights would slow every multiply-add that reads them on x86 cores.
-            dst.iter_mut()
-                .filter(|x| x.is_subnormal())
-                .for_each(|x| *x = 0.0);
+            pack::flush_subnormals(dst);
         }
         PackedRows {
             buf,
