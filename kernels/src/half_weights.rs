@@ -167,17 +167,13 @@ impl<'a> Weights<'a> {
         }
     }
 
-    /// Row ranges of these weights start at multiples of this: a packed panel's rows (1 else).
-    pub(crate) fn row_quantum(self) -> usize {
-        match self {
-            Weights::Packed(p) => p.row_quantum(),
-            _ => 1,
-        }
-    }
-
-    /// `block` (channels per task) rounded up to whole [`Self::row_quantum`]s, at most `all`.
+    /// `block` (channels per task) rounded up so row ranges start on a packed panel (the rows
+    /// of [`PackedRows::row_quantum`]; any row for the other kinds), at most `all`.
     pub(crate) fn align_rows(self, block: usize, all: usize) -> usize {
-        block.next_multiple_of(self.row_quantum()).min(all)
+        match self {
+            Weights::Packed(p) => block.next_multiple_of(p.row_quantum()).min(all),
+            _ => block,
+        }
     }
 
     pub fn is_empty(self) -> bool {

@@ -706,18 +706,16 @@ pub(crate) unsafe fn gemm_weight_rows_raw(
     c: MatPtr,
     epilogue: &[EpilogueOp],
 ) {
+    let elems = r0 * k..(r0 + rows) * k;
     // SAFETY (every arm): the caller's contract; packed rows start on a panel (callers align
     // their channel blocks with `Weights::align_rows`), which that call asserts.
     match w {
+        Weights::F32(w) => unsafe {
+            gemm_serial_raw(MatRef::row_major(&w[elems], rows, k), b, beta, c, epilogue)
+        },
+        Weights::Half(h) => unsafe { gemm_half_a_serial_raw(h.range(elems), b, beta, c, epilogue) },
         Weights::Packed(p) => unsafe {
             gemm_prepacked_serial_raw(p, r0, rows, b, beta, c, epilogue)
-        },
-        _ => match w.range(r0 * k..(r0 + rows) * k) {
-            Weights::F32(w) => unsafe {
-                gemm_serial_raw(MatRef::row_major(w, rows, k), b, beta, c, epilogue)
-            },
-            Weights::Half(h) => unsafe { gemm_half_a_serial_raw(h, b, beta, c, epilogue) },
-            Weights::Packed(_) => unreachable!("matched above"),
         },
     }
 }

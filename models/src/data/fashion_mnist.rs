@@ -30,10 +30,10 @@ pub const PACKAGE: Package = Package {
 
 /// The directory of the data set `--data fashion-mnist` names: Debian's location when the package
 /// is installed, else a copy in the per-user cache ([`debian::cache_root`]); when neither holds it
-/// and `fetch`, the package is downloaded into the cache first ([`debian::fetch`], no root
-/// needed), `note` hearing about it. Without the data (and not fetching) Debian's location, whose
-/// loading then says how to install it.
-pub fn locate(fetch: bool, note: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+/// the package is downloaded into the cache first ([`debian::fetch`], no root needed), `note`
+/// hearing about it. Without a cache directory, Debian's location, whose loading then says how to
+/// install the package.
+pub fn locate(note: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     let installed = PathBuf::from(DEFAULT_DIR);
     if PACKAGE.complete_in(&installed) {
         return Ok(installed);
@@ -44,9 +44,6 @@ pub fn locate(fetch: bool, note: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     let cached = PACKAGE.cached_dir(&cache);
     if PACKAGE.complete_in(&cached) {
         return Ok(cached);
-    }
-    if !fetch {
-        return Ok(installed);
     }
     debian::fetch(&PACKAGE, &cache, note)
 }

@@ -26,7 +26,7 @@ impl DataSource {
             "fashion-mnist" | "fashion_mnist" | "fmnist" => {
                 // Fetched into the user's cache when not installed: the commands' one-line
                 // notes go to stderr, next to their progress.
-                let dir = fashion_mnist::locate(true, &mut |m| eprintln!("{m}"))?;
+                let dir = fashion_mnist::locate(&mut |m| eprintln!("{m}"))?;
                 return Ok(DataSource::FashionMnist(dir));
             }
             "cifar10" | "cifar-10" => {
