@@ -52,6 +52,12 @@ fn resnet18_cifar_plan_matches_eval() {
         k.iter().filter(|k| k.ends_with("+bias+add+relu")).count(),
         8
     );
+    // Layer 2's 16-channel 3x3s at 8x8 run as Winograd F(2x2, 3x3) with the residual fused.
+    assert!(
+        k.iter()
+            .any(|k| k == "conv3x3/s1 winograd-f2 +bias+add+relu"),
+        "{k:?}"
+    );
 }
 
 #[test]
@@ -63,12 +69,30 @@ fn resnet18_imagenet_form_plan_matches_eval() {
 
 #[test]
 fn vgg16_bn_plan_matches_eval() {
-    check(&model(Arch::Vgg16BnCifar, 0.0625, 32), "vgg16-bn-cifar");
+    // Width 1/4: the second 16-channel conv at 32x32 runs as Winograd F(4x4, 3x3) (the first has
+    // 3 input channels), 32 at 16x16 and 64 at 8x8 as F(2x2, 3x3), the 4x4 and 2x2 stages
+    // directly.
+    let m = model(Arch::Vgg16BnCifar, 0.25, 32);
+    check(&m, "vgg16-bn-cifar");
+    let k = kinds(&m);
+    for (kind, count) in [
+        ("conv3x3/s1 winograd-f4 +bias+relu", 1),
+        ("conv3x3/s1 winograd-f2 +bias+relu", 5),
+        ("conv3x3/s1 +bias+relu", 7),
+    ] {
+        assert_eq!(
+            k.iter().filter(|k| *k == kind).count(),
+            count,
+            "{kind}: {k:?}"
+        );
+    }
     let m = model(Arch::Vgg16Bn, 0.0625, 32);
     check(&m, "vgg16-bn");
     let k = kinds(&m);
     assert_eq!(
-        k.iter().filter(|k| *k == "conv3x3/s1 +bias+relu").count(),
+        k.iter()
+            .filter(|k| k.starts_with("conv3x3/s1") && k.ends_with(" +bias+relu"))
+            .count(),
         13
     );
     assert_eq!(k.iter().filter(|k| k.starts_with("linear")).count(), 3);

@@ -38,6 +38,9 @@ pub trait Simd: Copy + Send + Sync + 'static {
     fn load_even(self, s: &[f32]) -> Self::V;
     /// Write `v` to the first `LANES` elements of `s` (panics if `s` is shorter).
     fn store(self, s: &mut [f32], v: Self::V);
+    /// Write `a` to the even-indexed and `b` to the odd-indexed elements of `s[..2 LANES]`
+    /// (panics if `s` is shorter): `s[2 i] = a[i]`, `s[2 i + 1] = b[i]`.
+    fn store_interleaved(self, s: &mut [f32], a: Self::V, b: Self::V);
     /// `a + b`.
     fn add(self, a: Self::V, b: Self::V) -> Self::V;
     /// `a - b`.
@@ -454,6 +457,10 @@ impl Simd for Scalar {
         s[0] = v;
     }
     #[inline(always)]
+    fn store_interleaved(self, s: &mut [f32], a: f32, b: f32) {
+        s[..2].copy_from_slice(&[a, b]);
+    }
+    #[inline(always)]
     fn add(self, a: f32, b: f32) -> f32 {
         a + b
     }
@@ -713,6 +720,20 @@ mod avx2 {
             unsafe { _mm256_storeu_ps(s.as_mut_ptr(), v) }
         }
         #[inline(always)]
+        fn store_interleaved(self, s: &mut [f32], a: __m256, b: __m256) {
+            assert!(s.len() >= 16);
+            // SAFETY: 16 writable elements checked above; see the impl comment.
+            unsafe {
+                // Per 128-bit half: lo = [a0 b0 a1 b1 | a4 b4 a5 b5], hi = [a2 b2 a3 b3 | a6 ..].
+                let (lo, hi) = (_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+                _mm256_storeu_ps(s.as_mut_ptr(), _mm256_permute2f128_ps::<0x20>(lo, hi));
+                _mm256_storeu_ps(
+                    s.as_mut_ptr().add(8),
+                    _mm256_permute2f128_ps::<0x31>(lo, hi),
+                );
+            }
+        }
+        #[inline(always)]
         fn load_u32(self, s: &[u32]) -> __m256i {
             assert!(s.len() >= 8);
             // SAFETY: 8 readable elements checked above; see the impl comment.
@@ -868,6 +889,12 @@ mod neon {
             assert!(s.len() >= 4);
             // SAFETY: 4 writable elements checked above; see the impl comment.
             unsafe { vst1q_f32(s.as_mut_ptr(), v) }
+        }
+        #[inline(always)]
+        fn store_interleaved(self, s: &mut [f32], a: float32x4_t, b: float32x4_t) {
+            assert!(s.len() >= 8);
+            // SAFETY: 8 writable elements checked above; see the impl comment.
+            unsafe { vst2q_f32(s.as_mut_ptr(), float32x4x2_t(a, b)) }
         }
         #[inline(always)]
         fn load_u32(self, s: &[u32]) -> uint32x4_t {
@@ -1092,6 +1119,32 @@ mod tests {
             }
             (even, code)
         }
+    }
+
+    /// Interleaved stores: the even and odd elements of `x` loaded apart, written back together.
+    struct Interleave<'a>(&'a [f32]);
+
+    impl SimdFn for Interleave<'_> {
+        type Output = Vec<f32>;
+        fn call<S: Simd>(self, s: S) -> Vec<f32> {
+            let n = self.0.len() / (2 * S::LANES) * (2 * S::LANES);
+            let mut out = vec![0.0; n + 1];
+            for o in (0..n).step_by(2 * S::LANES) {
+                let (even, odd) = (s.load_even(&self.0[o..]), s.load_even(&self.0[o + 1..]));
+                // Odd first: a swapped pair shows up as a mismatch.
+                s.store_interleaved(&mut out[o..], odd, even);
+            }
+            out.truncate(n);
+            out
+        }
+    }
+
+    #[test]
+    fn interleaved_stores_place_each_lane() {
+        let x: Vec<f32> = (0..65).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let want: Vec<f32> = (0..64).map(|i| x[i ^ 1]).collect();
+        assert_eq!(dispatch(Interleave(&x)), want);
+        assert_eq!(dispatch_on(Isa::Scalar, Interleave(&x)), want);
     }
 
     #[test]

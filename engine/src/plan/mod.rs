@@ -394,6 +394,17 @@ fn pixel_major(shape: &Conv2dShape) -> bool {
         && conv::pixel_major::preferred(shape)
 }
 
+/// The Winograd tile size a conv of `shape` runs with, if any ([`conv::winograd::preferred`]);
+/// `TLC_WINOGRAD=0` keeps every conv on the direct paths (for comparisons).
+fn winograd(shape: &Conv2dShape) -> Option<conv::winograd::TileSize> {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *ENABLED.get_or_init(|| std::env::var("TLC_WINOGRAD").as_deref() != Ok("0")) {
+        conv::winograd::preferred(shape)
+    } else {
+        None
+    }
+}
+
 /// Whether a conv of `shape` that is not on the pixel-major tiles gets its weights packed once as
 /// the channel-major tiles' A panels ([`conv::prepacked_supported`]: the pointwise and im2col
 /// paths), not repacked (wide outputs) or read in place (narrow ones) on every run;
@@ -435,6 +446,7 @@ fn exec<'a>(kernel: &Kernel, n_in: usize, val: &dyn Fn(usize) -> &'a [f32], y: &
                 }
                 ConvWeight::PixelMajor(w) => conv::pixel_major::forward(shape, x, w, y, epi),
                 ConvWeight::Rows(w) => conv::forward_weights(shape, x, Weights::Packed(w), y, epi),
+                ConvWeight::Winograd(w) => conv::winograd::forward(shape, x, w, y, epi),
             }
         }
         Kernel::Linear {
@@ -734,9 +746,22 @@ impl<'m> Compiler<'m> {
                     } else if c.groups > 1 {
                         kind.push_str(&format!(" g{}", c.groups));
                     }
+                    // Winograd runs f32 weights only (16-bit ones keep the direct paths).
+                    let tile = winograd(&shape).filter(|_| self.weights.half().is_none());
+                    if let Some(t) = tile {
+                        kind.push_str(&format!(" winograd-f{}", t.m()));
+                    }
                     kind.push_str(&self.dtype_kind());
                     kind.push_str(&epilogue_kind(bias.is_some(), residual.is_some(), act));
                     let weight = match (self.weights.half(), trimmed_weight) {
+                        (None, w) if tile.is_some() => {
+                            let data = match &w {
+                                Some(w) => std::borrow::Cow::Borrowed(&w[..]),
+                                None => self.stored_weight(id, shape.weight_len())?,
+                            };
+                            let tile = tile.expect("checked by the guard");
+                            ConvWeight::Winograd(conv::winograd::pack(&shape, &data, tile))
+                        }
                         (None, Some(w)) if pixel_major(&shape) => {
                             ConvWeight::PixelMajor(conv::pixel_major::pack(&shape, &w))
                         }

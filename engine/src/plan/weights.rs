@@ -1,5 +1,6 @@
 //! How a plan stores conv and linear weights: f32, or 16 bits decoded by the kernels.
 
+use tlc_kernels::conv::winograd::WinogradWeights;
 use tlc_kernels::gemm::{PackedB, PackedPanels, PackedRows};
 use tlc_kernels::half_weights::{HalfKind, HalfVec};
 
@@ -50,6 +51,8 @@ pub(super) enum ConvWeight {
     PixelMajor(PackedPanels),
     /// `W` packed as the channel-major tiles' A panels (`conv::prepacked_supported`).
     Rows(PackedRows),
+    /// `G W G^T` per transform position, packed for the Winograd GEMMs (`conv::winograd`).
+    Winograd(WinogradWeights),
 }
 
 impl ConvWeight {
@@ -60,6 +63,7 @@ impl ConvWeight {
             ConvWeight::Half(h) => h.bytes(),
             ConvWeight::PixelMajor(p) => 4 * p.rows() * p.cols(),
             ConvWeight::Rows(p) => 4 * p.rows() * p.depth(),
+            ConvWeight::Winograd(w) => w.bytes(),
         }
     }
 }

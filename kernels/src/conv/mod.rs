@@ -32,6 +32,7 @@ pub mod pointwise;
 pub mod shifted;
 #[cfg(test)]
 mod tests;
+pub mod winograd;
 
 use crate::activation::Activation;
 use crate::gemm::{

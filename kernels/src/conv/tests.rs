@@ -272,6 +272,20 @@ fn check_forward(c: Case, seed: u64) {
             pixel_major::forward(&s, &d.x, &packed, &mut got, &epi);
             assert_near(&got, &want, &format!("{c:?} pixel-major {name}"));
         }
+        if winograd::supports(&s) {
+            for tile in [winograd::TileSize::F2, winograd::TileSize::F4] {
+                let packed = winograd::pack(&s, &d.w, tile);
+                for isa in [isa::current(), isa::Isa::Scalar] {
+                    let mut got = vec![f32::NAN; s.output_len()];
+                    winograd::forward_on(isa, &s, &d.x, &packed, &mut got, &epi);
+                    assert_near(
+                        &got,
+                        &want,
+                        &format!("{c:?} Winograd {tile:?} {isa:?} {name}"),
+                    );
+                }
+            }
+        }
         if s.in_per_group() == 1 {
             for kernel in depthwise::Kernel::available() {
                 let mut got = vec![f32::NAN; s.output_len()];
