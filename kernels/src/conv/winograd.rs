@@ -358,20 +358,20 @@ pub(crate) fn forward_on(
             }
             for (pos, u) in w.u.iter().enumerate() {
                 let vp = MatRef {
-                    data: &v[pos * cin * ldv..(pos + 1) * cin * ldv],
+                    data: &v[pos * ldv..],
                     rows: cin,
                     cols,
-                    row_stride: ldv,
+                    row_stride: positions * ldv,
                     col_stride: 1,
                 };
-                let mp = &mut m[pos * channels * cols..(pos + 1) * channels * cols];
                 let dst = MatPtr {
-                    ptr: mp.as_mut_ptr(),
+                    ptr: m[pos * cols..].as_mut_ptr(),
                     rows: channels,
                     cols,
-                    row_stride: cols,
+                    row_stride: positions * cols,
                 };
-                // SAFETY: `dst` is this task's `mp`, channels x cols floats, borrowed mutably.
+                // SAFETY: `dst` lies in this task's `m` (channels rows of `positions * cols`),
+                // borrowed mutably for the loop.
                 unsafe { gemm_prepacked_serial_raw(u, c0, channels, vp, 0.0, dst, &[]) };
             }
             let output = OutputTransform {
@@ -550,7 +550,9 @@ struct InputTransform<'a> {
     rows: usize,
     tx: usize,
     lens: RowLens,
-    /// `v[(pos * cin + channel) * ldv + tile]`.
+    /// `v[(channel * ALPHA² + pos) * ldv + tile]`: a channel's positions side by side, so the
+    /// transform's a² stores per vector of tiles land in a few KB (the GEMMs read each
+    /// position's rows at a stride of a² rows).
     v: &'a mut [f32],
     ldv: usize,
     /// A padded row, two rows to split it, then the block's rows in phases.
@@ -604,7 +606,7 @@ impl<T: Transforms> SimdFn for (InputTransform<'_>, PhantomData<T>) {
                 T::split_phases(s, padded, dst, split);
             }
             for tr in 0..rows {
-                let at = ci * ldv + tr * tx;
+                let at = ci * T::ALPHA * T::ALPHA * ldv + tr * tx;
                 let mut t0 = 0;
                 while t0 < tx {
                     // B^T down each column, kept; then B along each row. (No closures in here:
@@ -625,7 +627,7 @@ impl<T: Transforms> SimdFn for (InputTransform<'_>, PhantomData<T>) {
                         for (j, &val) in vals.iter().enumerate().take(T::ALPHA) {
                             // Past the last tile this lands in the next tile row (written after
                             // it) or the row's slack.
-                            s.store(&mut v[(T::ALPHA * i + j) * cin * ldv + at + t0..], val);
+                            s.store(&mut v[(T::ALPHA * i + j) * ldv + at + t0..], val);
                         }
                     }
                     t0 += l;
@@ -638,7 +640,8 @@ impl<T: Transforms> SimdFn for (InputTransform<'_>, PhantomData<T>) {
 /// `Y = A^T m A` for every channel and tile of a block, written into the output rows it covers,
 /// then the conv epilogue on them.
 struct OutputTransform<'a> {
-    /// The GEMMs' products `m[pos][channel][tile]`, with `MAX_LANES` floats of slack.
+    /// The GEMMs' products `m[(channel * ALPHA² + pos) * cols + tile]`, with `MAX_LANES` floats
+    /// of slack.
     m: &'a [f32],
     channels: usize,
     cols: usize,
@@ -676,7 +679,7 @@ impl<T: Transforms> SimdFn for (OutputTransform<'_>, PhantomData<T>) {
         let (oh, ow) = shape.out_hw();
         let cout = shape.out_channels;
         let l = S::LANES;
-        let stride = channels * cols;
+        let positions = T::ALPHA * T::ALPHA;
         // Kept across iterations (zeroing them in the loop cost a memset per vector of tiles).
         let mut sm = [[s.zero(); 6]; 4];
         let mut col = [s.zero(); 6];
@@ -691,13 +694,13 @@ impl<T: Transforms> SimdFn for (OutputTransform<'_>, PhantomData<T>) {
                 // images, tile rows and channels.
                 let span =
                     unsafe { std::slice::from_raw_parts_mut(out.get().add(at), out_rows * ow) };
-                let at_m = c * cols + tr * tx;
+                let at_m = c * positions * cols + tr * tx;
                 let mut t0 = 0;
                 while t0 < tx {
                     // A^T down each column, then A along each of the M rows.
                     for j in 0..T::ALPHA {
                         for (r, cr) in col.iter_mut().enumerate().take(T::ALPHA) {
-                            *cr = s.load(&m[(T::ALPHA * r + j) * stride + at_m + t0..]);
+                            *cr = s.load(&m[(T::ALPHA * r + j) * cols + at_m + t0..]);
                         }
                         let y = T::output(s, &col);
                         for (i, si) in sm.iter_mut().enumerate().take(T::M) {

@@ -258,17 +258,51 @@ pub(crate) unsafe fn tile<L: Lanes, B: BRows, const R: usize, const ROWS: bool, 
             const ROW_BUF: usize = 16;
             debug_assert!(V * L::N <= ROW_BUF);
             let mut buf = [0.0f32; ROW_BUF];
+            let whole = cols / L::N;
             for (i, row) in acc.iter().enumerate() {
+                let cp = c.add(i * ldc);
+                if beta == 0.0 {
+                    // Whole vectors straight out, the rest in fixed-size pieces: a memcpy call
+                    // per row cost 6 % of Winograd's GEMMs, whose blocks end in ragged panels.
+                    for (v, x) in row.iter().enumerate().take(whole) {
+                        L::store(cp.add(L::N * v), *x);
+                    }
+                    if whole < V {
+                        L::store(buf.as_mut_ptr(), row[whole]);
+                        copy_short(cp.add(L::N * whole), &buf, cols - L::N * whole);
+                    }
+                    continue;
+                }
                 for (v, x) in row.iter().enumerate() {
                     L::store(buf.as_mut_ptr().add(L::N * v), *x);
                 }
-                let out = std::slice::from_raw_parts_mut(c.add(i * ldc), cols);
+                let out = std::slice::from_raw_parts_mut(cp, cols);
                 super::kernel_scalar::store_row(out, &buf[..cols], beta);
             }
             if !epi.ops.is_empty() {
                 // The tile's R rows of `cols` floats are ours and the operands cover them.
                 super::epilogue::apply_tile(epi.ops, c, ldc, epi.row0, R, epi.col0, cols);
             }
+        }
+    }
+}
+
+/// `dst[..n] = src[..n]` for `n < 16`, in pieces of 8, 4, 2 and 1 floats (fixed-size moves,
+/// where a loop or `copy_from_slice` becomes a `memcpy` call).
+///
+/// # Safety
+/// `dst` is valid for writes of `n` floats; `src` holds at least `n`.
+#[inline(always)]
+unsafe fn copy_short(dst: *mut f32, src: &[f32; 16], n: usize) {
+    debug_assert!(n < 16);
+    let mut at = 0;
+    for piece in [8, 4, 2, 1] {
+        if n - at >= piece {
+            // SAFETY: `at + piece <= n`: inside both `src` and `dst`'s `n` floats.
+            unsafe {
+                std::ptr::copy_nonoverlapping(src.as_ptr().add(at), dst.add(at), piece);
+            }
+            at += piece;
         }
     }
 }
