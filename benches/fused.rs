@@ -1,11 +1,13 @@
 //! The fused inference kernels (criterion), batch 1:
 //!
 //! - `fused_conv/<layer>/fused`: one conv step of the inference plan — the kernel the plan picks
-//!   for the shape (pixel-major tiles against weights packed once where
-//!   `conv::pixel_major::preferred`, the channel-major paths otherwise, their weights packed once
-//!   as the tiles' rows where `conv::prepacked_supported`) with bias, residual and activation
-//!   applied in the store epilogue; `fused_weights_as_stored` is the same step on the weights
-//!   as stored (A read in place or repacked per call), where the plan packs rows;
+//!   for the shape (Winograd F(4x4, 3x3) or F(2x2, 3x3) where `conv::winograd::preferred`,
+//!   pixel-major tiles against weights packed once where `conv::pixel_major::preferred`, the
+//!   channel-major paths otherwise, their weights packed once as the tiles' rows where
+//!   `conv::prepacked_supported`) with bias, residual and activation applied in the store
+//!   epilogue; `fused_weights_as_stored` is the same step on the weights as stored (A read in
+//!   place or repacked per call), where the plan packs rows; `fused_direct` the direct path a
+//!   Winograd step replaces (the plan's choice under `TLC_WINOGRAD=0`);
 //! - `fused_conv/<layer>/unfused`: the same convolution with no epilogue, then one pass per graph
 //!   node, as a node-by-node executor runs them: bias per channel, residual add into a new
 //!   buffer, activation in place. The difference is what the fusion saves.
@@ -14,8 +16,8 @@
 //!   network's per-step profile).
 //!
 //! The layers are ResNet-18's and MobileNetV2's at 224x224 (and ResNet-18's CIFAR form), chosen
-//! so every conv path the plan uses at batch 1 appears: pixel-major 3x3, strided im2col,
-//! pointwise, depthwise.
+//! so every conv path the plan uses at batch 1 appears: Winograd F4 and F2, pixel-major 3x3,
+//! strided im2col, pointwise, depthwise.
 //!
 //! `cargo bench --bench fused -- --warm-up-time 1 --measurement-time 3 [filter]`
 
@@ -23,6 +25,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use std::hint::black_box;
 use tlc::engine::plan::Plan;
 use tlc::engine::{Model, Rng};
+use tlc::kernels::conv::winograd::WinogradWeights;
 use tlc::kernels::conv::{self, Conv2dParams, Conv2dShape, ConvEpilogueOp};
 use tlc::kernels::elementwise::{binary, BinaryOp};
 use tlc::kernels::gemm::{PackedPanels, PackedRows};
@@ -43,8 +46,9 @@ struct Layer {
 // One row a layer: name, (in channels, input side, out channels, kernel, stride, groups),
 // residual, activation.
 #[rustfmt::skip]
-const LAYERS: [Layer; 6] = [
+const LAYERS: [Layer; 7] = [
     layer("r18_224_layer2_3x3_128@28_add_relu", (128, 28, 128, 3, 1, 1), true, Activation::Relu),
+    layer("r18_224_layer4_3x3_512@7_add_relu", (512, 7, 512, 3, 1, 1), true, Activation::Relu),
     layer("r18_224_layer3_3x3s2_128to256@28_relu", (128, 28, 256, 3, 2, 1), false, Activation::Relu),
     layer("r18_cifar_layer1_3x3_64@32_add_relu", (64, 32, 64, 3, 1, 1), true, Activation::Relu),
     layer("mnv2_expand_1x1_160to960@7_relu6", (160, 7, 960, 1, 1, 1), false, Activation::Relu6),
@@ -94,9 +98,11 @@ fn values(len: usize, salt: usize) -> Vec<f32> {
         .collect()
 }
 
-/// The convolution as the plan runs it: weights packed once for the pixel-major tiles or as the
-/// channel-major tiles' rows where the plan packs them, as stored otherwise.
+/// The convolution as the plan runs it: weights transformed for Winograd, packed once for the
+/// pixel-major tiles or as the channel-major tiles' rows where the plan packs them, as stored
+/// otherwise.
 enum PlanConv {
+    Winograd(WinogradWeights),
     PixelMajor(PackedPanels),
     Rows(PackedRows),
     Stored(Vec<f32>),
@@ -104,6 +110,14 @@ enum PlanConv {
 
 impl PlanConv {
     fn new(s: &Conv2dShape, w: Vec<f32>) -> PlanConv {
+        match conv::winograd::preferred(s) {
+            Some(tile) => PlanConv::Winograd(conv::winograd::pack(s, &w, tile)),
+            None => PlanConv::direct(s, w),
+        }
+    }
+
+    /// The plan's choice without Winograd.
+    fn direct(s: &Conv2dShape, w: Vec<f32>) -> PlanConv {
         if conv::pixel_major::preferred(s) {
             PlanConv::PixelMajor(conv::pixel_major::pack(s, &w))
         } else if conv::prepacked_supported(s) {
@@ -116,6 +130,7 @@ impl PlanConv {
 
     fn run(&self, s: &Conv2dShape, x: &[f32], y: &mut [f32], epi: &[ConvEpilogueOp]) {
         match self {
+            PlanConv::Winograd(p) => conv::winograd::forward(s, x, p, y, epi),
             PlanConv::PixelMajor(p) => conv::pixel_major::forward(s, x, p, y, epi),
             PlanConv::Rows(p) => conv::forward_weights(s, x, Weights::Packed(p), y, epi),
             PlanConv::Stored(w) => conv::forward(s, x, w, y, epi),
@@ -143,6 +158,14 @@ fn fused_conv(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new(layer.name, "fused"), |b| {
             b.iter(|| op.run(&s, black_box(&x), &mut y, &epi))
         });
+
+        if matches!(op, PlanConv::Winograd(_)) {
+            // What Winograd saves: the direct path the plan takes without it, same epilogue.
+            let direct = PlanConv::direct(&s, w.clone());
+            g.bench_function(BenchmarkId::new(layer.name, "fused_direct"), |b| {
+                b.iter(|| direct.run(&s, black_box(&x), &mut y, &epi))
+            });
+        }
 
         if matches!(op, PlanConv::Rows(_)) {
             // What packing the rows once saves: the same fused step on the weights as stored.

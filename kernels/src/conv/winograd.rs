@@ -72,21 +72,27 @@ pub fn supports(s: &Conv2dShape) -> bool {
 }
 
 /// The tile size the plan should pack `s` for, or `None` where the direct paths are faster:
-/// [`supports`], at least 16 input and output channels (fewer make the GEMMs too thin to beat
-/// one direct product) and enough tiles to reuse the transformed weights (a² `Cout x Cin`
-/// matrices, streamed once per block of tiles: 16/9 of the kernel's bytes for F2, 4x for F4).
-/// On the Zen 3 (2 threads, ResNet-18's convs, against the direct paths): F4 ran 1.5-1.9x faster
-/// from 28x28 outputs up, F2 1.3-1.6x from 8x8 up; at 14x14 the two were level, F4 at 7x7 (4
-/// tiles) 0.7x, and at 4x4 outputs (one F2 tile row) both lost (0.6x and 0.3x).
+/// [`supports`], at least 32 input and output channels, and
+/// - F4 where the output has at least 32 tiles of 4x4 and the conv at least 4 M multiply-adds,
+/// - else F2 where it has at least 16 tiles of 2x2 and at least 16 M multiply-adds.
+///
+/// Measured on the Zen 3, 2 threads, against the direct paths: F4 ran 1.2-1.9x faster from 32
+/// channels at 28x28 up (64 at 56x56, 128 at 28x28: 1.5-1.9x); F2 1.2-1.7x on ResNet-18's 128
+/// at 16x16, 256 at 8x8 and 14x14, and 1.1-1.3x on 512 at 7x7 (its transformed weights, 16/9
+/// the kernel's bytes, are streamed once per call). They lost where the GEMMs are thin or the
+/// transforms a large share: 16 channels at 28x28 and 56x56 (0.55-1.0x), 7 M-MAC layers at 14x14
+/// and 7x7 (0.9-1.0x), 1.8 M-MAC ones (0.6-1.0x), F4 on 7x7 outputs (4 tiles, 0.6-0.7x) and both
+/// on 4x4 outputs (0.3-0.6x).
 pub fn preferred(s: &Conv2dShape) -> Option<TileSize> {
-    if !supports(s) || s.in_channels < 16 || s.out_channels < 16 {
+    if !supports(s) || s.in_channels < 32 || s.out_channels < 32 {
         return None;
     }
     let (oh, ow) = s.out_hw();
     let tiles = |m: usize| oh.div_ceil(m) * ow.div_ceil(m);
-    if tiles(4) >= 32 {
+    let macs = s.macs();
+    if tiles(4) >= 32 && macs >= 1 << 22 {
         Some(TileSize::F4)
-    } else if tiles(2) >= 16 {
+    } else if tiles(2) >= 16 && macs >= 1 << 24 {
         Some(TileSize::F2)
     } else {
         None
