@@ -17,7 +17,8 @@ Then, per network, the peers alternate for `--rounds` rounds (their order rotati
 Every side runs 5 untimed calls, then times calls until `--iters` or `--seconds` (at least 10), as
 `tlc bench` does (the peers' times include Python's call overhead, some 10-20 us per call). The
 table reports each side's best-of-rounds median (and that round's p90), the ratios tlc / peer
-(< 1: tlc faster), each side's process CPU time per call in its lowest round (all threads, so
+(< 1: tlc faster) of those, the median and range of tlc / ORT round by round (the sides of a
+round run seconds apart, so a slow phase of the machine hits them more alike), each side's process CPU time per call in its lowest round (all threads, so
 spinning threads count on every side; tlc's is the difference between its timed run and a
 one-call run of the same checkpoint, so loading and compiling drop out) and tlc's peak RSS. On a
 shared machine compare ratios, and check the CPU columns before trusting a wall-clock ratio:
@@ -56,6 +57,7 @@ import json
 import math
 import pathlib
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -437,6 +439,12 @@ def rounds(sides, a):
     return best
 
 
+def round_ratios(a, b):
+    """Side a's median over side b's, round by round (the two timed seconds apart, so a slow
+    phase of the shared machine hits both more alike than across rounds)."""
+    return [x / y for x, y in zip(a["round_medians_ms"], b["round_medians_ms"])]
+
+
 def check_agreement(what, outputs, reference, tol):
     errs = {name: rel_err(out, outputs[reference]) for name, out in outputs.items()
             if name != reference}
@@ -481,6 +489,7 @@ def zoo_row(arch, a, workdir):
             "input": f"{spec.in_ch}x{spec.image}x{spec.image}", "classes": spec.classes,
             "rel_diff_vs_ort": errs, **best,
             "tlc_over_ort": best["tlc"]["median_ms"] / best["ort"]["median_ms"],
+            "tlc_over_ort_by_round": round_ratios(best["tlc"], best["ort"]),
             "tlc_over_torch": best["tlc"]["median_ms"] / best["torch"]["median_ms"]}
 
 
@@ -526,20 +535,24 @@ def checkpoint_row(a, workdir):
 
 def print_zoo(rows, head):
     print(head)
-    print("median ms (best of rounds); ratio tlc/peer < 1: tlc faster; CPU ms per call (all "
+    print("median ms (best of rounds); ratio tlc/peer < 1: tlc faster (of the best rounds; "
+          "by round: the median and range of the per-round ratios); CPU ms per call (all "
           "threads); tlc peak RSS; worst relative difference of the logits vs ORT")
     print(f"| {'model':<20} | {'input':<9} | {'ORT':>8} | {'torch':>8} | {'tlc':>8} | "
-          f"{'tlc/ORT':>7} | {'tlc/torch':>9} | {'CPU ORT/torch/tlc':>20} | {'RSS MB':>6} | "
-          f"{'diff tlc, torch':>16} |")
-    print(f"|{'-' * 22}|{'-' * 11}|{'-' * 10}|{'-' * 10}|{'-' * 10}|{'-' * 9}|{'-' * 11}|"
-          f"{'-' * 22}|{'-' * 8}|{'-' * 18}|")
+          f"{'tlc/ORT':>7} | {'tlc/ORT by round':>18} | {'tlc/torch':>9} | "
+          f"{'CPU ORT/torch/tlc':>20} | {'RSS MB':>6} | {'diff tlc, torch':>16} |")
+    print(f"|{'-' * 22}|{'-' * 11}|{'-' * 10}|{'-' * 10}|{'-' * 10}|{'-' * 9}|{'-' * 20}|"
+          f"{'-' * 11}|{'-' * 22}|{'-' * 8}|{'-' * 18}|")
     for r in rows:
         cpu = "/".join(f"{r[k]['cpu_ms']:.1f}" for k in ("ort", "torch", "tlc"))
         rss = r["tlc"]["peak_rss_mb"]
         d = r["rel_diff_vs_ort"]
+        rr = sorted(r["tlc_over_ort_by_round"])
+        by_round = f"{statistics.median(rr):.2f} ({rr[0]:.2f}-{rr[-1]:.2f})"
         print(f"| {r['model']:<20} | {r['input']:<9} | {r['ort']['median_ms']:8.3f} | "
               f"{r['torch']['median_ms']:8.3f} | {r['tlc']['median_ms']:8.3f} | "
-              f"{r['tlc_over_ort']:7.2f} | {r['tlc_over_torch']:9.2f} | {cpu:>20} | "
+              f"{r['tlc_over_ort']:7.2f} | {by_round:>18} | {r['tlc_over_torch']:9.2f} | "
+              f"{cpu:>20} | "
               f"{'?' if rss is None else f'{rss:.0f}':>6} | "
               f"{d['tlc']:7.1e}, {d['torch']:7.1e} |")
 

@@ -24,6 +24,23 @@ pub(crate) fn applies(m: usize, b: &MatRef) -> bool {
         && (m <= DIRECT_ALWAYS_M || (m <= DIRECT_MAX_M && b.rows * b.cols <= DIRECT_MAX_B_FLOATS))
 }
 
+/// Columns up to which a serial product takes the direct path whatever its rows, while B fits
+/// L2 (at most [`NARROW_MAX_B_FLOATS`]): with one or two column panels the blocked path's K
+/// blocks only cut A's stream into short runs, each starting cold (a 6-row panel's 256-deep
+/// block is 6 KB, the next panel's 110 KB on), where here each panel is read whole in one
+/// sequential stream. 512->512 3x3 convs at 4x4 and 2x2 (im2col, B = 4608 x 16 and x 4, 9.4 MB
+/// of packed weights) ran 1.3-1.5x faster on one and two threads (0.93-1.0 -> 0.64-0.77 ms on
+/// two). Serial only: [`run`] splits its work by column panels, which a narrow B has one or two
+/// of.
+const NARROW_MAX_N: usize = 32;
+const NARROW_MAX_B_FLOATS: usize = 96 * 1024;
+
+/// Whether a serial product with this B takes the direct path for any row count (see
+/// [`NARROW_MAX_N`]).
+pub(crate) fn narrow(b: &MatRef) -> bool {
+    b.col_stride == 1 && b.cols <= NARROW_MAX_N && b.rows * b.cols <= NARROW_MAX_B_FLOATS
+}
+
 /// `C = beta * C + A * B` then `epi`, for `k > 0`, non-empty C (at `out`), [`applies`] and
 /// checked shapes; A from `a_packed` when given (whole-depth panels from A's row 0:
 /// [`super::PackedRows`]), `a` then only its shape.

@@ -341,7 +341,7 @@ unsafe fn gemm_threads(
             // SAFETY: `spec.gemv` belongs to this process's ISA; its slices are bounds-checked.
             unsafe { (spec.gemv)(&a, &b, beta, chunk, ci * per, epilogue) }
         });
-    } else if direct::applies(m, &b) {
+    } else if direct::applies(m, &b) || (max_threads == 1 && direct::narrow(&b)) {
         let threads = driver::threads_for(m, n, k, false).min(max_threads);
         // SAFETY: the contract, passed on.
         unsafe { direct::run(spec, &a, None, &b, beta, c, epilogue, threads) };

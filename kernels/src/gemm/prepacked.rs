@@ -129,7 +129,7 @@ pub unsafe fn gemm_prepacked_serial_raw(
     }
     // SAFETY (both): the caller's contract; `panels` holds `ceil(rows / mr)` whole-depth panels
     // of A's rows r0.. in this family's layout (asserted above).
-    if direct::applies(rows, &b) {
+    if direct::applies(rows, &b) || direct::narrow(&b) {
         unsafe { direct::run(spec, &shape, panels, &b, beta, c, epi, 1) }
     } else {
         unsafe { driver::run(spec, &shape, panels, BSource::View(b), beta, c, epi, 1) }

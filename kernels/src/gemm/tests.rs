@@ -713,7 +713,8 @@ fn pixel_major_tiles_match_the_gathered_product() {
 #[test]
 fn prepacked_rows_match_the_naive_product() {
     // Direct-path row counts (<= 24) and blocked ones (> 96), depths over one K block and under,
-    // ragged last panels of rows and columns, row offsets, beta and a residual epilogue.
+    // narrow B (<= 32 columns: the direct path at any row count), ragged last panels of rows and
+    // columns, row offsets, beta and a residual epilogue.
     let spec = spec::current();
     let mr = spec.mr;
     for (m, k, n) in [
@@ -723,6 +724,8 @@ fn prepacked_rows_match_the_naive_product() {
         (200, 700, 49),
         (300, 40, 600),
         (97, 1, 3),
+        (250, 900, 20),
+        (130, 37, 32),
     ] {
         let ad = values(m * k, 60 + m as u64);
         let packed = PackedRows::new(MatRef::row_major(&ad, m, k));
