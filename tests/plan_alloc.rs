@@ -94,13 +94,25 @@ fn steady_state_runs_do_not_allocate() {
     let mobilenet = model(Arch::MobilenetV2, 0.25, 32);
     let resnet = model(Arch::Resnet18, 0.125, 64);
     let vgg = model(Arch::Vgg16Bn, 0.0625, 32);
-    let cases: [(&str, &Model, usize); 5] = [
+    // At width 1/2 and batch 4 its 3x3s are large enough for Winograd (F4 at 32x32, F2 at 16x16
+    // and 8x8, with f32 weights).
+    let resnet_winograd = model(Arch::Resnet18Cifar, 0.5, 32);
+    let cases: [(&str, &Model, usize); 6] = [
         ("resnet18-cifar", &resnet_cifar, 1),
         ("resnet18-cifar", &resnet_cifar, 4),
+        ("resnet18-cifar width 0.5 (Winograd)", &resnet_winograd, 4),
         ("mobilenet-v2", &mobilenet, 1),
         ("resnet18 (max-pool)", &resnet, 1),
         ("vgg16-bn (max-pools, adaptive 7x7)", &vgg, 2),
     ];
+    let kinds: Vec<String> = Plan::compile(&resnet_winograd, 4)
+        .unwrap()
+        .steps()
+        .map(|s| s.kind.clone())
+        .collect();
+    for tile in ["winograd-f4", "winograd-f2"] {
+        assert!(kinds.iter().any(|k| k.contains(tile)), "{tile}: {kinds:?}");
+    }
     let mut failures = vec![];
     for pool in &pools {
         let threads = pool.current_num_threads();
