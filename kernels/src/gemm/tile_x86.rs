@@ -263,7 +263,8 @@ pub(crate) unsafe fn tile<L: Lanes, B: BRows, const R: usize, const ROWS: bool, 
                 let cp = c.add(i * ldc);
                 if beta == 0.0 {
                     // Whole vectors straight out, the rest in fixed-size pieces: a memcpy call
-                    // per row cost 6 % of Winograd's GEMMs, whose blocks end in ragged panels.
+                    // per row cost 6 % of a one-thread Winograd F4 call, whose blocks end in
+                    // ragged panels.
                     for (v, x) in row.iter().enumerate().take(whole) {
                         L::store(cp.add(L::N * v), *x);
                     }
