@@ -19,9 +19,10 @@
 //! bound every case by 1e-4, and whole networks' logits stay within ~1e-6 of ONNX Runtime's
 //! (`benches/peers/latency_vs_ort.py`).
 //!
-//! Work is cut into blocks of whole tile rows, sized so the transformed block stays in L2 beside
-//! its products, and (for deep layers with few tiles) into blocks of output channels: a task
-//! transforms its tile rows, runs the GEMMs for its channels and writes their outputs.
+//! Work is cut into blocks of whole tile rows (at least one per thread, unless the transformed
+//! weights far outweigh the tiles) and, for deep layers with few tiles, into blocks of output
+//! channels: a task transforms its tile rows, runs the GEMMs for its channels and writes their
+//! outputs.
 
 use super::{check_epilogue, epilogue_row, Conv2dShape, ConvEpilogueOp};
 use crate::gemm::{gemm_prepacked_serial_raw, MatMut, MatPtr, MatRef, PackedRows};
@@ -191,9 +192,12 @@ pub fn pack(s: &Conv2dShape, w: &[f32], tile: TileSize) -> WinogradWeights {
     WinogradWeights { tile, u, cin, cout }
 }
 
-/// Floats of the transformed input a block aims at: with the block's products, about L2's share
-/// of one core.
-const BLOCK_FLOATS: usize = 48 * 1024;
+/// Floats of the transformed input a block aims at (768 KB: with its products past L2, in L3).
+/// Fewer, larger blocks stream the transformed weights fewer times and balance better: on
+/// ResNet-18 224 (interleaved `tlc bench`, against the unchanged steps) its F4 layers ran
+/// 6-15 % and its 14x14 F2 layers ~5 % faster than with 48 K floats (7 blocks of 2 tile rows on
+/// 2 threads became 2 of 7); the CIFAR form's Winograd layers 4-10 %.
+const BLOCK_FLOATS: usize = 192 * 1024;
 
 /// How the work is cut: tile rows per block, blocks per image, output channels per task.
 #[derive(Clone, Copy, Debug)]
@@ -210,8 +214,14 @@ fn split(s: &Conv2dShape, tile: TileSize, row_quantum: usize, par: bool) -> Spli
     // At least 16 tiles (one row of the GEMM's widest tiles) and about BLOCK_FLOATS.
     let want = (BLOCK_FLOATS / (tile.positions() * s.in_channels)).max(16);
     let mut rows_per_block = want.div_ceil(tx).clamp(1, ty);
-    let mut blocks = ty.div_ceil(rows_per_block);
     let threads = parallel::num_threads();
+    if par && s.batch < threads && s.out_channels <= 8 * ty * tx {
+        // Unless the transformed weights far outweigh the image's tiles (then output channel
+        // blocks share them out, each task repeating the input transform), a block per thread
+        // at least.
+        rows_per_block = rows_per_block.min(ty.div_ceil(threads));
+    }
+    let mut blocks = ty.div_ceil(rows_per_block);
     if par && blocks > 1 && blocks * s.batch < 4 * threads {
         // Whole rounds of blocks for the pool (3 blocks on 2 threads take as long as 4).
         blocks = blocks.next_multiple_of(threads);
