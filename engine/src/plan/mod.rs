@@ -574,6 +574,19 @@ impl<'m> Compiler<'m> {
         Ok(conv::pixel_major::pack(shape, &data))
     }
 
+    /// A conv's weights for packing: `trimmed` where the plan dropped taps, else as stored.
+    fn conv_weight_values<'a>(
+        &'a self,
+        node: NodeId,
+        shape: &Conv2dShape,
+        trimmed: &'a Option<Vec<f32>>,
+    ) -> Result<std::borrow::Cow<'a, [f32]>> {
+        match trimmed {
+            Some(w) => Ok(std::borrow::Cow::Borrowed(&w[..])),
+            None => self.stored_weight(node, shape.weight_len()),
+        }
+    }
+
     /// Node `node`'s weight values as the model stores them, checked to number `len`.
     fn stored_weight(&self, node: NodeId, len: usize) -> Result<std::borrow::Cow<'_, [f32]>> {
         let name = format!("{}.weight", self.g.node(node).name);
@@ -753,34 +766,27 @@ impl<'m> Compiler<'m> {
                     }
                     kind.push_str(&self.dtype_kind());
                     kind.push_str(&epilogue_kind(bias.is_some(), residual.is_some(), act));
-                    let weight = match (self.weights.half(), trimmed_weight) {
-                        (None, w) if tile.is_some() => {
-                            let data = match &w {
-                                Some(w) => std::borrow::Cow::Borrowed(&w[..]),
-                                None => self.stored_weight(id, shape.weight_len())?,
-                            };
-                            let tile = tile.expect("checked by the guard");
+                    let weight = match (self.weights.half(), trimmed_weight, tile) {
+                        (None, w, Some(tile)) => {
+                            let data = self.conv_weight_values(id, &shape, &w)?;
                             ConvWeight::Winograd(conv::winograd::pack(&shape, &data, tile))
                         }
-                        (None, Some(w)) if pixel_major(&shape) => {
+                        (None, Some(w), None) if pixel_major(&shape) => {
                             ConvWeight::PixelMajor(conv::pixel_major::pack(&shape, &w))
                         }
-                        (None, None) if pixel_major(&shape) => {
+                        (None, None, None) if pixel_major(&shape) => {
                             ConvWeight::PixelMajor(self.pixel_major_weight(id, &shape)?)
                         }
-                        (None, w) if prepacked(&shape) => {
-                            let data = match &w {
-                                Some(w) => std::borrow::Cow::Borrowed(&w[..]),
-                                None => self.stored_weight(id, shape.weight_len())?,
-                            };
+                        (None, w, None) if prepacked(&shape) => {
+                            let data = self.conv_weight_values(id, &shape, &w)?;
                             let (rows, k) = (shape.out_channels, shape.patch_len());
                             ConvWeight::Rows(PackedRows::new(MatRef::row_major(&data, rows, k)))
                         }
-                        (None, w) => ConvWeight::F32(match w {
+                        (None, w, None) => ConvWeight::F32(match w {
                             Some(w) => w,
                             None => self.tensor(id, "weight")?,
                         }),
-                        (Some(h), w) => {
+                        (Some(h), w, _) => {
                             let w = match w {
                                 Some(w) => w,
                                 None => self.tensor(id, "weight")?,

@@ -115,11 +115,6 @@ impl WinogradWeights {
     pub fn bytes(&self) -> usize {
         self.u.iter().map(|u| 4 * u.rows() * u.depth()).sum()
     }
-
-    /// The tile size packed for.
-    pub fn tile(&self) -> TileSize {
-        self.tile
-    }
 }
 
 impl std::fmt::Debug for WinogradWeights {
@@ -416,7 +411,8 @@ trait Transforms: Copy {
     fn store<S: Simd>(s: S, row: &mut [f32], t0: usize, y: &[S::V; 4]);
 }
 
-/// `even[k] = src[2 k]`, `odd[k] = src[2 k + 1]` for `k < even.len()` (as long as `odd`).
+/// `even[k] = src[2 k]`, `odd[k] = src[2 k + 1]` for `k < even.len()` (as long as `odd`; `src`
+/// holds at least `2 even.len()` floats).
 #[inline(always)]
 fn deinterleave<S: Simd>(s: S, src: &[f32], even: &mut [f32], odd: &mut [f32]) {
     let (n, l) = (even.len(), S::LANES);
@@ -428,7 +424,7 @@ fn deinterleave<S: Simd>(s: S, src: &[f32], even: &mut [f32], odd: &mut [f32]) {
     }
     for k in k..n {
         even[k] = src[2 * k];
-        odd[k] = src.get(2 * k + 1).copied().unwrap_or(0.0);
+        odd[k] = src[2 * k + 1];
     }
 }
 
