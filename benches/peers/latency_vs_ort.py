@@ -48,6 +48,18 @@ Modes:
         --checkpoint TRAINED.safetensors --collapsed COLLAPSED.safetensors [--json]
         [--model resnet18-cifar --width 0.25 --in-ch 1 --image 28 --classes 10]
 
+--profile (zoo mode) adds, per network, the layer-by-layer comparison that explains a ratio:
+tlc's per-step medians (`tlc bench --json`; a step is a fused conv/linear + bias + activation
+(+ residual)) beside ONNX Runtime's per-node kernel times from its own profiler (one session with
+`enable_profiling`, timed as long as a round). Each step is paired with the ORT node of one of
+the modules it fuses, found from the node's name scopes; ORT's layout nodes (ReorderInput,
+ReorderOutput, Flatten, Reshape) are dropped and nodes no step claims are listed after. The two
+split a block alike but not always identically: ORT adds ResNet's residual in the second conv,
+tlc in the downsample step.
+
+    /work/venv/bin/python benches/peers/latency_vs_ort.py --models mobilenet-v2 --threads 1
+        --profile
+
 A full default zoo run takes about 3 minutes (3 rounds x 3 sides x 4 networks x 3 s of timing,
 some 35 s per network with the pauses, warm-ups, export and agreement check), plus the build.
 """
@@ -418,6 +430,94 @@ def export_onnx(model, x, path, what):
             sys.exit(f"{what}: ONNX export failed: {str(e).strip().splitlines()[0]}")
 
 
+# ORT nodes that only move data between layouts (NCHW <-> its blocked NCHWc), which tlc's plan has
+# no step for.
+LAYOUT_OPS = {"ReorderInput", "ReorderOutput", "Flatten", "Reshape", "Transpose"}
+
+
+def ort_node_profile(onnx_path, x, a, workdir):
+    """ONNX Runtime's per-node kernel time (median ms over the timed calls), in graph order, as
+    (node name, op type, ms); the session is timed as `time_calls` times one."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = a.threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.enable_profiling = True
+    so.profile_file_prefix = str(workdir / "ort-profile")
+    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    time_calls(lambda: sess.run(["output"], {"input": x}), a.iters, a.seconds)
+    with open(sess.end_profiling()) as f:
+        events = json.load(f)
+    times, ops = {}, {}
+    for e in events:
+        name = e.get("name", "")
+        if e.get("cat") == "Node" and name.endswith("_kernel_time"):
+            node = name[: -len("_kernel_time")]
+            times.setdefault(node, []).append(e["dur"] / 1e3)
+            ops[node] = e.get("args", {}).get("op_name", "?")
+    # The first WARMUP calls warm caches and allocate; their times stay out as in `time_calls`.
+    return [(n, ops[n], statistics.median(v[WARMUP:] or v)) for n, v in times.items()]
+
+
+def module_path(node):
+    """The PyTorch module an exported node came from, from its name's scopes: the exporter names
+    a node `/features/features.3/conv/conv.2/Conv_output_0` (a Sequential child's scope extends
+    its parent's: `features` -> `features.3`), which gives `features.3.conv.2`."""
+    path = []
+    for scope in node.strip("/").split("/")[:-1]:
+        if path and scope.startswith(path[-1] + "."):
+            path[-1] = scope
+        else:
+            path.append(scope)
+    return ".".join(path)
+
+
+def layer_profile(tlc, onnx_path, x, a, workdir):
+    """tlc's plan steps, each with the ORT compute node of one of its modules (a step is named
+    `conv > bn > relu` after the nodes it fuses; ORT names a fused node after one of them), and
+    the ORT nodes no step claimed."""
+    steps = json.loads(run_tlc([*tlc.args, *tlc.timing], tlc.threads))["steps"]
+    nodes = [{"node": n, "op": op, "ort_ms": ms, "module": module_path(n)}
+             for n, op, ms in ort_node_profile(onnx_path, x, a, workdir) if op not in LAYOUT_OPS]
+    layers, claimed = [], set()
+    for s in steps:
+        fused = set(s["name"].split(" > "))
+        match = next((i for i, n in enumerate(nodes) if i not in claimed and n["module"] in fused),
+                     None)
+        layer = {"step": s["name"], "kind": s["kind"], "mmacs": s["macs"] / 1e6,
+                 "tlc_ms": s["median_ms"]}
+        if match is not None:
+            claimed.add(match)
+            layer.update(nodes[match])
+        layers.append(layer)
+    return {"layers": layers,
+            "ort_unmatched": [n for i, n in enumerate(nodes) if i not in claimed]}
+
+
+def print_layer_profile(model, prof):
+    print(f"\n{model}: per layer, median ms (ORT's node of the same module; its profiler's "
+          "kernel time)")
+    print(f"| {'#':>3} | {'tlc step':<44} | {'kind':<28} | {'MMACs':>7} | {'tlc':>7} | "
+          f"{'ORT':>7} | {'tlc/ORT':>7} | {'tlc-ORT':>8} |")
+    print(f"|{'-' * 5}|{'-' * 46}|{'-' * 30}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 10}|")
+    for i, l in enumerate(prof["layers"]):
+        if "ort_ms" in l:
+            ratio = f"{l['tlc_ms'] / l['ort_ms']:7.2f}" if l["ort_ms"] > 0 else f"{'-':>7}"
+            ort_cols = f"{l['ort_ms']:7.4f} | {ratio} | {l['tlc_ms'] - l['ort_ms']:+8.4f}"
+        else:
+            ort_cols = f"{'-':>7} | {'-':>7} | {'-':>8}"
+        print(f"| {i + 1:>3} | {l['step'][:44]:<44} | {l['kind'][:28]:<28} | {l['mmacs']:7.2f} | "
+              f"{l['tlc_ms']:7.4f} | {ort_cols} |")
+    for n in prof["ort_unmatched"]:
+        print(f"|     | ORT only: {n['node'][:34]:<34} | {n['op'][:28]:<28} | {'':>7} | {'':>7} | "
+              f"{n['ort_ms']:7.4f} | {'':>7} | {'':>8} |")
+    t = sum(l["tlc_ms"] for l in prof["layers"])
+    o = sum(l.get("ort_ms", 0.0) for l in prof["layers"]) + sum(
+        n["ort_ms"] for n in prof["ort_unmatched"])
+    print(f"sum of layers: tlc {t:.3f} ms, ORT {o:.3f} ms ({t / o:.2f})")
+
+
 def rounds(sides, a):
     """Time every side `a.rounds` times, alternating (the order rotates each round); per side the
     best round by median."""
@@ -485,7 +585,8 @@ def zoo_row(arch, a, workdir):
     tlc = Tlc(weights, flags, a)
     best = rounds({"ort": lambda: ortp.time(a), "torch": lambda: torchp.time(a),
                    "tlc": tlc.time}, a)
-    return {"model": spec.label(), "arch": spec.arch, "width": spec.width,
+    prof = layer_profile(tlc, onnx_path, x, a, workdir) if a.profile else None
+    return {"model": spec.label(), "layers": prof, "arch": spec.arch, "width": spec.width,
             "input": f"{spec.in_ch}x{spec.image}x{spec.image}", "classes": spec.classes,
             "rel_diff_vs_ort": errs, **best,
             "tlc_over_ort": best["tlc"]["median_ms"] / best["ort"]["median_ms"],
@@ -606,6 +707,8 @@ def main():
                     help="seconds of idle before each side's timing")
     ap.add_argument("--tol", type=float, default=1e-3,
                     help="largest relative difference of the logits the sides may show")
+    ap.add_argument("--profile", action="store_true",
+                    help="zoo mode: also compare tlc's plan steps with ORT's nodes, layer by layer")
     ap.add_argument("--json", action="store_true", help="print one line of JSON instead of tables")
     ap.add_argument("--no-build", action="store_true", help="skip `cargo build --release`")
     a = ap.parse_args()
@@ -631,6 +734,9 @@ def main():
                           "torch": torch.__version__, "rows": rows}))
     elif a.mode == "zoo":
         print_zoo(rows, head)
+        for r in rows:
+            if r["layers"]:
+                print_layer_profile(r["model"], r["layers"])
     else:
         print_checkpoint(rows[0], head)
 
