@@ -55,8 +55,10 @@ fn model(arch: Arch, width: f32, image: usize) -> Model {
 
 /// Every allocation of `RUNS` runs after one warm-up run: (run, step name, kind, count).
 fn allocations(m: &Model, batch: usize, weights: WeightDtype) -> Vec<(usize, String, String)> {
+    // Fusing allowed: only the model large enough for it fuses.
     let options = PlanOptions {
         weights,
+        fuse_expand_dw: true,
         ..PlanOptions::default()
     };
     let mut plan = Plan::compile_with(m, batch, &options).unwrap();
@@ -97,11 +99,19 @@ fn steady_state_runs_do_not_allocate() {
     // At width 1/2 and batch 4 its 3x3s are large enough for Winograd (F4 at 32x32, F2 at 16x16
     // and 8x8, with f32 weights).
     let resnet_winograd = model(Arch::Resnet18Cifar, 0.5, 32);
-    let cases: [(&str, &Model, usize); 6] = [
+    // At full width and 96x96 the first expansion (96 channels at 48x48) fuses with its
+    // depthwise conv (f32 weights).
+    let mobilenet_fused = model(Arch::MobilenetV2, 1.0, 96);
+    let cases: [(&str, &Model, usize); 7] = [
         ("resnet18-cifar", &resnet_cifar, 1),
         ("resnet18-cifar", &resnet_cifar, 4),
         ("resnet18-cifar width 0.5 (Winograd)", &resnet_winograd, 4),
         ("mobilenet-v2", &mobilenet, 1),
+        (
+            "mobilenet-v2 96x96 (expansion + depthwise fused)",
+            &mobilenet_fused,
+            1,
+        ),
         ("resnet18 (max-pool)", &resnet, 1),
         ("vgg16-bn (max-pools, adaptive 7x7)", &vgg, 2),
     ];
@@ -110,6 +120,15 @@ fn steady_state_runs_do_not_allocate() {
         .steps()
         .map(|s| s.kind.clone())
         .collect();
+    let fuse = PlanOptions {
+        fuse_expand_dw: true,
+        ..PlanOptions::default()
+    };
+    let fused = Plan::compile_with(&mobilenet_fused, 1, &fuse).unwrap();
+    assert!(
+        fused.steps().any(|s| s.kind.contains("> conv3x3/s2 dw")),
+        "no fused expansion"
+    );
     for tile in ["winograd-f4", "winograd-f2"] {
         assert!(kinds.iter().any(|k| k.contains(tile)), "{tile}: {kinds:?}");
     }

@@ -3,7 +3,7 @@
 //! TLC-linearized model after collapse.
 
 use tlc_engine::passes::{collapse, prune_dead_channels};
-use tlc_engine::plan::Plan;
+use tlc_engine::plan::{Plan, PlanOptions};
 use tlc_engine::testing::assert_close;
 use tlc_engine::tlc::{candidates, linearize, ChannelStats, LayerScore, ScoreSource};
 use tlc_engine::{Model, Rng, Tensor};
@@ -16,9 +16,14 @@ fn model(arch: Arch, width: f32, image: usize) -> Model {
 
 /// Compile for batches of 1 and 3 and compare two runs each with `Model::eval`; the step count.
 fn check(m: &Model, what: &str) -> usize {
+    check_with(m, what, &PlanOptions::default())
+}
+
+/// [`check`] with compile options.
+fn check_with(m: &Model, what: &str, options: &PlanOptions) -> usize {
     let mut steps = 0;
     for batch in [1, 3] {
-        let mut plan = Plan::compile(m, batch).unwrap();
+        let mut plan = Plan::compile_with(m, batch, options).unwrap();
         let mut shape = vec![batch];
         shape.extend_from_slice(m.graph().input_shape());
         for seed in [5, 6] {
@@ -122,6 +127,36 @@ fn mobilenet_v2_plan_matches_eval() {
     assert_eq!(
         k.iter().filter(|k| *k == "conv1x1/s1 +bias+add").count(),
         11
+    );
+}
+
+#[test]
+fn expand_dw_steps_match_eval() {
+    // With `fuse_expand_dw`, at full width and 128x128: the expansions of blocks 2 (96 channels at 64x64, depthwise stride
+    // 2), 3 (144 at 32x32, stride 1) and 4 (144 at 32x32, stride 2) are large enough to run fused
+    // with their depthwise convs; the others stay two steps.
+    let m = model(Arch::MobilenetV2, 1.0, 128);
+    let fuse = PlanOptions {
+        fuse_expand_dw: true,
+        ..PlanOptions::default()
+    };
+    check_with(&m, "mobilenet-v2 at 128x128, fused", &fuse);
+    let k: Vec<String> = Plan::compile_with(&m, 1, &fuse)
+        .unwrap()
+        .steps()
+        .map(|s| s.kind.clone())
+        .collect();
+    // Not fused unless asked.
+    assert!(!kinds(&m).iter().any(|k| k.contains(" > ")));
+    let fused: Vec<&String> = k.iter().filter(|k| k.contains(" > conv3x3/s")).collect();
+    assert_eq!(
+        fused,
+        [
+            "conv1x1/s1 +bias+relu6 > conv3x3/s2 dw +bias+relu6",
+            "conv1x1/s1 +bias+relu6 > conv3x3/s1 dw +bias+relu6",
+            "conv1x1/s1 +bias+relu6 > conv3x3/s2 dw +bias+relu6"
+        ],
+        "{k:?}"
     );
 }
 

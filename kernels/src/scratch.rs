@@ -24,6 +24,7 @@ thread_local! {
     static DECODE_BUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static PACK_A_BUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static PACK_B_BUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static FUSED_BUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Task-level buffers: one patch tile, padded plane or pooling row at a time.
@@ -39,6 +40,9 @@ pub(crate) static PACK_A: Slot = Slot::new(&PACK_A_BUF);
 /// The GEMM's packed B blocks (packed by the thread that runs the GEMM, read by its workers;
 /// conv tasks run serial GEMMs on every pool thread, so every thread has one).
 pub(crate) static PACK_B: Slot = Slot::new(&PACK_B_BUF);
+/// A fused kernel's intermediate band (the layer between two fused convolutions), held by a
+/// task while the kernels it calls take the other slots.
+static FUSED: Slot = Slot::new(&FUSED_BUF);
 
 /// Floats of slack so a packing buffer can start on a 64-byte (cache line) boundary.
 const ALIGN_FLOATS: usize = 16;
@@ -119,6 +123,12 @@ pub(crate) fn with_staging<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R 
     STAGE.with(len, f)
 }
 
+/// A task-level slice of `len` floats for a fused kernel's intermediate (contents unspecified),
+/// separate from the slots the kernels it calls use.
+pub(crate) fn with_fused<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    FUSED.with(len, f)
+}
+
 /// A slice of `len` floats to decode 16-bit weights into (contents unspecified).
 pub(crate) fn with_decoded<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     DECODE.with(len, f)
@@ -127,7 +137,7 @@ pub(crate) fn with_decoded<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R 
 /// Grow the calling thread's scratch buffers — task-level, staging, decoding and the GEMM's
 /// packing buffers — to the largest sizes any thread has needed so far.
 pub fn reserve_this_thread() {
-    for slot in [&TILE, &STAGE, &DECODE, &PACK_A, &PACK_B] {
+    for slot in [&TILE, &STAGE, &DECODE, &PACK_A, &PACK_B, &FUSED] {
         slot.reserve();
     }
 }
@@ -138,7 +148,7 @@ pub fn reserve_this_thread() {
 /// them, and a staged output can be as large as a layer's, too much to hold on every thread.
 pub fn reserve_on_pool() {
     rayon::broadcast(|_| {
-        for slot in [&TILE, &DECODE, &PACK_A, &PACK_B] {
+        for slot in [&TILE, &DECODE, &PACK_A, &PACK_B, &FUSED] {
             slot.reserve();
         }
     });

@@ -54,6 +54,11 @@ pub struct BenchArgs {
     /// Storage of the conv and linear weights (the arithmetic is f32 either way).
     #[arg(long, value_enum, default_value_t = WeightsArg::F32)]
     pub weights: WeightsArg,
+    /// Fuse each large 1x1 expansion (>= 128 K floats of output per sample) with the 3x3
+    /// depthwise conv that reads it, so the expanded activation is never stored: a smaller
+    /// activation arena (MobileNetV2 at 224: 3.9 instead of 8.4 MB) at about the same latency.
+    #[arg(long)]
+    pub fuse_expand: bool,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -190,6 +195,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let options = PlanOptions {
             weights,
             input_shape: Some(shape.clone()),
+            fuse_expand_dw: args.fuse_expand,
         };
         Plan::compile_with(model, args.batch, &options).map_err(|e| {
             CliError::Usage(format!(

@@ -194,7 +194,7 @@ fn evaluate_plan(
     check_fits(model, ds)?;
     let options = PlanOptions {
         weights,
-        input_shape: None,
+        ..PlanOptions::default()
     };
     let mut plans: Vec<Plan> = Vec::new();
     let metrics = evaluate_with(ds, norm, batch_size, what, progress, &mut |images| {

@@ -79,6 +79,12 @@ pub struct PlanOptions {
     /// Per-sample input shape, when not the one the graph was built for (a convolutional network
     /// runs at other resolutions when every layer still fits).
     pub input_shape: Option<Vec<usize>>,
+    /// Run each 1x1 expansion whose output is large (at least 128 K floats per sample) together
+    /// with the 3x3 depthwise conv that reads it, as one step that never stores the expanded
+    /// activation ([`conv::expand_dw`]): MobileNetV2 at 224 needs a 3.9 MB activation arena
+    /// instead of 8.4. Off by default: on the Zen 3 machine of BENCHMARKS.md its latency is
+    /// within the noise of the separate steps, a few percent slower on one thread.
+    pub fuse_expand_dw: bool,
 }
 
 enum Kernel {
@@ -97,6 +103,18 @@ enum Kernel {
         weight: LinearWeight,
         bias: Option<Vec<f32>>,
         act: Option<Activation>,
+    },
+    /// A 1x1 expansion and the 3x3 depthwise conv that reads it, in one pass
+    /// ([`conv::expand_dw`]). Input: `[x]`.
+    ExpandDw {
+        expand: Conv2dShape,
+        expand_w: PackedRows,
+        expand_bias: Option<Vec<f32>>,
+        expand_act: Option<Activation>,
+        dw: Conv2dShape,
+        dw_w: Vec<f32>,
+        dw_bias: Option<Vec<f32>>,
+        dw_act: Option<Activation>,
     },
     MaxPool {
         dims: PoolDims,
@@ -232,7 +250,7 @@ impl Plan {
             }
         }
         let m = remove_passthrough(&fold_batch_norms(&m)?)?;
-        Compiler::new(&m, batch, options.weights)?.run()
+        Compiler::new(&m, batch, options)?.run()
     }
 
     /// Run one batch (`input`: `[batch, ...input shape]`, row-major) and return the output
@@ -363,6 +381,9 @@ impl Plan {
             .map(|s| match &s.kernel {
                 Kernel::Conv { weight, .. } => weight.bytes(),
                 Kernel::Linear { weight, .. } => weight.bytes(),
+                Kernel::ExpandDw { expand_w, dw_w, .. } => {
+                    4 * (expand_w.rows() * expand_w.depth() + dw_w.len())
+                }
                 _ => 0,
             })
             .sum()
@@ -379,12 +400,24 @@ impl Plan {
                     bias.as_ref().map_or(0, Vec::len)
                 }
                 Kernel::ScaleShift { scale, shift, .. } => scale.len() + shift.len(),
+                Kernel::ExpandDw {
+                    expand_bias,
+                    dw_bias,
+                    ..
+                } => [expand_bias, dw_bias]
+                    .iter()
+                    .map(|b| b.as_ref().map_or(0, Vec::len))
+                    .sum(),
                 _ => 0,
             })
             .sum();
         self.weight_bytes() + 4 * f32s
     }
 }
+
+/// Smallest expanded activation (floats per sample) whose 1x1 expansion and depthwise conv run
+/// fused with [`PlanOptions::fuse_expand_dw`]: a smaller one stays in L2 between the two steps.
+const EXPAND_DW_MIN_FLOATS: usize = 128 * 1024;
 
 /// Whether a conv of `shape` runs on the pixel-major tiles ([`conv::pixel_major::preferred`]);
 /// `TLC_PIXEL_MAJOR=0` keeps every conv on the channel-major paths (for comparisons).
@@ -479,6 +512,32 @@ fn exec<'a>(kernel: &Kernel, n_in: usize, val: &dyn Fn(usize) -> &'a [f32], y: &
                 LinearWeight::Half(h) => linear_half(a, h.as_slice(), c, &epi[..n]),
             }
         }
+        Kernel::ExpandDw {
+            expand,
+            expand_w,
+            expand_bias,
+            expand_act,
+            dw,
+            dw_w,
+            dw_bias,
+            dw_act,
+        } => {
+            let f = conv::expand_dw::ExpandDw {
+                expand,
+                expand_w,
+                expand_epi: conv::expand_dw::Stage {
+                    bias: expand_bias.as_deref(),
+                    act: *expand_act,
+                },
+                dw,
+                dw_w,
+                dw_epi: conv::expand_dw::Stage {
+                    bias: dw_bias.as_deref(),
+                    act: *dw_act,
+                },
+            };
+            conv::expand_dw::forward(&f, val(0), y)
+        }
         Kernel::MaxPool { dims, win } => pool::max_pool2d(val(0), *dims, *win, y),
         Kernel::AvgPool { dims, win } => pool::avg_pool2d(val(0), *dims, *win, true, y),
         Kernel::AdaptiveAvgPool { dims } => pool::adaptive_avg_pool2d(val(0), *dims, y),
@@ -513,6 +572,8 @@ struct Compiler<'m> {
     g: &'m Graph,
     batch: usize,
     weights: WeightDtype,
+    /// [`PlanOptions::fuse_expand_dw`].
+    fuse_expand_dw: bool,
     shapes: Vec<Vec<usize>>,
     macs: Vec<u64>,
     consumers: Vec<Vec<NodeId>>,
@@ -524,14 +585,15 @@ struct Compiler<'m> {
 }
 
 impl<'m> Compiler<'m> {
-    fn new(m: &'m Model, batch: usize, weights: WeightDtype) -> Result<Compiler<'m>> {
+    fn new(m: &'m Model, batch: usize, options: &PlanOptions) -> Result<Compiler<'m>> {
         let g = m.graph();
         let n = g.nodes().len();
         Ok(Compiler {
             m,
             g,
             batch,
-            weights,
+            weights: options.weights,
+            fuse_expand_dw: options.fuse_expand_dw,
             shapes: g.infer_shapes()?,
             macs: g.macs()?,
             consumers: g.consumers(),
@@ -705,6 +767,80 @@ impl<'m> Compiler<'m> {
         });
     }
 
+    /// Emit the 1x1 conv `id` (of `shape`, input `x`) and the depthwise conv that reads it as one
+    /// [`Kernel::ExpandDw`] step when the options ask for it and they qualify; whether it did.
+    fn expand_dw(
+        &mut self,
+        id: NodeId,
+        has_bias: bool,
+        shape: &Conv2dShape,
+        x: ValueId,
+    ) -> Result<bool> {
+        let floats = self.numel(id) / self.batch.max(1);
+        if !self.fuse_expand_dw || floats < EXPAND_DW_MIN_FLOATS || self.weights.half().is_some() {
+            return Ok(false);
+        }
+        let (mut fused, residual, expand_act) = self.epilogue(id);
+        let last = fused.last().copied().unwrap_or(id);
+        let Some(dw_id) = self.sole_reader(last).filter(|_| residual.is_none()) else {
+            return Ok(false);
+        };
+        let Op::Conv2d(d) = &self.g.node(dw_id).op else {
+            return Ok(false);
+        };
+        let ds = &self.shapes[last];
+        let dw = Conv2dShape {
+            batch: self.batch,
+            in_channels: d.in_ch,
+            in_h: ds[1],
+            in_w: ds[2],
+            out_channels: d.out_ch,
+            kernel_h: d.kernel[0],
+            kernel_w: d.kernel[1],
+            params: d.params(),
+        };
+        if !conv::expand_dw::supports(shape, &dw) || trim::trimmed(&dw).is_some() {
+            return Ok(false);
+        }
+        let (dw_fused, dw_residual, dw_act) = self.epilogue(dw_id);
+        if dw_residual.is_some() {
+            return Ok(false);
+        }
+        let expand_w = {
+            let w = self.stored_weight(id, shape.weight_len())?;
+            let mut w = w.into_owned();
+            flush_subnormals(&mut w);
+            PackedRows::new(MatRef::row_major(&w, shape.out_channels, shape.in_channels))
+        };
+        let expand_bias = has_bias.then(|| self.tensor(id, "bias")).transpose()?;
+        let dw_w = self.tensor(dw_id, "weight")?;
+        let dw_bias = d.bias.then(|| self.tensor(dw_id, "bias")).transpose()?;
+        let kind = format!(
+            "conv1x1/s1{} > conv3x3/s{} dw{}",
+            epilogue_kind(expand_bias.is_some(), false, expand_act),
+            dw.params.stride.0,
+            epilogue_kind(dw_bias.is_some(), false, dw_act)
+        );
+        let kernel = Kernel::ExpandDw {
+            expand: *shape,
+            expand_w,
+            expand_bias,
+            expand_act,
+            dw,
+            dw_w,
+            dw_bias,
+            dw_act,
+        };
+        fused.push(dw_id);
+        fused.extend(dw_fused);
+        self.push(id, &fused, kernel, vec![x], kind);
+        let dw_macs = self.macs[dw_id] * self.batch as u64;
+        if let Some(step) = self.steps.last_mut() {
+            step.info.macs += dw_macs;
+        }
+        Ok(true)
+    }
+
     fn input_value(&self, id: NodeId, k: usize) -> ValueId {
         self.value[self.g.node(id).inputs[k]].expect("inputs come first")
     }
@@ -735,6 +871,9 @@ impl<'m> Compiler<'m> {
                         kernel_w: c.kernel[1],
                         params: c.params(),
                     };
+                    if self.expand_dw(id, c.bias, &full, x)? {
+                        continue;
+                    }
                     let (fused, residual, act) = self.epilogue(id);
                     let bias = c.bias.then(|| self.tensor(id, "bias")).transpose()?;
                     // Taps that read only padding are dropped (their weights with them).

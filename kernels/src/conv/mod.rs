@@ -22,6 +22,7 @@
 //! all dense row-major. The engine validates shapes; these functions `assert!` their contracts.
 
 pub mod depthwise;
+pub mod expand_dw;
 pub mod few_outputs;
 pub mod general;
 pub mod im2col;
