@@ -56,7 +56,8 @@ pub struct BenchArgs {
     pub weights: WeightsArg,
     /// Fuse each large 1x1 expansion (>= 128 K floats of output per sample) with the 3x3
     /// depthwise conv that reads it, so the expanded activation is never stored: a smaller
-    /// activation arena (MobileNetV2 at 224: 3.9 instead of 8.4 MB) at about the same latency.
+    /// activation arena (MobileNetV2 at 224: 3.9 instead of 8.4 MB); as fast on two threads,
+    /// ~10 % slower on one (see BENCHMARKS.md).
     #[arg(long)]
     pub fuse_expand: bool,
     #[command(flatten)]

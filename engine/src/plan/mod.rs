@@ -82,8 +82,8 @@ pub struct PlanOptions {
     /// Run each 1x1 expansion whose output is large (at least 128 K floats per sample) together
     /// with the 3x3 depthwise conv that reads it, as one step that never stores the expanded
     /// activation ([`conv::expand_dw`]): MobileNetV2 at 224 needs a 3.9 MB activation arena
-    /// instead of 8.4. Off by default: on the Zen 3 machine of BENCHMARKS.md its latency is
-    /// within the noise of the separate steps, a few percent slower on one thread.
+    /// instead of 8.4. Off by default: on the Zen 3 machine of BENCHMARKS.md it ran as fast as the
+    /// separate steps on two threads and ~10 % slower on one (interleaved `tlc bench`).
     pub fuse_expand_dw: bool,
 }
 
