@@ -180,16 +180,7 @@ fn conv_shapes(graph: &Graph, batch: usize, reps: usize, filter: &str) {
     for n in graph.nodes() {
         if let Op::Conv2d(c) = &n.op {
             let x = &shapes[n.inputs[0]];
-            let s = Conv2dShape {
-                batch,
-                in_channels: c.in_ch,
-                in_h: x[1],
-                in_w: x[2],
-                out_channels: c.out_ch,
-                kernel_h: c.kernel[0],
-                kernel_w: c.kernel[1],
-                params: c.params(),
-            };
+            let s = c.shape(batch, x);
             match seen.iter_mut().find(|(t, _)| *t == s) {
                 Some((_, k)) => *k += 1,
                 None => seen.push((s, 1)),

@@ -2,7 +2,7 @@
 //! serialises into a checkpoint's header (so a checkpoint describes its own architecture).
 
 use serde::{Deserialize, Serialize};
-use tlc_kernels::conv::Conv2dParams;
+use tlc_kernels::conv::{Conv2dParams, Conv2dShape};
 use tlc_kernels::Activation;
 
 /// A 2-D convolution layer (PyTorch's `nn.Conv2d`); parameters `weight` `[out, in/groups, kh, kw]`
@@ -53,6 +53,21 @@ impl ConvSpec {
             padding: (self.padding[0], self.padding[1]),
             dilation: (self.dilation[0], self.dilation[1]),
             groups: self.groups,
+        }
+    }
+
+    /// The kernel crate's shape of this conv over `batch` samples of per-sample input shape
+    /// `input` (`[C, H, W]`).
+    pub fn shape(&self, batch: usize, input: &[usize]) -> Conv2dShape {
+        Conv2dShape {
+            batch,
+            in_channels: self.in_ch,
+            in_h: input[1],
+            in_w: input[2],
+            out_channels: self.out_ch,
+            kernel_h: self.kernel[0],
+            kernel_w: self.kernel[1],
+            params: self.params(),
         }
     }
 

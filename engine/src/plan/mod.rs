@@ -45,7 +45,7 @@
 //! nothing here decides parallelism.
 
 use crate::error::{Error, Result};
-use crate::graph::{ConvSpec, Graph, Model, NodeId, Op};
+use crate::graph::{Graph, Model, NodeId, Op};
 use crate::passes::{fold_batch_norms, remove_passthrough};
 use tlc_kernels::conv::{self, Conv2dShape, ConvEpilogueOp};
 use tlc_kernels::elementwise::{self, BinaryOp};
@@ -767,20 +767,6 @@ impl<'m> Compiler<'m> {
         });
     }
 
-    /// The kernel shape of conv `c` on an input of per-sample shape `xs` (`[C, H, W]`).
-    fn conv_shape(&self, c: &ConvSpec, xs: &[usize]) -> Conv2dShape {
-        Conv2dShape {
-            batch: self.batch,
-            in_channels: c.in_ch,
-            in_h: xs[1],
-            in_w: xs[2],
-            out_channels: c.out_ch,
-            kernel_h: c.kernel[0],
-            kernel_w: c.kernel[1],
-            params: c.params(),
-        }
-    }
-
     /// Emit the 1x1 conv `id` (of `shape`, input `x`) and the depthwise conv that reads it as one
     /// [`Kernel::ExpandDw`] step when the options ask for it and they qualify; whether it did.
     fn expand_dw(
@@ -802,7 +788,7 @@ impl<'m> Compiler<'m> {
         let Op::Conv2d(d) = &self.g.node(dw_id).op else {
             return Ok(false);
         };
-        let dw = self.conv_shape(d, &self.shapes[last]);
+        let dw = d.shape(self.batch, &self.shapes[last]);
         if !conv::expand_dw::supports(shape, &dw) || trim::trimmed(&dw).is_some() {
             return Ok(false);
         }
@@ -865,7 +851,7 @@ impl<'m> Compiler<'m> {
             match &node.op {
                 Op::Input { .. } => unreachable!("the input is node 0"),
                 Op::Conv2d(c) => {
-                    let full = self.conv_shape(c, xs);
+                    let full = c.shape(self.batch, xs);
                     if self.expand_dw(id, c.bias, &full, x)? {
                         continue;
                     }
