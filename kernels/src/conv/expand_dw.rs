@@ -2,14 +2,15 @@
 //! widens the channels (MobileNetV2's `t = 6` expansion: 16 -> 96 channels at 112x112 is a 4.8 MB
 //! output) followed by a 3x3 depthwise convolution (stride 1 or 2, padding 1) that reads it.
 //!
-//! Run as two layers, the wide intermediate goes out to memory and comes back: it is larger than
-//! L2, so the expansion's stores miss (each line read for ownership, then written back) and the
-//! depthwise reads it from L3 or DRAM; on a machine whose memory other tenants share, those two
-//! layers run 1.4-1.9x ONNX Runtime's time while the compute-bound ones match it. Here each task
-//! takes a block of channels and walks the image in bands of output rows: it computes the
-//! expansion for the input rows a band reads (one GEMM against the weights packed once, bias and
-//! activation on its store) into a buffer that stays in L2, then runs the depthwise kernel on that
-//! buffer and copies the band's output rows into place. The intermediate never leaves the cache.
+//! Run as two layers, the wide intermediate is a buffer of the plan's arena and crosses memory
+//! twice. Here each task takes a block of channels and walks the image in bands of output rows:
+//! it computes the expansion for the input rows a band reads (one GEMM against the weights packed
+//! once, bias and activation on its store) into a buffer that stays in L2, runs the depthwise
+//! kernel on that buffer and copies the band's output rows into place. The intermediate never
+//! exists whole: MobileNetV2 at 224 needs a 3.9 MB activation arena instead of 8.4. On the Zen 3
+//! machine of BENCHMARKS.md (32 MB of L3) that bought no time: the network ran as fast as with
+//! the separate layers on two threads and ~10 % slower on one (each band's GEMM is short: 48
+//! channels by 8 rows), so the plan fuses only when asked (`PlanOptions::fuse_expand_dw`).
 //!
 //! The band buffer holds the rows a band reads, with a zero row where the window reaches past the
 //! image (the depthwise layer pads its *input* with zeros, and the expansion of a padded pixel
