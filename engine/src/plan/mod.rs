@@ -47,6 +47,7 @@
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Model, NodeId, Op};
 use crate::passes::{fold_batch_norms, remove_passthrough};
+use tlc_kernels::conv::expand_dw::{ExpandDw, Stage};
 use tlc_kernels::conv::{self, Conv2dShape, ConvEpilogueOp};
 use tlc_kernels::elementwise::{self, BinaryOp};
 use tlc_kernels::gemm::{
@@ -106,16 +107,7 @@ enum Kernel {
     },
     /// A 1x1 expansion and the 3x3 depthwise conv that reads it, in one pass
     /// ([`conv::expand_dw`]). Input: `[x]`.
-    ExpandDw {
-        expand: Conv2dShape,
-        expand_w: PackedRows,
-        expand_bias: Option<Vec<f32>>,
-        expand_act: Option<Activation>,
-        dw: Conv2dShape,
-        dw_w: Vec<f32>,
-        dw_bias: Option<Vec<f32>>,
-        dw_act: Option<Activation>,
-    },
+    ExpandDw(conv::expand_dw::ExpandDw),
     MaxPool {
         dims: PoolDims,
         win: Window2d,
@@ -381,9 +373,7 @@ impl Plan {
             .map(|s| match &s.kernel {
                 Kernel::Conv { weight, .. } => weight.bytes(),
                 Kernel::Linear { weight, .. } => weight.bytes(),
-                Kernel::ExpandDw { expand_w, dw_w, .. } => {
-                    4 * (expand_w.rows() * expand_w.depth() + dw_w.len())
-                }
+                Kernel::ExpandDw(f) => f.weight_bytes(),
                 _ => 0,
             })
             .sum()
@@ -400,14 +390,7 @@ impl Plan {
                     bias.as_ref().map_or(0, Vec::len)
                 }
                 Kernel::ScaleShift { scale, shift, .. } => scale.len() + shift.len(),
-                Kernel::ExpandDw {
-                    expand_bias,
-                    dw_bias,
-                    ..
-                } => [expand_bias, dw_bias]
-                    .iter()
-                    .map(|b| b.as_ref().map_or(0, Vec::len))
-                    .sum(),
+                Kernel::ExpandDw(f) => f.bias_len(),
                 _ => 0,
             })
             .sum();
@@ -512,32 +495,7 @@ fn exec<'a>(kernel: &Kernel, n_in: usize, val: &dyn Fn(usize) -> &'a [f32], y: &
                 LinearWeight::Half(h) => linear_half(a, h.as_slice(), c, &epi[..n]),
             }
         }
-        Kernel::ExpandDw {
-            expand,
-            expand_w,
-            expand_bias,
-            expand_act,
-            dw,
-            dw_w,
-            dw_bias,
-            dw_act,
-        } => {
-            let f = conv::expand_dw::ExpandDw {
-                expand,
-                expand_w,
-                expand_epi: conv::expand_dw::Stage {
-                    bias: expand_bias.as_deref(),
-                    act: *expand_act,
-                },
-                dw,
-                dw_w,
-                dw_epi: conv::expand_dw::Stage {
-                    bias: dw_bias.as_deref(),
-                    act: *dw_act,
-                },
-            };
-            conv::expand_dw::forward(&f, val(0), y)
-        }
+        Kernel::ExpandDw(f) => conv::expand_dw::forward(f, val(0), y),
         Kernel::MaxPool { dims, win } => pool::max_pool2d(val(0), *dims, *win, y),
         Kernel::AvgPool { dims, win } => pool::avg_pool2d(val(0), *dims, *win, true, y),
         Kernel::AdaptiveAvgPool { dims } => pool::adaptive_avg_pool2d(val(0), *dims, y),
@@ -796,12 +754,10 @@ impl<'m> Compiler<'m> {
         if dw_residual.is_some() {
             return Ok(false);
         }
-        let expand_w = {
-            let w = self.stored_weight(id, shape.weight_len())?;
-            let mut w = w.into_owned();
-            flush_subnormals(&mut w);
-            PackedRows::new(MatRef::row_major(&w, shape.out_channels, shape.in_channels))
-        };
+        // Packed straight from the model's storage (packing flushes subnormal values).
+        let w = self.stored_weight(id, shape.weight_len())?;
+        let expand_w =
+            PackedRows::new(MatRef::row_major(&w, shape.out_channels, shape.in_channels));
         let expand_bias = has_bias.then(|| self.tensor(id, "bias")).transpose()?;
         let dw_w = self.tensor(dw_id, "weight")?;
         let dw_bias = d.bias.then(|| self.tensor(dw_id, "bias")).transpose()?;
@@ -811,16 +767,20 @@ impl<'m> Compiler<'m> {
             dw.params.stride.0,
             epilogue_kind(dw_bias.is_some(), false, dw_act)
         );
-        let kernel = Kernel::ExpandDw {
+        let kernel = Kernel::ExpandDw(ExpandDw {
             expand: *shape,
             expand_w,
-            expand_bias,
-            expand_act,
+            expand_epi: Stage {
+                bias: expand_bias,
+                act: expand_act,
+            },
             dw,
             dw_w,
-            dw_bias,
-            dw_act,
-        };
+            dw_epi: Stage {
+                bias: dw_bias,
+                act: dw_act,
+            },
+        });
         fused.push(dw_id);
         fused.extend(dw_fused);
         self.push(id, &fused, kernel, vec![x], kind);

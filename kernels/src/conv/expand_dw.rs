@@ -52,21 +52,36 @@ pub fn supports(expand: &Conv2dShape, dw: &Conv2dShape) -> bool {
 }
 
 /// One layer's epilogue: per-channel bias, then an activation.
-#[derive(Clone, Copy, Debug)]
-pub struct Stage<'a> {
-    pub bias: Option<&'a [f32]>,
+#[derive(Clone, Debug, Default)]
+pub struct Stage {
+    pub bias: Option<Vec<f32>>,
     pub act: Option<Activation>,
 }
 
 /// The two layers: the expansion's weights packed as GEMM rows (`[Cexp x Cin]`), the depthwise
-/// weights `[Cexp, 1, 3, 3]`.
-pub struct ExpandDw<'a> {
-    pub expand: &'a Conv2dShape,
-    pub expand_w: &'a PackedRows,
-    pub expand_epi: Stage<'a>,
-    pub dw: &'a Conv2dShape,
-    pub dw_w: &'a [f32],
-    pub dw_epi: Stage<'a>,
+/// weights `[Cexp, 1, 3, 3]` (an inference plan holds one per fused step).
+pub struct ExpandDw {
+    pub expand: Conv2dShape,
+    pub expand_w: PackedRows,
+    pub expand_epi: Stage,
+    pub dw: Conv2dShape,
+    pub dw_w: Vec<f32>,
+    pub dw_epi: Stage,
+}
+
+impl ExpandDw {
+    /// Bytes of the two layers' weights (biases not counted).
+    pub fn weight_bytes(&self) -> usize {
+        4 * (self.expand_w.rows() * self.expand_w.depth() + self.dw_w.len())
+    }
+
+    /// Floats of the two layers' biases.
+    pub fn bias_len(&self) -> usize {
+        [&self.expand_epi.bias, &self.dw_epi.bias]
+            .iter()
+            .map(|b| b.as_ref().map_or(0, Vec::len))
+            .sum()
+    }
 }
 
 /// `y = dw(expand(x))` with both epilogues; `x` is the expansion's input, `y` the depthwise
@@ -78,7 +93,7 @@ pub fn forward(f: &ExpandDw, x: &[f32], y: &mut [f32]) {
 /// [`forward`] with `band_floats` of band buffer per task (tests use small bands to cross band
 /// boundaries on small images).
 pub fn forward_with(f: &ExpandDw, x: &[f32], y: &mut [f32], band_floats: usize) {
-    let (e, d) = (f.expand, f.dw);
+    let (e, d) = (&f.expand, &f.dw);
     assert!(supports(e, d), "expand_dw: unsupported layer pair");
     assert_eq!(x.len(), e.input_len(), "expand_dw: input length");
     assert_eq!(y.len(), d.output_len(), "expand_dw: output length");
@@ -90,11 +105,11 @@ pub fn forward_with(f: &ExpandDw, x: &[f32], y: &mut [f32], band_floats: usize) 
         "expand_dw: expansion weights"
     );
     for (b, what) in [
-        (f.expand_epi.bias, "expansion"),
-        (f.dw_epi.bias, "depthwise"),
+        (&f.expand_epi.bias, "expansion"),
+        (&f.dw_epi.bias, "depthwise"),
     ] {
         assert!(
-            b.is_none_or(|b| b.len() == c),
+            b.as_ref().is_none_or(|b| b.len() == c),
             "expand_dw: {what} bias length"
         );
     }
@@ -142,7 +157,7 @@ unsafe fn channel_block(
     dst: MatPtr,
     band_floats: usize,
 ) {
-    let (e, d) = (f.expand, f.dw);
+    let (e, d) = (&f.expand, &f.dw);
     let (h, w, s) = (e.in_h, e.in_w, d.params.stride.0);
     let (oh, ow) = d.out_hw();
     // Output rows per band: as many as fit the buffer beside their own output.
@@ -155,7 +170,7 @@ unsafe fn channel_block(
     // Fixed-size lists: a plan's steady-state runs allocate nothing.
     let mut expand_epi = [EpilogueOp::Act(Activation::Identity); 2];
     let mut ne = 0;
-    if let Some(b) = f.expand_epi.bias {
+    if let Some(b) = &f.expand_epi.bias {
         expand_epi[ne] = EpilogueOp::BiasPerRow(&b[c0..c0 + cb]);
         ne += 1;
     }
@@ -166,7 +181,7 @@ unsafe fn channel_block(
     let expand_epi = &expand_epi[..ne];
     let mut dw_epi = [ConvEpilogueOp::Act(Activation::Identity); 2];
     let mut nd = 0;
-    if let Some(b) = f.dw_epi.bias {
+    if let Some(b) = &f.dw_epi.bias {
         dw_epi[nd] = ConvEpilogueOp::Bias(&b[c0..c0 + cb]);
         nd += 1;
     }
@@ -222,7 +237,7 @@ unsafe fn channel_block(
             // `e_band`, which this call holds; `c0` is a multiple of the weights' row quantum
             // (blocks are).
             unsafe {
-                gemm_prepacked_serial_raw(f.expand_w, c0, cb, b, 0.0, c, expand_epi);
+                gemm_prepacked_serial_raw(&f.expand_w, c0, cb, b, 0.0, c, expand_epi);
             }
             (carried, prev_rin) = (3 - s, rin);
             let band_shape = Conv2dShape {
@@ -324,16 +339,16 @@ mod tests {
             forward_weights(&d, &mid, Weights::F32(&dw), &mut want, &d_epi);
             let packed = PackedRows::new(MatRef::row_major(&ew, cexp, cin));
             let f = ExpandDw {
-                expand: &e,
-                expand_w: &packed,
+                expand: e,
+                expand_w: packed,
                 expand_epi: Stage {
-                    bias: Some(&eb),
+                    bias: Some(eb.clone()),
                     act,
                 },
-                dw: &d,
-                dw_w: &dw,
+                dw: d,
+                dw_w: dw.clone(),
                 dw_epi: Stage {
-                    bias: Some(&db),
+                    bias: Some(db.clone()),
                     act,
                 },
             };
