@@ -54,14 +54,8 @@ fn model(arch: Arch, width: f32, image: usize) -> Model {
 }
 
 /// Every allocation of `RUNS` runs after one warm-up run: (run, step name, kind, count).
-fn allocations(m: &Model, batch: usize, weights: WeightDtype) -> Vec<(usize, String, String)> {
-    // Fusing allowed: only the model large enough for it fuses.
-    let options = PlanOptions {
-        weights,
-        fuse_expand_dw: true,
-        ..PlanOptions::default()
-    };
-    let mut plan = Plan::compile_with(m, batch, &options).unwrap();
+fn allocations(m: &Model, batch: usize, options: &PlanOptions) -> Vec<(usize, String, String)> {
+    let mut plan = Plan::compile_with(m, batch, options).unwrap();
     let mut shape = vec![batch];
     shape.extend_from_slice(plan.input_shape());
     let x = Tensor::randn(&shape, &mut Rng::new(2)).to_vec();
@@ -137,12 +131,26 @@ fn steady_state_runs_do_not_allocate() {
         let threads = pool.current_num_threads();
         pool.install(|| {
             for (name, m, batch) in cases {
-                for weights in [WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16] {
-                    let found = allocations(m, batch, weights);
+                // NCHW with fusing allowed (only the model large enough for it fuses), in f32
+                // and 16-bit weights; and every convolution channels-last.
+                let layouts = [
+                    (WeightDtype::F32, Some(false)),
+                    (WeightDtype::F16, Some(false)),
+                    (WeightDtype::Bf16, Some(false)),
+                    (WeightDtype::F32, Some(true)),
+                ];
+                for (weights, channels_last) in layouts {
+                    let options = PlanOptions {
+                        weights,
+                        fuse_expand_dw: channels_last == Some(false),
+                        channels_last,
+                        ..PlanOptions::default()
+                    };
+                    let found = allocations(m, batch, &options);
                     if !found.is_empty() {
                         failures.push(format!(
-                            "{name}, batch {batch}, {weights:?} weights, {threads} thread(s): \
-                             {found:?}"
+                            "{name}, batch {batch}, {weights:?} weights, channels-last \
+                             {channels_last:?}, {threads} thread(s): {found:?}"
                         ));
                     }
                 }

@@ -39,7 +39,11 @@ fn check_with(m: &Model, what: &str, options: &PlanOptions) -> usize {
 }
 
 fn kinds(m: &Model) -> Vec<String> {
-    Plan::compile(m, 1)
+    kinds_with(m, &PlanOptions::default())
+}
+
+fn kinds_with(m: &Model, options: &PlanOptions) -> Vec<String> {
+    Plan::compile_with(m, 1, options)
         .unwrap()
         .steps()
         .map(|s| s.kind.clone())
@@ -110,24 +114,73 @@ fn vgg16_bn_plan_matches_eval() {
     assert_eq!(k.iter().filter(|k| k.starts_with("linear")).count(), 3);
 }
 
+/// Options forcing NCHW (`false`) or channels-last (`true`) activations.
+fn layout(channels_last: bool) -> PlanOptions {
+    PlanOptions {
+        channels_last: Some(channels_last),
+        ..PlanOptions::default()
+    }
+}
+
 #[test]
 fn mobilenet_v2_plan_matches_eval() {
     let m = model(Arch::MobilenetV2, 0.25, 32);
-    check(&m, "mobilenet-v2");
-    let k = kinds(&m);
-    assert!(k.iter().any(|k| k == "conv3x3/s1 dw +bias+relu6"), "{k:?}");
-    // On the 1x1 planes of the last stages the depthwise 3x3s run trimmed to their centre tap
-    // (and still match the executor above).
-    assert!(
-        k.iter().any(|k| k.starts_with("conv1x1/s1 (of 3x3) dw")),
+    for cl in [false, true] {
+        let tag = if cl { " cl" } else { "" };
+        check_with(&m, &format!("mobilenet-v2{tag}"), &layout(cl));
+        let k = kinds_with(&m, &layout(cl));
+        assert!(
+            k.iter()
+                .any(|k| *k == format!("conv3x3/s1 dw{tag} +bias+relu6")),
+            "{k:?}"
+        );
+        // On the 1x1 planes of the last stages the depthwise 3x3s run trimmed to their centre
+        // tap (and still match the executor above).
+        assert!(
+            k.iter().any(|k| k.starts_with("conv1x1/s1 (of 3x3) dw")),
+            "{k:?}"
+        );
+        // Inverted residuals: the projection conv takes the block input in its epilogue (10
+        // blocks, and at width 0.25 the first block too, its 32 and 16 channels both rounding
+        // to 8).
+        let add = format!("conv1x1/s1{tag} +bias+add");
+        assert_eq!(k.iter().filter(|k| **k == add).count(), 11, "{k:?}");
+        // Channels-last: the image stem runs NCHW, its output moves once, and nothing moves
+        // back (the pool reads channels-last).
+        let moves = k.iter().filter(|k| k.starts_with("to_")).count();
+        assert_eq!(moves, usize::from(cl), "{k:?}");
+    }
+    // Chosen automatically where the CPU has the channels-last tiles.
+    let auto = kinds(&m);
+    let cl = auto.iter().any(|k| k.contains(" cl"));
+    assert_eq!(cl, tlc_kernels::conv::channels_last::fast(), "{auto:?}");
+}
+
+#[test]
+fn channels_last_plan_matches_eval_on_resnet18_and_vgg() {
+    // Forced onto a network without depthwise layers: the 7x7 image stem and the max-pool run
+    // NCHW, one step moves the pooled activation, and from there the 3x3 convs and the strided
+    // 1x1 downsamples gather their patches, the residual adds take channels-last operands and
+    // the pool reads channels-last.
+    let m = model(Arch::Resnet18, 0.125, 64);
+    check_with(&m, "resnet18 cl", &layout(true));
+    let k = kinds_with(&m, &layout(true));
+    assert_eq!(
+        k.iter().filter(|k| k.starts_with("to_")).count(),
+        1,
         "{k:?}"
     );
-    // Inverted residuals: the projection conv takes the block input in its epilogue (10 blocks,
-    // and at width 0.25 the first block too, its 32 and 16 channels both rounding to 8).
-    assert_eq!(
-        k.iter().filter(|k| *k == "conv1x1/s1 +bias+add").count(),
-        11
-    );
+    assert_eq!(k[2], "to_channels_last", "{k:?}");
+    let adds = k.iter().filter(|k| k.ends_with(" cl +bias+add+relu"));
+    assert_eq!(adds.count(), 8, "{k:?}");
+    assert!(k.iter().any(|k| k == "adaptive_avg_pool1x1 cl"), "{k:?}");
+    // Not chosen automatically for it.
+    assert!(!kinds(&m).iter().any(|k| k.contains(" cl")));
+    // VGG: each max-pool reads NCHW, so activations move back and forth between the blocks.
+    let vgg = model(Arch::Vgg16BnCifar, 0.0625, 32);
+    check_with(&vgg, "vgg16-bn-cifar cl", &layout(true));
+    let k = kinds_with(&vgg, &layout(true));
+    assert!(k.iter().filter(|k| *k == "to_nchw").count() >= 4, "{k:?}");
 }
 
 #[test]

@@ -60,6 +60,10 @@ pub struct BenchArgs {
     /// ~10 % slower on one (see BENCHMARKS.md).
     #[arg(long)]
     pub fuse_expand: bool,
+    /// Activation layout of the plan: `auto` runs networks with depthwise convolutions (the
+    /// MobileNets) channels-last on CPUs with its SIMD tiles, the rest NCHW.
+    #[arg(long, value_enum, default_value_t = LayoutArg::Auto)]
+    pub layout: LayoutArg,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -81,6 +85,27 @@ impl WeightsArg {
             WeightsArg::F32 => WeightDtype::F32,
             WeightsArg::F16 => WeightDtype::F16,
             WeightsArg::Bf16 => WeightDtype::Bf16,
+        }
+    }
+}
+
+/// `--layout`: the plan's activation layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LayoutArg {
+    /// Channels-last for networks with depthwise convolutions where the CPU has the tiles.
+    Auto,
+    /// NCHW throughout.
+    Nchw,
+    /// Every convolution that can, channels-last.
+    ChannelsLast,
+}
+
+impl LayoutArg {
+    fn option(self) -> Option<bool> {
+        match self {
+            LayoutArg::Auto => None,
+            LayoutArg::Nchw => Some(false),
+            LayoutArg::ChannelsLast => Some(true),
         }
     }
 }
@@ -197,6 +222,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             weights,
             input_shape: Some(shape.clone()),
             fuse_expand_dw: args.fuse_expand,
+            channels_last: args.layout.option(),
         };
         Plan::compile_with(model, args.batch, &options).map_err(|e| {
             CliError::Usage(format!(

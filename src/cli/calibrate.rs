@@ -5,7 +5,7 @@
 //! 7x7 kernels at stride 1 and 2, pointwise and depthwise layers, channel counts 4..512 (narrow
 //! ones stand for pruned middles) and planes 7x7..112x112, leaving out layers above a MAC budget
 //! (the estimate extrapolates linearly in MACs there). Each layer runs behind a ReLU step; the
-//! time between the two steps' ends is the convolution's alone, with its input fresh in cache as
+//! time between the convolution's end and the previous step's is the convolution's alone, with its input fresh in cache as
 //! inside a network (and without the plan's copy of its input). `--checkpoint` adds the exact
 //! layers collapsing that model prices, so odd shapes the grid cannot foresee (a pruned width
 //! that a kernel handles badly) are measured, not interpolated.
@@ -146,25 +146,32 @@ fn measure(spec: &ConvSpec, hw: [usize; 2], batch: usize, budget: &Budget) -> Re
     g.push("conv", Op::Conv2d(spec.clone()), &[relu]);
     let model = Model::init(g, LinearInit::Uniform, &mut rng)?;
     let mut plan = Plan::compile(&model, batch)?;
-    if plan.len() != 2 {
-        return Err(CliError::Usage(format!(
-            "calibrate: expected a ReLU step and a convolution step, the plan has {} steps",
-            plan.len()
-        )));
-    }
+    // The ReLU, the convolution, and around it steps moving the activation to the layout the
+    // convolution runs in and back, if the plan picked another (depthwise layers run
+    // channels-last).
+    let conv_step = plan.steps().position(|s| s.name == "conv");
+    let conv_step = match conv_step {
+        Some(i) if i > 0 && plan.steps().next().is_some_and(|s| s.name == "relu") => i,
+        _ => {
+            return Err(CliError::Usage(format!(
+                "calibrate: expected a ReLU step, then a convolution step, the plan has {:?}",
+                plan.steps().map(|s| s.name.clone()).collect::<Vec<_>>()
+            )))
+        }
+    };
     let input: Vec<f32> = (0..batch * spec.in_ch * hw[0] * hw[1])
         .map(|_| rng.normal())
         .collect();
     let start = Instant::now();
     let mut times = vec![];
     for run in 0.. {
-        let (mut relu_done, mut conv_ms) = (None, 0.0);
+        let (mut before, mut conv_ms) = (None, 0.0);
         plan.run_observed(&input, |step| {
             let now = Instant::now();
-            match (step, relu_done) {
-                (0, _) => relu_done = Some(now),
-                (_, Some(t)) => conv_ms = (now - t).as_secs_f64() * 1e3,
-                _ => {}
+            if step + 1 == conv_step {
+                before = Some(now);
+            } else if let (true, Some(t)) = (step == conv_step, before) {
+                conv_ms = (now - t).as_secs_f64() * 1e3;
             }
         });
         if run >= budget.warmup {

@@ -47,6 +47,8 @@
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Model, NodeId, Op};
 use crate::passes::{fold_batch_norms, remove_passthrough};
+use std::collections::HashMap;
+use tlc_kernels::conv::channels_last::{self, layout, InputLayout};
 use tlc_kernels::conv::expand_dw::{ExpandDw, Stage};
 use tlc_kernels::conv::{self, Conv2dShape, ConvEpilogueOp};
 use tlc_kernels::elementwise::{self, BinaryOp};
@@ -86,6 +88,20 @@ pub struct PlanOptions {
     /// instead of 8.4. Off by default: on the Zen 3 machine of BENCHMARKS.md it ran as fast as the
     /// separate steps on two threads and ~10 % slower on one (interleaved `tlc bench`).
     pub fuse_expand_dw: bool,
+    /// Activation layout: `None` runs a network with depthwise convolutions (the MobileNets)
+    /// channels-last where this CPU has the SIMD tiles for it ([`conv::channels_last::fast`]),
+    /// everything else NCHW; `Some(false)` keeps NCHW throughout, `Some(true)` runs every
+    /// convolution it can channels-last on any CPU. With f16/bf16 weights the plan stays NCHW, and
+    /// so does an automatic choice with [`PlanOptions::fuse_expand_dw`] (an NCHW kernel).
+    pub channels_last: Option<bool>,
+}
+
+/// How a 4-D value is laid out in its buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    Nchw,
+    /// `[N][H][W][C]` ([`conv::channels_last`]).
+    ChannelsLast,
 }
 
 enum Kernel {
@@ -121,6 +137,19 @@ enum Kernel {
     },
     /// Sum of every input.
     Add,
+    /// An `[n][c][plane]` value moved to `[n][plane][c]` (`to_channels_last`) or back.
+    Relayout {
+        to_channels_last: bool,
+        n: usize,
+        c: usize,
+        plane: usize,
+    },
+    /// The mean of each channel of a channels-last image, into `[n][c]`.
+    GlobalAvgPoolCl {
+        n: usize,
+        plane: usize,
+        c: usize,
+    },
     Act(Activation),
     /// `y = x * scale[c] + shift[c]` over planes of `plane` elements.
     ScaleShift {
@@ -410,6 +439,11 @@ fn pixel_major(shape: &Conv2dShape) -> bool {
         && conv::pixel_major::preferred(shape)
 }
 
+/// `TLC_CHANNELS_LAST=0` keeps automatically chosen plans NCHW (for comparisons).
+fn layout_enabled() -> bool {
+    std::env::var("TLC_CHANNELS_LAST").as_deref() != Ok("0")
+}
+
 /// The Winograd tile size a conv of `shape` runs with, if any ([`conv::winograd::preferred`]);
 /// `TLC_WINOGRAD=0` keeps every conv on the direct paths (for comparisons).
 fn winograd(shape: &Conv2dShape) -> Option<conv::winograd::TileSize> {
@@ -463,6 +497,10 @@ fn exec<'a>(kernel: &Kernel, n_in: usize, val: &dyn Fn(usize) -> &'a [f32], y: &
                 ConvWeight::PixelMajor(w) => conv::pixel_major::forward(shape, x, w, y, epi),
                 ConvWeight::Rows(w) => conv::forward_weights(shape, x, Weights::Packed(w), y, epi),
                 ConvWeight::Winograd(w) => conv::winograd::forward(shape, x, w, y, epi),
+                ConvWeight::ChannelsLast(w, input) => {
+                    conv::channels_last::conv(shape, x, *input, w, y, epi)
+                }
+                ConvWeight::Taps(w) => conv::channels_last::depthwise::forward(shape, x, w, y, epi),
             }
         }
         Kernel::Linear {
@@ -506,6 +544,22 @@ fn exec<'a>(kernel: &Kernel, n_in: usize, val: &dyn Fn(usize) -> &'a [f32], y: &
             }
         }
         Kernel::Act(a) => activation::apply(*a, val(0), y),
+        Kernel::Relayout {
+            to_channels_last,
+            n,
+            c,
+            plane,
+        } => {
+            let to = if *to_channels_last {
+                layout::to_channels_last
+            } else {
+                layout::to_nchw
+            };
+            to(val(0), *n, *c, *plane, y)
+        }
+        Kernel::GlobalAvgPoolCl { n, plane, c } => {
+            layout::global_avg_pool(val(0), *n, *plane, *c, y)
+        }
         Kernel::ScaleShift {
             scale,
             shift,
@@ -537,8 +591,15 @@ struct Compiler<'m> {
     consumers: Vec<Vec<NodeId>>,
     /// The value of each node once computed (fused nodes share their step's value).
     value: Vec<Option<ValueId>>,
+    /// Whether convolutions run channels-last ([`PlanOptions::channels_last`]).
+    channels_last: bool,
     /// Length of each value.
     lens: Vec<usize>,
+    /// Layout of each value, and its `(n, c, plane)` when 4-D.
+    layouts: Vec<Layout>,
+    dims: Vec<Option<(usize, usize, usize)>>,
+    /// Values already moved to the other layout, and where to.
+    relayouts: HashMap<ValueId, ValueId>,
     steps: Vec<Step>,
 }
 
@@ -546,12 +607,27 @@ impl<'m> Compiler<'m> {
     fn new(m: &'m Model, batch: usize, options: &PlanOptions) -> Result<Compiler<'m>> {
         let g = m.graph();
         let n = g.nodes().len();
+        let has_depthwise = g
+            .nodes()
+            .iter()
+            .any(|node| matches!(&node.op, Op::Conv2d(c) if c.is_depthwise()));
+        let channels_last = options.weights.half().is_none()
+            && options.channels_last.unwrap_or(
+                has_depthwise
+                    && !options.fuse_expand_dw
+                    && channels_last::fast()
+                    && layout_enabled(),
+            );
         Ok(Compiler {
             m,
             g,
             batch,
             weights: options.weights,
             fuse_expand_dw: options.fuse_expand_dw,
+            channels_last,
+            layouts: vec![],
+            dims: vec![],
+            relayouts: HashMap::new(),
             shapes: g.infer_shapes()?,
             macs: g.macs()?,
             consumers: g.consumers(),
@@ -650,7 +726,52 @@ impl<'m> Compiler<'m> {
 
     fn new_value(&mut self, node: NodeId) -> ValueId {
         self.lens.push(self.numel(node));
+        self.layouts.push(Layout::Nchw);
+        let s = &self.shapes[node];
+        self.dims
+            .push((s.len() == 3).then(|| (self.batch, s[0], s[1] * s[2])));
         self.lens.len() - 1
+    }
+
+    /// Value `v` in layout `want`: itself when it is so already (or both layouts coincide: one
+    /// pixel or one channel, or not 4-D), else a step moving it (once per value).
+    fn value_in(&mut self, v: ValueId, want: Layout) -> ValueId {
+        let Some((n, c, plane)) = self.dims[v] else {
+            return v;
+        };
+        if self.layouts[v] == want || plane == 1 || c == 1 {
+            return v;
+        }
+        if let Some(&u) = self.relayouts.get(&v) {
+            return u;
+        }
+        self.lens.push(self.lens[v]);
+        self.layouts.push(want);
+        self.dims.push(self.dims[v]);
+        let out = self.lens.len() - 1;
+        let to_channels_last = want == Layout::ChannelsLast;
+        let kind = if to_channels_last {
+            "to_channels_last"
+        } else {
+            "to_nchw"
+        };
+        self.steps.push(Step {
+            kernel: Kernel::Relayout {
+                to_channels_last,
+                n,
+                c,
+                plane,
+            },
+            inputs: vec![v],
+            out,
+            info: StepInfo {
+                name: format!("(layout of value {v})"),
+                kind: kind.into(),
+                macs: 0,
+            },
+        });
+        self.relayouts.insert(v, out);
+        out
     }
 
     /// Whether `id`'s value goes to exactly one reader (and is not the network's output).
@@ -702,7 +823,7 @@ impl<'m> Compiler<'m> {
         kernel: Kernel,
         inputs: Vec<ValueId>,
         kind: String,
-    ) {
+    ) -> ValueId {
         let last = fused.last().copied().unwrap_or(node);
         let out = self.new_value(last);
         let mut name = self.g.node(node).name.clone();
@@ -723,6 +844,7 @@ impl<'m> Compiler<'m> {
                 macs: self.macs[node] * self.batch as u64,
             },
         });
+        out
     }
 
     /// Emit the 1x1 conv `id` (of `shape`, input `x`) and the depthwise conv that reads it as one
@@ -791,6 +913,70 @@ impl<'m> Compiler<'m> {
         Ok(true)
     }
 
+    /// Emit conv `id` (of `full`, input `x`) on the channels-last kernels when it is depthwise or
+    /// has one group, its output channels-last; whether it did. A one-group conv reading an
+    /// NCHW value (the image stem) gathers its patches from it, so no step moves the input.
+    fn conv_channels_last(
+        &mut self,
+        id: NodeId,
+        c: &crate::graph::ConvSpec,
+        full: &Conv2dShape,
+        x: ValueId,
+    ) -> Result<bool> {
+        let depthwise = conv::channels_last::depthwise::supports(full) && c.groups > 1;
+        if !depthwise && c.groups != 1 {
+            return Ok(false);
+        }
+        // A one-group conv reading an NCHW image (a few channels: the stem) runs on the NCHW
+        // paths, its output moved once for its readers: the stem's im2col vectorises over the
+        // input rows, and moving its 32 output channels cost less than gathering 27-float
+        // patches (MobileNetV2 at 224 on one thread: 0.38 + 0.08 ms against 0.58 + 0.11).
+        let image = self.dims[x].is_some_and(|d| d.1 <= 4 && d.2 > 1);
+        if !depthwise && self.layouts[x] == Layout::Nchw && image {
+            return Ok(false);
+        }
+        let (fused, residual, act) = self.epilogue(id);
+        let bias = c.bias.then(|| self.tensor(id, "bias")).transpose()?;
+        let trim = trim::trimmed(full);
+        let shape = trim.as_ref().map_or(*full, |t| t.0);
+        let w = match &trim {
+            Some((_, rows, cols)) => {
+                let w = self.stored_weight(id, full.weight_len())?;
+                trim::weights(full, &w, rows, cols)
+            }
+            None => self.stored_weight(id, full.weight_len())?.into_owned(),
+        };
+        let (x, weight) = if depthwise {
+            let x = self.value_in(x, Layout::ChannelsLast);
+            (
+                x,
+                ConvWeight::Taps(channels_last::depthwise::pack(&shape, &w)),
+            )
+        } else {
+            let x = self.value_in(x, Layout::ChannelsLast);
+            let input = InputLayout::ChannelsLast;
+            let packed = channels_last::pack(&shape, &w, input);
+            (x, ConvWeight::ChannelsLast(packed, input))
+        };
+        let residual = residual.map(|r| self.value_in(r, Layout::ChannelsLast));
+        let mut kind = format!("conv{}x{}/s{}", shape.kernel_h, shape.kernel_w, c.stride[0]);
+        if trim.is_some() {
+            kind.push_str(&format!(" (of {}x{})", c.kernel[0], c.kernel[1]));
+        }
+        kind.push_str(if depthwise { " dw cl" } else { " cl" });
+        kind.push_str(&epilogue_kind(bias.is_some(), residual.is_some(), act));
+        let kernel = Kernel::Conv {
+            shape,
+            weight,
+            bias,
+            act,
+        };
+        let inputs = std::iter::once(x).chain(residual).collect();
+        let out = self.push(id, &fused, kernel, inputs, kind);
+        self.layouts[out] = Layout::ChannelsLast;
+        Ok(true)
+    }
+
     fn input_value(&self, id: NodeId, k: usize) -> ValueId {
         self.value[self.g.node(id).inputs[k]].expect("inputs come first")
     }
@@ -812,10 +998,15 @@ impl<'m> Compiler<'m> {
                 Op::Input { .. } => unreachable!("the input is node 0"),
                 Op::Conv2d(c) => {
                     let full = c.shape(self.batch, xs);
+                    if self.channels_last && self.conv_channels_last(id, c, &full, x)? {
+                        continue;
+                    }
+                    let x = self.value_in(x, Layout::Nchw);
                     if self.expand_dw(id, c.bias, &full, x)? {
                         continue;
                     }
                     let (fused, residual, act) = self.epilogue(id);
+                    let residual = residual.map(|r| self.value_in(r, Layout::Nchw));
                     let bias = c.bias.then(|| self.tensor(id, "bias")).transpose()?;
                     // Taps that read only padding are dropped (their weights with them).
                     let trim = trim::trimmed(&full);
@@ -885,6 +1076,7 @@ impl<'m> Compiler<'m> {
                 }
                 Op::Linear(l) => {
                     let rows = self.numel(node.inputs[0]) / l.in_f.max(1);
+                    let x = self.value_in(x, Layout::Nchw);
                     let (fused, residual, act) = self.epilogue(id);
                     let bias = l.bias.then(|| self.tensor(id, "bias")).transpose()?;
                     let weight = match self.weights.half() {
@@ -926,6 +1118,7 @@ impl<'m> Compiler<'m> {
                         dilation: [1, 1],
                     };
                     let what = format!("{}x{}/s{}", p.kernel[0], p.kernel[1], p.stride[0]);
+                    let x = self.value_in(x, Layout::Nchw);
                     let (kernel, kind) = if matches!(node.op, Op::MaxPool(_)) {
                         (Kernel::MaxPool { dims, win }, format!("max_pool{what}"))
                     } else {
@@ -942,20 +1135,42 @@ impl<'m> Compiler<'m> {
                         out_w: out[1],
                     };
                     let kind = format!("adaptive_avg_pool{}x{}", out[0], out[1]);
+                    if self.layouts[x] == Layout::ChannelsLast && *out == [1, 1] {
+                        let (n, plane, c) = (self.batch, dims.h * dims.w, xs[0]);
+                        let kernel = Kernel::GlobalAvgPoolCl { n, plane, c };
+                        self.push(id, &[], kernel, vec![x], format!("{kind} cl"));
+                        continue;
+                    }
+                    let x = self.value_in(x, Layout::Nchw);
                     self.push(id, &[], Kernel::AdaptiveAvgPool { dims }, vec![x], kind);
                 }
-                Op::Flatten { .. } | Op::Identity | Op::Dropout { .. } => {
+                Op::Flatten { .. } => {
+                    self.value[id] = Some(self.value_in(x, Layout::Nchw));
+                }
+                Op::Identity | Op::Dropout { .. } => {
                     self.value[id] = Some(x);
                 }
                 Op::Add => {
-                    let inputs = (0..node.inputs.len())
+                    // Elementwise: in the inputs' layout when they share one.
+                    let inputs: Vec<ValueId> = (0..node.inputs.len())
                         .map(|k| self.input_value(id, k))
                         .collect();
-                    self.push(id, &[], Kernel::Add, inputs, "add".into());
+                    let layout = if inputs
+                        .iter()
+                        .all(|&v| self.layouts[v] == Layout::ChannelsLast)
+                    {
+                        Layout::ChannelsLast
+                    } else {
+                        Layout::Nchw
+                    };
+                    let inputs = inputs.iter().map(|&v| self.value_in(v, layout)).collect();
+                    let out = self.push(id, &[], Kernel::Add, inputs, "add".into());
+                    self.layouts[out] = layout;
                 }
                 Op::Activation { act } => {
                     let a = act.activation();
-                    self.push(id, &[], Kernel::Act(a), vec![x], act_name(a));
+                    let out = self.push(id, &[], Kernel::Act(a), vec![x], act_name(a));
+                    self.layouts[out] = self.layouts[x];
                 }
                 Op::BatchNorm(b) => {
                     let (gamma, beta) = (self.tensor(id, "weight")?, self.tensor(id, "bias")?);
@@ -972,6 +1187,7 @@ impl<'m> Compiler<'m> {
                         .map(|c| beta[c] - mean[c] * scale[c])
                         .collect();
                     let plane = xs[1..].iter().product::<usize>();
+                    let x = self.value_in(x, Layout::Nchw);
                     let kernel = Kernel::ScaleShift {
                         scale,
                         shift,
@@ -982,6 +1198,7 @@ impl<'m> Compiler<'m> {
             }
         }
         let output = self.value[g.output()].expect("the output is live");
+        let output = self.value_in(output, Layout::Nchw);
         let (slots, bufs) = assign_buffers(&self.steps, &self.lens, input, output);
         Ok(Plan {
             steps: self.steps,

@@ -21,6 +21,7 @@
 //! Shapes: input `[N, C, H, W]`, weight `[Cout, C / groups, kh, kw]`, output `[N, Cout, OH, OW]`,
 //! all dense row-major. The engine validates shapes; these functions `assert!` their contracts.
 
+pub mod channels_last;
 pub mod depthwise;
 pub mod expand_dw;
 pub mod few_outputs;

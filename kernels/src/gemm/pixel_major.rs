@@ -24,8 +24,6 @@ pub const PANEL: usize = 16;
 
 /// `W_T` (`k x n`: depth by channels) packed as `ceil(n / 16)` panels of `k x 16` floats, one
 /// after another, 64-byte aligned; channels past `n` are zero.
-// Elsewhere than x86_64 nothing reads the panels ([`supported`] is false).
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub struct PackedPanels {
     buf: Vec<f32>,
     start: usize,
@@ -67,8 +65,8 @@ impl PackedPanels {
         self.n.div_ceil(PANEL)
     }
 
-    #[cfg(target_arch = "x86_64")]
-    fn panel(&self, j: usize) -> &[f32] {
+    /// Panel `j`: `k x 16` floats, row `p` at `16 p`, 64-byte aligned.
+    pub(crate) fn panel(&self, j: usize) -> &[f32] {
         let len = self.k * PANEL;
         &self.buf[self.start + j * len..self.start + (j + 1) * len]
     }

@@ -1,0 +1,465 @@
+//! Depthwise convolution on channels-last activations: 8 channels per register, every load and
+//! store a contiguous run of a pixel's channels. For each output row the kernel walks the
+//! channels in blocks of 8 and, inside a block, the row's pixels, so the block's taps stay in
+//! registers across the row (3x3 and 5x5 kernels; other sizes take the portable loop).
+
+use crate::conv::{Conv2dShape, ConvEpilogueOp};
+use crate::parallel::{self, CONV_PAR_MIN_MACS};
+
+/// Depthwise weights packed tap-major: tap `t`'s `C` channel weights at `t * C`.
+#[derive(Clone, Debug)]
+pub struct Taps {
+    data: Vec<f32>,
+    channels: usize,
+    taps: usize,
+}
+
+impl Taps {
+    /// Bytes of the weights.
+    pub fn bytes(&self) -> usize {
+        4 * self.data.len()
+    }
+
+    fn tap(&self, t: usize) -> &[f32] {
+        &self.data[t * self.channels..(t + 1) * self.channels]
+    }
+}
+
+/// Whether [`forward`] runs `s`: one input and one output channel per group.
+pub fn supports(s: &Conv2dShape) -> bool {
+    s.params.groups == s.in_channels && s.out_channels == s.in_channels
+}
+
+/// `[C][1][kh][kw]` weights as [`Taps`].
+pub fn pack(s: &Conv2dShape, w: &[f32]) -> Taps {
+    assert!(supports(s), "conv2d: not a depthwise convolution");
+    let (c, taps) = (s.in_channels, s.kernel_h * s.kernel_w);
+    assert_eq!(w.len(), c * taps, "conv2d: weight length");
+    let mut data = vec![0f32; c * taps];
+    for ch in 0..c {
+        for t in 0..taps {
+            data[t * c + ch] = w[ch * taps + t];
+        }
+    }
+    // Subnormal weights would slow every multiply that reads them.
+    data.iter_mut()
+        .filter(|v| v.is_subnormal())
+        .for_each(|v| *v = 0.0);
+    Taps {
+        data,
+        channels: c,
+        taps,
+    }
+}
+
+/// Channels-last depthwise convolution: `x` `[N][H][W][C]` into `out` `[N][OH][OW][C]`, with
+/// `epi` (a residual channels-last too). Tasks split the output rows.
+pub fn forward(s: &Conv2dShape, x: &[f32], w: &Taps, out: &mut [f32], epi: &[ConvEpilogueOp]) {
+    assert!(supports(s), "conv2d: not a depthwise convolution");
+    assert!(
+        w.channels == s.in_channels && w.taps == s.kernel_h * s.kernel_w,
+        "conv2d: packed weights of another shape"
+    );
+    assert_eq!(x.len(), s.input_len(), "conv2d: input length");
+    assert_eq!(out.len(), s.output_len(), "conv2d: output length");
+    crate::conv::check_epilogue(s, epi);
+    let (oh, ow) = s.out_hw();
+    let c = s.in_channels;
+    let row_len = ow * c;
+    let rows = s.batch * oh;
+    if rows == 0 || row_len == 0 {
+        return;
+    }
+    let par = parallel::worth_splitting(s.macs(), CONV_PAR_MIN_MACS);
+    let pieces = if par {
+        parallel::pieces(s.macs(), CONV_PAR_MIN_MACS).min(rows)
+    } else {
+        1
+    };
+    let per = rows.div_ceil(pieces);
+    let row = pick_row_kernel(s);
+    parallel::for_each_chunk_mut(out, per * row_len, par && pieces > 1, |i, chunk| {
+        for (j, dst) in chunk.chunks_exact_mut(row_len).enumerate() {
+            let r = i * per + j;
+            row(s, x, w, r / oh, r % oh, dst, r * row_len, epi);
+        }
+    });
+}
+
+/// One output row: image `n`, row `oy`, into `dst` (at flat index `at` of the output).
+type RowKernel =
+    fn(&Conv2dShape, &[f32], &Taps, usize, usize, &mut [f32], usize, &[ConvEpilogueOp]);
+
+fn pick_row_kernel(s: &Conv2dShape) -> RowKernel {
+    #[cfg(target_arch = "x86_64")]
+    if crate::isa::current() == crate::isa::Isa::Avx2Fma
+        && s.params.dilation == (1, 1)
+        && (1..=2).contains(&s.params.stride.1)
+    {
+        match (s.kernel_h, s.kernel_w) {
+            (3, 3) => return avx2::row::<3, 3>,
+            (5, 5) => return avx2::row::<5, 5>,
+            _ => {}
+        }
+    }
+    let _ = s;
+    row_portable
+}
+
+/// The input row read by kernel row `ky` for output row `oy`, if inside the image.
+fn input_row(s: &Conv2dShape, oy: usize, ky: usize) -> Option<usize> {
+    let p = s.params;
+    let iy = (oy * p.stride.0 + ky * p.dilation.0).checked_sub(p.padding.0)?;
+    (iy < s.in_h).then_some(iy)
+}
+
+/// The input column read by kernel column `kx` for output column `ox`, if inside the image.
+fn input_col(s: &Conv2dShape, ox: usize, kx: usize) -> Option<usize> {
+    let p = s.params;
+    let ix = (ox * p.stride.1 + kx * p.dilation.1).checked_sub(p.padding.1)?;
+    (ix < s.in_w).then_some(ix)
+}
+
+/// The portable row kernel (any geometry; the reference for the SIMD one).
+#[allow(clippy::too_many_arguments)]
+fn row_portable(
+    s: &Conv2dShape,
+    x: &[f32],
+    w: &Taps,
+    n: usize,
+    oy: usize,
+    dst: &mut [f32],
+    at: usize,
+    epi: &[ConvEpilogueOp],
+) {
+    let c = s.in_channels;
+    let image = &x[n * s.in_h * s.in_w * c..(n + 1) * s.in_h * s.in_w * c];
+    for (ox, px) in dst.chunks_exact_mut(c).enumerate() {
+        px.fill(0.0);
+        for ky in 0..s.kernel_h {
+            let Some(iy) = input_row(s, oy, ky) else {
+                continue;
+            };
+            for kx in 0..s.kernel_w {
+                let Some(ix) = input_col(s, ox, kx) else {
+                    continue;
+                };
+                let src = &image[(iy * s.in_w + ix) * c..][..c];
+                let tap = w.tap(ky * s.kernel_w + kx);
+                for ((o, v), t) in px.iter_mut().zip(src).zip(tap) {
+                    *o += v * t;
+                }
+            }
+        }
+        super::tile::epilogue_scalar(epi, px, 0, at + ox * c);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{input_col, input_row, Taps};
+    use crate::conv::channels_last::tile::{epilogue_scalar, Fused};
+    use crate::conv::{Conv2dShape, ConvEpilogueOp};
+    use core::arch::x86_64::*;
+
+    /// Output pixels per register tile: eight independent accumulator chains hide the FMA
+    /// latency (4 pixels a tile ran at a fifth of the FMA throughput, latency-bound).
+    const PX: usize = 8;
+
+    /// The AVX2 row kernel for `KH x KW` taps, undilated; see [`super::row_portable`]. Pixel
+    /// tiles outside, channel blocks inside: a tile's input columns are used whole before the
+    /// next (channel blocks outside re-read the row's `KH` input lines from L2 once per block).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn row<const KH: usize, const KW: usize>(
+        s: &Conv2dShape,
+        x: &[f32],
+        w: &Taps,
+        n: usize,
+        oy: usize,
+        dst: &mut [f32],
+        at: usize,
+        epi: &[ConvEpilogueOp],
+    ) {
+        let c = s.in_channels;
+        let plane = s.in_h * s.in_w * c;
+        let image = &x[n * plane..(n + 1) * plane];
+        let ow = dst.len() / c;
+        let (sx, px) = (s.params.stride.1, s.params.padding.1);
+        // Output columns whose window lies inside the image: no per-tap column checks.
+        let first = px.div_ceil(sx).min(ow);
+        let last = if s.in_w + px >= KW {
+            ((s.in_w + px - KW) / sx + 1).clamp(first, ow)
+        } else {
+            first
+        };
+        let fused = Fused::of(epi);
+        let t: Tile<KH> = Tile {
+            s,
+            c,
+            iw: s.in_w,
+            rows: std::array::from_fn(|ky| input_row(s, oy, ky)),
+            valid: std::array::from_fn(|r| {
+                (0..KH)
+                    .filter_map(|ky| Some((input_row(s, oy, ky)?, ky)))
+                    .nth(r)
+                    .unwrap_or((0, 0))
+            }),
+            n_valid: (0..KH).filter(|&ky| input_row(s, oy, ky).is_some()).count(),
+            image,
+            taps: w,
+            dst: dst.as_mut_ptr(),
+            at,
+            epi: fused.unwrap_or_default(),
+        };
+        let full = c / 8 * 8;
+        let mut ox = 0;
+        while ox < ow {
+            if !(first..last).contains(&ox) {
+                t.edge::<KW>(ox, full);
+                ox += 1;
+                continue;
+            }
+            // The widest tile that fits before `last`.
+            let tile = [PX, 4, 1]
+                .into_iter()
+                .find(|&p| ox + p <= last)
+                .unwrap_or(1);
+            // SAFETY: AVX2 and FMA are present (picked by `pick_row_kernel`); output columns
+            // ox .. ox + tile are interior (their windows inside the row), and the tile reads
+            // channels < c of the pixels its window covers (rows `t.rows`), of the taps and of
+            // the epilogue's operands at its outputs, and writes those channels of its output
+            // pixels, all inside their slices (lengths checked by `forward`).
+            unsafe {
+                match (tile, sx) {
+                    (PX, 1) => t.interior::<KW, PX, 1>(ox, full),
+                    (4, 1) => t.interior::<KW, 4, 1>(ox, full),
+                    (_, 1) => t.interior::<KW, 1, 1>(ox, full),
+                    (PX, _) => t.interior::<KW, PX, 2>(ox, full),
+                    (4, _) => t.interior::<KW, 4, 2>(ox, full),
+                    _ => t.interior::<KW, 1, 2>(ox, full),
+                }
+            }
+            ox += tile;
+        }
+        if fused.is_none() {
+            for (ox, px) in dst.chunks_exact_mut(c).enumerate() {
+                epilogue_scalar(epi, px, 0, at + ox * c);
+            }
+        }
+    }
+
+    /// One output row's operands.
+    struct Tile<'a, 'e, const KH: usize> {
+        s: &'a Conv2dShape,
+        c: usize,
+        iw: usize,
+        /// The input row of each kernel row, if inside the image.
+        rows: [Option<usize>; KH],
+        /// The rows inside the image as (input row, kernel row), the first `n_valid`.
+        valid: [(usize, usize); KH],
+        n_valid: usize,
+        image: &'a [f32],
+        taps: &'a Taps,
+        /// The output row (`ow * c` floats) and its flat index in the output.
+        dst: *mut f32,
+        at: usize,
+        /// The epilogue when it runs in registers, else empty (the caller applies it).
+        epi: Fused<'e>,
+    }
+
+    /// Load 8 floats, or the first `lanes` (the rest zero) unless `FULL`.
+    ///
+    /// # Safety
+    /// AVX2 present; `p .. p + lanes` readable (`+ 8` when `FULL`).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn load<const FULL: bool>(p: *const f32, lanes: usize) -> __m256 {
+        // SAFETY: the caller's contract.
+        unsafe {
+            if FULL {
+                _mm256_loadu_ps(p)
+            } else {
+                let mut t = [0f32; 8];
+                std::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), lanes);
+                _mm256_loadu_ps(t.as_ptr())
+            }
+        }
+    }
+
+    impl<const KH: usize> Tile<'_, '_, KH> {
+        /// `P` output pixels from `ox` whose windows lie inside the row, every channel: blocks
+        /// of 8 below `full` (`c` rounded down to 8), then the partial block.
+        ///
+        /// # Safety
+        /// AVX2 and FMA present; `ox .. ox + P` interior columns.
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn interior<const KW: usize, const P: usize, const SX: usize>(
+            &self,
+            ox: usize,
+            full: usize,
+        ) {
+            // SAFETY: as `block`'s, for every block.
+            unsafe {
+                for c0 in (0..full).step_by(8) {
+                    self.block::<KW, P, SX, true>(ox, c0, 8);
+                }
+                if full < self.c {
+                    self.block::<KW, P, SX, false>(ox, full, self.c - full);
+                }
+            }
+        }
+
+        /// `P` interior output pixels from `ox` at stride `SX`, channels `c0 .. c0 + lanes`.
+        /// Each input column of the tile's window is loaded once and multiplied into every
+        /// output it reaches; with the stride and widths fixed the offsets are constant
+        /// multiples of the pixel stride (a runtime stride left an integer multiply per load).
+        ///
+        /// # Safety
+        /// AVX2 and FMA present; `ox .. ox + P` interior columns, `SX` the stride, `c0 + lanes
+        /// <= c`, `lanes == 8` when `FULL`.
+        #[target_feature(enable = "avx2,fma")]
+        #[inline]
+        unsafe fn block<const KW: usize, const P: usize, const SX: usize, const FULL: bool>(
+            &self,
+            ox: usize,
+            c0: usize,
+            lanes: usize,
+        ) {
+            // SAFETY: interior windows read columns ox * SX - px .. + (P - 1) * SX + KW of the
+            // rows in `self.valid`, inside the image (contract), at channels c0 .. c0 + lanes.
+            unsafe {
+                let c = self.c;
+                let ix0 = ox * SX - self.s.params.padding.1;
+                let img = self.image.as_ptr().add(c0);
+                let taps = self.taps.data.as_ptr().add(c0);
+                let mut acc = [_mm256_setzero_ps(); P];
+                for &(iy, ky) in &self.valid[..self.n_valid] {
+                    let line = img.add((iy * self.iw + ix0) * c);
+                    let w: [__m256; KW] =
+                        std::array::from_fn(|kx| load::<FULL>(taps.add((ky * KW + kx) * c), lanes));
+                    for m in 0..(P - 1) * SX + KW {
+                        let v = load::<FULL>(line.add(m * c), lanes);
+                        for (kx, wk) in w.iter().enumerate() {
+                            // Output j reads column j * SX + kx.
+                            if m >= kx && (m - kx) % SX == 0 && (m - kx) / SX < P {
+                                let j = (m - kx) / SX;
+                                acc[j] = _mm256_fmadd_ps(v, *wk, acc[j]);
+                            }
+                        }
+                    }
+                }
+                let ops = self.operands::<FULL>(c0, lanes);
+                for (j, a) in acc.into_iter().enumerate() {
+                    self.finish::<FULL>(ox + j, c0, lanes, a, &ops);
+                }
+            }
+        }
+
+        /// Output pixel `ox` (a border one: each tap's column checked), every channel.
+        fn edge<const KW: usize>(&self, ox: usize, full: usize) {
+            for c0 in (0..full).step_by(8) {
+                // SAFETY: AVX2 and FMA present (`pick_row_kernel`); c0 + 8 <= c.
+                unsafe { self.edge_block::<KW, true>(ox, c0, 8) };
+            }
+            if full < self.c {
+                // SAFETY: as above, the partial block.
+                unsafe { self.edge_block::<KW, false>(ox, full, self.c - full) };
+            }
+        }
+
+        /// Border output pixel `ox`, channels `c0 .. c0 + lanes`.
+        ///
+        /// # Safety
+        /// AVX2 and FMA present; `ox < ow`, `c0 + lanes <= c`, `lanes == 8` when `FULL`.
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn edge_block<const KW: usize, const FULL: bool>(
+            &self,
+            ox: usize,
+            c0: usize,
+            lanes: usize,
+        ) {
+            // SAFETY: only columns `input_col` finds inside the image are read.
+            unsafe {
+                let img = self.image.as_ptr().add(c0);
+                let taps = self.taps.data.as_ptr().add(c0);
+                let mut acc = _mm256_setzero_ps();
+                for (ky, iy) in self.rows.iter().enumerate() {
+                    let Some(iy) = *iy else { continue };
+                    for kx in 0..KW {
+                        if let Some(ix) = input_col(self.s, ox, kx) {
+                            let v = load::<FULL>(img.add((iy * self.iw + ix) * self.c), lanes);
+                            let tap = load::<FULL>(taps.add((ky * KW + kx) * self.c), lanes);
+                            acc = _mm256_fmadd_ps(v, tap, acc);
+                        }
+                    }
+                }
+                let ops = self.operands::<FULL>(c0, lanes);
+                self.finish::<FULL>(ox, c0, lanes, acc, &ops);
+            }
+        }
+
+        /// A block's epilogue operands: its bias and the activation's bounds (all-pass when
+        /// none).
+        ///
+        /// # Safety
+        /// AVX2 present; `c0 + lanes <= c`, `lanes == 8` when `FULL`.
+        #[target_feature(enable = "avx2,fma")]
+        #[inline]
+        unsafe fn operands<const FULL: bool>(&self, c0: usize, lanes: usize) -> Operands {
+            // SAFETY: the bias holds c floats.
+            let bias = match self.epi.bias {
+                Some(b) => unsafe { load::<FULL>(b.as_ptr().add(c0), lanes) },
+                None => _mm256_setzero_ps(),
+            };
+            let (lo, hi) = self.epi.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+            Operands {
+                bias,
+                lo: _mm256_set1_ps(lo),
+                hi: _mm256_set1_ps(hi),
+            }
+        }
+
+        /// The epilogue on output pixel `ox`'s channels `c0..`, stored.
+        ///
+        /// # Safety
+        /// AVX2 present; `ox < ow`, `c0 + lanes <= c`, `lanes == 8` when `FULL`.
+        #[target_feature(enable = "avx2,fma")]
+        #[inline]
+        unsafe fn finish<const FULL: bool>(
+            &self,
+            ox: usize,
+            c0: usize,
+            lanes: usize,
+            acc: __m256,
+            ops: &Operands,
+        ) {
+            // SAFETY: output pixel ox's channels c0 .. c0 + lanes are inside the row, and the
+            // residual has the output's shape.
+            unsafe {
+                let o = ox * self.c + c0;
+                let mut acc = _mm256_add_ps(acc, ops.bias);
+                if let Some(r) = self.epi.residual {
+                    acc = _mm256_add_ps(acc, load::<FULL>(r.as_ptr().add(self.at + o), lanes));
+                }
+                if self.epi.clamp.is_some() {
+                    acc = _mm256_min_ps(ops.hi, _mm256_max_ps(ops.lo, acc));
+                }
+                let out = self.dst.add(o);
+                if FULL {
+                    _mm256_storeu_ps(out, acc);
+                } else {
+                    let mut t = [0f32; 8];
+                    _mm256_storeu_ps(t.as_mut_ptr(), acc);
+                    std::ptr::copy_nonoverlapping(t.as_ptr(), out, lanes);
+                }
+            }
+        }
+    }
+
+    /// A block's epilogue operands ([`Tile::operands`]).
+    struct Operands {
+        bias: __m256,
+        lo: __m256,
+        hi: __m256,
+    }
+}

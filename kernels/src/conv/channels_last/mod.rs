@@ -1,0 +1,373 @@
+//! Convolutions on channels-last activations: each image `[H][W][C]`, a pixel's channels
+//! contiguous (NHWC), for the inference plan's MobileNet-style networks.
+//!
+//! Why a second layout: in NCHW a 1x1 convolution's tile reads its input from `Cin` rows a whole
+//! plane apart and writes its output to 6-16 rows a plane apart, and MobileNetV2's pointwise
+//! layers, which are most of its time, spent it waiting on memory (BENCHMARKS.md, session 11:
+//! 1.1-1.6x ONNX Runtime's time per layer in the network, 0.9-1.1x with warm caches). Channels
+//! last, a 1x1 convolution is a plain GEMM over pixel rows: a tile reads 6 contiguous rows of
+//! `Cin` floats and writes 6 contiguous runs of 16 channels, and a depthwise convolution
+//! vectorises over channels with every load contiguous.
+//!
+//! - [`pointwise`]: 1x1, stride 1, one group — `out[P x Cout] = x[P x Cin] * W^T`.
+//! - [`conv`]: any one-group convolution, its patches gathered into pixel rows (from a
+//!   channels-last input in `(ky, kx, c)` order, or from an NCHW one in the weights' own order:
+//!   a network's image stem reads NCHW and writes channels-last).
+//! - [`depthwise`]: one channel per group, vectorised over channels.
+//! - [`layout`]: NCHW <-> channels-last transposes and the global average pool.
+//!
+//! The weights are packed once by whoever runs the layer many times ([`pack`],
+//! [`depthwise::pack`]). The epilogue (bias, residual of the output's shape and layout, clamping
+//! activation) is applied in registers as each tile is stored.
+
+pub mod depthwise;
+pub mod layout;
+#[cfg(test)]
+mod tests;
+mod tile;
+
+use super::{Conv2dShape, ConvEpilogueOp, ConvPath};
+use crate::gemm::{MatRef, PackedPanels, PANEL};
+use crate::parallel::{self, CONV_PAR_MIN_MACS};
+use crate::scratch::with_scratch;
+use tile::{TileEpi, PIXELS};
+
+/// Where a convolution's input comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputLayout {
+    /// `[N][C][H][W]`.
+    Nchw,
+    /// `[N][H][W][C]`.
+    ChannelsLast,
+}
+
+/// Whether this process has SIMD tiles for the channels-last kernels (the portable ones run
+/// anywhere, but the plan only switches layout where they are vectorised).
+pub fn fast() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        crate::isa::current() == crate::isa::Isa::Avx2Fma
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether [`conv`] runs `s` (one group; depthwise layers go to [`depthwise`]).
+pub fn supports(s: &Conv2dShape) -> bool {
+    s.params.groups == 1
+}
+
+/// The weights (`[Cout][Cin][kh][kw]`) packed for [`conv`] reading `input`, or for [`pointwise`]:
+/// `W^T` in 16-channel panels, the patch in the order [`conv`] gathers it.
+pub fn pack(s: &Conv2dShape, w: &[f32], input: InputLayout) -> PackedPanels {
+    let (cout, cin, kk) = (s.out_channels, s.in_channels, s.kernel_h * s.kernel_w);
+    let k = cin * kk;
+    assert_eq!(w.len(), cout * k, "conv2d: weight length");
+    if input == InputLayout::Nchw || kk == 1 {
+        return PackedPanels::new(MatRef::row_major(w, cout, k).t());
+    }
+    // Channels last: patch element (tap t, channel c) at t * cin + c.
+    let mut reordered = vec![0f32; w.len()];
+    for o in 0..cout {
+        for c in 0..cin {
+            for t in 0..kk {
+                reordered[o * k + t * cin + c] = w[o * k + c * kk + t];
+            }
+        }
+    }
+    PackedPanels::new(MatRef::row_major(&reordered, cout, k).t())
+}
+
+/// A 1x1, stride-1, unpadded convolution on channels-last `x` (`[N*H*W][Cin]`) into `out`
+/// (`[N*H*W][Cout]`), weights from [`pack`]; a residual in `epi` is channels-last too.
+pub fn pointwise(
+    s: &Conv2dShape,
+    x: &[f32],
+    w: &PackedPanels,
+    out: &mut [f32],
+    epi: &[ConvEpilogueOp],
+) {
+    assert!(
+        s.path() == ConvPath::Pointwise && s.params.stride == (1, 1) && s.params.groups == 1,
+        "conv2d: not a stride-1 pointwise convolution"
+    );
+    check(s, x, w, out, epi);
+    let rows = s.batch * s.in_h * s.in_w;
+    let cin = s.in_channels;
+    gemm_rows(rows, cin, w, out, epi, |r0, _, f| f(&x[r0 * cin..]));
+}
+
+/// Any one-group convolution into channels-last `out`, reading `x` in `input`'s layout: each
+/// task gathers the patches of a run of output pixels into pixel rows (zeros where the window
+/// passes the border) and multiplies them by the weights from [`pack`] (same `input`).
+pub fn conv(
+    s: &Conv2dShape,
+    x: &[f32],
+    input: InputLayout,
+    w: &PackedPanels,
+    out: &mut [f32],
+    epi: &[ConvEpilogueOp],
+) {
+    assert!(
+        supports(s),
+        "conv2d: grouped convolution on the channels-last rows"
+    );
+    check(s, x, w, out, epi);
+    if s.path() == ConvPath::Pointwise && s.params.stride == (1, 1) && input != InputLayout::Nchw {
+        return pointwise(s, x, w, out, epi);
+    }
+    let (oh, ow) = s.out_hw();
+    let k = s.patch_len();
+    let plane = oh * ow;
+    gemm_rows(s.batch * plane, k, w, out, epi, |r0, rows, f| {
+        with_scratch(rows * k, |patches| {
+            let (mut n, mut oy, mut ox) = (r0 / plane, r0 % plane / ow, r0 % ow);
+            for row in patches.chunks_exact_mut(k) {
+                if input == InputLayout::Nchw || !gather_inside(s, x, n, oy, ox, row) {
+                    gather_patch(s, x, input, n, oy, ox, row);
+                }
+                ox += 1;
+                if ox == ow {
+                    ox = 0;
+                    oy += 1;
+                    if oy == oh {
+                        oy = 0;
+                        n += 1;
+                    }
+                }
+            }
+            f(patches)
+        })
+    });
+}
+
+fn check(s: &Conv2dShape, x: &[f32], w: &PackedPanels, out: &[f32], epi: &[ConvEpilogueOp]) {
+    assert!(
+        w.rows() == s.patch_len() && w.cols() == s.out_channels,
+        "conv2d: packed weights of another shape"
+    );
+    assert_eq!(x.len(), s.input_len(), "conv2d: input length");
+    assert_eq!(out.len(), s.output_len(), "conv2d: output length");
+    super::check_epilogue(s, epi);
+}
+
+/// The patch of output pixel (`oy`, `ox`) of channels-last image `n` into `row` when its window
+/// lies inside the image and its kernel rows are runs of adjacent pixels (undilated): one short
+/// copy per kernel row. Whether it did.
+fn gather_inside(
+    s: &Conv2dShape,
+    x: &[f32],
+    n: usize,
+    oy: usize,
+    ox: usize,
+    row: &mut [f32],
+) -> bool {
+    let p = s.params;
+    let (cin, kh, kw, h, w) = (s.in_channels, s.kernel_h, s.kernel_w, s.in_h, s.in_w);
+    if p.dilation.1 != 1 {
+        return false;
+    }
+    let (Some(iy0), Some(ix0)) = (
+        (oy * p.stride.0).checked_sub(p.padding.0),
+        (ox * p.stride.1).checked_sub(p.padding.1),
+    ) else {
+        return false;
+    };
+    if iy0 + (kh - 1) * p.dilation.0 >= h || ix0 + kw > w {
+        return false;
+    }
+    let image = &x[n * h * w * cin..(n + 1) * h * w * cin];
+    let run = kw * cin;
+    for (ky, dst) in row.chunks_exact_mut(run).enumerate() {
+        let at = ((iy0 + ky * p.dilation.0) * w + ix0) * cin;
+        copy_short(dst, &image[at..at + run]);
+    }
+    true
+}
+
+/// Output pixel (`oy`, `ox`) of image `n`: its patch into `row`, in [`pack`]'s order for `input`.
+fn gather_patch(
+    s: &Conv2dShape,
+    x: &[f32],
+    input: InputLayout,
+    n: usize,
+    oy: usize,
+    ox: usize,
+    row: &mut [f32],
+) {
+    let (cin, kh, kw) = (s.in_channels, s.kernel_h, s.kernel_w);
+    let (h, w) = (s.in_h, s.in_w);
+    let p = s.params;
+    let image = &x[n * cin * h * w..(n + 1) * cin * h * w];
+    let at = |ky: usize, kx: usize| -> Option<(usize, usize)> {
+        let iy = (oy * p.stride.0 + ky * p.dilation.0).checked_sub(p.padding.0)?;
+        let ix = (ox * p.stride.1 + kx * p.dilation.1).checked_sub(p.padding.1)?;
+        (iy < h && ix < w).then_some((iy, ix))
+    };
+    match input {
+        InputLayout::ChannelsLast => {
+            for (ky, dst) in row.chunks_exact_mut(kw * cin).enumerate() {
+                let iy = (oy * p.stride.0 + ky * p.dilation.0).checked_sub(p.padding.0);
+                let Some(iy) = iy.filter(|&iy| iy < h) else {
+                    dst.fill(0.0);
+                    continue;
+                };
+                let line = &image[iy * w * cin..(iy + 1) * w * cin];
+                match (at(ky, 0), at(ky, kw - 1)) {
+                    // The kernel row's taps are adjacent pixels: one run of kw * cin floats.
+                    (Some((_, ix0)), Some(_)) if p.dilation.1 == 1 => {
+                        copy_short(dst, &line[ix0 * cin..(ix0 + kw) * cin]);
+                    }
+                    _ => {
+                        for (kx, tap) in dst.chunks_exact_mut(cin).enumerate() {
+                            match at(ky, kx) {
+                                Some((_, ix)) => copy_short(tap, &line[ix * cin..(ix + 1) * cin]),
+                                None => tap.fill(0.0),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        InputLayout::Nchw => {
+            let mut t = 0;
+            for c in 0..cin {
+                let channel = &image[c * h * w..(c + 1) * h * w];
+                for ky in 0..kh {
+                    let dst = &mut row[t..t + kw];
+                    t += kw;
+                    let iy = (oy * p.stride.0 + ky * p.dilation.0).checked_sub(p.padding.0);
+                    let Some(iy) = iy.filter(|&iy| iy < h) else {
+                        dst.fill(0.0);
+                        continue;
+                    };
+                    let line = &channel[iy * w..(iy + 1) * w];
+                    for (kx, v) in dst.iter_mut().enumerate() {
+                        let ix = (ox * p.stride.1 + kx * p.dilation.1).checked_sub(p.padding.1);
+                        *v = ix.and_then(|ix| line.get(ix)).copied().unwrap_or(0.0);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `src` into `dst` (same length) in fixed 8-float pieces: a patch row is a few dozen floats,
+/// for which a `memcpy` call per kernel row cost as much as the stem's whole GEMM.
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    let len = dst.len();
+    assert_eq!(len, src.len(), "copy_short: lengths");
+    if len < 8 {
+        dst.copy_from_slice(src);
+        return;
+    }
+    let piece = |d: &mut [f32], s: &[f32]| {
+        let s: &[f32; 8] = s.try_into().expect("8 floats");
+        let d: &mut [f32; 8] = d.try_into().expect("8 floats");
+        *d = *s;
+    };
+    for (d, s) in dst.chunks_exact_mut(8).zip(src.chunks_exact(8)) {
+        piece(d, s);
+    }
+    // The tail as the last 8 floats, overlapping the pieces before it.
+    piece(&mut dst[len - 8..], &src[len - 8..]);
+}
+
+/// Element `i` of `m`'s storage (a function, so closures capture the whole `Sync` view).
+fn element(m: &crate::gemm::MatPtr, i: usize) -> *mut f32 {
+    m.ptr.wrapping_add(i)
+}
+
+/// Fewest rows per parallel range.
+const MIN_ROWS: usize = 4 * PIXELS;
+
+/// Floats of `A` rows kept in L1 while every panel passes over them.
+const L1_ROW_FLOATS: usize = 4096;
+
+/// `out[rows x Cout] = A[rows x k] * W^T`, with `epi`. `rows_of(r0, len, f)` calls `f` with `A`'s
+/// rows `r0 .. r0 + len` (row stride `k`): a slice of the input, or patches it gathered. Tasks
+/// split the rows into ranges and, when there are few rows (7x7 planes), the panels into
+/// groups; each task takes L1-sized runs of rows and passes every panel of its group over them.
+fn gemm_rows<F>(
+    rows: usize,
+    k: usize,
+    w: &PackedPanels,
+    out: &mut [f32],
+    epi: &[ConvEpilogueOp],
+    rows_of: F,
+) where
+    F: Fn(usize, usize, &mut dyn FnMut(&[f32])) + Sync,
+{
+    let cout = w.cols();
+    let panels = w.panels();
+    let macs = rows * k * cout;
+    let par = parallel::worth_splitting(macs, CONV_PAR_MIN_MACS);
+    let want = if par {
+        parallel::pieces(macs, CONV_PAR_MIN_MACS).next_multiple_of(parallel::num_threads())
+    } else {
+        1
+    };
+    let ranges = want.min(rows.div_ceil(MIN_ROWS)).max(1);
+    let len = rows.div_ceil(ranges);
+    let ranges = rows.div_ceil(len.max(1));
+    let groups = want.div_ceil(ranges).min(panels).max(1);
+    let run = (L1_ROW_FLOATS / k.max(1)).clamp(PIXELS, 16 * PIXELS) / PIXELS * PIXELS;
+    let tiles = tile::family();
+    let base = crate::gemm::MatPtr {
+        ptr: out.as_mut_ptr(),
+        rows,
+        cols: cout,
+        row_stride: cout,
+    };
+    parallel::for_each_index(ranges * groups, par && ranges * groups > 1, |t| {
+        let (r, g) = (t / groups, t % groups);
+        let (r0, r1) = (r * len, ((r + 1) * len).min(rows));
+        let (j0, j1) = (g * panels / groups, (g + 1) * panels / groups);
+        let mut start = r0;
+        while start < r1 {
+            let n_rows = run.min(r1 - start);
+            rows_of(start, n_rows, &mut |a: &[f32]| {
+                assert!(
+                    a.len() >= (n_rows - 1) * k + k,
+                    "gemm_rows: rows out of bounds"
+                );
+                for j in j0..j1 {
+                    let panel = w.panel(j).as_ptr();
+                    let ch0 = j * PANEL;
+                    let n = PANEL.min(cout - ch0);
+                    let mut i = 0;
+                    while i < n_rows {
+                        let r = PIXELS.min(n_rows - i);
+                        let at = (start + i) * cout + ch0;
+                        let epi = TileEpi {
+                            ops: epi,
+                            ch0,
+                            at,
+                            ldc: cout,
+                        };
+                        // SAFETY: the tile reads rows i .. i + r of `a` (k floats each, inside
+                        // `a`: asserted) and panel j's k x 16 floats; it writes channels ch0 ..
+                        // ch0 + n of output rows start + i .. + r, inside `out` and this task's
+                        // alone (tasks split rows and panels); the epilogue's operands have the
+                        // output's shape (checked by the caller).
+                        unsafe {
+                            tiles[r - 1](
+                                k,
+                                a.as_ptr().add(i * k),
+                                k,
+                                panel,
+                                element(&base, at),
+                                n,
+                                epi,
+                            )
+                        }
+                        i += r;
+                    }
+                }
+            });
+            start += n_rows;
+        }
+    });
+}

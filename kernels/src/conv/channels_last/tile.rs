@@ -1,0 +1,265 @@
+//! The channels-last GEMM tile: up to [`PIXELS`] rows of `A` (one pixel's channels or patch each,
+//! contiguous) times one 16-channel panel of packed `W^T`, stored straight into channels-last
+//! output rows with the conv epilogue applied in registers. Nothing is transposed: a pixel's 16
+//! results are its 16 consecutive output channels, so every store is one contiguous run.
+
+use crate::activation::Activation;
+use crate::conv::ConvEpilogueOp;
+use crate::gemm::PANEL;
+
+/// Pixels per tile (the AVX2 tile's rows: 6 x 2 registers = 12 accumulators).
+pub(super) const PIXELS: usize = 6;
+
+/// A tile's place in the output, for its epilogue.
+#[derive(Clone, Copy)]
+pub(super) struct TileEpi<'e, 'a> {
+    pub ops: &'e [ConvEpilogueOp<'a>],
+    /// The tile's first channel (bias index).
+    pub ch0: usize,
+    /// Flat index of the tile's first value in the output, and so in a residual of its shape.
+    pub at: usize,
+    /// Output row stride (channels per pixel).
+    pub ldc: usize,
+}
+
+/// One tile: `k`-deep rows at `a + i * lda` for `i < R`, the panel at `b` (`k x 16`, 64-byte
+/// aligned), results for channels `< n` (at most 16) to `c + i * ldc`.
+pub(super) type Tile = unsafe fn(usize, *const f32, usize, *const f32, *mut f32, usize, TileEpi);
+
+/// The tiles this process runs, `[r - 1]` for `r` pixels.
+pub(super) fn family() -> &'static [Tile; PIXELS] {
+    #[cfg(target_arch = "x86_64")]
+    if crate::isa::current() == crate::isa::Isa::Avx2Fma {
+        return &AVX2;
+    }
+    &PORTABLE
+}
+
+#[cfg(target_arch = "x86_64")]
+static AVX2: [Tile; PIXELS] = [
+    avx2::tile::<1>,
+    avx2::tile::<2>,
+    avx2::tile::<3>,
+    avx2::tile::<4>,
+    avx2::tile::<5>,
+    avx2::tile::<6>,
+];
+
+static PORTABLE: [Tile; PIXELS] = [
+    portable::<1>,
+    portable::<2>,
+    portable::<3>,
+    portable::<4>,
+    portable::<5>,
+    portable::<6>,
+];
+
+/// An epilogue in the order the inference plan emits it — bias, residual, clamping activation,
+/// each optional — which the SIMD kernels apply in registers with the operands loaded once per
+/// tile; any other list runs in [`epilogue_scalar`] after the store.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Fused<'a> {
+    pub bias: Option<&'a [f32]>,
+    /// Of the output's shape and layout.
+    pub residual: Option<&'a [f32]>,
+    /// Lower and upper bound of the activation (none: identity).
+    pub clamp: Option<(f32, f32)>,
+}
+
+impl<'a> Fused<'a> {
+    /// `ops` as a [`Fused`], if they are in that form.
+    pub(super) fn of(ops: &[ConvEpilogueOp<'a>]) -> Option<Fused<'a>> {
+        let mut f = Fused::default();
+        let mut stage = 0;
+        for op in ops {
+            match *op {
+                ConvEpilogueOp::Bias(b) if stage < 1 => {
+                    f.bias = Some(b);
+                    stage = 1;
+                }
+                ConvEpilogueOp::Add(r) if stage < 2 => {
+                    f.residual = Some(r);
+                    stage = 2;
+                }
+                ConvEpilogueOp::Act(a) if stage < 3 => {
+                    if a != Activation::Identity {
+                        f.clamp = Some(clamp_of(a)?);
+                    }
+                    stage = 3;
+                }
+                _ => return None,
+            }
+        }
+        Some(f)
+    }
+}
+
+/// The epilogue on one pixel's `row` of output channels `ch0..`, stored at flat index `at`.
+pub(super) fn epilogue_scalar(ops: &[ConvEpilogueOp], row: &mut [f32], ch0: usize, at: usize) {
+    for op in ops {
+        match *op {
+            ConvEpilogueOp::Bias(b) => row.iter_mut().zip(&b[ch0..]).for_each(|(v, b)| *v += b),
+            ConvEpilogueOp::Add(r) => row.iter_mut().zip(&r[at..]).for_each(|(v, x)| *v += x),
+            ConvEpilogueOp::Act(a) => crate::activation::apply_inplace(a, row),
+        }
+    }
+}
+
+/// The lower and upper clamp of an in-register activation (`None`: identity).
+pub(super) fn clamp_of(a: Activation) -> Option<(f32, f32)> {
+    match a {
+        Activation::Relu => Some((0.0, f32::INFINITY)),
+        Activation::Relu6 => Some((0.0, 6.0)),
+        Activation::Clamp { lo, hi } => Some((lo, hi)),
+        _ => None,
+    }
+}
+
+/// The portable tile (any CPU; the reference the SIMD tiles are tested against).
+///
+/// # Safety
+/// Rows `a + i * lda .. + k` for `i < R` and the panel's `k x 16` floats are readable; output rows
+/// `c + i * epi.ldc .. + n` are writable and the caller's alone; `epi`'s operands cover them.
+unsafe fn portable<const R: usize>(
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    c: *mut f32,
+    n: usize,
+    epi: TileEpi,
+) {
+    let mut acc = [[0f32; PANEL]; R];
+    for p in 0..k {
+        // SAFETY: panel row p lies inside the panel (contract).
+        let bp = unsafe { std::slice::from_raw_parts(b.add(p * PANEL), PANEL) };
+        for (i, row) in acc.iter_mut().enumerate() {
+            // SAFETY: row i's element p is readable (contract).
+            let x = unsafe { *a.add(i * lda + p) };
+            row.iter_mut().zip(bp).for_each(|(o, w)| *o += x * w);
+        }
+    }
+    for (i, row) in acc.iter_mut().enumerate() {
+        let at = epi.at + i * epi.ldc;
+        epilogue_scalar(epi.ops, &mut row[..n], epi.ch0, at);
+        // SAFETY: output row i's n channels are writable and ours (contract).
+        unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), c.add(i * epi.ldc), n) };
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{epilogue_scalar, Fused, TileEpi, PANEL};
+    use core::arch::x86_64::*;
+
+    /// The AVX2+FMA tile: `R <= 6` pixels x two 8-channel registers, as [`super::portable`].
+    ///
+    /// # Safety
+    /// AVX2 and FMA present, and [`super::portable`]'s contract.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile<const R: usize>(
+        k: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        c: *mut f32,
+        n: usize,
+        epi: TileEpi,
+    ) {
+        // SAFETY (whole body): the function's contract bounds every pointer used; loads and
+        // stores past channel `n` go through `load_n` / `store_n`, which touch `n` floats only.
+        unsafe {
+            let mut acc_lo = [_mm256_setzero_ps(); 6];
+            let mut acc_hi = [_mm256_setzero_ps(); 6];
+            for p in 0..k {
+                let b0 = _mm256_load_ps(b.add(p * PANEL));
+                let b1 = _mm256_load_ps(b.add(p * PANEL + 8));
+                for i in 0..R {
+                    let x = _mm256_broadcast_ss(&*a.add(i * lda + p));
+                    acc_lo[i] = _mm256_fmadd_ps(x, b0, acc_lo[i]);
+                    acc_hi[i] = _mm256_fmadd_ps(x, b1, acc_hi[i]);
+                }
+            }
+            let fused = Fused::of(epi.ops);
+            let f = fused.unwrap_or_default();
+            let zero = _mm256_setzero_ps();
+            let (b0, b1) = match f.bias {
+                Some(b) => load_n(b.as_ptr().add(epi.ch0), n),
+                None => (zero, zero),
+            };
+            let (lo, hi) = f.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+            let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+            for i in 0..R {
+                let at = epi.at + i * epi.ldc;
+                let cp = c.add(i * epi.ldc);
+                let mut v0 = _mm256_add_ps(acc_lo[i], b0);
+                let mut v1 = _mm256_add_ps(acc_hi[i], b1);
+                if let Some(r) = f.residual {
+                    let (r0, r1) = load_n(r.as_ptr().add(at), n);
+                    v0 = _mm256_add_ps(v0, r0);
+                    v1 = _mm256_add_ps(v1, r1);
+                }
+                if f.clamp.is_some() {
+                    v0 = _mm256_min_ps(hi, _mm256_max_ps(lo, v0));
+                    v1 = _mm256_min_ps(hi, _mm256_max_ps(lo, v1));
+                }
+                store_n(cp, n, v0, v1);
+                if fused.is_none() {
+                    let row = std::slice::from_raw_parts_mut(cp, n);
+                    epilogue_scalar(epi.ops, row, epi.ch0, at);
+                }
+            }
+        }
+    }
+
+    /// `n <= 16` floats at `p` as two registers, lanes past `n` zero.
+    ///
+    /// # Safety
+    /// AVX2 present; `p .. p + n` readable.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(in crate::conv::channels_last) unsafe fn load_n(
+        p: *const f32,
+        n: usize,
+    ) -> (__m256, __m256) {
+        // SAFETY: `n` floats at `p` are readable (contract).
+        unsafe {
+            if n == PANEL {
+                (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+            } else {
+                let mut t = [0f32; PANEL];
+                std::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), n);
+                (
+                    _mm256_loadu_ps(t.as_ptr()),
+                    _mm256_loadu_ps(t.as_ptr().add(8)),
+                )
+            }
+        }
+    }
+
+    /// The first `n <= 16` lanes of (`v0`, `v1`) to `p`.
+    ///
+    /// # Safety
+    /// AVX2 present; `p .. p + n` writable.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(in crate::conv::channels_last) unsafe fn store_n(
+        p: *mut f32,
+        n: usize,
+        v0: __m256,
+        v1: __m256,
+    ) {
+        // SAFETY: `n` floats at `p` are writable (contract).
+        unsafe {
+            if n == PANEL {
+                _mm256_storeu_ps(p, v0);
+                _mm256_storeu_ps(p.add(8), v1);
+            } else {
+                let mut t = [0f32; PANEL];
+                _mm256_storeu_ps(t.as_mut_ptr(), v0);
+                _mm256_storeu_ps(t.as_mut_ptr().add(8), v1);
+                std::ptr::copy_nonoverlapping(t.as_ptr(), p, n);
+            }
+        }
+    }
+}
