@@ -6,9 +6,11 @@
 use crate::conv::{Conv2dShape, ConvEpilogueOp};
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
 
-/// Multiply-adds per parallel piece: a quarter of a GEMM conv's, as a depthwise layer moves as
-/// many bytes per multiply-add as a pointwise one moves per 16 (MobileNetV2's 7x7 x 960 layers,
-/// 0.42 M multiply-adds, ran 1.4x slower on two threads when left whole).
+/// Multiply-adds per parallel piece of a layer large enough to split at all (a GEMM conv's
+/// threshold, so small networks stay on the calling thread): a quarter of a GEMM conv's, as a
+/// depthwise layer moves as many bytes per multiply-add as a pointwise one moves per 16
+/// (MobileNetV2's 7x7 x 960 layers, 0.42 M multiply-adds, ran 1.4x slower on two threads when
+/// left whole).
 const DW_PAR_MIN_MACS: usize = CONV_PAR_MIN_MACS / 4;
 
 /// Depthwise weights packed tap-major: tap `t`'s `C` channel weights at `t * C`.
@@ -75,7 +77,7 @@ pub fn forward(s: &Conv2dShape, x: &[f32], w: &Taps, out: &mut [f32], epi: &[Con
     if rows == 0 || row_len == 0 {
         return;
     }
-    let par = parallel::worth_splitting(s.macs(), DW_PAR_MIN_MACS);
+    let par = parallel::worth_splitting(s.macs(), CONV_PAR_MIN_MACS);
     let pieces = if par {
         parallel::pieces(s.macs(), DW_PAR_MIN_MACS)
             .next_multiple_of(parallel::num_threads())

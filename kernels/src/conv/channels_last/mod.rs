@@ -30,7 +30,7 @@ mod tile;
 
 use super::{Conv2dShape, ConvEpilogueOp, ConvPath};
 use crate::gemm::{MatRef, PackedPanels, PANEL};
-use crate::parallel::{self, CONV_PAR_MIN_MACS};
+use crate::parallel::{self, CONV_PAR_MIN_MACS, GEMM_PAR_MIN_MACS};
 use crate::scratch::with_scratch;
 use tile::{TileEpi, PIXELS};
 
@@ -305,9 +305,17 @@ fn gemm_rows<F>(
     let cout = w.cols();
     let panels = w.panels();
     let macs = rows * k * cout;
-    let par = parallel::worth_splitting(macs, CONV_PAR_MIN_MACS);
+    // A few rows are a matrix-vector product, split (by panels) only when as large as the
+    // GEMV's threshold: a one-pixel 320 -> 2880 conv of a collapsed MobileNetV2 (0.9 M
+    // multiply-adds) split on two threads pulled its whole 0.1 ms network onto the pool.
+    let threshold = if rows < MIN_ROWS {
+        GEMM_PAR_MIN_MACS
+    } else {
+        CONV_PAR_MIN_MACS
+    };
+    let par = parallel::worth_splitting(macs, threshold);
     let want = if par {
-        parallel::pieces(macs, CONV_PAR_MIN_MACS).next_multiple_of(parallel::num_threads())
+        parallel::pieces(macs, threshold).next_multiple_of(parallel::num_threads())
     } else {
         1
     };
