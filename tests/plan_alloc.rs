@@ -2,7 +2,8 @@
 //!
 //! After its first run a plan has grown every pool thread's kernel scratch to what its steps need
 //! (`tlc_kernels::scratch::reserve_on_pool`), so every later run must allocate nothing at all — in
-//! any step, in any run, on one thread and on a pool of two, with f32 and with 16-bit weights.
+//! any step, in any run, on one thread and on a pool of two, with f32 and with 16-bit weights,
+//! and with every convolution channels-last (patch gathering takes per-thread scratch too).
 //!
 //! The plan runs inside the pool (`install`), as a caller wanting no allocation must: called from
 //! outside, each parallel kernel reaches the pool through rayon's injector queue, which allocates
