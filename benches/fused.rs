@@ -11,9 +11,12 @@
 //! - `fused_conv/<layer>/unfused`: the same convolution with no epilogue, then one pass per graph
 //!   node, as a node-by-node executor runs them: bias per channel, residual add into a new
 //!   buffer, activation in place. The difference is what the fusion saves.
+//! - `fused_conv/<layer>/fused_channels_last` (the MobileNetV2 layers): the same step on
+//!   channels-last activations (`conv::channels_last`, weights packed once), as the plan runs
+//!   networks with depthwise convolutions;
 //! - `plan/<network>`: a whole compiled plan (`tlc_engine::plan::Plan::run`) at batch 1, random
 //!   weights, on the rayon pool (`RAYON_NUM_THREADS` sets its size; `tlc bench` prints the same
-//!   network's per-step profile).
+//!   network's per-step profile); `plan/mobilenet-v2 nchw` keeps its activations NCHW.
 //!
 //! The layers are ResNet-18's and MobileNetV2's at 224x224 (and ResNet-18's CIFAR form), chosen
 //! so every conv path the plan uses at batch 1 appears: Winograd F4 and F2, pixel-major 3x3,
@@ -23,7 +26,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
-use tlc::engine::plan::Plan;
+use tlc::engine::plan::{Plan, PlanOptions};
 use tlc::engine::{Model, Rng};
 use tlc::kernels::conv::winograd::WinogradWeights;
 use tlc::kernels::conv::{self, Conv2dParams, Conv2dShape, ConvEpilogueOp};
@@ -46,7 +49,7 @@ struct Layer {
 // One row a layer: name, (in channels, input side, out channels, kernel, stride, groups),
 // residual, activation.
 #[rustfmt::skip]
-const LAYERS: [Layer; 7] = [
+const LAYERS: [Layer; 9] = [
     layer("r18_224_layer2_3x3_128@28_add_relu", (128, 28, 128, 3, 1, 1), true, Activation::Relu),
     layer("r18_224_layer4_3x3_512@7_add_relu", (512, 7, 512, 3, 1, 1), true, Activation::Relu),
     layer("r18_224_layer3_3x3s2_128to256@28_relu", (128, 28, 256, 3, 2, 1), false, Activation::Relu),
@@ -54,6 +57,8 @@ const LAYERS: [Layer; 7] = [
     layer("mnv2_expand_1x1_160to960@7_relu6", (160, 7, 960, 1, 1, 1), false, Activation::Relu6),
     layer("mnv2_project_1x1_960to160@7_add", (960, 7, 160, 1, 1, 1), true, Activation::Identity),
     layer("mnv2_dw_3x3_576@14_relu6", (576, 14, 576, 3, 1, 576), false, Activation::Relu6),
+    layer("mnv2_expand_1x1_16to96@112_relu6", (16, 112, 96, 1, 1, 1), false, Activation::Relu6),
+    layer("mnv2_dw_3x3s2_96@112_relu6", (96, 112, 96, 3, 2, 96), false, Activation::Relu6),
 ];
 
 const fn layer(
@@ -138,6 +143,22 @@ impl PlanConv {
     }
 }
 
+/// A MobileNet layer on the channels-last kernels.
+enum ChannelsLast {
+    Rows(PackedPanels),
+    Depthwise(conv::channels_last::depthwise::Taps),
+}
+
+impl ChannelsLast {
+    fn run(&self, s: &Conv2dShape, x: &[f32], y: &mut [f32], epi: &[ConvEpilogueOp]) {
+        use conv::channels_last::{self as cl, InputLayout};
+        match self {
+            ChannelsLast::Rows(w) => cl::conv(s, x, InputLayout::ChannelsLast, w, y, epi),
+            ChannelsLast::Depthwise(t) => cl::depthwise::forward(s, x, t, y, epi),
+        }
+    }
+}
+
 fn fused_conv(c: &mut Criterion) {
     let mut g = c.benchmark_group("fused_conv");
     for layer in &LAYERS {
@@ -164,6 +185,21 @@ fn fused_conv(c: &mut Criterion) {
             let direct = PlanConv::direct(&s, w.clone());
             g.bench_function(BenchmarkId::new(layer.name, "fused_direct"), |b| {
                 b.iter(|| direct.run(&s, black_box(&x), &mut y, &epi))
+            });
+        }
+
+        if layer.name.starts_with("mnv2") {
+            // The plan's choice for MobileNets: channels-last activations (the values' order
+            // does not matter to the timing).
+            let cl = if s.params.groups > 1 {
+                let taps = conv::channels_last::depthwise::pack(&s, &w);
+                ChannelsLast::Depthwise(taps)
+            } else {
+                let input = conv::channels_last::InputLayout::ChannelsLast;
+                ChannelsLast::Rows(conv::channels_last::pack(&s, &w, input))
+            };
+            g.bench_function(BenchmarkId::new(layer.name, "fused_channels_last"), |b| {
+                b.iter(|| cl.run(&s, black_box(&x), &mut y, &epi))
             });
         }
 
@@ -197,13 +233,27 @@ fn fused_conv(c: &mut Criterion) {
 fn plan(c: &mut Criterion) {
     let mut g = c.benchmark_group("plan");
     g.sample_size(10);
-    for arch in [Arch::Resnet18Cifar, Arch::MobilenetV2, Arch::Resnet18] {
+    let nets = [
+        (Arch::Resnet18Cifar, None),
+        (Arch::MobilenetV2, None),
+        (Arch::MobilenetV2, Some(false)),
+        (Arch::Resnet18, None),
+    ];
+    for (arch, channels_last) in nets {
         let spec = ArchSpec::new(arch);
         let (graph, init) = zoo::build(&spec).expect("zoo network");
         let model = Model::init(graph, init, &mut Rng::new(0)).expect("initialised weights");
-        let mut plan = Plan::compile(&model, 1).expect("compiled plan");
+        let options = PlanOptions {
+            channels_last,
+            ..PlanOptions::default()
+        };
+        let mut plan = Plan::compile_with(&model, 1, &options).expect("compiled plan");
         let x = values(plan.input_shape().iter().product(), 5);
-        g.bench_function(arch.name(), |b| {
+        let name = match channels_last {
+            Some(false) => format!("{} nchw", arch.name()),
+            _ => arch.name().to_string(),
+        };
+        g.bench_function(name, |b| {
             b.iter(|| {
                 black_box(plan.run(black_box(&x)));
             })
