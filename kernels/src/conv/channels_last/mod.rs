@@ -324,7 +324,6 @@ fn gemm_rows<F>(
     let ranges = rows.div_ceil(len.max(1));
     let groups = want.div_ceil(ranges).min(panels).max(1);
     let run = (L1_ROW_FLOATS / k.max(1)).clamp(PIXELS, 16 * PIXELS) / PIXELS * PIXELS;
-    let tiles = tile::family();
     let base = crate::gemm::MatPtr {
         ptr: out.as_mut_ptr(),
         rows,
@@ -347,6 +346,7 @@ fn gemm_rows<F>(
                     let panel = w.panel(j).as_ptr();
                     let ch0 = j * PANEL;
                     let n = PANEL.min(cout - ch0);
+                    let tiles = tile::family(n);
                     let mut i = 0;
                     while i < n_rows {
                         let r = PIXELS.min(n_rows - i);

@@ -26,23 +26,36 @@ pub(super) struct TileEpi<'e, 'a> {
 /// aligned), results for channels `< n` (at most 16) to `c + i * ldc`.
 pub(super) type Tile = unsafe fn(usize, *const f32, usize, *const f32, *mut f32, usize, TileEpi);
 
-/// The tiles this process runs, `[r - 1]` for `r` pixels.
-pub(super) fn family() -> &'static [Tile; PIXELS] {
+/// The tiles this process runs for a panel with `n` output channels, `[r - 1]` for `r` pixels.
+/// On AVX2 a panel of at most 8 channels (the last of 24, or of a pruned layer) multiplies one
+/// register per pixel, not two: 144 -> 24 convs did a third of their multiply-adds on zeros.
+pub(super) fn family(n: usize) -> &'static [Tile; PIXELS] {
     #[cfg(target_arch = "x86_64")]
     if crate::isa::current() == crate::isa::Isa::Avx2Fma {
-        return &AVX2;
+        return if n <= 8 { &AVX2_HALF } else { &AVX2 };
     }
+    let _ = n;
     &PORTABLE
 }
 
 #[cfg(target_arch = "x86_64")]
 static AVX2: [Tile; PIXELS] = [
-    avx2::tile::<1>,
-    avx2::tile::<2>,
-    avx2::tile::<3>,
-    avx2::tile::<4>,
-    avx2::tile::<5>,
-    avx2::tile::<6>,
+    avx2::tile::<1, false>,
+    avx2::tile::<2, false>,
+    avx2::tile::<3, false>,
+    avx2::tile::<4, false>,
+    avx2::tile::<5, false>,
+    avx2::tile::<6, false>,
+];
+
+#[cfg(target_arch = "x86_64")]
+static AVX2_HALF: [Tile; PIXELS] = [
+    avx2::tile::<1, true>,
+    avx2::tile::<2, true>,
+    avx2::tile::<3, true>,
+    avx2::tile::<4, true>,
+    avx2::tile::<5, true>,
+    avx2::tile::<6, true>,
 ];
 
 static PORTABLE: [Tile; PIXELS] = [
@@ -152,12 +165,13 @@ mod avx2 {
     use super::{epilogue_scalar, Fused, TileEpi, PANEL};
     use core::arch::x86_64::*;
 
-    /// The AVX2+FMA tile: `R <= 6` pixels x two 8-channel registers, as [`super::portable`].
+    /// The AVX2+FMA tile: `R <= 6` pixels x two 8-channel registers (one when `HALF`: the
+    /// panel's upper 8 channels are not computed), as [`super::portable`].
     ///
     /// # Safety
-    /// AVX2 and FMA present, and [`super::portable`]'s contract.
+    /// AVX2 and FMA present, and [`super::portable`]'s contract; `n <= 8` when `HALF`.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile<const R: usize>(
+    pub(super) unsafe fn tile<const R: usize, const HALF: bool>(
         k: usize,
         a: *const f32,
         lda: usize,
@@ -173,6 +187,13 @@ mod avx2 {
             let mut acc_hi = [_mm256_setzero_ps(); 6];
             for p in 0..k {
                 let b0 = _mm256_load_ps(b.add(p * PANEL));
+                if HALF {
+                    for i in 0..R {
+                        let x = _mm256_broadcast_ss(&*a.add(i * lda + p));
+                        acc_lo[i] = _mm256_fmadd_ps(x, b0, acc_lo[i]);
+                    }
+                    continue;
+                }
                 let b1 = _mm256_load_ps(b.add(p * PANEL + 8));
                 for i in 0..R {
                     let x = _mm256_broadcast_ss(&*a.add(i * lda + p));
