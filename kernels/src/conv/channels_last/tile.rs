@@ -188,9 +188,9 @@ mod avx2 {
             for p in 0..k {
                 let b0 = _mm256_load_ps(b.add(p * PANEL));
                 if HALF {
-                    for i in 0..R {
+                    for (i, acc) in acc_lo.iter_mut().enumerate().take(R) {
                         let x = _mm256_broadcast_ss(&*a.add(i * lda + p));
-                        acc_lo[i] = _mm256_fmadd_ps(x, b0, acc_lo[i]);
+                        *acc = _mm256_fmadd_ps(x, b0, *acc);
                     }
                     continue;
                 }
