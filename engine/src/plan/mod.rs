@@ -947,32 +947,16 @@ impl<'m> Compiler<'m> {
         }
         let (fused, residual, act) = self.epilogue(id);
         let bias = c.bias.then(|| self.tensor(id, "bias")).transpose()?;
-        let trim = trim::trimmed(full);
-        let shape = trim.as_ref().map_or(*full, |t| t.0);
-        let w = match &trim {
-            Some((_, rows, cols)) => {
-                let w = self.stored_weight(id, full.weight_len())?;
-                trim::weights(full, &w, rows, cols)
-            }
-            None => self.stored_weight(id, full.weight_len())?.into_owned(),
-        };
-        let (x, weight) = if depthwise {
-            let x = self.value_in(x, Layout::ChannelsLast);
-            (
-                x,
-                ConvWeight::Taps(channels_last::depthwise::pack(&shape, &w)),
-            )
-        } else {
-            let x = self.value_in(x, Layout::ChannelsLast);
-            let input = InputLayout::ChannelsLast;
-            let packed = channels_last::pack(&shape, &w, input);
-            (x, ConvWeight::ChannelsLast(packed, input))
-        };
+        let (shape, trimmed, mut kind) = self.trimmed_conv(id, c, full)?;
+        let x = self.value_in(x, Layout::ChannelsLast);
         let residual = residual.map(|r| self.value_in(r, Layout::ChannelsLast));
-        let mut kind = format!("conv{}x{}/s{}", shape.kernel_h, shape.kernel_w, c.stride[0]);
-        if trim.is_some() {
-            kind.push_str(&format!(" (of {}x{})", c.kernel[0], c.kernel[1]));
-        }
+        let w = self.conv_weight_values(id, &shape, &trimmed)?;
+        let weight = if depthwise {
+            ConvWeight::Taps(channels_last::depthwise::pack(&shape, &w))
+        } else {
+            let input = InputLayout::ChannelsLast;
+            ConvWeight::ChannelsLast(channels_last::pack(&shape, &w, input), input)
+        };
         kind.push_str(if depthwise { " dw cl" } else { " cl" });
         kind.push_str(&epilogue_kind(bias.is_some(), residual.is_some(), act));
         let kernel = Kernel::Conv {
@@ -985,6 +969,33 @@ impl<'m> Compiler<'m> {
         let out = self.push(id, &fused, kernel, inputs, kind);
         self.layouts[out] = Layout::ChannelsLast;
         Ok(true)
+    }
+
+    /// Conv `id` (of `full`) with the taps that read only padding dropped (their weights with
+    /// them): its shape, the trimmed weights (subnormals flushed) when any tap went, and the
+    /// start of its step kind (`conv1x1/s1 (of 3x3)`).
+    fn trimmed_conv(
+        &self,
+        id: NodeId,
+        c: &crate::graph::ConvSpec,
+        full: &Conv2dShape,
+    ) -> Result<(Conv2dShape, Option<Vec<f32>>, String)> {
+        let trim = trim::trimmed(full);
+        let shape = trim.as_ref().map_or(*full, |t| t.0);
+        let weights = match &trim {
+            Some((_, rows, cols)) => {
+                let w = self.stored_weight(id, full.weight_len())?;
+                let mut w = trim::weights(full, &w, rows, cols);
+                flush_subnormals(&mut w);
+                Some(w)
+            }
+            None => None,
+        };
+        let mut kind = format!("conv{}x{}/s{}", shape.kernel_h, shape.kernel_w, c.stride[0]);
+        if trim.is_some() {
+            kind.push_str(&format!(" (of {}x{})", c.kernel[0], c.kernel[1]));
+        }
+        Ok((shape, weights, kind))
     }
 
     fn input_value(&self, id: NodeId, k: usize) -> ValueId {
@@ -1018,23 +1029,7 @@ impl<'m> Compiler<'m> {
                     let (fused, residual, act) = self.epilogue(id);
                     let residual = residual.map(|r| self.value_in(r, Layout::Nchw));
                     let bias = c.bias.then(|| self.tensor(id, "bias")).transpose()?;
-                    // Taps that read only padding are dropped (their weights with them).
-                    let trim = trim::trimmed(&full);
-                    let shape = trim.as_ref().map_or(full, |t| t.0);
-                    let trimmed_weight = match &trim {
-                        Some((_, rows, cols)) => {
-                            let w = self.stored_weight(id, full.weight_len())?;
-                            let mut w = trim::weights(&full, &w, rows, cols);
-                            flush_subnormals(&mut w);
-                            Some(w)
-                        }
-                        None => None,
-                    };
-                    let mut kind =
-                        format!("conv{}x{}/s{}", shape.kernel_h, shape.kernel_w, c.stride[0]);
-                    if trim.is_some() {
-                        kind.push_str(&format!(" (of {}x{})", c.kernel[0], c.kernel[1]));
-                    }
+                    let (shape, trimmed_weight, mut kind) = self.trimmed_conv(id, c, &full)?;
                     if c.is_depthwise() {
                         kind.push_str(" dw");
                     } else if c.groups > 1 {

@@ -35,6 +35,8 @@ pub use half_weights::{gemm_half_a_serial, gemm_half_a_serial_raw, linear_half};
 pub use indirect::{
     gemm_indirect_serial_raw, indirect_row_reach, indirect_supported, OffsetRows, OffsetTable,
 };
+#[cfg(target_arch = "x86_64")]
+pub(crate) use pixel_major::avx2::transpose8;
 pub use pixel_major::{
     gemm_pixel_major_raw, supported as pixel_major_supported, wide_tiles as wide_pixel_tiles,
     PackedPanels, PixelRows, PANEL,

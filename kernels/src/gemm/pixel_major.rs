@@ -350,7 +350,7 @@ mod avx512 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(crate) mod avx2 {
     use super::super::EpilogueOp;
     use super::{in_registers, TileEpi, PANEL};
     use crate::activation::Activation;
@@ -424,15 +424,24 @@ mod avx2 {
     #[inline]
     unsafe fn transpose(r: [__m256; 6]) -> [__m256; 8] {
         let z = _mm256_setzero_ps();
-        // Pairs of pixels interleaved per 128-bit half, then quads of one channel per half.
+        transpose8([r[0], r[1], r[2], r[3], r[4], r[5], z, z])
+    }
+
+    /// An 8x8 block in registers transposed: `out[j]` lane `i` = `r[i]` lane `j`. Also the
+    /// channels-last layout moves' block ([`crate::conv::channels_last::layout`]).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(crate) fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+        // Pairs of rows interleaved per 128-bit half, then quads of one column per half.
         let t0 = _mm256_unpacklo_ps(r[0], r[1]);
         let t1 = _mm256_unpackhi_ps(r[0], r[1]);
         let t2 = _mm256_unpacklo_ps(r[2], r[3]);
         let t3 = _mm256_unpackhi_ps(r[2], r[3]);
         let t4 = _mm256_unpacklo_ps(r[4], r[5]);
         let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-        let (t6, t7) = (z, z);
-        // u[m] half h: channel 4h + m, pixels 0-3; u[m + 4]: the same channel, pixels 4-7.
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        // u[m] half h: column 4h + m, rows 0-3; u[m + 4]: the same column, rows 4-7.
         let u = [
             _mm256_shuffle_ps::<0x44>(t0, t2),
             _mm256_shuffle_ps::<0xEE>(t0, t2),
@@ -443,7 +452,7 @@ mod avx2 {
             _mm256_shuffle_ps::<0x44>(t5, t7),
             _mm256_shuffle_ps::<0xEE>(t5, t7),
         ];
-        let mut out = [z; 8];
+        let mut out = [_mm256_setzero_ps(); 8];
         for m in 0..4 {
             out[m] = _mm256_permute2f128_ps::<0x20>(u[m], u[m + 4]);
             out[m + 4] = _mm256_permute2f128_ps::<0x31>(u[m], u[m + 4]);

@@ -88,30 +88,8 @@ mod avx2 {
         // SAFETY: the caller's contract bounds every row read and written.
         unsafe {
             let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * lds)));
-            // Pairs interleaved, then quads, then the 128-bit halves swapped across.
-            let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-            let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-            let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-            let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-            let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-            let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-            let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-            let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-            let u = [
-                _mm256_shuffle_ps::<0x44>(t0, t2),
-                _mm256_shuffle_ps::<0xEE>(t0, t2),
-                _mm256_shuffle_ps::<0x44>(t1, t3),
-                _mm256_shuffle_ps::<0xEE>(t1, t3),
-                _mm256_shuffle_ps::<0x44>(t4, t6),
-                _mm256_shuffle_ps::<0xEE>(t4, t6),
-                _mm256_shuffle_ps::<0x44>(t5, t7),
-                _mm256_shuffle_ps::<0xEE>(t5, t7),
-            ];
-            for m in 0..4 {
-                let lo = _mm256_permute2f128_ps::<0x20>(u[m], u[m + 4]);
-                let hi = _mm256_permute2f128_ps::<0x31>(u[m], u[m + 4]);
-                _mm256_storeu_ps(dst.add(m * ldd), lo);
-                _mm256_storeu_ps(dst.add((m + 4) * ldd), hi);
+            for (i, v) in crate::gemm::transpose8(r).into_iter().enumerate() {
+                _mm256_storeu_ps(dst.add(i * ldd), v);
             }
         }
     }
