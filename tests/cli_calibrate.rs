@@ -241,3 +241,28 @@ fn a_missing_or_broken_cost_table_is_refused_with_a_clear_error() {
     let err = fails(&["calibrate", "--quick", "--out", nowhere.to_str().unwrap()]);
     assert!(err.contains("no/such/dir"), "{err}");
 }
+
+#[test]
+fn calibrate_measures_a_mobilenet_in_the_layout_its_plan_runs() {
+    // A MobileNetV2's plan runs channels-last where the CPU has the tiles, its merged dense convs
+    // too, so the table collapsing it is measured that way (and `--layout nchw` overrides).
+    let spec = ArchSpec {
+        width: 0.25,
+        image: [32, 32],
+        ..ArchSpec::new(Arch::MobilenetV2)
+    };
+    let (g, init) = build(&spec).unwrap();
+    let m = Model::init(g, init, &mut Rng::new(1)).unwrap();
+    let dir = TempDir::new("calibrate-layout");
+    let src = dir.path("mobilenet.safetensors");
+    Checkpoint::of_model(m, Some(spec)).save(&src).unwrap();
+    let table = dir.path("costs.json");
+    let (s, t) = (src.to_str().unwrap(), table.to_str().unwrap());
+    let text = ok(&["calibrate", "--quick", "--checkpoint", s, "--out", t]);
+    let fast = tlc_kernels::conv::channels_last::fast();
+    assert_eq!(text.contains("measuring channels-last"), fast, "{text}");
+    let args = ["calibrate", "--quick", "--checkpoint", s, "--out", t];
+    let text = ok(&[&args[..], &["--layout", "nchw"]].concat());
+    assert!(!text.contains("measuring channels-last"), "{text}");
+    assert!(CostTable::load(&table).unwrap().entries.len() > 40);
+}

@@ -101,7 +101,7 @@ pub enum LayoutArg {
 }
 
 impl LayoutArg {
-    fn option(self) -> Option<bool> {
+    pub fn option(self) -> Option<bool> {
         match self {
             LayoutArg::Auto => None,
             LayoutArg::Nchw => Some(false),

@@ -10,6 +10,7 @@
 //! layers collapsing that model prices, so odd shapes the grid cannot foresee (a pruned width
 //! that a kernel handles badly) are measured, not interpolated.
 
+use super::bench::LayoutArg;
 use super::{existing_file, load_checkpoint, CliError, ModelArgs, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 use tlc_engine::graph::{ActKind, ConvSpec, Graph, LinearInit, Op};
 use tlc_engine::passes::cost::{conv_macs, ConvKind, CostEntry, CostTable};
 use tlc_engine::passes::{priced_convs, DeadChannels};
-use tlc_engine::plan::Plan;
+use tlc_engine::plan::{runs_channels_last, Plan, PlanOptions};
 use tlc_engine::{Model, Rng, TensorStore};
 
 #[derive(Args, Debug)]
@@ -39,6 +40,12 @@ pub struct CalibrateArgs {
     /// rather than interpolation.
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
+    /// Activation layout of the measured plans: `auto` measures every convolution in the layout
+    /// the `--checkpoint` model's plan runs in (channels-last for a MobileNet on a CPU with its
+    /// tiles: its merged dense convs run there too), without a checkpoint each in the layout a
+    /// network of that one layer gets.
+    #[arg(long, value_enum, default_value_t = LayoutArg::Auto)]
+    pub layout: LayoutArg,
 }
 
 /// How long each layer is timed.
@@ -118,8 +125,8 @@ fn grid(quick: bool, batch: usize) -> Vec<Point> {
 }
 
 /// Add the convolutions collapsing the checkpoint at `path` prices (with or without pruning) that
-/// `points` lacks; returns how many.
-fn model_points(path: &std::path::Path, points: &mut Vec<Point>) -> Result<usize> {
+/// `points` lacks; returns how many, and whether the model's plan runs channels-last.
+fn model_points(path: &std::path::Path, points: &mut Vec<Point>) -> Result<(usize, bool)> {
     let path = existing_file(path, "--checkpoint")?;
     let store = TensorStore::load(&path)?;
     let loaded = load_checkpoint(&path, &store, &ModelArgs::default(), None)?;
@@ -135,17 +142,29 @@ fn model_points(path: &std::path::Path, points: &mut Vec<Point>) -> Result<usize
             }
         }
     }
-    Ok(points.len() - before)
+    let channels_last = runs_channels_last(model.graph(), &PlanOptions::default());
+    Ok((points.len() - before, channels_last))
 }
 
 /// Median milliseconds of `spec`'s plan step on `batch` inputs of `hw` pixels.
-fn measure(spec: &ConvSpec, hw: [usize; 2], batch: usize, budget: &Budget) -> Result<f64> {
+/// `channels_last` as [`PlanOptions::channels_last`].
+fn measure(
+    spec: &ConvSpec,
+    hw: [usize; 2],
+    batch: usize,
+    budget: &Budget,
+    channels_last: Option<bool>,
+) -> Result<f64> {
     let mut rng = Rng::new(7);
     let mut g = Graph::new(&[spec.in_ch, hw[0], hw[1]]);
     let relu = g.push("relu", Op::Activation { act: ActKind::Relu }, &[0]);
     g.push("conv", Op::Conv2d(spec.clone()), &[relu]);
     let model = Model::init(g, LinearInit::Uniform, &mut rng)?;
-    let mut plan = Plan::compile(&model, batch)?;
+    let options = PlanOptions {
+        channels_last,
+        ..PlanOptions::default()
+    };
+    let mut plan = Plan::compile_with(&model, batch, &options)?;
     // The ReLU, the convolution, and around it steps moving the activation to the layout the
     // convolution runs in and back, if the plan picked another (depthwise layers run
     // channels-last).
@@ -337,12 +356,17 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
         )));
     }
     let mut points = grid(args.quick, args.batch);
+    let mut channels_last = args.layout.option();
     if let Some(p) = &args.checkpoint {
-        let added = model_points(p, &mut points)?;
+        let (added, model_cl) = model_points(p, &mut points)?;
         println!(
             "{added} more convolutions: the ones collapsing {} prices",
             p.display()
         );
+        if args.layout == LayoutArg::Auto && model_cl {
+            channels_last = Some(true);
+            println!("measuring channels-last, as the model's plan runs");
+        }
     }
     let threads = rayon::current_num_threads();
     let machine = machine();
@@ -356,7 +380,7 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
     let progress = Progress::new(points.len());
     let mut entries = Vec::with_capacity(points.len());
     for (i, p) in points.iter().enumerate() {
-        let ms = measure(&p.spec, p.hw, args.batch, &budget)?;
+        let ms = measure(&p.spec, p.hw, args.batch, &budget, channels_last)?;
         progress.done(i, &describe(&p.spec, p.hw), ms);
         entries.push(CostEntry::new(&p.spec, p.hw, args.batch, ms));
     }

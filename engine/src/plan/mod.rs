@@ -449,6 +449,19 @@ fn pixel_major(shape: &Conv2dShape) -> bool {
         && conv::pixel_major::preferred(shape)
 }
 
+/// Whether a plan of `g` compiled with `options` runs its convolutions channels-last
+/// ([`PlanOptions::channels_last`]; `tlc calibrate` measures a model's layers the same way).
+pub fn runs_channels_last(g: &Graph, options: &PlanOptions) -> bool {
+    let has_depthwise = g
+        .nodes()
+        .iter()
+        .any(|node| matches!(&node.op, Op::Conv2d(c) if c.is_depthwise()));
+    options.weights.half().is_none()
+        && options.channels_last.unwrap_or(
+            has_depthwise && !options.fuse_expand_dw && channels_last::fast() && layout_enabled(),
+        )
+}
+
 /// `TLC_CHANNELS_LAST=0` keeps automatically chosen plans NCHW (for comparisons).
 fn layout_enabled() -> bool {
     std::env::var("TLC_CHANNELS_LAST").as_deref() != Ok("0")
@@ -617,17 +630,7 @@ impl<'m> Compiler<'m> {
     fn new(m: &'m Model, batch: usize, options: &PlanOptions) -> Result<Compiler<'m>> {
         let g = m.graph();
         let n = g.nodes().len();
-        let has_depthwise = g
-            .nodes()
-            .iter()
-            .any(|node| matches!(&node.op, Op::Conv2d(c) if c.is_depthwise()));
-        let channels_last = options.weights.half().is_none()
-            && options.channels_last.unwrap_or(
-                has_depthwise
-                    && !options.fuse_expand_dw
-                    && channels_last::fast()
-                    && layout_enabled(),
-            );
+        let channels_last = runs_channels_last(g, options);
         Ok(Compiler {
             m,
             g,
