@@ -520,8 +520,8 @@ fn exec<'a>(kernel: &Kernel, n_in: usize, val: &dyn Fn(usize) -> &'a [f32], y: &
                 ConvWeight::PixelMajor(w) => conv::pixel_major::forward(shape, x, w, y, epi),
                 ConvWeight::Rows(w) => conv::forward_weights(shape, x, Weights::Packed(w), y, epi),
                 ConvWeight::Winograd(w) => conv::winograd::forward(shape, x, w, y, epi),
-                ConvWeight::ChannelsLast(w, input) => {
-                    conv::channels_last::conv(shape, x, *input, w, y, epi)
+                ConvWeight::ChannelsLast(w) => {
+                    conv::channels_last::conv(shape, x, InputLayout::ChannelsLast, w, y, epi)
                 }
                 ConvWeight::Taps(w) => conv::channels_last::depthwise::forward(shape, x, w, y, epi),
             }
@@ -958,7 +958,7 @@ impl<'m> Compiler<'m> {
             ConvWeight::Taps(channels_last::depthwise::pack(&shape, &w))
         } else {
             let input = InputLayout::ChannelsLast;
-            ConvWeight::ChannelsLast(channels_last::pack(&shape, &w, input), input)
+            ConvWeight::ChannelsLast(channels_last::pack(&shape, &w, input))
         };
         kind.push_str(if depthwise { " dw cl" } else { " cl" });
         kind.push_str(&epilogue_kind(bias.is_some(), residual.is_some(), act));

@@ -1,6 +1,6 @@
 //! How a plan stores conv and linear weights: f32, or 16 bits decoded by the kernels.
 
-use tlc_kernels::conv::channels_last::{depthwise::Taps, InputLayout};
+use tlc_kernels::conv::channels_last::depthwise::Taps;
 use tlc_kernels::conv::winograd::WinogradWeights;
 use tlc_kernels::gemm::{PackedB, PackedPanels, PackedRows};
 use tlc_kernels::half_weights::{HalfKind, HalfVec};
@@ -54,9 +54,9 @@ pub(super) enum ConvWeight {
     Rows(PackedRows),
     /// `G W G^T` per transform position, packed for the Winograd GEMMs (`conv::winograd`).
     Winograd(WinogradWeights),
-    /// `W^T` packed for the channels-last rows (`conv::channels_last::conv`), reading an input
-    /// of the given layout.
-    ChannelsLast(PackedPanels, InputLayout),
+    /// `W^T` packed for the channels-last rows (`conv::channels_last::conv`) of a channels-last
+    /// input.
+    ChannelsLast(PackedPanels),
     /// Depthwise weights tap-major for `conv::channels_last::depthwise`.
     Taps(Taps),
 }
@@ -70,7 +70,7 @@ impl ConvWeight {
             ConvWeight::PixelMajor(p) => 4 * p.rows() * p.cols(),
             ConvWeight::Rows(p) => 4 * p.rows() * p.depth(),
             ConvWeight::Winograd(w) => w.bytes(),
-            ConvWeight::ChannelsLast(p, _) => 4 * p.rows() * p.cols(),
+            ConvWeight::ChannelsLast(p) => 4 * p.rows() * p.cols(),
             ConvWeight::Taps(t) => t.bytes(),
         }
     }
