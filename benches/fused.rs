@@ -151,9 +151,9 @@ enum ChannelsLast {
 
 impl ChannelsLast {
     fn run(&self, s: &Conv2dShape, x: &[f32], y: &mut [f32], epi: &[ConvEpilogueOp]) {
-        use conv::channels_last::{self as cl, InputLayout};
+        use conv::channels_last as cl;
         match self {
-            ChannelsLast::Rows(w) => cl::conv(s, x, InputLayout::ChannelsLast, w, y, epi),
+            ChannelsLast::Rows(w) => cl::conv(s, x, w, y, epi),
             ChannelsLast::Depthwise(t) => cl::depthwise::forward(s, x, t, y, epi),
         }
     }
@@ -195,8 +195,7 @@ fn fused_conv(c: &mut Criterion) {
                 let taps = conv::channels_last::depthwise::pack(&s, &w);
                 ChannelsLast::Depthwise(taps)
             } else {
-                let input = conv::channels_last::InputLayout::ChannelsLast;
-                ChannelsLast::Rows(conv::channels_last::pack(&s, &w, input))
+                ChannelsLast::Rows(conv::channels_last::pack(&s, &w))
             };
             g.bench_function(BenchmarkId::new(layer.name, "fused_channels_last"), |b| {
                 b.iter(|| cl.run(&s, black_box(&x), &mut y, &epi))

@@ -58,7 +58,7 @@ use crate::error::{Error, Result};
 use crate::graph::{Graph, Model, NodeId, Op};
 use crate::passes::{fold_batch_norms, remove_passthrough};
 use std::collections::HashMap;
-use tlc_kernels::conv::channels_last::{self, layout, InputLayout};
+use tlc_kernels::conv::channels_last::{self, layout};
 use tlc_kernels::conv::expand_dw::{ExpandDw, Stage};
 use tlc_kernels::conv::{self, Conv2dShape, ConvEpilogueOp};
 use tlc_kernels::elementwise::{self, BinaryOp};
@@ -520,9 +520,7 @@ fn exec<'a>(kernel: &Kernel, n_in: usize, val: &dyn Fn(usize) -> &'a [f32], y: &
                 ConvWeight::PixelMajor(w) => conv::pixel_major::forward(shape, x, w, y, epi),
                 ConvWeight::Rows(w) => conv::forward_weights(shape, x, Weights::Packed(w), y, epi),
                 ConvWeight::Winograd(w) => conv::winograd::forward(shape, x, w, y, epi),
-                ConvWeight::ChannelsLast(w) => {
-                    conv::channels_last::conv(shape, x, InputLayout::ChannelsLast, w, y, epi)
-                }
+                ConvWeight::ChannelsLast(w) => conv::channels_last::conv(shape, x, w, y, epi),
                 ConvWeight::Taps(w) => conv::channels_last::depthwise::forward(shape, x, w, y, epi),
             }
         }
@@ -618,9 +616,9 @@ struct Compiler<'m> {
     channels_last: bool,
     /// Length of each value.
     lens: Vec<usize>,
-    /// Layout of each value, and its `(n, c, plane)` when 4-D.
+    /// Layout of each value, and its per-sample `(channels, plane)` when 4-D.
     layouts: Vec<Layout>,
-    dims: Vec<Option<(usize, usize, usize)>>,
+    dims: Vec<Option<(usize, usize)>>,
     /// Values already moved to the other layout, and where to.
     relayouts: HashMap<ValueId, ValueId>,
     steps: Vec<Step>,
@@ -741,15 +739,15 @@ impl<'m> Compiler<'m> {
         self.lens.push(self.numel(node));
         self.layouts.push(Layout::Nchw);
         let s = &self.shapes[node];
-        self.dims
-            .push((s.len() == 3).then(|| (self.batch, s[0], s[1] * s[2])));
+        self.dims.push((s.len() == 3).then(|| (s[0], s[1] * s[2])));
         self.lens.len() - 1
     }
 
     /// Value `v` in layout `want`: itself when it is so already (or both layouts coincide: one
     /// pixel or one channel, or not 4-D), else a step moving it (once per value).
     fn value_in(&mut self, v: ValueId, want: Layout) -> ValueId {
-        let Some((n, c, plane)) = self.dims[v] else {
+        let n = self.batch;
+        let Some((c, plane)) = self.dims[v] else {
             return v;
         };
         if self.layouts[v] == want || plane == 1 || c == 1 {
@@ -927,8 +925,8 @@ impl<'m> Compiler<'m> {
     }
 
     /// Emit conv `id` (of `full`, input `x`) on the channels-last kernels when it is depthwise or
-    /// has one group, its output channels-last; whether it did. A one-group conv reading an
-    /// NCHW value (the image stem) gathers its patches from it, so no step moves the input.
+    /// has one group, its output channels-last; whether it did (not for an NCHW image stem, see
+    /// below). Its input and residual are moved channels-last first where they are not.
     fn conv_channels_last(
         &mut self,
         id: NodeId,
@@ -944,7 +942,7 @@ impl<'m> Compiler<'m> {
         // paths, its output moved once for its readers: the stem's im2col vectorises over the
         // input rows, and moving its 32 output channels cost less than gathering 27-float
         // patches (MobileNetV2 at 224 on one thread: 0.38 + 0.08 ms against 0.58 + 0.11).
-        let image = self.dims[x].is_some_and(|d| d.1 <= 4 && d.2 > 1);
+        let image = self.dims[x].is_some_and(|(c, plane)| c <= 4 && plane > 1);
         if !depthwise && self.layouts[x] == Layout::Nchw && image {
             return Ok(false);
         }
@@ -957,8 +955,7 @@ impl<'m> Compiler<'m> {
         let weight = if depthwise {
             ConvWeight::Taps(channels_last::depthwise::pack(&shape, &w))
         } else {
-            let input = InputLayout::ChannelsLast;
-            ConvWeight::ChannelsLast(channels_last::pack(&shape, &w, input))
+            ConvWeight::ChannelsLast(channels_last::pack(&shape, &w))
         };
         kind.push_str(if depthwise { " dw cl" } else { " cl" });
         kind.push_str(&epilogue_kind(bias.is_some(), residual.is_some(), act));

@@ -202,18 +202,20 @@ mod avx2 {
             first
         };
         let fused = Fused::of(epi);
+        let mut valid = [(0, 0); KH];
+        let mut n_valid = 0;
+        for ky in 0..KH {
+            if let Some(iy) = input_row(s, oy, ky) {
+                valid[n_valid] = (iy, ky);
+                n_valid += 1;
+            }
+        }
         let t: Tile<KH> = Tile {
             s,
             c,
             iw: s.in_w,
-            rows: std::array::from_fn(|ky| input_row(s, oy, ky)),
-            valid: std::array::from_fn(|r| {
-                (0..KH)
-                    .filter_map(|ky| Some((input_row(s, oy, ky)?, ky)))
-                    .nth(r)
-                    .unwrap_or((0, 0))
-            }),
-            n_valid: (0..KH).filter(|&ky| input_row(s, oy, ky).is_some()).count(),
+            valid,
+            n_valid,
             image,
             taps: w,
             dst: dst.as_mut_ptr(),
@@ -235,7 +237,7 @@ mod avx2 {
                 .unwrap_or(1);
             // SAFETY: AVX2 and FMA are present (picked by `pick_row_kernel`); output columns
             // ox .. ox + tile are interior (their windows inside the row), and the tile reads
-            // channels < c of the pixels its window covers (rows `t.rows`), of the taps and of
+            // channels < c of the pixels its window covers (rows `t.valid`), of the taps and of
             // the epilogue's operands at its outputs, and writes those channels of its output
             // pixels, all inside their slices (lengths checked by `forward`).
             unsafe {
@@ -262,9 +264,7 @@ mod avx2 {
         s: &'a Conv2dShape,
         c: usize,
         iw: usize,
-        /// The input row of each kernel row, if inside the image.
-        rows: [Option<usize>; KH],
-        /// The rows inside the image as (input row, kernel row), the first `n_valid`.
+        /// The kernel rows inside the image as (input row, kernel row), the first `n_valid`.
         valid: [(usize, usize); KH],
         n_valid: usize,
         image: &'a [f32],
@@ -391,8 +391,7 @@ mod avx2 {
                 let img = self.image.as_ptr().add(c0);
                 let taps = self.taps.data.as_ptr().add(c0);
                 let mut acc = _mm256_setzero_ps();
-                for (ky, iy) in self.rows.iter().enumerate() {
-                    let Some(iy) = *iy else { continue };
+                for &(iy, ky) in &self.valid[..self.n_valid] {
                     for kx in 0..KW {
                         if let Some(ix) = input_col(self.s, ox, kx) {
                             let v = load::<FULL>(img.add((iy * self.iw + ix) * self.c), lanes);

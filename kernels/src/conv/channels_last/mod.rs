@@ -10,11 +10,10 @@
 //! vectorises over channels with every load contiguous.
 //!
 //! - [`pointwise`]: 1x1, stride 1, one group — `out[P x Cout] = x[P x Cin] * W^T`.
-//! - [`conv`]: any one-group convolution, its patches gathered into pixel rows (from a
-//!   channels-last input in `(ky, kx, c)` order, a kernel row's taps copied as one run; or from
-//!   an NCHW input in the weights' own order). The inference plan runs an NCHW image stem on the
-//!   NCHW paths and moves its output instead: gathering 27-float patches cost more than the
-//!   move (MobileNetV2's stem, one thread: 0.58 ms gathered against 0.38 + 0.08 moved).
+//! - [`conv`]: any one-group convolution, its patches gathered into pixel rows in `(ky, kx, c)`
+//!   order, a kernel row's taps copied as one run. (The inference plan runs an NCHW image stem on
+//!   the NCHW paths and moves its output: gathering its 27-float patches cost more than the move,
+//!   MobileNetV2's stem on one thread 0.58 ms against 0.38 + 0.08.)
 //! - [`depthwise`]: one channel per group, vectorised over channels.
 //! - [`layout`]: NCHW <-> channels-last transposes and the global average pool.
 //!
@@ -34,15 +33,6 @@ use crate::parallel::{self, CONV_PAR_MIN_MACS, GEMM_PAR_MIN_MACS};
 use crate::scratch::with_scratch;
 use tile::{TileEpi, PIXELS};
 
-/// Where a convolution's input comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum InputLayout {
-    /// `[N][C][H][W]`.
-    Nchw,
-    /// `[N][H][W][C]`.
-    ChannelsLast,
-}
-
 /// Whether this process has SIMD tiles for the channels-last kernels (the portable ones run
 /// anywhere, but the plan only switches layout where they are vectorised).
 pub fn fast() -> bool {
@@ -61,16 +51,16 @@ pub fn supports(s: &Conv2dShape) -> bool {
     s.params.groups == 1
 }
 
-/// The weights (`[Cout][Cin][kh][kw]`) packed for [`conv`] reading `input`, or for [`pointwise`]:
-/// `W^T` in 16-channel panels, the patch in the order [`conv`] gathers it.
-pub fn pack(s: &Conv2dShape, w: &[f32], input: InputLayout) -> PackedPanels {
+/// The weights (`[Cout][Cin][kh][kw]`) packed for [`conv`] or [`pointwise`]: `W^T` in
+/// 16-channel panels, the patch in the order [`conv`] gathers it.
+pub fn pack(s: &Conv2dShape, w: &[f32]) -> PackedPanels {
     let (cout, cin, kk) = (s.out_channels, s.in_channels, s.kernel_h * s.kernel_w);
     let k = cin * kk;
     assert_eq!(w.len(), cout * k, "conv2d: weight length");
-    if input == InputLayout::Nchw || kk == 1 {
+    if kk == 1 {
         return PackedPanels::new(MatRef::row_major(w, cout, k).t());
     }
-    // Channels last: patch element (tap t, channel c) at t * cin + c.
+    // Patch element (tap t, channel c) at t * cin + c.
     let mut reordered = vec![0f32; w.len()];
     for o in 0..cout {
         for c in 0..cin {
@@ -101,23 +91,16 @@ pub fn pointwise(
     gemm_rows(rows, cin, w, out, epi, |r0, _, f| f(&x[r0 * cin..]));
 }
 
-/// Any one-group convolution into channels-last `out`, reading `x` in `input`'s layout: each
-/// task gathers the patches of a run of output pixels into pixel rows (zeros where the window
-/// passes the border) and multiplies them by the weights from [`pack`] (same `input`).
-pub fn conv(
-    s: &Conv2dShape,
-    x: &[f32],
-    input: InputLayout,
-    w: &PackedPanels,
-    out: &mut [f32],
-    epi: &[ConvEpilogueOp],
-) {
+/// Any one-group convolution of channels-last `x` into channels-last `out`: each task gathers
+/// the patches of a run of output pixels into pixel rows (zeros where the window passes the
+/// border) and multiplies them by the weights from [`pack`].
+pub fn conv(s: &Conv2dShape, x: &[f32], w: &PackedPanels, out: &mut [f32], epi: &[ConvEpilogueOp]) {
     assert!(
         supports(s),
         "conv2d: grouped convolution on the channels-last rows"
     );
     check(s, x, w, out, epi);
-    if s.path() == ConvPath::Pointwise && s.params.stride == (1, 1) && input != InputLayout::Nchw {
+    if s.path() == ConvPath::Pointwise && s.params.stride == (1, 1) {
         return pointwise(s, x, w, out, epi);
     }
     let (oh, ow) = s.out_hw();
@@ -127,8 +110,8 @@ pub fn conv(
         with_scratch(rows * k, |patches| {
             let (mut n, mut oy, mut ox) = (r0 / plane, r0 % plane / ow, r0 % ow);
             for row in patches.chunks_exact_mut(k) {
-                if input == InputLayout::Nchw || !gather_inside(s, x, n, oy, ox, row) {
-                    gather_patch(s, x, input, n, oy, ox, row);
+                if !gather_inside(s, x, n, oy, ox, row) {
+                    gather_patch(s, x, n, oy, ox, row);
                 }
                 ox += 1;
                 if ox == ow {
@@ -189,17 +172,10 @@ fn gather_inside(
     true
 }
 
-/// Output pixel (`oy`, `ox`) of image `n`: its patch into `row`, in [`pack`]'s order for `input`.
-fn gather_patch(
-    s: &Conv2dShape,
-    x: &[f32],
-    input: InputLayout,
-    n: usize,
-    oy: usize,
-    ox: usize,
-    row: &mut [f32],
-) {
-    let (cin, kh, kw) = (s.in_channels, s.kernel_h, s.kernel_w);
+/// Output pixel (`oy`, `ox`) of image `n`: its patch into `row`, in [`pack`]'s order (zeros
+/// where the window passes the border).
+fn gather_patch(s: &Conv2dShape, x: &[f32], n: usize, oy: usize, ox: usize, row: &mut [f32]) {
+    let (cin, kw) = (s.in_channels, s.kernel_w);
     let (h, w) = (s.in_h, s.in_w);
     let p = s.params;
     let image = &x[n * cin * h * w..(n + 1) * cin * h * w];
@@ -208,47 +184,23 @@ fn gather_patch(
         let ix = (ox * p.stride.1 + kx * p.dilation.1).checked_sub(p.padding.1)?;
         (iy < h && ix < w).then_some((iy, ix))
     };
-    match input {
-        InputLayout::ChannelsLast => {
-            for (ky, dst) in row.chunks_exact_mut(kw * cin).enumerate() {
-                let iy = (oy * p.stride.0 + ky * p.dilation.0).checked_sub(p.padding.0);
-                let Some(iy) = iy.filter(|&iy| iy < h) else {
-                    dst.fill(0.0);
-                    continue;
-                };
-                let line = &image[iy * w * cin..(iy + 1) * w * cin];
-                match (at(ky, 0), at(ky, kw - 1)) {
-                    // The kernel row's taps are adjacent pixels: one run of kw * cin floats.
-                    (Some((_, ix0)), Some(_)) if p.dilation.1 == 1 => {
-                        copy_short(dst, &line[ix0 * cin..(ix0 + kw) * cin]);
-                    }
-                    _ => {
-                        for (kx, tap) in dst.chunks_exact_mut(cin).enumerate() {
-                            match at(ky, kx) {
-                                Some((_, ix)) => copy_short(tap, &line[ix * cin..(ix + 1) * cin]),
-                                None => tap.fill(0.0),
-                            }
-                        }
-                    }
-                }
+    for (ky, dst) in row.chunks_exact_mut(kw * cin).enumerate() {
+        let iy = (oy * p.stride.0 + ky * p.dilation.0).checked_sub(p.padding.0);
+        let Some(iy) = iy.filter(|&iy| iy < h) else {
+            dst.fill(0.0);
+            continue;
+        };
+        let line = &image[iy * w * cin..(iy + 1) * w * cin];
+        match (at(ky, 0), at(ky, kw - 1)) {
+            // The kernel row's taps are adjacent pixels: one run of kw * cin floats.
+            (Some((_, ix0)), Some(_)) if p.dilation.1 == 1 => {
+                copy_short(dst, &line[ix0 * cin..(ix0 + kw) * cin]);
             }
-        }
-        InputLayout::Nchw => {
-            let mut t = 0;
-            for c in 0..cin {
-                let channel = &image[c * h * w..(c + 1) * h * w];
-                for ky in 0..kh {
-                    let dst = &mut row[t..t + kw];
-                    t += kw;
-                    let iy = (oy * p.stride.0 + ky * p.dilation.0).checked_sub(p.padding.0);
-                    let Some(iy) = iy.filter(|&iy| iy < h) else {
-                        dst.fill(0.0);
-                        continue;
-                    };
-                    let line = &channel[iy * w..(iy + 1) * w];
-                    for (kx, v) in dst.iter_mut().enumerate() {
-                        let ix = (ox * p.stride.1 + kx * p.dilation.1).checked_sub(p.padding.1);
-                        *v = ix.and_then(|ix| line.get(ix)).copied().unwrap_or(0.0);
+            _ => {
+                for (kx, tap) in dst.chunks_exact_mut(cin).enumerate() {
+                    match at(ky, kx) {
+                        Some((_, ix)) => copy_short(tap, &line[ix * cin..(ix + 1) * cin]),
+                        None => tap.fill(0.0),
                     }
                 }
             }

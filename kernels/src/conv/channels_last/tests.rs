@@ -65,10 +65,9 @@ fn epilogues() -> [(bool, bool, Activation); 3] {
     ]
 }
 
-/// Runs `run(x_cl_or_nchw, residual_cl, epi, out)` against the naive convolution and compares.
+/// Runs `run(x, epi, out)` (all channels-last) against the naive convolution and compares.
 fn check_against_naive(
     s: &Conv2dShape,
-    input: InputLayout,
     seed: u64,
     run: impl Fn(&[f32], &[ConvEpilogueOp], &mut [f32]),
 ) {
@@ -79,10 +78,7 @@ fn check_against_naive(
     let bias = rand(s.out_channels, seed + 2);
     let r = rand(s.output_len(), seed + 3);
     let r_cl = cl(&r, s.batch, s.out_channels, plane_out);
-    let x_in = match input {
-        InputLayout::Nchw => x.clone(),
-        InputLayout::ChannelsLast => cl(&x, s.batch, s.in_channels, plane_in),
-    };
+    let x_in = cl(&x, s.batch, s.in_channels, plane_in);
     for (with_bias, with_add, act) in epilogues() {
         let mut want_epi = vec![];
         let mut got_epi = vec![];
@@ -104,7 +100,7 @@ fn check_against_naive(
         for (i, (g, e)) in got.iter().zip(&want).enumerate() {
             assert!(
                 (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
-                "{s:?} {input:?} {act:?}: output {i} is {g}, expected {e}"
+                "{s:?} {act:?}: output {i} is {g}, expected {e}"
             );
         }
     }
@@ -121,15 +117,13 @@ fn pointwise_matches_naive() {
     ] {
         let s = shape(batch, cin, hw, cout, (1, 1), 1, 0, 1, 1);
         let w = rand(s.weight_len(), 11);
-        let packed = pack(&s, &w, InputLayout::ChannelsLast);
-        check_against_naive(&s, InputLayout::ChannelsLast, 10, |x, epi, out| {
-            pointwise(&s, x, &packed, out, epi)
-        });
+        let packed = pack(&s, &w);
+        check_against_naive(&s, 10, |x, epi, out| pointwise(&s, x, &packed, out, epi));
     }
 }
 
 #[test]
-fn gathered_convolutions_match_naive_from_either_layout() {
+fn gathered_convolutions_match_naive() {
     for (batch, cin, hw, cout, k, stride, pad, dil) in [
         (1, 3, (11, 9), 32, (3, 3), 2, 1, 1),
         (2, 5, (6, 7), 17, (3, 3), 1, 1, 1),
@@ -139,13 +133,9 @@ fn gathered_convolutions_match_naive_from_either_layout() {
         (1, 7, (4, 6), 3, (2, 3), 1, 0, 1),
     ] {
         let s = shape(batch, cin, hw, cout, k, stride, pad, dil, 1);
-        for input in [InputLayout::Nchw, InputLayout::ChannelsLast] {
-            let w = rand(s.weight_len(), 11);
-            let packed = pack(&s, &w, input);
-            check_against_naive(&s, input, 10, |x, epi, out| {
-                conv(&s, x, input, &packed, out, epi)
-            });
-        }
+        let w = rand(s.weight_len(), 11);
+        let packed = pack(&s, &w);
+        check_against_naive(&s, 10, |x, epi, out| conv(&s, x, &packed, out, epi));
     }
 }
 
@@ -164,7 +154,7 @@ fn depthwise_matches_naive() {
         let s = shape(batch, c, hw, c, k, stride, pad, 1, c);
         let w = rand(s.weight_len(), 11);
         let taps = depthwise::pack(&s, &w);
-        check_against_naive(&s, InputLayout::ChannelsLast, 10, |x, epi, out| {
+        check_against_naive(&s, 10, |x, epi, out| {
             depthwise::forward(&s, x, &taps, out, epi)
         });
     }
