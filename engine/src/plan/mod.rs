@@ -521,6 +521,7 @@ fn exec<'a>(kernel: &Kernel, n_in: usize, val: &dyn Fn(usize) -> &'a [f32], y: &
                 ConvWeight::Rows(w) => conv::forward_weights(shape, x, Weights::Packed(w), y, epi),
                 ConvWeight::Winograd(w) => conv::winograd::forward(shape, x, w, y, epi),
                 ConvWeight::ChannelsLast(w) => conv::channels_last::conv(shape, x, w, y, epi),
+                ConvWeight::FromNchw(w) => conv::channels_last::conv_from_nchw(shape, x, w, y, epi),
                 ConvWeight::Taps(w) => conv::channels_last::depthwise::forward(shape, x, w, y, epi),
             }
         }
@@ -790,6 +791,15 @@ impl<'m> Compiler<'m> {
         (self.consumers[id].len() == 1 && id != self.g.output()).then(|| self.consumers[id][0])
     }
 
+    /// Whether only convolutions and residual adds (which the convs producing their other
+    /// operand take in their epilogue) read `id`'s value, and it is not the network's output.
+    fn read_by_convs(&self, id: NodeId) -> bool {
+        id != self.g.output()
+            && self.consumers[id]
+                .iter()
+                .all(|&c| matches!(self.g.node(c).op, Op::Conv2d(_) | Op::Add))
+    }
+
     fn act_of(&self, id: NodeId) -> Option<Activation> {
         match self.g.node(id).op {
             Op::Activation { act } => Some(act.activation()),
@@ -938,26 +948,43 @@ impl<'m> Compiler<'m> {
         if !depthwise && c.groups != 1 {
             return Ok(false);
         }
-        // A one-group conv reading an NCHW image (a few channels: the stem) runs on the NCHW
-        // paths, its output moved once for its readers: the stem's im2col vectorises over the
-        // input rows, and moving its 32 output channels cost less than gathering 27-float
-        // patches (MobileNetV2 at 224 on one thread: 0.38 + 0.08 ms against 0.58 + 0.11).
+        // A one-group conv reading an NCHW image (a few channels: the stem) reads it in place
+        // through padded bands and writes channels-last when convs read its output (moving the
+        // image and gathering 27-float patches cost more: MobileNetV2 at 224 on one thread 0.58
+        // + 0.11 ms, against 0.38 + 0.08 for the NCHW conv and a move of its output; the band
+        // conv costs what the NCHW one did, without the move). Before a pool (ResNet-18's stem)
+        // it runs NCHW.
         let image = self.dims[x].is_some_and(|(c, plane)| c <= 4 && plane > 1);
-        if !depthwise && self.layouts[x] == Layout::Nchw && image {
-            return Ok(false);
-        }
         let (fused, residual, act) = self.epilogue(id);
         let bias = c.bias.then(|| self.tensor(id, "bias")).transpose()?;
         let (shape, trimmed, mut kind) = self.trimmed_conv(id, c, full)?;
-        let x = self.value_in(x, Layout::ChannelsLast);
+        let from_nchw = !depthwise
+            && self.layouts[x] == Layout::Nchw
+            && image
+            && channels_last::supports_nchw_input(&shape)
+            && self.read_by_convs(fused.last().copied().unwrap_or(id));
+        if !depthwise && self.layouts[x] == Layout::Nchw && image && !from_nchw {
+            return Ok(false);
+        }
+        let x = if from_nchw {
+            x
+        } else {
+            self.value_in(x, Layout::ChannelsLast)
+        };
         let residual = residual.map(|r| self.value_in(r, Layout::ChannelsLast));
         let w = self.conv_weight_values(id, &shape, &trimmed)?;
         let weight = if depthwise {
             ConvWeight::Taps(channels_last::depthwise::pack(&shape, &w))
+        } else if from_nchw {
+            ConvWeight::FromNchw(channels_last::pack_nchw_input(&shape, &w))
         } else {
             ConvWeight::ChannelsLast(channels_last::pack(&shape, &w))
         };
-        kind.push_str(if depthwise { " dw cl" } else { " cl" });
+        kind.push_str(match (depthwise, from_nchw) {
+            (true, _) => " dw cl",
+            (false, true) => " nchw>cl",
+            (false, false) => " cl",
+        });
         kind.push_str(&epilogue_kind(bias.is_some(), residual.is_some(), act));
         let kernel = Kernel::Conv {
             shape,

@@ -57,6 +57,9 @@ pub(super) enum ConvWeight {
     /// `W^T` packed for the channels-last rows (`conv::channels_last::conv`) of a channels-last
     /// input.
     ChannelsLast(PackedPanels),
+    /// `W^T` packed for `conv::channels_last::conv_from_nchw` (an NCHW input, the image stem;
+    /// channels-last output).
+    FromNchw(PackedPanels),
     /// Depthwise weights tap-major for `conv::channels_last::depthwise`.
     Taps(Taps),
 }
@@ -70,7 +73,7 @@ impl ConvWeight {
             ConvWeight::PixelMajor(p) => 4 * p.rows() * p.cols(),
             ConvWeight::Rows(p) => 4 * p.rows() * p.depth(),
             ConvWeight::Winograd(w) => w.bytes(),
-            ConvWeight::ChannelsLast(p) => 4 * p.rows() * p.cols(),
+            ConvWeight::ChannelsLast(p) | ConvWeight::FromNchw(p) => 4 * p.rows() * p.cols(),
             ConvWeight::Taps(t) => t.bytes(),
         }
     }

@@ -65,7 +65,7 @@ fn geometry_fits(s: &Conv2dShape) -> bool {
 
 /// The geometry the band covers: strides of 1 or 2, no dilation, one group, padding smaller than
 /// the kernel.
-fn band_fits(s: &Conv2dShape) -> bool {
+pub(crate) fn band_fits(s: &Conv2dShape) -> bool {
     let p = &s.params;
     (1..=2).contains(&p.stride.0)
         && (1..=2).contains(&p.stride.1)
@@ -77,20 +77,20 @@ fn band_fits(s: &Conv2dShape) -> bool {
 
 /// The band geometry every task of one call shares.
 #[derive(Clone, Copy)]
-struct Band {
+pub(crate) struct Band {
     /// Floats per column phase of a padded row (`ceil((W + 2 pw) / sw)`).
     hp: usize,
     /// Floats per padded row: its `sw` phases.
-    rowlen: usize,
+    pub(crate) rowlen: usize,
     /// Floats per padded channel of a band.
     plane: usize,
     /// Floats of one band: every channel, plus the reach of the last tile past its last row.
-    len: usize,
+    pub(crate) len: usize,
 }
 
 impl Band {
     /// The band of `rows` output rows (the most any task has).
-    fn new(s: &Conv2dShape, rows: usize) -> Band {
+    pub(crate) fn new(s: &Conv2dShape, rows: usize) -> Band {
         let (sh, sw) = s.params.stride;
         let hp = (s.in_w + 2 * s.params.padding.1).div_ceil(sw);
         let rowlen = sw * hp;
@@ -109,7 +109,7 @@ impl Band {
     /// Row offsets of the patch rows `(c, ky, kx)`, in the weights' order: padded column
     /// `sw * i + p` of a row is element `i` of its phase `p`, so a window of output columns at
     /// stride `sw` is contiguous.
-    fn offsets(&self, s: &Conv2dShape, offs: &mut [u32]) {
+    pub(crate) fn offsets(&self, s: &Conv2dShape, offs: &mut [u32]) {
         let (kh, kw, sw) = (s.kernel_h, s.kernel_w, s.params.stride.1);
         for c in 0..s.in_channels {
             for ky in 0..kh {
@@ -122,7 +122,14 @@ impl Band {
     }
 
     /// Pad the input rows that output rows `oy0..oy0 + rows` read from image `x` into `band`.
-    fn fill(&self, s: &Conv2dShape, x: &[f32], oy0: usize, rows: usize, band: &mut [f32]) {
+    pub(crate) fn fill(
+        &self,
+        s: &Conv2dShape,
+        x: &[f32],
+        oy0: usize,
+        rows: usize,
+        band: &mut [f32],
+    ) {
         let (h, w, ph) = (s.in_h, s.in_w, s.params.padding.0);
         let sh = s.params.stride.0;
         let used = ((rows - 1) * sh + s.kernel_h) * self.rowlen;

@@ -37,6 +37,7 @@ pub use indirect::{
 };
 #[cfg(target_arch = "x86_64")]
 pub(crate) use pixel_major::avx2::transpose8;
+pub(crate) use pixel_major::even_tiles;
 pub use pixel_major::{
     gemm_pixel_major_raw, supported as pixel_major_supported, wide_tiles as wide_pixel_tiles,
     PackedPanels, PixelRows, PANEL,

@@ -189,8 +189,7 @@ pub unsafe fn gemm_pixel_major_raw(
 
 /// `pixels` split into runs of at most `width` as even as possible (`(start, len)`): 7 pixels in
 /// tiles of 6 as 4 + 3, where 6 + 1 spent a whole tile's loop on one pixel.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-fn even_tiles(pixels: usize, width: usize) -> impl Iterator<Item = (usize, usize)> {
+pub(crate) fn even_tiles(pixels: usize, width: usize) -> impl Iterator<Item = (usize, usize)> {
     let n = pixels.div_ceil(width);
     let (base, extra) = (pixels / n.max(1), pixels % n.max(1));
     (0..n).map(move |t| (t * base + t.min(extra), base + usize::from(t < extra)))

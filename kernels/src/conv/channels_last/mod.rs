@@ -11,9 +11,10 @@
 //!
 //! - [`pointwise`]: 1x1, stride 1, one group — `out[P x Cout] = x[P x Cin] * W^T`.
 //! - [`conv`]: any one-group convolution, its patches gathered into pixel rows in `(ky, kx, c)`
-//!   order, a kernel row's taps copied as one run. (The inference plan runs an NCHW image stem on
-//!   the NCHW paths and moves its output: gathering its 27-float patches cost more than the move,
-//!   MobileNetV2's stem on one thread 0.58 ms against 0.38 + 0.08.)
+//!   order, a kernel row's taps copied as one run.
+//! - [`conv_from_nchw`]: a one-group convolution of an NCHW input (the image stem), read through
+//!   the implicit GEMM's padded bands, so its output needs no move (gathering the stem's 27-float
+//!   patches cost more than running it NCHW and moving the output).
 //! - [`depthwise`]: one channel per group, vectorised over channels.
 //! - [`layout`]: NCHW <-> channels-last transposes and the global average pool.
 //!
@@ -27,11 +28,12 @@ pub mod layout;
 mod tests;
 mod tile;
 
+use super::implicit::{self, bytes_as_u32, Band};
 use super::{Conv2dShape, ConvEpilogueOp, ConvPath};
-use crate::gemm::{MatRef, PackedPanels, PANEL};
+use crate::gemm::{even_tiles, MatRef, PackedPanels, PANEL};
 use crate::parallel::{self, CONV_PAR_MIN_MACS, GEMM_PAR_MIN_MACS};
 use crate::scratch::with_scratch;
-use tile::{TileEpi, PIXELS};
+use tile::{Fused, Lhs, TileEpi, PIXELS};
 
 /// Whether this process has SIMD tiles for the channels-last kernels (the portable ones run
 /// anywhere, but the plan only switches layout where they are vectorised).
@@ -124,6 +126,107 @@ pub fn conv(s: &Conv2dShape, x: &[f32], w: &PackedPanels, out: &mut [f32], epi: 
                 }
             }
             f(patches)
+        })
+    });
+}
+
+/// Whether [`conv_from_nchw`] runs `s`: one group and the implicit GEMM's band geometry
+/// (strides of 1 or 2, no dilation, padding smaller than the kernel).
+pub fn supports_nchw_input(s: &Conv2dShape) -> bool {
+    s.params.groups == 1 && implicit::band_fits(s)
+}
+
+/// The weights (`[Cout][Cin][kh][kw]`) packed for [`conv_from_nchw`]: `W^T` in 16-channel
+/// panels, the patch in the weights' own `(c, ky, kx)` order (the band's offset table's).
+pub fn pack_nchw_input(s: &Conv2dShape, w: &[f32]) -> PackedPanels {
+    let k = s.patch_len();
+    assert_eq!(w.len(), s.out_channels * k, "conv2d: weight length");
+    PackedPanels::new(MatRef::row_major(w, s.out_channels, k).t())
+}
+
+/// A one-group convolution of NCHW `x` into channels-last `out`, weights from
+/// [`pack_nchw_input`]; [`supports_nchw_input`] must hold. Each task pads the input rows its
+/// output rows read into a band (column phases at stride 2, as [`super::implicit`] does), where
+/// a patch element's pixels lie adjacent, and the tiles read them through the band's offset
+/// table: the image stem writes its output in the layout its readers want without a move.
+pub fn conv_from_nchw(
+    s: &Conv2dShape,
+    x: &[f32],
+    w: &PackedPanels,
+    out: &mut [f32],
+    epi: &[ConvEpilogueOp],
+) {
+    assert!(
+        supports_nchw_input(s),
+        "conv2d: no channels-last path from an NCHW input for this shape"
+    );
+    check(s, x, w, out, epi);
+    let (oh, ow) = s.out_hw();
+    let (k, cout) = (s.patch_len(), s.out_channels);
+    let img_in = s.in_channels * s.in_h * s.in_w;
+    let par = parallel::worth_splitting(s.macs(), CONV_PAR_MIN_MACS);
+    let runs = if par {
+        super::tasks_per_image(s).clamp(1, oh)
+    } else {
+        1
+    };
+    let rows = oh.div_ceil(runs);
+    let runs = oh.div_ceil(rows);
+    let band = Band::new(s, rows);
+    let sh = s.params.stride.0;
+    let base = crate::gemm::MatPtr {
+        ptr: out.as_mut_ptr(),
+        rows: s.batch * oh * ow,
+        cols: cout,
+        row_stride: cout,
+    };
+    let fused = Fused::of(epi);
+    parallel::for_each_index(s.batch * runs, par && s.batch * runs > 1, |t| {
+        let (n, oy0) = (t / runs, t % runs * rows);
+        let rows = rows.min(oh - oy0);
+        with_scratch(k + band.len, |buf| {
+            let (offs, data) = buf.split_at_mut(k);
+            let offs = bytes_as_u32(offs);
+            band.offsets(s, offs);
+            band.fill(s, &x[n * img_in..(n + 1) * img_in], oy0, rows, data);
+            let reach = offs.iter().max().map_or(0, |&o| o as usize) + ow;
+            assert!(
+                sh * (rows - 1) * band.rowlen + reach <= data.len(),
+                "conv_from_nchw: band too short"
+            );
+            for t in 0..rows {
+                let row = &data[sh * t * band.rowlen..];
+                let oy = oy0 + t;
+                for j in 0..w.panels() {
+                    let ch0 = j * PANEL;
+                    let nch = PANEL.min(cout - ch0);
+                    let tiles = tile::family::<true>(nch);
+                    for (i0, r) in even_tiles(ow, PIXELS) {
+                        let at = ((n * oh + oy) * ow + i0) * cout + ch0;
+                        let epi = TileEpi {
+                            ops: epi,
+                            fused,
+                            ch0,
+                            at,
+                            ldc: cout,
+                        };
+                        let lhs = Lhs {
+                            a: row[i0..].as_ptr(),
+                            lda: 1,
+                            offs: offs.as_ptr(),
+                        };
+                        // SAFETY: the tile reads row[i0 + offs[p] + i] for p < k, i < r <= ow
+                        // - i0, inside `data` (the reach asserted above), and panel j's k x 16
+                        // floats; it writes channels ch0 .. ch0 + nch of output pixels at .. +
+                        // r (inside `out`: pixel (n, oy, i0 + i) exists), this task's alone
+                        // (tasks split images and output rows); the epilogue's operands have the
+                        // output's shape (checked).
+                        unsafe {
+                            tiles[r - 1](k, lhs, w.panel(j).as_ptr(), element(&base, at), nch, epi)
+                        }
+                    }
+                }
+            }
         })
     });
 }
@@ -282,6 +385,7 @@ fn gemm_rows<F>(
         cols: cout,
         row_stride: cout,
     };
+    let fused = Fused::of(epi);
     parallel::for_each_index(ranges * groups, par && ranges * groups > 1, |t| {
         let (r, g) = (t / groups, t % groups);
         let (r0, r1) = (r * len, ((r + 1) * len).min(rows));
@@ -298,13 +402,14 @@ fn gemm_rows<F>(
                     let panel = w.panel(j).as_ptr();
                     let ch0 = j * PANEL;
                     let n = PANEL.min(cout - ch0);
-                    let tiles = tile::family(n);
+                    let tiles = tile::family::<false>(n);
                     let mut i = 0;
                     while i < n_rows {
                         let r = PIXELS.min(n_rows - i);
                         let at = (start + i) * cout + ch0;
                         let epi = TileEpi {
                             ops: epi,
+                            fused,
                             ch0,
                             at,
                             ldc: cout,
@@ -317,8 +422,11 @@ fn gemm_rows<F>(
                         unsafe {
                             tiles[r - 1](
                                 k,
-                                a.as_ptr().add(i * k),
-                                k,
+                                Lhs {
+                                    a: a.as_ptr().add(i * k),
+                                    lda: k,
+                                    offs: std::ptr::null(),
+                                },
                                 panel,
                                 element(&base, at),
                                 n,

@@ -65,10 +65,12 @@ fn epilogues() -> [(bool, bool, Activation); 3] {
     ]
 }
 
-/// Runs `run(x, epi, out)` (all channels-last) against the naive convolution and compares.
+/// Runs `run(x, epi, out)` (all channels-last, or `x` NCHW when `nchw_input`) against the naive
+/// convolution and compares.
 fn check_against_naive(
     s: &Conv2dShape,
     seed: u64,
+    nchw_input: bool,
     run: impl Fn(&[f32], &[ConvEpilogueOp], &mut [f32]),
 ) {
     let (oh, ow) = s.out_hw();
@@ -78,7 +80,11 @@ fn check_against_naive(
     let bias = rand(s.out_channels, seed + 2);
     let r = rand(s.output_len(), seed + 3);
     let r_cl = cl(&r, s.batch, s.out_channels, plane_out);
-    let x_in = cl(&x, s.batch, s.in_channels, plane_in);
+    let x_in = if nchw_input {
+        x.clone()
+    } else {
+        cl(&x, s.batch, s.in_channels, plane_in)
+    };
     for (with_bias, with_add, act) in epilogues() {
         let mut want_epi = vec![];
         let mut got_epi = vec![];
@@ -118,7 +124,9 @@ fn pointwise_matches_naive() {
         let s = shape(batch, cin, hw, cout, (1, 1), 1, 0, 1, 1);
         let w = rand(s.weight_len(), 11);
         let packed = pack(&s, &w);
-        check_against_naive(&s, 10, |x, epi, out| pointwise(&s, x, &packed, out, epi));
+        check_against_naive(&s, 10, false, |x, epi, out| {
+            pointwise(&s, x, &packed, out, epi)
+        });
     }
 }
 
@@ -135,8 +143,29 @@ fn gathered_convolutions_match_naive() {
         let s = shape(batch, cin, hw, cout, k, stride, pad, dil, 1);
         let w = rand(s.weight_len(), 11);
         let packed = pack(&s, &w);
-        check_against_naive(&s, 10, |x, epi, out| conv(&s, x, &packed, out, epi));
+        check_against_naive(&s, 10, false, |x, epi, out| conv(&s, x, &packed, out, epi));
     }
+}
+
+#[test]
+fn convolutions_of_nchw_inputs_match_naive() {
+    for (batch, cin, hw, cout, k, stride, pad) in [
+        (1, 3, (23, 21), 32, (3, 3), 2, 1),
+        (2, 3, (9, 14), 17, (3, 3), 1, 1),
+        (1, 4, (12, 11), 8, (2, 3), 2, 0),
+        (1, 2, (13, 16), 40, (7, 7), 2, 3),
+        (1, 5, (6, 5), 16, (1, 1), 2, 0),
+    ] {
+        let s = shape(batch, cin, hw, cout, k, stride, pad, 1, 1);
+        assert!(supports_nchw_input(&s));
+        let w = rand(s.weight_len(), 11);
+        let packed = pack_nchw_input(&s, &w);
+        check_against_naive(&s, 10, true, |x, epi, out| {
+            conv_from_nchw(&s, x, &packed, out, epi)
+        });
+    }
+    let dilated = shape(1, 3, (9, 9), 8, (3, 3), 1, 2, 2, 1);
+    assert!(!supports_nchw_input(&dilated));
 }
 
 #[test]
@@ -154,7 +183,7 @@ fn depthwise_matches_naive() {
         let s = shape(batch, c, hw, c, k, stride, pad, 1, c);
         let w = rand(s.weight_len(), 11);
         let taps = depthwise::pack(&s, &w);
-        check_against_naive(&s, 10, |x, epi, out| {
+        check_against_naive(&s, 10, false, |x, epi, out| {
             depthwise::forward(&s, x, &taps, out, epi)
         });
     }

@@ -1,7 +1,7 @@
-//! The channels-last GEMM tile: up to [`PIXELS`] rows of `A` (one pixel's channels or patch each,
-//! contiguous) times one 16-channel panel of packed `W^T`, stored straight into channels-last
-//! output rows with the conv epilogue applied in registers. Nothing is transposed: a pixel's 16
-//! results are its 16 consecutive output channels, so every store is one contiguous run.
+//! The channels-last GEMM tile: up to [`PIXELS`] rows of `A` (one pixel's channels or patch each)
+//! times one 16-channel panel of packed `W^T`, stored straight into channels-last output rows
+//! with the conv epilogue applied in registers. Nothing is transposed: a pixel's 16 results are
+//! its 16 consecutive output channels, so every store is one contiguous run.
 
 use crate::activation::Activation;
 use crate::conv::ConvEpilogueOp;
@@ -14,6 +14,8 @@ pub(super) const PIXELS: usize = 6;
 #[derive(Clone, Copy)]
 pub(super) struct TileEpi<'e, 'a> {
     pub ops: &'e [ConvEpilogueOp<'a>],
+    /// `ops` as applied in registers ([`Fused::of`], parsed once per call).
+    pub fused: Option<Fused<'a>>,
     /// The tile's first channel (bias index).
     pub ch0: usize,
     /// Flat index of the tile's first value in the output, and so in a residual of its shape.
@@ -22,50 +24,61 @@ pub(super) struct TileEpi<'e, 'a> {
     pub ldc: usize,
 }
 
-/// One tile: `k`-deep rows at `a + i * lda` for `i < R`, the panel at `b` (`k x 16`, 64-byte
-/// aligned), results for channels `< n` (at most 16) to `c + i * ldc`.
-pub(super) type Tile = unsafe fn(usize, *const f32, usize, *const f32, *mut f32, usize, TileEpi);
-
-/// The tiles this process runs for a panel with `n` output channels, `[r - 1]` for `r` pixels.
-/// On AVX2 a panel of at most 8 channels (the last of 24, or of a pruned layer) multiplies one
-/// register per pixel, not two: 144 -> 24 convs did a third of their multiply-adds on zeros.
-pub(super) fn family(n: usize) -> &'static [Tile; PIXELS] {
-    #[cfg(target_arch = "x86_64")]
-    if crate::isa::current() == crate::isa::Isa::Avx2Fma {
-        return if n <= 8 { &AVX2_HALF } else { &AVX2 };
-    }
-    let _ = n;
-    &PORTABLE
+/// Where a tile reads `A`: pixel `i`'s depth `p` at `a + i * lda + p` (pixel rows: channels-last
+/// inputs, gathered patches), or, for the `OFFS` tiles, at `a + offs[p] + i` (an NCHW input's
+/// padded band read through the implicit GEMM's offset table, pixels adjacent).
+#[derive(Clone, Copy)]
+pub(super) struct Lhs {
+    pub a: *const f32,
+    pub lda: usize,
+    pub offs: *const u32,
 }
 
-#[cfg(target_arch = "x86_64")]
-static AVX2: [Tile; PIXELS] = [
-    avx2::tile::<1, false>,
-    avx2::tile::<2, false>,
-    avx2::tile::<3, false>,
-    avx2::tile::<4, false>,
-    avx2::tile::<5, false>,
-    avx2::tile::<6, false>,
-];
+/// One tile: `k`-deep rows of `A` ([`Lhs`]) for `R` pixels, the panel at `b` (`k x 16`, 64-byte
+/// aligned), results for channels `< n` (at most 16) to `c + i * ldc`.
+pub(super) type Tile = unsafe fn(usize, Lhs, *const f32, *mut f32, usize, TileEpi);
 
-#[cfg(target_arch = "x86_64")]
-static AVX2_HALF: [Tile; PIXELS] = [
-    avx2::tile::<1, true>,
-    avx2::tile::<2, true>,
-    avx2::tile::<3, true>,
-    avx2::tile::<4, true>,
-    avx2::tile::<5, true>,
-    avx2::tile::<6, true>,
-];
+/// The tiles this process runs for a panel with `n` output channels, `[r - 1]` for `r` pixels,
+/// reading `A` through offsets when `OFFS`. On AVX2 a panel of at most 8 channels (the last of
+/// 24, or of a pruned layer) multiplies one register per pixel, not two: 144 -> 24 convs did a
+/// third of their multiply-adds on zeros.
+pub(super) fn family<const OFFS: bool>(n: usize) -> &'static [Tile; PIXELS] {
+    #[cfg(target_arch = "x86_64")]
+    if crate::isa::current() == crate::isa::Isa::Avx2Fma {
+        return if n <= 8 {
+            &const { avx2::family::<true, OFFS>() }
+        } else {
+            &const { avx2::family::<false, OFFS>() }
+        };
+    }
+    let _ = n;
+    &const {
+        [
+            portable::<1, OFFS>,
+            portable::<2, OFFS>,
+            portable::<3, OFFS>,
+            portable::<4, OFFS>,
+            portable::<5, OFFS>,
+            portable::<6, OFFS>,
+        ]
+    }
+}
 
-static PORTABLE: [Tile; PIXELS] = [
-    portable::<1>,
-    portable::<2>,
-    portable::<3>,
-    portable::<4>,
-    portable::<5>,
-    portable::<6>,
-];
+/// Pixel `i`'s depth `p` of `lhs` (see [`Lhs`]).
+///
+/// # Safety
+/// That element is readable.
+#[inline(always)]
+unsafe fn lhs_at<const OFFS: bool>(lhs: Lhs, i: usize, p: usize) -> *const f32 {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if OFFS {
+            lhs.a.add(*lhs.offs.add(p) as usize + i)
+        } else {
+            lhs.a.add(i * lhs.lda + p)
+        }
+    }
+}
 
 /// An epilogue in the order the inference plan emits it — bias, residual, clamping activation,
 /// each optional — which the SIMD kernels apply in registers with the operands loaded once per
@@ -131,12 +144,11 @@ pub(super) fn clamp_of(a: Activation) -> Option<(f32, f32)> {
 /// The portable tile (any CPU; the reference the SIMD tiles are tested against).
 ///
 /// # Safety
-/// Rows `a + i * lda .. + k` for `i < R` and the panel's `k x 16` floats are readable; output rows
-/// `c + i * epi.ldc .. + n` are writable and the caller's alone; `epi`'s operands cover them.
-unsafe fn portable<const R: usize>(
+/// `lhs`'s depths `0..k` of pixels `i < R` and the panel's `k x 16` floats are readable; output
+/// rows `c + i * epi.ldc .. + n` are writable and the caller's alone; `epi`'s operands cover them.
+unsafe fn portable<const R: usize, const OFFS: bool>(
     k: usize,
-    a: *const f32,
-    lda: usize,
+    lhs: Lhs,
     b: *const f32,
     c: *mut f32,
     n: usize,
@@ -147,8 +159,8 @@ unsafe fn portable<const R: usize>(
         // SAFETY: panel row p lies inside the panel (contract).
         let bp = unsafe { std::slice::from_raw_parts(b.add(p * PANEL), PANEL) };
         for (i, row) in acc.iter_mut().enumerate() {
-            // SAFETY: row i's element p is readable (contract).
-            let x = unsafe { *a.add(i * lda + p) };
+            // SAFETY: pixel i's depth p is readable (contract).
+            let x = unsafe { *lhs_at::<OFFS>(lhs, i, p) };
             row.iter_mut().zip(bp).for_each(|(o, w)| *o += x * w);
         }
     }
@@ -162,8 +174,20 @@ unsafe fn portable<const R: usize>(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{epilogue_scalar, Fused, TileEpi, PANEL};
+    use super::{epilogue_scalar, lhs_at, Lhs, Tile, TileEpi, PANEL, PIXELS};
     use core::arch::x86_64::*;
+
+    /// The tiles of one kind, `[r - 1]` for `r` pixels.
+    pub(super) const fn family<const HALF: bool, const OFFS: bool>() -> [Tile; PIXELS] {
+        [
+            tile::<1, HALF, OFFS>,
+            tile::<2, HALF, OFFS>,
+            tile::<3, HALF, OFFS>,
+            tile::<4, HALF, OFFS>,
+            tile::<5, HALF, OFFS>,
+            tile::<6, HALF, OFFS>,
+        ]
+    }
 
     /// The AVX2+FMA tile: `R <= 6` pixels x two 8-channel registers (one when `HALF`: the
     /// panel's upper 8 channels are not computed), as [`super::portable`].
@@ -171,10 +195,9 @@ mod avx2 {
     /// # Safety
     /// AVX2 and FMA present, and [`super::portable`]'s contract; `n <= 8` when `HALF`.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile<const R: usize, const HALF: bool>(
+    unsafe fn tile<const R: usize, const HALF: bool, const OFFS: bool>(
         k: usize,
-        a: *const f32,
-        lda: usize,
+        lhs: Lhs,
         b: *const f32,
         c: *mut f32,
         n: usize,
@@ -189,45 +212,62 @@ mod avx2 {
                 let b0 = _mm256_load_ps(b.add(p * PANEL));
                 if HALF {
                     for (i, acc) in acc_lo.iter_mut().enumerate().take(R) {
-                        let x = _mm256_broadcast_ss(&*a.add(i * lda + p));
+                        let x = _mm256_broadcast_ss(&*lhs_at::<OFFS>(lhs, i, p));
                         *acc = _mm256_fmadd_ps(x, b0, *acc);
                     }
                     continue;
                 }
                 let b1 = _mm256_load_ps(b.add(p * PANEL + 8));
                 for i in 0..R {
-                    let x = _mm256_broadcast_ss(&*a.add(i * lda + p));
+                    let x = _mm256_broadcast_ss(&*lhs_at::<OFFS>(lhs, i, p));
                     acc_lo[i] = _mm256_fmadd_ps(x, b0, acc_lo[i]);
                     acc_hi[i] = _mm256_fmadd_ps(x, b1, acc_hi[i]);
                 }
             }
-            let fused = Fused::of(epi.ops);
-            let f = fused.unwrap_or_default();
+            let Some(f) = epi.fused else {
+                for i in 0..R {
+                    let cp = c.add(i * epi.ldc);
+                    store_n(cp, n, acc_lo[i], acc_hi[i]);
+                    let row = std::slice::from_raw_parts_mut(cp, n);
+                    epilogue_scalar(epi.ops, row, epi.ch0, epi.at + i * epi.ldc);
+                }
+                return;
+            };
+            // Whole panels load and store two registers directly; the last, partial panel of
+            // a layer goes through `load_n` / `store_n`.
+            let full = n == PANEL;
+            let load = |p: *const f32| {
+                if full {
+                    (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+                } else {
+                    load_n(p, n)
+                }
+            };
             let zero = _mm256_setzero_ps();
             let (b0, b1) = match f.bias {
-                Some(b) => load_n(b.as_ptr().add(epi.ch0), n),
+                Some(b) => load(b.as_ptr().add(epi.ch0)),
                 None => (zero, zero),
             };
-            let (lo, hi) = f.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
-            let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+            let (min, max) = f.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+            let (min, max) = (_mm256_set1_ps(min), _mm256_set1_ps(max));
             for i in 0..R {
-                let at = epi.at + i * epi.ldc;
-                let cp = c.add(i * epi.ldc);
                 let mut v0 = _mm256_add_ps(acc_lo[i], b0);
                 let mut v1 = _mm256_add_ps(acc_hi[i], b1);
                 if let Some(r) = f.residual {
-                    let (r0, r1) = load_n(r.as_ptr().add(at), n);
+                    let (r0, r1) = load(r.as_ptr().add(epi.at + i * epi.ldc));
                     v0 = _mm256_add_ps(v0, r0);
                     v1 = _mm256_add_ps(v1, r1);
                 }
                 if f.clamp.is_some() {
-                    v0 = _mm256_min_ps(hi, _mm256_max_ps(lo, v0));
-                    v1 = _mm256_min_ps(hi, _mm256_max_ps(lo, v1));
+                    v0 = _mm256_min_ps(max, _mm256_max_ps(min, v0));
+                    v1 = _mm256_min_ps(max, _mm256_max_ps(min, v1));
                 }
-                store_n(cp, n, v0, v1);
-                if fused.is_none() {
-                    let row = std::slice::from_raw_parts_mut(cp, n);
-                    epilogue_scalar(epi.ops, row, epi.ch0, at);
+                let cp = c.add(i * epi.ldc);
+                if full {
+                    _mm256_storeu_ps(cp, v0);
+                    _mm256_storeu_ps(cp.add(8), v1);
+                } else {
+                    store_n(cp, n, v0, v1);
                 }
             }
         }
