@@ -94,16 +94,16 @@ fn steady_state_runs_do_not_allocate() {
     // At width 1/2 and batch 4 its 3x3s are large enough for Winograd (F4 at 32x32, F2 at 16x16
     // and 8x8, with f32 weights).
     let resnet_winograd = model(Arch::Resnet18Cifar, 0.5, 32);
-    // At full width and 96x96 the first expansion (96 channels at 48x48) fuses with its
-    // depthwise conv (f32 weights).
-    let mobilenet_fused = model(Arch::MobilenetV2, 1.0, 96);
+    // At full width and 112x112 the first expansion (96 channels at 56x56) fuses with its
+    // depthwise conv (f32 weights), NCHW when asked and channels-last on its own.
+    let mobilenet_fused = model(Arch::MobilenetV2, 1.0, 112);
     let cases: [(&str, &Model, usize); 7] = [
         ("resnet18-cifar", &resnet_cifar, 1),
         ("resnet18-cifar", &resnet_cifar, 4),
         ("resnet18-cifar width 0.5 (Winograd)", &resnet_winograd, 4),
         ("mobilenet-v2", &mobilenet, 1),
         (
-            "mobilenet-v2 96x96 (expansion + depthwise fused)",
+            "mobilenet-v2 112x112 (expansion + depthwise fused)",
             &mobilenet_fused,
             1,
         ),
@@ -123,6 +123,15 @@ fn steady_state_runs_do_not_allocate() {
     assert!(
         fused.steps().any(|s| s.kind.contains("> conv3x3/s2 dw")),
         "no fused expansion"
+    );
+    let cl = PlanOptions {
+        channels_last: Some(true),
+        ..PlanOptions::default()
+    };
+    let fused = Plan::compile_with(&mobilenet_fused, 1, &cl).unwrap();
+    assert!(
+        fused.steps().any(|s| s.kind.contains("> conv3x3/s2 dw cl")),
+        "no fused channels-last expansion"
     );
     for tile in ["winograd-f4", "winograd-f2"] {
         assert!(kinds.iter().any(|k| k.contains(tile)), "{tile}: {kinds:?}");

@@ -190,9 +190,9 @@ fn channels_last_plan_matches_eval_on_resnet18_and_vgg() {
 
 #[test]
 fn expand_dw_steps_match_eval() {
-    // With `fuse_expand_dw`, at full width and 128x128: the expansions of blocks 2 (96 channels at 64x64, depthwise stride
-    // 2), 3 (144 at 32x32, stride 1) and 4 (144 at 32x32, stride 2) are large enough to run fused
-    // with their depthwise convs; the others stay two steps.
+    // With `fuse_expand_dw`, at full width and 128x128: the expansions of blocks 2 (96 channels
+    // at 64x64, depthwise stride 2), 3 (144 at 32x32, stride 1) and 4 (144 at 32x32, stride 2)
+    // are large enough to run fused with their depthwise convs; the others stay two steps.
     let m = model(Arch::MobilenetV2, 1.0, 128);
     let fuse = PlanOptions {
         fuse_expand_dw: true,
@@ -204,8 +204,6 @@ fn expand_dw_steps_match_eval() {
         .steps()
         .map(|s| s.kind.clone())
         .collect();
-    // Not fused unless asked.
-    assert!(!kinds(&m).iter().any(|k| k.contains(" > ")));
     let fused: Vec<&String> = k.iter().filter(|k| k.contains(" > conv3x3/s")).collect();
     assert_eq!(
         fused,
@@ -216,6 +214,24 @@ fn expand_dw_steps_match_eval() {
         ],
         "{k:?}"
     );
+    // Channels-last plans fuse the pairs whose expanded activation passes 1 MB on their own
+    // (here block 2, 64x64x96; at 224 blocks 2-4), the others not; NCHW ones only when asked.
+    let cl_fused = ["conv1x1/s1 cl +bias+relu6 > conv3x3/s2 dw cl +bias+relu6"];
+    check_with(&m, "mobilenet-v2 at 128x128, channels-last", &layout(true));
+    let k = kinds_with(&m, &layout(true));
+    let fused: Vec<&String> = k.iter().filter(|k| k.contains(" > ")).collect();
+    assert_eq!(fused, cl_fused, "{k:?}");
+    assert!(!kinds_with(&m, &layout(false))
+        .iter()
+        .any(|k| k.contains(" > ")));
+    let auto = kinds(&m);
+    let fused: Vec<&String> = auto.iter().filter(|k| k.contains(" > ")).collect();
+    let expected: &[&str] = if tlc_kernels::conv::channels_last::fast() {
+        &cl_fused
+    } else {
+        &[]
+    };
+    assert_eq!(fused, expected, "{auto:?}");
 }
 
 /// Linearize every candidate whose activation name `pick` accepts (TLC's own ON/OFF decisions).

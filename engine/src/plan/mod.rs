@@ -96,7 +96,9 @@ pub struct PlanOptions {
     /// with the 3x3 depthwise conv that reads it, as one step that never stores the expanded
     /// activation ([`conv::expand_dw`]): MobileNetV2 at 224 needs a 3.9 MB activation arena
     /// instead of 8.4. Off by default: on the Zen 3 machine of BENCHMARKS.md it ran as fast as the
-    /// separate steps on two threads and ~10 % slower on one (interleaved `tlc bench`).
+    /// separate steps on two threads and ~10 % slower on one (interleaved `tlc bench`). This is
+    /// the NCHW kernel; a channels-last plan fuses the largest pairs on its own
+    /// ([`channels_last::expand_dw`], `TLC_CL_EXPAND_DW=0` to keep them apart).
     pub fuse_expand_dw: bool,
     /// Activation layout: `None` runs a network with depthwise convolutions (the MobileNets)
     /// channels-last where this CPU has the SIMD tiles for it ([`conv::channels_last::fast`]),
@@ -134,6 +136,8 @@ enum Kernel {
     /// A 1x1 expansion and the 3x3 depthwise conv that reads it, in one pass
     /// ([`conv::expand_dw`]). Input: `[x]`.
     ExpandDw(conv::expand_dw::ExpandDw),
+    /// The same on channels-last activations ([`channels_last::expand_dw`]). Input: `[x]`.
+    ExpandDwCl(channels_last::expand_dw::ExpandDw),
     MaxPool {
         dims: PoolDims,
         win: Window2d,
@@ -413,6 +417,7 @@ impl Plan {
                 Kernel::Conv { weight, .. } => weight.bytes(),
                 Kernel::Linear { weight, .. } => weight.bytes(),
                 Kernel::ExpandDw(f) => f.weight_bytes(),
+                Kernel::ExpandDwCl(f) => f.weight_bytes(),
                 _ => 0,
             })
             .sum()
@@ -430,11 +435,24 @@ impl Plan {
                 }
                 Kernel::ScaleShift { scale, shift, .. } => scale.len() + shift.len(),
                 Kernel::ExpandDw(f) => f.bias_len(),
+                Kernel::ExpandDwCl(f) => f.bias_len(),
                 _ => 0,
             })
             .sum();
         self.weight_bytes() + 4 * f32s
     }
+}
+
+/// Smallest expanded activation (floats per sample, 1 MB: twice a Zen 3 core's L2) a
+/// channels-last plan fuses with the depthwise conv reading it ([`channels_last::expand_dw`]).
+/// MobileNetV2's blocks 2 and 3 at 224 (112x112x96, 56x56x144) ran 0.75-0.84x the time of the
+/// two steps on one and two threads (interleaved `tlc bench`), block 4 (56x56x144, stride 2) as
+/// fast, the 28x28x192 ones 0.94-1.0x; smaller ones stay in L2 between the steps anyway.
+const CL_EXPAND_DW_MIN_FLOATS: usize = 256 * 1024;
+
+/// `TLC_CL_EXPAND_DW=0` keeps channels-last expansions and depthwise convs apart (comparisons).
+fn cl_expand_dw_enabled() -> bool {
+    std::env::var("TLC_CL_EXPAND_DW").as_deref() != Ok("0")
 }
 
 /// Smallest expanded activation (floats per sample) whose 1x1 expansion and depthwise conv run
@@ -556,6 +574,7 @@ fn exec<'a>(kernel: &Kernel, n_in: usize, val: &dyn Fn(usize) -> &'a [f32], y: &
             }
         }
         Kernel::ExpandDw(f) => conv::expand_dw::forward(f, val(0), y),
+        Kernel::ExpandDwCl(f) => channels_last::expand_dw::forward(f, val(0), y),
         Kernel::MaxPool { dims, win } => pool::max_pool2d(val(0), *dims, *win, y),
         Kernel::AvgPool { dims, win } => pool::avg_pool2d(val(0), *dims, *win, true, y),
         Kernel::AdaptiveAvgPool { dims } => pool::adaptive_avg_pool2d(val(0), *dims, y),
@@ -934,6 +953,75 @@ impl<'m> Compiler<'m> {
         Ok(true)
     }
 
+    /// Emit 1x1 conv `id` (of `shape`, input `x`) and the depthwise conv reading its output as
+    /// one channels-last [`Kernel::ExpandDwCl`] step when the expanded activation is large;
+    /// whether it did.
+    fn expand_dw_cl(
+        &mut self,
+        id: NodeId,
+        has_bias: bool,
+        shape: &Conv2dShape,
+        x: ValueId,
+    ) -> Result<bool> {
+        let floats = self.numel(id) / self.batch.max(1);
+        if floats < CL_EXPAND_DW_MIN_FLOATS || !cl_expand_dw_enabled() {
+            return Ok(false);
+        }
+        let (mut fused, residual, expand_act) = self.epilogue(id);
+        let last = fused.last().copied().unwrap_or(id);
+        let Some(dw_id) = self.sole_reader(last).filter(|_| residual.is_none()) else {
+            return Ok(false);
+        };
+        let Op::Conv2d(d) = &self.g.node(dw_id).op else {
+            return Ok(false);
+        };
+        let dw = d.shape(self.batch, &self.shapes[last]);
+        let supported = channels_last::expand_dw::supports(shape, &dw) && d.groups > 1;
+        if !supported || trim::trimmed(&dw).is_some() {
+            return Ok(false);
+        }
+        let (dw_fused, dw_residual, dw_act) = self.epilogue(dw_id);
+        if dw_residual.is_some() {
+            return Ok(false);
+        }
+        let x = self.value_in(x, Layout::ChannelsLast);
+        let expand_w = channels_last::pack(shape, &self.stored_weight(id, shape.weight_len())?);
+        let expand_bias = has_bias.then(|| self.tensor(id, "bias")).transpose()?;
+        let dw_w = channels_last::depthwise::pack(&dw, &self.tensor(dw_id, "weight")?);
+        let dw_bias = d.bias.then(|| self.tensor(dw_id, "bias")).transpose()?;
+        let kind = format!(
+            "conv1x1/s1 cl{} > conv{}x{}/s{} dw cl{}",
+            epilogue_kind(expand_bias.is_some(), false, expand_act),
+            dw.kernel_h,
+            dw.kernel_w,
+            dw.params.stride.0,
+            epilogue_kind(dw_bias.is_some(), false, dw_act)
+        );
+        let kernel = Kernel::ExpandDwCl(channels_last::expand_dw::ExpandDw {
+            expand: *shape,
+            expand_w,
+            expand_epi: Stage {
+                bias: expand_bias,
+                act: expand_act,
+            },
+            dw,
+            dw_w,
+            dw_epi: Stage {
+                bias: dw_bias,
+                act: dw_act,
+            },
+        });
+        fused.push(dw_id);
+        fused.extend(dw_fused);
+        let out = self.push(id, &fused, kernel, vec![x], kind);
+        self.layouts[out] = Layout::ChannelsLast;
+        let dw_macs = self.macs[dw_id] * self.batch as u64;
+        if let Some(step) = self.steps.last_mut() {
+            step.info.macs += dw_macs;
+        }
+        Ok(true)
+    }
+
     /// Emit conv `id` (of `full`, input `x`) on the channels-last kernels when it is depthwise or
     /// has one group, its output channels-last; whether it did (not for an NCHW image stem, see
     /// below). Its input and residual are moved channels-last first where they are not.
@@ -947,6 +1035,9 @@ impl<'m> Compiler<'m> {
         let depthwise = conv::channels_last::depthwise::supports(full) && c.groups > 1;
         if !depthwise && c.groups != 1 {
             return Ok(false);
+        }
+        if !depthwise && self.expand_dw_cl(id, c.bias, full, x)? {
+            return Ok(true);
         }
         // A one-group conv reading an NCHW image (a few channels: the stem) reads it in place
         // through padded bands and writes channels-last when convs read its output (moving the

@@ -58,6 +58,23 @@ pub struct Stage {
     pub act: Option<Activation>,
 }
 
+impl Stage {
+    /// `f` of the epilogue as conv epilogue ops (bias, then activation), held on the stack.
+    pub fn with_ops<R>(&self, f: impl FnOnce(&[ConvEpilogueOp]) -> R) -> R {
+        let mut ops = [ConvEpilogueOp::Act(Activation::Identity); 2];
+        let mut n = 0;
+        if let Some(b) = &self.bias {
+            ops[n] = ConvEpilogueOp::Bias(b);
+            n += 1;
+        }
+        if let Some(a) = self.act {
+            ops[n] = ConvEpilogueOp::Act(a);
+            n += 1;
+        }
+        f(&ops[..n])
+    }
+}
+
 /// The two layers: the expansion's weights packed as GEMM rows (`[Cexp x Cin]`), the depthwise
 /// weights `[Cexp, 1, 3, 3]` (an inference plan holds one per fused step).
 pub struct ExpandDw {

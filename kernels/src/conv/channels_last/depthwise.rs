@@ -27,6 +27,11 @@ impl Taps {
         4 * self.data.len()
     }
 
+    /// Whether these are the weights of a depthwise convolution of shape `s`.
+    pub(super) fn fits(&self, s: &Conv2dShape) -> bool {
+        self.channels == s.in_channels && self.taps == s.kernel_h * s.kernel_w
+    }
+
     fn tap(&self, t: usize) -> &[f32] {
         &self.data[t * self.channels..(t + 1) * self.channels]
     }
@@ -63,10 +68,7 @@ pub fn pack(s: &Conv2dShape, w: &[f32]) -> Taps {
 /// `epi` (a residual channels-last too). Tasks split the output rows.
 pub fn forward(s: &Conv2dShape, x: &[f32], w: &Taps, out: &mut [f32], epi: &[ConvEpilogueOp]) {
     assert!(supports(s), "conv2d: not a depthwise convolution");
-    assert!(
-        w.channels == s.in_channels && w.taps == s.kernel_h * s.kernel_w,
-        "conv2d: packed weights of another shape"
-    );
+    assert!(w.fits(s), "conv2d: packed weights of another shape");
     assert_eq!(x.len(), s.input_len(), "conv2d: input length");
     assert_eq!(out.len(), s.output_len(), "conv2d: output length");
     crate::conv::check_epilogue(s, epi);
@@ -87,19 +89,46 @@ pub fn forward(s: &Conv2dShape, x: &[f32], w: &Taps, out: &mut [f32], epi: &[Con
     };
     let per = rows.div_ceil(pieces);
     let row = pick_row_kernel(s);
+    let image = s.in_h * s.in_w * c;
     parallel::for_each_chunk_mut(out, per * row_len, par && pieces > 1, |i, chunk| {
         for (j, dst) in chunk.chunks_exact_mut(row_len).enumerate() {
             let r = i * per + j;
-            row(s, x, w, r / oh, r % oh, dst, r * row_len, epi);
+            let n = r / oh;
+            let input = InputRows {
+                data: &x[n * image..(n + 1) * image],
+                held: s.in_h,
+            };
+            row(s, input, w, r % oh, dst, r * row_len, epi);
         }
     });
 }
 
-/// One output row: image `n`, row `oy`, into `dst` (at flat index `at` of the output).
-type RowKernel =
-    fn(&Conv2dShape, &[f32], &Taps, usize, usize, &mut [f32], usize, &[ConvEpilogueOp]);
+/// The input rows a row kernel reads: input row `iy` (`W * C` floats) at slot `iy % held` of
+/// `data` — a whole image (`held = H`), or the ring of rows a fused expansion keeps
+/// ([`super::expand_dw`]), which must hold every row the output row reads.
+#[derive(Clone, Copy)]
+pub(super) struct InputRows<'a> {
+    pub data: &'a [f32],
+    pub held: usize,
+}
 
-fn pick_row_kernel(s: &Conv2dShape) -> RowKernel {
+impl InputRows<'_> {
+    /// Float offset of input row `iy` (of width `w` pixels, `c` channels) in `data`.
+    fn offset(&self, iy: usize, w: usize, c: usize) -> usize {
+        let at = (iy % self.held) * w * c;
+        assert!(
+            at + w * c <= self.data.len(),
+            "depthwise: input row outside its buffer"
+        );
+        at
+    }
+}
+
+/// One output row `oy` of `input`'s image into `dst` (at flat index `at` of the output).
+pub(super) type RowKernel =
+    fn(&Conv2dShape, InputRows, &Taps, usize, &mut [f32], usize, &[ConvEpilogueOp]);
+
+pub(super) fn pick_row_kernel(s: &Conv2dShape) -> RowKernel {
     #[cfg(target_arch = "x86_64")]
     if crate::isa::current() == crate::isa::Isa::Avx2Fma
         && s.params.dilation == (1, 1)
@@ -133,27 +162,26 @@ fn input_col(s: &Conv2dShape, ox: usize, kx: usize) -> Option<usize> {
 #[allow(clippy::too_many_arguments)]
 fn row_portable(
     s: &Conv2dShape,
-    x: &[f32],
+    input: InputRows,
     w: &Taps,
-    n: usize,
     oy: usize,
     dst: &mut [f32],
     at: usize,
     epi: &[ConvEpilogueOp],
 ) {
     let c = s.in_channels;
-    let image = &x[n * s.in_h * s.in_w * c..(n + 1) * s.in_h * s.in_w * c];
     for (ox, px) in dst.chunks_exact_mut(c).enumerate() {
         px.fill(0.0);
         for ky in 0..s.kernel_h {
             let Some(iy) = input_row(s, oy, ky) else {
                 continue;
             };
+            let line = &input.data[input.offset(iy, s.in_w, c)..];
             for kx in 0..s.kernel_w {
                 let Some(ix) = input_col(s, ox, kx) else {
                     continue;
                 };
-                let src = &image[(iy * s.in_w + ix) * c..][..c];
+                let src = &line[ix * c..][..c];
                 let tap = w.tap(ky * s.kernel_w + kx);
                 for ((o, v), t) in px.iter_mut().zip(src).zip(tap) {
                     *o += v * t;
@@ -166,7 +194,7 @@ fn row_portable(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{input_col, input_row, Taps};
+    use super::{input_col, input_row, InputRows, Taps};
     use crate::conv::channels_last::tile::{epilogue_scalar, Fused};
     use crate::conv::{Conv2dShape, ConvEpilogueOp};
     use core::arch::x86_64::*;
@@ -181,17 +209,14 @@ mod avx2 {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn row<const KH: usize, const KW: usize>(
         s: &Conv2dShape,
-        x: &[f32],
+        input: InputRows,
         w: &Taps,
-        n: usize,
         oy: usize,
         dst: &mut [f32],
         at: usize,
         epi: &[ConvEpilogueOp],
     ) {
         let c = s.in_channels;
-        let plane = s.in_h * s.in_w * c;
-        let image = &x[n * plane..(n + 1) * plane];
         let ow = dst.len() / c;
         let (sx, px) = (s.params.stride.1, s.params.padding.1);
         // Output columns whose window lies inside the image: no per-tap column checks.
@@ -206,17 +231,16 @@ mod avx2 {
         let mut n_valid = 0;
         for ky in 0..KH {
             if let Some(iy) = input_row(s, oy, ky) {
-                valid[n_valid] = (iy, ky);
+                valid[n_valid] = (input.offset(iy, s.in_w, c), ky);
                 n_valid += 1;
             }
         }
         let t: Tile<KH> = Tile {
             s,
             c,
-            iw: s.in_w,
             valid,
             n_valid,
-            image,
+            image: input.data,
             taps: w,
             dst: dst.as_mut_ptr(),
             at,
@@ -263,8 +287,8 @@ mod avx2 {
     struct Tile<'a, 'e, const KH: usize> {
         s: &'a Conv2dShape,
         c: usize,
-        iw: usize,
-        /// The kernel rows inside the image as (input row, kernel row), the first `n_valid`.
+        /// The kernel rows inside the image as (offset of the input row in `image`, kernel
+        /// row), the first `n_valid`.
         valid: [(usize, usize); KH],
         n_valid: usize,
         image: &'a [f32],
@@ -343,8 +367,8 @@ mod avx2 {
                 let img = self.image.as_ptr().add(c0);
                 let taps = self.taps.data.as_ptr().add(c0);
                 let mut acc = [_mm256_setzero_ps(); P];
-                for &(iy, ky) in &self.valid[..self.n_valid] {
-                    let line = img.add((iy * self.iw + ix0) * c);
+                for &(row, ky) in &self.valid[..self.n_valid] {
+                    let line = img.add(row + ix0 * c);
                     let w: [__m256; KW] =
                         std::array::from_fn(|kx| load::<FULL>(taps.add((ky * KW + kx) * c), lanes));
                     // Output j reads column j * SX + kx; the loops unroll completely and the
@@ -391,10 +415,10 @@ mod avx2 {
                 let img = self.image.as_ptr().add(c0);
                 let taps = self.taps.data.as_ptr().add(c0);
                 let mut acc = _mm256_setzero_ps();
-                for &(iy, ky) in &self.valid[..self.n_valid] {
+                for &(row, ky) in &self.valid[..self.n_valid] {
                     for kx in 0..KW {
                         if let Some(ix) = input_col(self.s, ox, kx) {
-                            let v = load::<FULL>(img.add((iy * self.iw + ix) * self.c), lanes);
+                            let v = load::<FULL>(img.add(row + ix * self.c), lanes);
                             let tap = load::<FULL>(taps.add((ky * KW + kx) * self.c), lanes);
                             acc = _mm256_fmadd_ps(v, tap, acc);
                         }

@@ -23,6 +23,7 @@
 //! activation) is applied in registers as each tile is stored.
 
 pub mod depthwise;
+pub mod expand_dw;
 pub mod layout;
 #[cfg(test)]
 mod tests;
@@ -394,50 +395,67 @@ fn gemm_rows<F>(
         while start < r1 {
             let n_rows = run.min(r1 - start);
             rows_of(start, n_rows, &mut |a: &[f32]| {
-                assert!(
-                    a.len() >= (n_rows - 1) * k + k,
-                    "gemm_rows: rows out of bounds"
-                );
-                for j in j0..j1 {
-                    let panel = w.panel(j).as_ptr();
-                    let ch0 = j * PANEL;
-                    let n = PANEL.min(cout - ch0);
-                    let tiles = tile::family::<false>(n);
-                    let mut i = 0;
-                    while i < n_rows {
-                        let r = PIXELS.min(n_rows - i);
-                        let at = (start + i) * cout + ch0;
-                        let epi = TileEpi {
-                            ops: epi,
-                            fused,
-                            ch0,
-                            at,
-                            ldc: cout,
-                        };
-                        // SAFETY: the tile reads rows i .. i + r of `a` (k floats each, inside
-                        // `a`: asserted) and panel j's k x 16 floats; it writes channels ch0 ..
-                        // ch0 + n of output rows start + i .. + r, inside `out` and this task's
-                        // alone (tasks split rows and panels); the epilogue's operands have the
-                        // output's shape (checked by the caller).
-                        unsafe {
-                            tiles[r - 1](
-                                k,
-                                Lhs {
-                                    a: a.as_ptr().add(i * k),
-                                    lda: k,
-                                    offs: std::ptr::null(),
-                                },
-                                panel,
-                                element(&base, at),
-                                n,
-                                epi,
-                            )
-                        }
-                        i += r;
-                    }
-                }
+                let at = start * cout;
+                // SAFETY: output rows start .. start + n_rows are inside `out`, and their
+                // channels in panels j0 .. j1 this task's alone (tasks split rows and panels);
+                // the epilogue's operands have the output's shape (checked by the caller).
+                unsafe { tile_rows(a, n_rows, w, j0..j1, element(&base, at), at, epi, fused) }
             });
             start += n_rows;
         }
     });
+}
+
+/// `n_rows` rows of `A` (`a`, row stride `w.rows()`) times panels `panels` of `w`, on this
+/// thread, stored to `dst` (row stride `w.cols()`, channel 0 of the first row; the panels'
+/// channels written) with `epi` (`fused`: [`Fused::of`] it), `dst` being flat index `at` of the
+/// output (a residual's index).
+///
+/// # Safety
+/// Those channels of `dst`'s `n_rows` rows are writable and the caller's alone, and `epi`'s
+/// operands cover flat indices `at ..` of them.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_rows(
+    a: &[f32],
+    n_rows: usize,
+    w: &PackedPanels,
+    panels: std::ops::Range<usize>,
+    dst: *mut f32,
+    at: usize,
+    epi: &[ConvEpilogueOp],
+    fused: Option<Fused>,
+) {
+    let (k, cout) = (w.rows(), w.cols());
+    assert!(
+        n_rows == 0 || a.len() >= (n_rows - 1) * k + k,
+        "gemm_rows: rows out of bounds"
+    );
+    for j in panels {
+        let panel = w.panel(j).as_ptr();
+        let ch0 = j * PANEL;
+        let n = PANEL.min(cout - ch0);
+        let tiles = tile::family::<false>(n);
+        let mut i = 0;
+        while i < n_rows {
+            let r = PIXELS.min(n_rows - i);
+            let epi = TileEpi {
+                ops: epi,
+                fused,
+                ch0,
+                at: at + i * cout + ch0,
+                ldc: cout,
+            };
+            let lhs = Lhs {
+                // SAFETY: row i lies inside `a` (asserted).
+                a: unsafe { a.as_ptr().add(i * k) },
+                lda: k,
+                offs: std::ptr::null(),
+            };
+            // SAFETY: the tile reads rows i .. i + r of `a` (k floats each, inside `a`) and
+            // panel j's k x 16 floats; it writes channels ch0 .. ch0 + n of rows i .. i + r of
+            // `dst`, which the caller gives this call alone, with operands it covers.
+            unsafe { tiles[r - 1](k, lhs, panel, dst.add(i * cout + ch0), n, epi) }
+            i += r;
+        }
+    }
 }

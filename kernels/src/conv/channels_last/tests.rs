@@ -205,3 +205,60 @@ fn layouts_round_trip_and_pool() {
         assert!((p - mean).abs() < 1e-5, "channel {i}: {p} vs {mean}");
     }
 }
+
+#[test]
+fn fused_expansion_and_depthwise_match_the_two_steps() {
+    use super::expand_dw::{forward, supports, ExpandDw};
+    use crate::conv::expand_dw::Stage;
+    // (batch, cin, hw, cexp, k, stride, pad, with bias and ReLU6): odd sizes, partial
+    // registers and panels, stride 2 with odd and even rows, 5x5, images split across tasks.
+    for (batch, cin, hw, cexp, k, stride, pad, epi) in [
+        (1, 16, (9, 11), 96, 3, 2, 1, true),
+        (2, 5, (7, 6), 20, 3, 1, 1, true),
+        (1, 8, (10, 10), 24, 5, 1, 2, false),
+        (1, 16, (40, 40), 96, 3, 1, 1, true),
+        (2, 24, (31, 30), 144, 3, 2, 1, true),
+        (1, 4, (1, 1), 8, 3, 1, 1, true),
+    ] {
+        let e = shape(batch, cin, hw, cexp, (1, 1), 1, 0, 1, 1);
+        let d = shape(batch, cexp, hw, cexp, (k, k), stride, pad, 1, cexp);
+        assert!(supports(&e, &d));
+        let x = rand(e.input_len(), 1);
+        let (ew, dw) = (rand(e.weight_len(), 2), rand(d.weight_len(), 3));
+        let stage = |seed| Stage {
+            bias: epi.then(|| rand(cexp, seed)),
+            act: epi.then_some(Activation::Relu6),
+        };
+        let f = ExpandDw {
+            expand: e,
+            expand_w: pack(&e, &ew),
+            expand_epi: stage(4),
+            dw: d,
+            dw_w: depthwise::pack(&d, &dw),
+            dw_epi: stage(5),
+        };
+        let mut mid = vec![0.0; e.output_len()];
+        f.expand_epi
+            .with_ops(|epi| pointwise(&e, &x, &f.expand_w, &mut mid, epi));
+        let mut want = vec![0.0; d.output_len()];
+        f.dw_epi
+            .with_ops(|epi| depthwise::forward(&d, &mid, &f.dw_w, &mut want, epi));
+        let mut got = vec![f32::NAN; d.output_len()];
+        forward(&f, &x, &mut got);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                "{d:?}: output {i} is {g}, expected {w}"
+            );
+        }
+    }
+    // Not for a strided or padded "expansion", nor a depthwise conv reading another shape.
+    let e = shape(1, 8, (6, 6), 16, (1, 1), 2, 0, 1, 1);
+    let d = shape(1, 16, (3, 3), 16, (3, 3), 1, 1, 1, 16);
+    assert!(!supports(&e, &d));
+    let e = shape(1, 8, (6, 6), 16, (1, 1), 1, 0, 1, 1);
+    assert!(!supports(
+        &e,
+        &shape(1, 16, (6, 5), 16, (3, 3), 1, 1, 1, 16)
+    ));
+}
