@@ -91,7 +91,7 @@ pub fn pointwise(
     check(s, x, w, out, epi);
     let rows = s.batch * s.in_h * s.in_w;
     let cin = s.in_channels;
-    gemm_rows(rows, cin, w, out, epi, |r0, _, f| f(&x[r0 * cin..]));
+    gemm_rows(rows, cin, w, out, epi, false, |r0, _, f| f(&x[r0 * cin..]));
 }
 
 /// Any one-group convolution of channels-last `x` into channels-last `out`: each task gathers
@@ -109,7 +109,7 @@ pub fn conv(s: &Conv2dShape, x: &[f32], w: &PackedPanels, out: &mut [f32], epi: 
     let (oh, ow) = s.out_hw();
     let k = s.patch_len();
     let plane = oh * ow;
-    gemm_rows(s.batch * plane, k, w, out, epi, |r0, rows, f| {
+    gemm_rows(s.batch * plane, k, w, out, epi, true, |r0, rows, f| {
         with_scratch(rows * k, |patches| {
             let (mut n, mut oy, mut ox) = (r0 / plane, r0 % plane / ow, r0 % ow);
             for row in patches.chunks_exact_mut(k) {
@@ -345,15 +345,17 @@ const MIN_ROWS: usize = 4 * PIXELS;
 const L1_ROW_FLOATS: usize = 4096;
 
 /// `out[rows x Cout] = A[rows x k] * W^T`, with `epi`. `rows_of(r0, len, f)` calls `f` with `A`'s
-/// rows `r0 .. r0 + len` (row stride `k`): a slice of the input, or patches it gathered. Tasks
-/// split the rows into ranges and, when there are few rows (7x7 planes), the panels into
-/// groups; each task takes L1-sized runs of rows and passes every panel of its group over them.
+/// rows `r0 .. r0 + len` (row stride `k`): a slice of the input, or patches it gathered
+/// (`gathers`). Tasks split the rows into ranges and, when there are few rows or more output
+/// channels than rows, the panels into groups; each task takes L1-sized runs of rows and passes
+/// every panel of its group over them.
 fn gemm_rows<F>(
     rows: usize,
     k: usize,
     w: &PackedPanels,
     out: &mut [f32],
     epi: &[ConvEpilogueOp],
+    gathers: bool,
     rows_of: F,
 ) where
     F: Fn(usize, usize, &mut dyn FnMut(&[f32])) + Sync,
@@ -375,7 +377,17 @@ fn gemm_rows<F>(
     } else {
         1
     };
-    let ranges = want.min(rows.div_ceil(MIN_ROWS)).max(1);
+    // Tasks split the larger operand. Weights larger than the rows (more output channels than
+    // pixels: the 7x7 and 14x14 expansions) go in panel groups over all rows, so each weight is
+    // read by one task and the rows (in L2) by all: MobileNetV2's 96->576 at 14x14 and 960->320
+    // at 7x7 alone, their weights cold, ran 0.9-0.95x their time split by rows on two threads
+    // (in the network within the noise). Not when `rows_of` gathers patches, which every task
+    // would repeat.
+    let ranges = if cout > rows && !gathers {
+        1
+    } else {
+        want.min(rows.div_ceil(MIN_ROWS)).max(1)
+    };
     let len = rows.div_ceil(ranges);
     let ranges = rows.div_ceil(len.max(1));
     let groups = want.div_ceil(ranges).min(panels).max(1);

@@ -120,6 +120,8 @@ fn pointwise_matches_naive() {
         (1, 27, (1, 1), 40),
         (2, 24, (9, 4), 17),
         (1, 160, (5, 5), 33),
+        // More channels than pixels, large enough to split: tasks take panel groups.
+        (1, 256, (7, 7), 632),
     ] {
         let s = shape(batch, cin, hw, cout, (1, 1), 1, 0, 1, 1);
         let w = rand(s.weight_len(), 11);
