@@ -6,12 +6,16 @@
 use crate::conv::{Conv2dShape, ConvEpilogueOp};
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
 
-/// Multiply-adds per parallel piece of a layer large enough to split at all (a GEMM conv's
-/// threshold, so small networks stay on the calling thread): a quarter of a GEMM conv's, as a
-/// depthwise layer moves as many bytes per multiply-add as a pointwise one moves per 16
-/// (MobileNetV2's 7x7 x 960 layers, 0.42 M multiply-adds, ran 1.4x slower on two threads when
-/// left whole).
+/// Multiply-adds per parallel piece of a layer large enough to split at all: a quarter of a GEMM
+/// conv's, as a depthwise layer moves as many bytes per multiply-add as a pointwise one moves
+/// per 16 (MobileNetV2's 7x7 x 960 layers, 0.42 M multiply-adds, ran 1.4x slower on two threads
+/// when left whole).
 const DW_PAR_MIN_MACS: usize = CONV_PAR_MIN_MACS / 4;
+
+/// Fewest multiply-adds of a layer split at all (half a GEMM conv's threshold, so small networks
+/// stay on the calling thread): MobileNetV2's stride-2 14x14 x 576 layer (0.25 M) took 0.024 ms
+/// whole and 0.013 ms on two threads.
+const DW_PAR_MIN_LAYER_MACS: usize = CONV_PAR_MIN_MACS / 2;
 
 /// Depthwise weights packed tap-major: tap `t`'s `C` channel weights at `t * C`.
 #[derive(Clone, Debug)]
@@ -79,7 +83,7 @@ pub fn forward(s: &Conv2dShape, x: &[f32], w: &Taps, out: &mut [f32], epi: &[Con
     if rows == 0 || row_len == 0 {
         return;
     }
-    let par = parallel::worth_splitting(s.macs(), CONV_PAR_MIN_MACS);
+    let par = parallel::worth_splitting(s.macs(), DW_PAR_MIN_LAYER_MACS);
     let pieces = if par {
         parallel::pieces(s.macs(), DW_PAR_MIN_MACS)
             .next_multiple_of(parallel::num_threads())
@@ -87,7 +91,7 @@ pub fn forward(s: &Conv2dShape, x: &[f32], w: &Taps, out: &mut [f32], epi: &[Con
     } else {
         1
     };
-    let per = rows.div_ceil(pieces);
+    let per = rows_per_task(rows, pieces, parallel::num_threads());
     let row = pick_row_kernel(s);
     let image = s.in_h * s.in_w * c;
     parallel::for_each_chunk_mut(out, per * row_len, par && pieces > 1, |i, chunk| {
@@ -101,6 +105,17 @@ pub fn forward(s: &Conv2dShape, x: &[f32], w: &Taps, out: &mut [f32], epi: &[Con
             row(s, input, w, r % oh, dst, r * row_len, epi);
         }
     });
+}
+
+/// Output rows per task for at most `pieces` tasks: the fewest whose tasks share out evenly over
+/// `threads` (14 rows in 8 pieces of 2 on two threads left one thread 8 rows and the other 6;
+/// 2 tasks of 7 rows take 7 each).
+fn rows_per_task(rows: usize, pieces: usize, threads: usize) -> usize {
+    let least = rows.div_ceil(pieces.max(1)).max(1);
+    let span = |per: usize| rows.div_ceil(per).div_ceil(threads.max(1)) * per;
+    (least..=rows.max(least))
+        .min_by_key(|&per| (span(per), per))
+        .unwrap_or(least)
 }
 
 /// The input rows a row kernel reads: input row `iy` (`W * C` floats) at slot `iy % held` of
@@ -492,5 +507,26 @@ mod avx2 {
         bias: __m256,
         lo: __m256,
         hi: __m256,
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::rows_per_task;
+
+    #[test]
+    fn row_tasks_share_out_evenly() {
+        // (rows, pieces, threads) -> rows per task.
+        for (rows, pieces, threads, per) in [
+            (14, 8, 2, 7),
+            (56, 8, 2, 7),
+            (7, 6, 2, 2),
+            (28, 8, 2, 7),
+            (1, 8, 2, 1),
+            (10, 1, 2, 10),
+            (9, 4, 3, 3),
+        ] {
+            assert_eq!(rows_per_task(rows, pieces, threads), per, "{rows} rows");
+        }
     }
 }
