@@ -455,6 +455,31 @@ fn cl_expand_dw_enabled() -> bool {
     std::env::var("TLC_CL_EXPAND_DW").as_deref() != Ok("0")
 }
 
+/// A 1x1 expansion and the depthwise conv reading it ([`Compiler::expand_dw_pair`]).
+struct ExpandDwPair {
+    /// The nodes fused behind the expansion: its activation, the depthwise conv, its activation.
+    fused: Vec<NodeId>,
+    expand_act: Option<Activation>,
+    dw_id: NodeId,
+    dw: Conv2dShape,
+    dw_has_bias: bool,
+    dw_act: Option<Activation>,
+}
+
+impl ExpandDwPair {
+    /// The fused step's kind, each layer's tagged with `tag` (" cl").
+    fn kind(&self, tag: &str, expand: &Stage, dw: &Stage) -> String {
+        format!(
+            "conv1x1/s1{tag}{} > conv{}x{}/s{} dw{tag}{}",
+            epilogue_kind(expand.bias.is_some(), false, expand.act),
+            self.dw.kernel_h,
+            self.dw.kernel_w,
+            self.dw.params.stride.0,
+            epilogue_kind(dw.bias.is_some(), false, dw.act)
+        )
+    }
+}
+
 /// Smallest expanded activation (floats per sample) whose 1x1 expansion and depthwise conv run
 /// fused with [`PlanOptions::fuse_expand_dw`]: a smaller one stays in L2 between the two steps.
 const EXPAND_DW_MIN_FLOATS: usize = 128 * 1024;
@@ -900,56 +925,25 @@ impl<'m> Compiler<'m> {
         if !self.fuse_expand_dw || floats < EXPAND_DW_MIN_FLOATS || self.weights.half().is_some() {
             return Ok(false);
         }
-        let (mut fused, residual, expand_act) = self.epilogue(id);
-        let last = fused.last().copied().unwrap_or(id);
-        let Some(dw_id) = self.sole_reader(last).filter(|_| residual.is_none()) else {
+        let Some(pair) = self.expand_dw_pair(id, |dw| conv::expand_dw::supports(shape, dw)) else {
             return Ok(false);
         };
-        let Op::Conv2d(d) = &self.g.node(dw_id).op else {
-            return Ok(false);
-        };
-        let dw = d.shape(self.batch, &self.shapes[last]);
-        if !conv::expand_dw::supports(shape, &dw) || trim::trimmed(&dw).is_some() {
-            return Ok(false);
-        }
-        let (dw_fused, dw_residual, dw_act) = self.epilogue(dw_id);
-        if dw_residual.is_some() {
-            return Ok(false);
-        }
         // Packed straight from the model's storage (packing flushes subnormal values).
         let w = self.stored_weight(id, shape.weight_len())?;
         let expand_w =
             PackedRows::new(MatRef::row_major(&w, shape.out_channels, shape.in_channels));
-        let expand_bias = has_bias.then(|| self.tensor(id, "bias")).transpose()?;
-        let dw_w = self.tensor(dw_id, "weight")?;
-        let dw_bias = d.bias.then(|| self.tensor(dw_id, "bias")).transpose()?;
-        let kind = format!(
-            "conv1x1/s1{} > conv3x3/s{} dw{}",
-            epilogue_kind(expand_bias.is_some(), false, expand_act),
-            dw.params.stride.0,
-            epilogue_kind(dw_bias.is_some(), false, dw_act)
-        );
+        let dw_w = self.tensor(pair.dw_id, "weight")?;
+        let (expand_epi, dw_epi) = self.expand_dw_stages(id, has_bias, &pair)?;
+        let kind = pair.kind("", &expand_epi, &dw_epi);
         let kernel = Kernel::ExpandDw(ExpandDw {
             expand: *shape,
             expand_w,
-            expand_epi: Stage {
-                bias: expand_bias,
-                act: expand_act,
-            },
-            dw,
+            expand_epi,
+            dw: pair.dw,
             dw_w,
-            dw_epi: Stage {
-                bias: dw_bias,
-                act: dw_act,
-            },
+            dw_epi,
         });
-        fused.push(dw_id);
-        fused.extend(dw_fused);
-        self.push(id, &fused, kernel, vec![x], kind);
-        let dw_macs = self.macs[dw_id] * self.batch as u64;
-        if let Some(step) = self.steps.last_mut() {
-            step.info.macs += dw_macs;
-        }
+        self.push_expand_dw(id, &pair, kernel, x, kind);
         Ok(true)
     }
 
@@ -967,59 +961,98 @@ impl<'m> Compiler<'m> {
         if floats < CL_EXPAND_DW_MIN_FLOATS || !cl_expand_dw_enabled() {
             return Ok(false);
         }
-        let (mut fused, residual, expand_act) = self.epilogue(id);
-        let last = fused.last().copied().unwrap_or(id);
-        let Some(dw_id) = self.sole_reader(last).filter(|_| residual.is_none()) else {
+        let supports = |dw: &Conv2dShape| {
+            channels_last::expand_dw::supports(shape, dw) && dw.params.groups > 1
+        };
+        let Some(pair) = self.expand_dw_pair(id, supports) else {
             return Ok(false);
         };
-        let Op::Conv2d(d) = &self.g.node(dw_id).op else {
-            return Ok(false);
-        };
-        let dw = d.shape(self.batch, &self.shapes[last]);
-        let supported = channels_last::expand_dw::supports(shape, &dw) && d.groups > 1;
-        if !supported || trim::trimmed(&dw).is_some() {
-            return Ok(false);
-        }
-        let (dw_fused, dw_residual, dw_act) = self.epilogue(dw_id);
-        if dw_residual.is_some() {
-            return Ok(false);
-        }
         let x = self.value_in(x, Layout::ChannelsLast);
         let expand_w = channels_last::pack(shape, &self.stored_weight(id, shape.weight_len())?);
-        let expand_bias = has_bias.then(|| self.tensor(id, "bias")).transpose()?;
-        let dw_w = channels_last::depthwise::pack(&dw, &self.tensor(dw_id, "weight")?);
-        let dw_bias = d.bias.then(|| self.tensor(dw_id, "bias")).transpose()?;
-        let kind = format!(
-            "conv1x1/s1 cl{} > conv{}x{}/s{} dw cl{}",
-            epilogue_kind(expand_bias.is_some(), false, expand_act),
-            dw.kernel_h,
-            dw.kernel_w,
-            dw.params.stride.0,
-            epilogue_kind(dw_bias.is_some(), false, dw_act)
-        );
+        let dw_w = channels_last::depthwise::pack(&pair.dw, &self.tensor(pair.dw_id, "weight")?);
+        let (expand_epi, dw_epi) = self.expand_dw_stages(id, has_bias, &pair)?;
+        let kind = pair.kind(" cl", &expand_epi, &dw_epi);
         let kernel = Kernel::ExpandDwCl(channels_last::expand_dw::ExpandDw {
             expand: *shape,
             expand_w,
-            expand_epi: Stage {
-                bias: expand_bias,
-                act: expand_act,
-            },
-            dw,
+            expand_epi,
+            dw: pair.dw,
             dw_w,
-            dw_epi: Stage {
-                bias: dw_bias,
-                act: dw_act,
-            },
+            dw_epi,
         });
+        let out = self.push_expand_dw(id, &pair, kernel, x, kind);
+        self.layouts[out] = Layout::ChannelsLast;
+        Ok(true)
+    }
+
+    /// The depthwise conv that alone reads 1x1 conv `id`'s output (after its activation), if
+    /// `supports` its shape, neither takes a residual, and it keeps all its taps.
+    fn expand_dw_pair(
+        &self,
+        id: NodeId,
+        supports: impl Fn(&Conv2dShape) -> bool,
+    ) -> Option<ExpandDwPair> {
+        let (mut fused, residual, expand_act) = self.epilogue(id);
+        let last = fused.last().copied().unwrap_or(id);
+        let dw_id = self.sole_reader(last).filter(|_| residual.is_none())?;
+        let Op::Conv2d(d) = &self.g.node(dw_id).op else {
+            return None;
+        };
+        let dw = d.shape(self.batch, &self.shapes[last]);
+        if !supports(&dw) || trim::trimmed(&dw).is_some() {
+            return None;
+        }
+        let (dw_fused, dw_residual, dw_act) = self.epilogue(dw_id);
+        if dw_residual.is_some() {
+            return None;
+        }
         fused.push(dw_id);
         fused.extend(dw_fused);
-        let out = self.push(id, &fused, kernel, vec![x], kind);
-        self.layouts[out] = Layout::ChannelsLast;
-        let dw_macs = self.macs[dw_id] * self.batch as u64;
+        Some(ExpandDwPair {
+            fused,
+            expand_act,
+            dw_id,
+            dw,
+            dw_has_bias: d.bias,
+            dw_act,
+        })
+    }
+
+    /// The two layers' epilogues: biases from the model, the fused activations.
+    fn expand_dw_stages(
+        &self,
+        id: NodeId,
+        has_bias: bool,
+        pair: &ExpandDwPair,
+    ) -> Result<(Stage, Stage)> {
+        let expand = Stage {
+            bias: has_bias.then(|| self.tensor(id, "bias")).transpose()?,
+            act: pair.expand_act,
+        };
+        let dw = Stage {
+            bias: (pair.dw_has_bias)
+                .then(|| self.tensor(pair.dw_id, "bias"))
+                .transpose()?,
+            act: pair.dw_act,
+        };
+        Ok((expand, dw))
+    }
+
+    /// Push the fused step of `pair` (expansion `id`), counting both layers' multiply-adds.
+    fn push_expand_dw(
+        &mut self,
+        id: NodeId,
+        pair: &ExpandDwPair,
+        kernel: Kernel,
+        x: ValueId,
+        kind: String,
+    ) -> ValueId {
+        let out = self.push(id, &pair.fused, kernel, vec![x], kind);
+        let dw_macs = self.macs[pair.dw_id] * self.batch as u64;
         if let Some(step) = self.steps.last_mut() {
             step.info.macs += dw_macs;
         }
-        Ok(true)
+        out
     }
 
     /// Emit conv `id` (of `full`, input `x`) on the channels-last kernels when it is depthwise or

@@ -37,6 +37,7 @@ fn transpose_images(x: &[f32], n: usize, rows: usize, cols: usize, y: &mut [f32]
         cols: rows,
         row_stride: rows,
     };
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     let fast = cfg!(target_arch = "x86_64") && crate::isa::current() == crate::isa::Isa::Avx2Fma;
     parallel::for_each_index(n * bands, pieces > 1, |t| {
         let (img, b) = (t / bands, t % bands);
@@ -54,15 +55,13 @@ fn transpose_images(x: &[f32], n: usize, rows: usize, cols: usize, y: &mut [f32]
             let ce = (cb + B).min(c1);
             for rb in (0..rows).step_by(B) {
                 let re = (rb + B).min(rows);
+                #[cfg(target_arch = "x86_64")]
                 if fast && ce - cb == B && re - rb == B {
                     let from = &src[rb * cols + cb..(rb + B - 1) * cols + cb + B];
                     let to = &mut out[(cb - c0) * rows + rb..(cb - c0 + B - 1) * rows + rb + B];
-                    #[cfg(target_arch = "x86_64")]
                     // SAFETY: AVX2 present (`fast`); `from` holds 8 rows of 8 floats `cols` apart
                     // and `to` 8 rows of 8 floats `rows` apart (their lengths, from the slicing).
-                    unsafe {
-                        avx2::block8(from.as_ptr(), cols, to.as_mut_ptr(), rows)
-                    };
+                    unsafe { avx2::block8(from.as_ptr(), cols, to.as_mut_ptr(), rows) };
                     continue;
                 }
                 for r in rb..re {

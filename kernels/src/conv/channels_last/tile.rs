@@ -14,7 +14,8 @@ pub(super) const PIXELS: usize = 6;
 #[derive(Clone, Copy)]
 pub(super) struct TileEpi<'e, 'a> {
     pub ops: &'e [ConvEpilogueOp<'a>],
-    /// `ops` as applied in registers ([`Fused::of`], parsed once per call).
+    /// `ops` as applied in registers ([`Fused::of`], parsed once per call; the SIMD tiles').
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub fused: Option<Fused<'a>>,
     /// The tile's first channel (bias index).
     pub ch0: usize,
