@@ -14,6 +14,11 @@
 //! - `fused_conv/<layer>/fused_channels_last` (the MobileNetV2 layers): the same step on
 //!   channels-last activations (`conv::channels_last`, weights packed once), as the plan runs
 //!   networks with depthwise convolutions;
+//! - `channels_last/<step>/{fused,two_steps}`: MobileNetV2's expansion + depthwise pairs of
+//!   blocks 2 and 3 at 224 as the plan's one fused step (`conv::channels_last::expand_dw`, the
+//!   expanded rows kept in an L2 ring) and as two channels-last steps through a 4.8 / 1.8 MB
+//!   activation; `mnv2_stem.../{from_nchw,nchw_then_move}`: the image stem writing channels-last
+//!   from the NCHW image, and the NCHW stem followed by the layout move it replaces;
 //! - `plan/<network>`: a whole compiled plan (`tlc_engine::plan::Plan::run`) at batch 1, random
 //!   weights, on the rayon pool (`RAYON_NUM_THREADS` sets its size; `tlc bench` prints the same
 //!   network's per-step profile); `plan/mobilenet-v2 nchw` keeps its activations NCHW.
@@ -261,5 +266,85 @@ fn plan(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, fused_conv, plan);
+/// MobileNetV2's channels-last steps that replace two: the stem and the fused expansions.
+fn channels_last_steps(c: &mut Criterion) {
+    use conv::channels_last::{self as cl, expand_dw};
+    use tlc::kernels::conv::expand_dw::Stage;
+    let mut g = c.benchmark_group("channels_last");
+    let stage = |c: usize, salt: usize| Stage {
+        bias: Some(values(c, salt)),
+        act: Some(Activation::Relu6),
+    };
+    // (name, expansion input channels, side, expanded channels, depthwise stride)
+    let pairs = [
+        ("mnv2_block2_16to96@112_dw_s2", 16, 112, 96, 2),
+        ("mnv2_block3_24to144@56_dw_s1", 24, 56, 144, 1),
+    ];
+    for (name, cin, side, cexp, stride) in pairs {
+        let e = layer(
+            "expand",
+            (cin, side, cexp, 1, 1, 1),
+            false,
+            Activation::Relu6,
+        )
+        .shape();
+        let d = layer(
+            "dw",
+            (cexp, side, cexp, 3, stride, cexp),
+            false,
+            Activation::Relu6,
+        )
+        .shape();
+        let f = expand_dw::ExpandDw {
+            expand: e,
+            expand_w: cl::pack(&e, &values(e.weight_len(), 2)),
+            expand_epi: stage(cexp, 3),
+            dw: d,
+            dw_w: cl::depthwise::pack(&d, &values(d.weight_len(), 4)),
+            dw_epi: stage(cexp, 5),
+        };
+        let x = values(e.input_len(), 1);
+        let (mut mid, mut y) = (vec![0f32; e.output_len()], vec![0f32; d.output_len()]);
+        g.throughput(Throughput::Elements((e.macs() + d.macs()) as u64));
+        g.bench_function(BenchmarkId::new(name, "fused"), |b| {
+            b.iter(|| expand_dw::forward(&f, black_box(&x), &mut y))
+        });
+        g.bench_function(BenchmarkId::new(name, "two_steps"), |b| {
+            b.iter(|| {
+                f.expand_epi
+                    .with_ops(|epi| cl::pointwise(&e, black_box(&x), &f.expand_w, &mut mid, epi));
+                f.dw_epi
+                    .with_ops(|epi| cl::depthwise::forward(&d, &mid, &f.dw_w, &mut y, epi));
+            })
+        });
+    }
+    let s = layer("stem", (3, 224, 32, 3, 2, 1), false, Activation::Relu6).shape();
+    let (x, w, bias) = (
+        values(s.input_len(), 1),
+        values(s.weight_len(), 2),
+        values(32, 3),
+    );
+    let epi = [
+        ConvEpilogueOp::Bias(&bias),
+        ConvEpilogueOp::Act(Activation::Relu6),
+    ];
+    let packed = cl::pack_nchw_input(&s, &w);
+    let nchw = PlanConv::new(&s, w.clone());
+    let (mut y, mut moved) = (vec![0f32; s.output_len()], vec![0f32; s.output_len()]);
+    let plane = s.output_len() / s.out_channels;
+    g.throughput(Throughput::Elements(s.macs() as u64));
+    let name = "mnv2_stem_3x3s2_3to32@224_relu6";
+    g.bench_function(BenchmarkId::new(name, "from_nchw"), |b| {
+        b.iter(|| cl::conv_from_nchw(&s, black_box(&x), &packed, &mut y, &epi))
+    });
+    g.bench_function(BenchmarkId::new(name, "nchw_then_move"), |b| {
+        b.iter(|| {
+            nchw.run(&s, black_box(&x), &mut y, &epi);
+            cl::layout::to_channels_last(&y, 1, s.out_channels, plane, &mut moved);
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, fused_conv, channels_last_steps, plan);
 criterion_main!(benches);

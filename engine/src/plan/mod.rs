@@ -29,14 +29,16 @@
 //! error.
 //!
 //! Layout ([`PlanOptions::channels_last`]): a network with depthwise convolutions (the MobileNets)
-//! runs channels-last where the CPU has the SIMD tiles for it: every convolution after the image
-//! stem reads and writes `[N][H][W][C]` ([`conv::channels_last`]; step kinds end in ` cl`), so a
-//! 1x1 conv is a GEMM over contiguous pixel rows and a depthwise conv loads a pixel's channels
-//! as one vector. Each value carries its layout; a step that needs the other one (the stem's
-//! NCHW output read by a channels-last conv, a pool or flatten reading channels-last) gets a
-//! step moving the value first (`to_channels_last` / `to_nchw`, once per value), and
-//! element-wise steps keep their operands' layout. MobileNetV2 at 224 on one thread: 1x1 convs
-//! 0.6-0.95x their NCHW time (BENCHMARKS.md, session 12).
+//! runs channels-last where the CPU has the SIMD tiles for it: every convolution reads and
+//! writes `[N][H][W][C]` ([`conv::channels_last`]; step kinds end in ` cl`), so a 1x1 conv is a
+//! GEMM over contiguous pixel rows and a depthwise conv loads a pixel's channels as one vector.
+//! The image stem reads the NCHW image in place and writes channels-last (` nchw>cl`) when only
+//! convs read its output; an expansion whose output passes 1 MB runs fused with the depthwise
+//! conv that reads it ([`Kernel::ExpandDwCl`]). Each value carries its layout; a step that needs
+//! the other one (a pool or flatten reading channels-last, an NCHW stem's output) gets a step
+//! moving the value first (`to_channels_last` / `to_nchw`, once per value), and element-wise
+//! steps keep their operands' layout. MobileNetV2 at 224 on one thread: 1x1 convs 0.6-0.95x
+//! their NCHW time (BENCHMARKS.md, sessions 12-13).
 //!
 //! Buffers: every value (a step's output, or the input) lives in one physical buffer chosen by
 //! liveness (interval colouring: a buffer is reused once its last reader has run), allocated at
