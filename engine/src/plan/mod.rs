@@ -449,7 +449,7 @@ impl Plan {
 /// channels-last plan fuses with the depthwise conv reading it ([`channels_last::expand_dw`]).
 /// MobileNetV2's blocks 2 and 3 at 224 (112x112x96, 56x56x144) ran 0.75-0.84x the time of the
 /// two steps on one and two threads (interleaved `tlc bench`), block 4 (56x56x144, stride 2) as
-/// fast, the 28x28x192 ones 0.94-1.0x; smaller ones stay in L2 between the steps anyway.
+/// fast, the 28x28x192 ones (0.6 MB) 0.94-1.0x, within the noise: they stay apart.
 const CL_EXPAND_DW_MIN_FLOATS: usize = 256 * 1024;
 
 /// `TLC_CL_EXPAND_DW=0` keeps channels-last expansions and depthwise convs apart (comparisons).

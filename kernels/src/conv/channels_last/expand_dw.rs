@@ -109,16 +109,18 @@ fn forward_with(
     let image_in = h * w * e.in_channels;
     parallel::for_each_chunk_mut(out, per * row_out, par && pieces > 1, |i, chunk| {
         with_scratch(ring * row_in, |held| {
-            // Input rows `have.0 .. have.1` of image `image` are in the ring.
-            let (mut image, mut have) = (usize::MAX, (0, 0));
+            // Rows of image `image` before `next` are expanded; the ring holds the last `ring`.
+            let (mut image, mut next) = (usize::MAX, 0);
             for (j, dst) in chunk.chunks_exact_mut(row_out).enumerate() {
                 let r = i * per + j;
                 let (n, oy) = (r / oh, r % oh);
                 let (lo, hi) = input_rows(d, oy);
-                if n != image || have.1 < lo {
-                    (image, have) = (n, (lo, lo));
+                if n != image || next < lo {
+                    (image, next) = (n, lo);
                 }
-                for iy in have.1.max(lo)..hi {
+                // Rows `lo..next` are still in the ring: row `iy < hi <= lo + ring` expanded
+                // below takes the slot of row `iy - ring`, which lies before `lo`.
+                for iy in next..hi {
                     let a = &x[n * image_in + iy * w * e.in_channels..][..w * e.in_channels];
                     let slot = &mut held[(iy % ring) * row_in..][..row_in];
                     // SAFETY: `slot` holds one expanded row (w pixels x c channels), this
@@ -136,7 +138,7 @@ fn forward_with(
                         )
                     }
                 }
-                have.1 = have.1.max(hi);
+                next = next.max(hi);
                 let input = InputRows {
                     data: held,
                     held: ring,
