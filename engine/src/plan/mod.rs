@@ -1082,16 +1082,15 @@ impl<'m> Compiler<'m> {
         // it runs NCHW.
         let image = self.dims[x].is_some_and(|(c, plane)| c <= 4 && plane > 1);
         let (fused, residual, act) = self.epilogue(id);
-        let bias = c.bias.then(|| self.tensor(id, "bias")).transpose()?;
         let (shape, trimmed, mut kind) = self.trimmed_conv(id, c, full)?;
-        let from_nchw = !depthwise
-            && self.layouts[x] == Layout::Nchw
-            && image
+        let nchw_image = !depthwise && self.layouts[x] == Layout::Nchw && image;
+        let from_nchw = nchw_image
             && channels_last::supports_nchw_input(&shape)
             && self.read_by_convs(fused.last().copied().unwrap_or(id));
-        if !depthwise && self.layouts[x] == Layout::Nchw && image && !from_nchw {
+        if nchw_image && !from_nchw {
             return Ok(false);
         }
+        let bias = c.bias.then(|| self.tensor(id, "bias")).transpose()?;
         let x = if from_nchw {
             x
         } else {

@@ -121,6 +121,27 @@ impl Band {
         }
     }
 
+    /// `f(data, offs)` with this thread's scratch holding the patch offsets ([`Band::offsets`])
+    /// and the band of output rows `oy0..oy0 + rows` of image `x` ([`Band::fill`]).
+    pub(crate) fn prepare<R>(
+        &self,
+        s: &Conv2dShape,
+        x: &[f32],
+        oy0: usize,
+        rows: usize,
+        f: impl FnOnce(&[f32], OffsetTable) -> R,
+    ) -> R {
+        let k = s.patch_len();
+        with_scratch(k + self.len, |buf| {
+            let (offs, data) = buf.split_at_mut(k);
+            // The offsets live in the f32 scratch as their bit patterns.
+            let offs: &mut [u32] = bytes_as_u32(offs);
+            self.offsets(s, offs);
+            self.fill(s, x, oy0, rows, data);
+            f(data, OffsetTable::new(offs))
+        })
+    }
+
     /// Pad the input rows that output rows `oy0..oy0 + rows` read from image `x` into `band`.
     pub(crate) fn fill(
         &self,
@@ -260,7 +281,6 @@ fn for_each_row(
 ) {
     let (oh, ow) = s.out_hw();
     let (cin, cout) = (s.in_channels, s.out_channels);
-    let k = cin * s.kernel_h * s.kernel_w;
     let (plane_out, img_in) = (oh * ow, cin * s.in_h * s.in_w);
 
     let par = parallel::worth_splitting(s.macs(), CONV_PAR_MIN_MACS);
@@ -300,27 +320,27 @@ fn for_each_row(
         let (n, rest) = (t / (row_runs * blocks), t % (row_runs * blocks));
         let (oy0, c0) = ((rest / blocks) * rows, (rest % blocks) * cb);
         let (rows, cb) = (rows.min(oh - oy0), cb.min(cout - c0));
-        with_scratch(k + band.len, |buf| {
-            let (offs, data) = buf.split_at_mut(k);
-            // The offsets live in the f32 scratch as their bit patterns.
-            let offs: &mut [u32] = bytes_as_u32(offs);
-            band.offsets(s, offs);
-            let offs = OffsetTable::new(offs);
-            band.fill(s, &x[n * img_in..(n + 1) * img_in], oy0, rows, data);
-            for c in (c0..c0 + cb).step_by(chunk) {
-                let cc = chunk.min(c0 + cb - c);
-                for t in 0..rows {
-                    let oy = oy0 + t;
-                    let row = &data[s.params.stride.0 * t * band.rowlen..];
-                    let dst = base.block(n * cout + c, oy * ow, cc, ow);
-                    // `dst` is channels c..c + cc of output row oy of image n: inside `out`, and
-                    // this task's alone (tasks split images, rows and channels).
-                    with_gemm_epilogue(s, epi, n, c, cc, oy * ow, ow, |e| {
-                        gemm(row, offs, c, cc, dst, e)
-                    });
+        band.prepare(
+            s,
+            &x[n * img_in..(n + 1) * img_in],
+            oy0,
+            rows,
+            |data, offs| {
+                for c in (c0..c0 + cb).step_by(chunk) {
+                    let cc = chunk.min(c0 + cb - c);
+                    for t in 0..rows {
+                        let oy = oy0 + t;
+                        let row = &data[s.params.stride.0 * t * band.rowlen..];
+                        let dst = base.block(n * cout + c, oy * ow, cc, ow);
+                        // `dst` is channels c..c + cc of output row oy of image n: inside `out`, and
+                        // this task's alone (tasks split images, rows and channels).
+                        with_gemm_epilogue(s, epi, n, c, cc, oy * ow, ow, |e| {
+                            gemm(row, offs, c, cc, dst, e)
+                        });
+                    }
                 }
-            }
-        })
+            },
+        )
     });
 }
 

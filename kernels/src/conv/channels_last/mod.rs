@@ -29,7 +29,7 @@ pub mod layout;
 mod tests;
 mod tile;
 
-use super::implicit::{self, bytes_as_u32, Band};
+use super::implicit::{self, Band};
 use super::{Conv2dShape, ConvEpilogueOp, ConvPath};
 use crate::gemm::{even_tiles, MatRef, PackedPanels, PANEL};
 use crate::parallel::{self, CONV_PAR_MIN_MACS, GEMM_PAR_MIN_MACS};
@@ -185,50 +185,59 @@ pub fn conv_from_nchw(
     parallel::for_each_index(s.batch * runs, par && s.batch * runs > 1, |t| {
         let (n, oy0) = (t / runs, t % runs * rows);
         let rows = rows.min(oh - oy0);
-        with_scratch(k + band.len, |buf| {
-            let (offs, data) = buf.split_at_mut(k);
-            let offs = bytes_as_u32(offs);
-            band.offsets(s, offs);
-            band.fill(s, &x[n * img_in..(n + 1) * img_in], oy0, rows, data);
-            let reach = offs.iter().max().map_or(0, |&o| o as usize) + ow;
-            assert!(
-                sh * (rows - 1) * band.rowlen + reach <= data.len(),
-                "conv_from_nchw: band too short"
-            );
-            for t in 0..rows {
-                let row = &data[sh * t * band.rowlen..];
-                let oy = oy0 + t;
-                for j in 0..w.panels() {
-                    let ch0 = j * PANEL;
-                    let nch = PANEL.min(cout - ch0);
-                    let tiles = tile::family::<true>(nch);
-                    for (i0, r) in even_tiles(ow, PIXELS) {
-                        let at = ((n * oh + oy) * ow + i0) * cout + ch0;
-                        let epi = TileEpi {
-                            ops: epi,
-                            fused,
-                            ch0,
-                            at,
-                            ldc: cout,
-                        };
-                        let lhs = Lhs {
-                            a: row[i0..].as_ptr(),
-                            lda: 1,
-                            offs: offs.as_ptr(),
-                        };
-                        // SAFETY: the tile reads row[i0 + offs[p] + i] for p < k, i < r <= ow
-                        // - i0, inside `data` (the reach asserted above), and panel j's k x 16
-                        // floats; it writes channels ch0 .. ch0 + nch of output pixels at .. +
-                        // r (inside `out`: pixel (n, oy, i0 + i) exists), this task's alone
-                        // (tasks split images and output rows); the epilogue's operands have the
-                        // output's shape (checked).
-                        unsafe {
-                            tiles[r - 1](k, lhs, w.panel(j).as_ptr(), element(&base, at), nch, epi)
+        band.prepare(
+            s,
+            &x[n * img_in..(n + 1) * img_in],
+            oy0,
+            rows,
+            |data, offs| {
+                let last_row = sh * (rows - 1) * band.rowlen;
+                assert!(
+                    offs.fits(ow, data.len() - last_row.min(data.len())),
+                    "conv_from_nchw: band too short"
+                );
+                for t in 0..rows {
+                    let row = &data[sh * t * band.rowlen..];
+                    let oy = oy0 + t;
+                    for j in 0..w.panels() {
+                        let ch0 = j * PANEL;
+                        let nch = PANEL.min(cout - ch0);
+                        let tiles = tile::family::<true>(nch);
+                        for (i0, r) in even_tiles(ow, PIXELS) {
+                            let at = ((n * oh + oy) * ow + i0) * cout + ch0;
+                            let epi = TileEpi {
+                                ops: epi,
+                                fused,
+                                ch0,
+                                at,
+                                ldc: cout,
+                            };
+                            let lhs = Lhs {
+                                a: row[i0..].as_ptr(),
+                                lda: 1,
+                                offs: offs.as_slice().as_ptr(),
+                            };
+                            // SAFETY: the tile reads row[i0 + offs[p] + i] for p < k, i < r <= ow
+                            // - i0, inside `data` (the reach asserted above), and panel j's k x 16
+                            // floats; it writes channels ch0 .. ch0 + nch of output pixels at .. +
+                            // r (inside `out`: pixel (n, oy, i0 + i) exists), this task's alone
+                            // (tasks split images and output rows); the epilogue's operands have the
+                            // output's shape (checked).
+                            unsafe {
+                                tiles[r - 1](
+                                    k,
+                                    lhs,
+                                    w.panel(j).as_ptr(),
+                                    element(&base, at),
+                                    nch,
+                                    epi,
+                                )
+                            }
                         }
                     }
                 }
-            }
-        })
+            },
+        )
     });
 }
 
