@@ -161,15 +161,24 @@ pub fn with_pool_awake<R: Send>(f: impl FnOnce() -> R + Send) -> (R, bool) {
         let runner = rayon::current_thread_index();
         let (r, ()) = rayon::join(
             || {
-                let r = f();
-                done.store(true, Ordering::Release);
-                r
+                // Set also when `f` panics: `join` waits for the keepers before it unwinds.
+                let _done = SetOnDrop(&done);
+                f()
             },
             || stay_awake(runner, &done, &helped, threads - 1),
         );
         r
     });
     (r, helped.into_inner())
+}
+
+/// Sets its flag when dropped, by a return or an unwind alike.
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 /// Poll the pool for work until `done`, on `extra` threads (this one and `extra - 1` more, each
@@ -272,6 +281,37 @@ mod tests {
             assert!(nested.iter().all(|&s| s == 50 * 2016), "{nested:?}");
         }
         assert_eq!(with_pool_awake(work).0, 50 * 2016);
+    }
+
+    /// A panic in the work reaches the caller instead of leaving the keepers polling for ever
+    /// (`join` waits for them before it unwinds), on 2-4 threads.
+    #[test]
+    fn pool_awake_passes_a_panic_on() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for threads in 2..=4 {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    pool.install(|| {
+                        with_pool_awake(|| {
+                            for_each_index(64, true, |i| assert!(i != 40, "task 40 fails"));
+                        })
+                    })
+                }));
+                tx.send(caught.is_err()).unwrap();
+            }
+        });
+        for threads in 2..=4 {
+            let got = rx.recv_timeout(std::time::Duration::from_secs(60));
+            assert_eq!(
+                got,
+                Ok(true),
+                "{threads} threads: the panic did not come back"
+            );
+        }
     }
 
     /// Inside `serial` the kernels see one thread (restored after, also after a panic), and
