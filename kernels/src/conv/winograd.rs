@@ -320,7 +320,7 @@ pub(crate) fn forward_on(
     let lens = RowLens::new(tile, tx, sp.rows_per_block);
     // V's rows (one per position and input channel) have room past their tiles for a whole
     // vector, so the transform stores whole vectors whatever the tile count.
-    let v_len = positions * cin * (block_tiles + MAX_LANES);
+    let v_len = positions * (cin * block_tiles + MAX_LANES);
     let m_len = positions * sp.channels * block_tiles + MAX_LANES;
     let tasks = s.batch * sp.blocks * sp.channel_blocks;
     parallel::for_each_index(tasks, par && tasks > 1, |t| {
@@ -335,11 +335,12 @@ pub(crate) fn forward_on(
         let c0 = cb * sp.channels;
         let channels = sp.channels.min(cout - c0);
         let cols = rows * tx;
-        let ldv = cols + MAX_LANES;
+        // Each position's [cin x cols] matrix is dense: its last row's stores may run past it.
+        let pos_stride = cin * cols + MAX_LANES;
         with_scratch(v_len + m_len + lens.total(tile), |buf| {
             let (v, rest) = buf.split_at_mut(v_len);
             let (m, rows_buf) = rest.split_at_mut(m_len);
-            let v = &mut v[..positions * cin * ldv];
+            let v = &mut v[..positions * pos_stride];
             let input = InputTransform {
                 s,
                 x: &x[n * cin * in_plane..(n + 1) * cin * in_plane],
@@ -348,7 +349,7 @@ pub(crate) fn forward_on(
                 tx,
                 lens,
                 v,
-                ldv,
+                pos_stride,
                 rows_buf: &mut *rows_buf,
             };
             match tile {
@@ -357,10 +358,10 @@ pub(crate) fn forward_on(
             }
             for (pos, u) in w.u.iter().enumerate() {
                 let vp = MatRef {
-                    data: &v[pos * ldv..],
+                    data: &v[pos * pos_stride..],
                     rows: cin,
                     cols,
-                    row_stride: positions * ldv,
+                    row_stride: cols,
                     col_stride: 1,
                 };
                 let dst = MatPtr {
@@ -550,11 +551,13 @@ struct InputTransform<'a> {
     rows: usize,
     tx: usize,
     lens: RowLens,
-    /// `v[(channel * ALPHA² + pos) * ldv + tile]`: a channel's positions side by side, so the
-    /// transform's a² stores per vector of tiles land in a few KB (the GEMMs read each
-    /// position's rows at a stride of a² rows).
+    /// `v[pos * pos_stride + channel * cols + tile]` (`cols = rows * tx`): each GEMM reads one
+    /// dense matrix. (Channel-major V, a channel's a² positions side by side, kept the
+    /// transform's stores within a few KB but had the GEMMs read rows a² rows apart, a power-of-
+    /// two multiple of 64 B for ResNet-18's layer4 (2 KB): a few cache sets held all of them, and
+    /// the Winograd steps ran 10-13 % slower.)
     v: &'a mut [f32],
-    ldv: usize,
+    pos_stride: usize,
     /// A padded row, two rows to split it, then the block's rows in phases.
     rows_buf: &'a mut [f32],
 }
@@ -572,7 +575,7 @@ impl<T: Transforms> SimdFn for (InputTransform<'_>, PhantomData<T>) {
             tx,
             lens,
             v,
-            ldv,
+            pos_stride,
             rows_buf,
         } = self.0;
         let (h, w) = (shape.in_h, shape.in_w);
@@ -606,7 +609,7 @@ impl<T: Transforms> SimdFn for (InputTransform<'_>, PhantomData<T>) {
                 T::split_phases(s, padded, dst, split);
             }
             for tr in 0..rows {
-                let at = ci * T::ALPHA * T::ALPHA * ldv + tr * tx;
+                let at = (ci * rows + tr) * tx;
                 let mut t0 = 0;
                 while t0 < tx {
                     // B^T down each column, kept; then B along each row. (No closures in here:
@@ -625,9 +628,9 @@ impl<T: Transforms> SimdFn for (InputTransform<'_>, PhantomData<T>) {
                     for (i, ti) in t.iter().enumerate().take(T::ALPHA) {
                         let vals = T::input(s, ti);
                         for (j, &val) in vals.iter().enumerate().take(T::ALPHA) {
-                            // Past the last tile this lands in the next tile row (written after
-                            // it) or the row's slack.
-                            s.store(&mut v[(T::ALPHA * i + j) * ldv + at + t0..], val);
+                            // Past the last tile this lands in the next tile row or channel
+                            // (both written after it) or the position's slack.
+                            s.store(&mut v[(T::ALPHA * i + j) * pos_stride + at + t0..], val);
                         }
                     }
                     t0 += l;
