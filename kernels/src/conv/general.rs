@@ -387,9 +387,13 @@ fn forward_pixel_tiles(
             per_image,
             |n, p0, dst| {
                 let len = dst.cols;
-                with_scratch(k * tile.min(len) + d.band_len(tile), |cols| {
-                    // Equal tiles: a range just over one tile would end in a sliver.
-                    let even = len.div_ceil(len.div_ceil(tile));
+                // Equal tiles of whole column panels: a range just over one tile would end in a
+                // sliver.
+                let even = len
+                    .div_ceil(len.div_ceil(tile))
+                    .next_multiple_of(crate::gemm::column_panel())
+                    .min(len);
+                with_scratch(k * even + d.band_len(even), |cols| {
                     for (q0, qlen) in runs(p0, p0 + len, even) {
                         run_tile(n, q0, qlen, dst.block(0, q0 - p0, d.cout, qlen), cols);
                     }

@@ -389,7 +389,8 @@ pub(crate) fn ranges_per_image(shape: &Conv2dShape, plane: usize, min_len: usize
 /// Compute outputs by pixel ranges in parallel, each task writing its range in place.
 ///
 /// `out` holds `batch` images of `rows x plane`. Each image's pixels are cut into `per_image`
-/// ranges; `f(n, p0, dst)` writes image `n`'s outputs for pixels `p0..p0 + dst.cols` through
+/// ranges (fewer when the plane has fewer column panels), each of whole column panels of the
+/// GEMM but the last; `f(n, p0, dst)` writes image `n`'s outputs for pixels `p0..p0 + dst.cols` through
 /// `dst`, the `rows x dst.cols` view of them (row stride `plane`). A range's outputs are columns of the
 /// image, not a contiguous slice, so the view is raw: tasks write disjoint columns of the same
 /// rows. (Staging each range in a block and copying it into place cost a third of a 16->96
@@ -406,8 +407,16 @@ pub(crate) fn ranges_in_place(
         out.len() >= batch * rows * plane,
         "ranges_in_place: output too short"
     );
-    let span = plane.div_ceil(per_image.max(1)).max(1);
-    let per_image = plane.div_ceil(span);
+    // Ranges of whole column panels of the GEMM (their lengths differ by at most one panel):
+    // equal ranges ended most panels in a sliver (784 pixels in 8 ranges of 98 = 6 panels + 2
+    // columns, 1/8 of the tiles' work on 2-column tails).
+    if plane == 0 {
+        return;
+    }
+    let quantum = crate::gemm::column_panel();
+    let panels = plane.div_ceil(quantum);
+    let per_image = per_image.clamp(1, panels);
+    let edge = |r: usize| (r * panels / per_image * quantum).min(plane);
     let base = MatPtr {
         ptr: out.as_mut_ptr(),
         rows: batch * rows,
@@ -415,9 +424,9 @@ pub(crate) fn ranges_in_place(
         row_stride: plane,
     };
     parallel::for_each_index(batch * per_image, true, |i| {
-        let (n, p0) = (i / per_image, (i % per_image) * span);
-        let dst = base.block(n * rows, p0, rows, span.min(plane - p0));
-        f(n, p0, dst)
+        let (n, r) = (i / per_image, i % per_image);
+        let (p0, p1) = (edge(r), edge(r + 1));
+        f(n, p0, base.block(n * rows, p0, rows, p1 - p0))
     });
 }
 

@@ -457,6 +457,12 @@ fn pack_b_with(spec: &Spec, b: MatRef) -> PackedB {
     }
 }
 
+/// Columns of the channel-major register tile (the width of B's panels) on this CPU: callers
+/// that cut the columns among tasks cut at multiples of it.
+pub(crate) fn column_panel() -> usize {
+    spec::current().nr
+}
+
 /// [`gemm`] with a pre-packed B: `C = beta * C + A * B`, then `epilogue`.
 pub fn gemm_packed(a: MatRef, b: &PackedB, beta: f32, c: MatMut, epilogue: &Epilogue) {
     gemm_packed_with(spec::current(), a, b, beta, c, epilogue, usize::MAX)
