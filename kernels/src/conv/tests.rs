@@ -550,3 +550,38 @@ fn copy_even_takes_every_other_value() {
         assert_eq!(dst, want, "n = {n}");
     }
 }
+
+/// Pixel ranges cover every pixel of every image once, start at whole column panels, and number
+/// `per_image` unless the plane has fewer panels.
+#[test]
+fn pixel_ranges_are_whole_panels() {
+    use std::sync::Mutex;
+    let q = crate::gemm::column_panel();
+    for (batch, plane, per_image) in [(1, 784, 8), (2, 49, 2), (1, 49, 8), (1, 7, 2), (3, 100, 3)] {
+        let rows = 2;
+        let mut out = vec![0f32; batch * rows * plane];
+        let seen = Mutex::new(Vec::new());
+        ranges_in_place(&mut out, batch, rows, plane, per_image, |n, p0, dst| {
+            assert_eq!(dst.rows, rows);
+            seen.lock().unwrap().push((n, p0, dst.cols));
+        });
+        let mut seen = seen.into_inner().unwrap();
+        seen.sort_unstable();
+        let expect = per_image.min(plane.div_ceil(q));
+        for n in 0..batch {
+            let mine: Vec<_> = seen.iter().filter(|r| r.0 == n).collect();
+            assert_eq!(mine.len(), expect, "{plane} pixels in {per_image}");
+            let mut next = 0;
+            for &&(_, p0, len) in &mine {
+                assert_eq!(p0, next);
+                assert!(p0 % q == 0 && len > 0);
+                next = p0 + len;
+            }
+            assert_eq!(next, plane);
+            // Balanced: whole panels each, counts differing by at most one.
+            let panels: Vec<usize> = mine.iter().map(|r| r.2.div_ceil(q)).collect();
+            let (lo, hi) = (panels.iter().min().unwrap(), panels.iter().max().unwrap());
+            assert!(hi - lo <= 1, "{plane} pixels in {per_image}: {panels:?}");
+        }
+    }
+}
