@@ -172,6 +172,44 @@ fn linear_residual_fuses_into_the_gemm_epilogue() {
     assert_eq!(check(g, 3), want);
 }
 
+/// A one-row linear layer with long rows keeps its weights as rows for the matrix-vector
+/// kernel, epilogue included (bias, residual, ReLU, and a ragged last group of 8 outputs); with
+/// two rows, or short rows, it runs on the packed panels. Both match eval.
+#[test]
+fn one_row_long_linear_layers_match_eval() {
+    let lin = |i, o| {
+        Op::Linear(LinearSpec {
+            in_f: i,
+            out_f: o,
+            bias: true,
+        })
+    };
+    let mut g = Graph::new(&[GEMV_ROWS_MIN_IN + 3]);
+    let f1 = g.push("fc1", lin(GEMV_ROWS_MIN_IN + 3, GEMV_ROWS_MIN_IN + 3), &[0]);
+    let s = g.push("add", Op::Add, &[0, f1]);
+    let r = g.push("relu", act(ActKind::Relu), &[s]);
+    g.push("fc2", lin(GEMV_ROWS_MIN_IN + 3, 13), &[r]);
+    for batch in [1, 2] {
+        let m = random_model(g.clone(), 3);
+        let plan = Plan::compile(&m, batch).unwrap();
+        let rows = plan
+            .steps
+            .iter()
+            .filter(|s| {
+                matches!(
+                    &s.kernel,
+                    Kernel::Linear {
+                        weight: LinearWeight::Rows(_),
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(rows, if batch == 1 { 2 } else { 0 }, "batch {batch}");
+        check(g.clone(), batch);
+    }
+}
+
 /// `m` with every conv and linear weight replaced by its value rounded to `kind`: what a 16-bit
 /// plan of a graph without batch-norms (nothing folded into the weights) computes with.
 fn rounded(m: &Model, kind: HalfKind) -> Model {
