@@ -484,10 +484,11 @@ impl ExpandDwPair {
 }
 
 /// Fewest input features for which a one-row linear layer keeps its weights as stored rows
-/// ([`LinearWeight::Rows`]): with its weights cold, VGG-16-bn's 512 -> 4096 layer (2 KB rows,
-/// eight streamed at a time, each too short for the prefetchers) ran 1.3x slower than over the
-/// packed panels, its 4096 -> 4096 layer 0.95x (best rounds 0.77x).
-const GEMV_ROWS_MIN_IN: usize = 2048;
+/// ([`LinearWeight::Rows`]). In the networks on two threads (interleaved `tlc bench`, paired
+/// against the packed panels): VGG-16-bn's 4096 -> 4096 classifier 0.84, MobileNetV2's 1280 ->
+/// 1000 0.74, but the 512-input layers (VGG's 512 -> 4096, ResNet-18's 512 -> 1000) 1.24-1.3x
+/// slower: 2 KB rows, eight streamed at a time, each too short for the prefetchers.
+const GEMV_ROWS_MIN_IN: usize = 1024;
 
 /// Smallest expanded activation (floats per sample) whose 1x1 expansion and depthwise conv run
 /// fused with [`PlanOptions::fuse_expand_dw`]: a smaller one stays in L2 between the two steps.
