@@ -390,10 +390,10 @@ pub(crate) fn ranges_per_image(shape: &Conv2dShape, plane: usize, min_len: usize
 ///
 /// `out` holds `batch` images of `rows x plane`. Each image's pixels are cut into `per_image`
 /// ranges (fewer when the plane has fewer column panels), each of whole column panels of the
-/// GEMM but the last; `f(n, p0, dst)` writes image `n`'s outputs for pixels `p0..p0 + dst.cols` through
-/// `dst`, the `rows x dst.cols` view of them (row stride `plane`). A range's outputs are columns of the
-/// image, not a contiguous slice, so the view is raw: tasks write disjoint columns of the same
-/// rows. (Staging each range in a block and copying it into place cost a third of a 16->96
+/// GEMM but the last; `f(n, p0, dst)` writes image `n`'s outputs for pixels
+/// `p0..p0 + dst.cols` through `dst`, the `rows x dst.cols` view of them (row stride `plane`).
+/// A range's outputs are columns of the image, not a contiguous slice, so the view is raw:
+/// tasks write disjoint columns of the same rows. (Staging each range in a block and copying it into place cost a third of a 16->96
 /// pointwise conv at 112x112: three passes over a 4.8 MB output instead of one.)
 pub(crate) fn ranges_in_place(
     out: &mut [f32],

@@ -318,8 +318,8 @@ pub(crate) fn forward_on(
     let out_view = MatPtr::from(MatMut::row_major(out, s.batch * cout * oh, ow));
     let block_tiles = sp.rows_per_block * tx;
     let lens = RowLens::new(tile, tx, sp.rows_per_block);
-    // V's rows (one per position and input channel) have room past their tiles for a whole
-    // vector, so the transform stores whole vectors whatever the tile count.
+    // Each position's part of V has room past its last row for a whole vector, so the
+    // transform stores whole vectors whatever the tile count.
     let v_len = positions * (cin * block_tiles + MAX_LANES);
     let m_len = positions * sp.channels * block_tiles + MAX_LANES;
     let tasks = s.batch * sp.blocks * sp.channel_blocks;
@@ -555,7 +555,7 @@ struct InputTransform<'a> {
     /// dense matrix. (Channel-major V, a channel's a² positions side by side, kept the
     /// transform's stores within a few KB but had the GEMMs read rows a² rows apart, a power-of-
     /// two multiple of 64 B for ResNet-18's layer4 (2 KB): a few cache sets held all of them, and
-    /// the Winograd steps ran 10-13 % slower.)
+    /// the Winograd steps ran 5-12 % slower.)
     v: &'a mut [f32],
     pos_stride: usize,
     /// A padded row, two rows to split it, then the block's rows in phases.
