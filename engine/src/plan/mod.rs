@@ -12,9 +12,11 @@
 //! Pools, and adds, activations and batch-norms that cannot fuse (an evaluation-mode scale-shift),
 //! are steps of their own. Convolution weights stay in the layout the kernel reads
 //! (`[out, in/groups, kh, kw]`); linear weights are pre-packed once
-//! ([`PackedB`](tlc_kernels::gemm::PackedB)), a batch-1 classifier's too: its panels stream in
-//! order, one run per thread (VGG's 4096x4096 layer on one thread 3.5 -> 2.65 ms against the
-//! dot products over `W`'s rows).
+//! ([`PackedB`](tlc_kernels::gemm::PackedB)), except a one-row layer with at least
+//! [`GEMV_ROWS_MIN_IN`] inputs, which keeps `W`'s rows for the matrix-vector kernel's dot
+//! products: on the Zen 3 machine a 4096x4096 product ran 3.1-3.4 ms that way against 4.2-4.4
+//! over the panels on one thread, 1.4-2.0 against 2.0-2.9 on two (on the Zen 4 machine of the
+//! first sessions the panels had won on one thread, 2.65 against 3.5 ms).
 //!
 //! Weight storage ([`PlanOptions::weights`]): f32, or f16 / bf16 for half the weight memory with
 //! f32 arithmetic. 16-bit weights are rounded once at compile time, after batch-norm folding, and
