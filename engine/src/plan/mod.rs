@@ -13,7 +13,7 @@
 //! are steps of their own. Convolution weights stay in the layout the kernel reads
 //! (`[out, in/groups, kh, kw]`); linear weights are pre-packed once
 //! ([`PackedB`](tlc_kernels::gemm::PackedB)), except a one-row layer with at least
-//! [`GEMV_ROWS_MIN_IN`] inputs, which keeps `W`'s rows for the matrix-vector kernel's dot
+//! `GEMV_ROWS_MIN_IN` (1024) inputs, which keeps `W`'s rows for the matrix-vector kernel's dot
 //! products: on the Zen 3 machine a 4096x4096 product ran 3.1-3.4 ms that way against 4.2-4.4
 //! over the panels on one thread, 1.4-2.0 against 2.0-2.9 on two (on the Zen 4 machine of the
 //! first sessions the panels had won on one thread, 2.65 against 3.5 ms).
