@@ -139,6 +139,43 @@ where
     for_each_chunk_mut(data, per * item_len.max(1), true, |i, c| f(i * per, c));
 }
 
+/// `len` items cut into at most `pieces` ranges of whole units of `unit` items (a tile's rows, a
+/// GEMM's column panel; only the last unit may be short), their unit counts differing by at most
+/// one; fewer ranges when there are fewer units, and always at least one. Equal ranges would end
+/// most of them in a sliver of a unit, which costs a whole tile's loads for a fraction of its
+/// work.
+#[derive(Clone, Copy, Debug)]
+pub struct UnitRanges {
+    len: usize,
+    unit: usize,
+    units: usize,
+    count: usize,
+}
+
+impl UnitRanges {
+    pub fn new(len: usize, unit: usize, pieces: usize) -> UnitRanges {
+        let unit = unit.max(1);
+        let units = len.div_ceil(unit);
+        UnitRanges {
+            len,
+            unit,
+            units,
+            count: pieces.clamp(1, units.max(1)),
+        }
+    }
+
+    /// How many ranges there are.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Range `r` (`r < count()`) of the items.
+    pub fn range(&self, r: usize) -> std::ops::Range<usize> {
+        let edge = |r: usize| (r * self.units / self.count * self.unit).min(self.len);
+        edge(r)..edge(r + 1)
+    }
+}
+
 /// Run `f` on a pool thread while the pool's other threads stay awake, polling for the jobs its
 /// kernels fork, until `f` returns; with one thread, run it here. Returns `f`'s result and
 /// whether another thread ran any of its jobs (none did: nothing in `f` split, so [`serial`]
@@ -281,6 +318,33 @@ mod tests {
             assert!(nested.iter().all(|&s| s == 50 * 2016), "{nested:?}");
         }
         assert_eq!(with_pool_awake(work).0, 50 * 2016);
+    }
+
+    /// Unit ranges cover the items in order, start on whole units, and balance them.
+    #[test]
+    fn unit_ranges_are_whole_and_balanced() {
+        for (len, unit, pieces) in [
+            (784, 16, 8),
+            (49, 16, 8),
+            (196, 6, 8),
+            (7, 16, 2),
+            (0, 6, 4),
+        ] {
+            let r = UnitRanges::new(len, unit, pieces);
+            assert_eq!(r.count(), pieces.min(len.div_ceil(unit)).max(1));
+            let mut next = 0;
+            let mut units = Vec::new();
+            for i in 0..r.count() {
+                let range = r.range(i);
+                assert_eq!(range.start, next);
+                assert!(range.start.is_multiple_of(unit) && (len == 0 || !range.is_empty()));
+                units.push(range.len().div_ceil(unit));
+                next = range.end;
+            }
+            assert_eq!(next, len);
+            let (lo, hi) = (units.iter().min().unwrap(), units.iter().max().unwrap());
+            assert!(hi - lo <= 1, "{len} in units of {unit}: {units:?}");
+        }
     }
 
     /// A panic in the work reaches the caller instead of leaving the keepers polling for ever

@@ -407,16 +407,13 @@ pub(crate) fn ranges_in_place(
         out.len() >= batch * rows * plane,
         "ranges_in_place: output too short"
     );
-    // Ranges of whole column panels of the GEMM (their lengths differ by at most one panel):
-    // equal ranges ended most panels in a sliver (784 pixels in 8 ranges of 98 = 6 panels + 2
-    // columns, 1/8 of the tiles' work on 2-column tails).
+    // Ranges of whole column panels of the GEMM: 784 pixels in 8 equal ranges of 98 (6 panels
+    // + 2 columns) had spent 1/8 of the tiles' work on 2-column tails.
     if plane == 0 {
         return;
     }
-    let quantum = crate::gemm::column_panel();
-    let panels = plane.div_ceil(quantum);
-    let per_image = per_image.clamp(1, panels);
-    let edge = |r: usize| (r * panels / per_image * quantum).min(plane);
+    let ranges = parallel::UnitRanges::new(plane, crate::gemm::column_panel(), per_image);
+    let per_image = ranges.count();
     let base = MatPtr {
         ptr: out.as_mut_ptr(),
         rows: batch * rows,
@@ -425,8 +422,12 @@ pub(crate) fn ranges_in_place(
     };
     parallel::for_each_index(batch * per_image, true, |i| {
         let (n, r) = (i / per_image, i % per_image);
-        let (p0, p1) = (edge(r), edge(r + 1));
-        f(n, p0, base.block(n * rows, p0, rows, p1 - p0))
+        let pixels = ranges.range(r);
+        f(
+            n,
+            pixels.start,
+            base.block(n * rows, pixels.start, rows, pixels.len()),
+        )
     });
 }
 

@@ -574,7 +574,7 @@ fn pixel_ranges_are_whole_panels() {
             let mut next = 0;
             for &&(_, p0, len) in &mine {
                 assert_eq!(p0, next);
-                assert!(p0 % q == 0 && len > 0);
+                assert!(p0.is_multiple_of(q) && len > 0);
                 next = p0 + len;
             }
             assert_eq!(next, plane);

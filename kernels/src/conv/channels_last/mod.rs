@@ -397,12 +397,10 @@ fn gemm_rows<F>(
     } else {
         want.min(rows.div_ceil(MIN_ROWS)).max(1)
     };
-    // Ranges of whole tiles (their counts differing by at most one): equal ranges ended in a
-    // sliver tile each (196 pixels in 8 ranges of 25 = 4 tiles + a 1-pixel tile, which loads
-    // the panel for a sixth of the multiply-adds).
-    let tiles = rows.div_ceil(PIXELS);
-    let ranges = ranges.min(tiles).max(1);
-    let edge = |r: usize| (r * tiles / ranges * PIXELS).min(rows);
+    // Ranges of whole tiles: 196 pixels in 8 equal ranges of 25 had ended each in a 1-pixel
+    // tile, which loads the panel for a sixth of the multiply-adds.
+    let split = parallel::UnitRanges::new(rows, PIXELS, ranges);
+    let ranges = split.count();
     let groups = want.div_ceil(ranges).min(panels).max(1);
     let run = (L1_ROW_FLOATS / k.max(1)).clamp(PIXELS, 16 * PIXELS) / PIXELS * PIXELS;
     let base = crate::gemm::MatPtr {
@@ -414,7 +412,7 @@ fn gemm_rows<F>(
     let fused = Fused::of(epi);
     parallel::for_each_index(ranges * groups, par && ranges * groups > 1, |t| {
         let (r, g) = (t / groups, t % groups);
-        let (r0, r1) = (edge(r), edge(r + 1));
+        let std::ops::Range { start: r0, end: r1 } = split.range(r);
         let (j0, j1) = (g * panels / groups, (g + 1) * panels / groups);
         let mut start = r0;
         while start < r1 {
