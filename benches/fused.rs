@@ -15,7 +15,7 @@
 //!   channels-last activations (`conv::channels_last`, weights packed once), as the plan runs
 //!   networks with depthwise convolutions;
 //! - `channels_last/<step>/{fused,two_steps}`: MobileNetV2's expansion + depthwise pairs of
-//!   blocks 2 and 3 at 224 as the plan's one fused step (`conv::channels_last::expand_dw`, the
+//!   blocks 2 and 3 at 224 as the plan's one fused step (`conv::channels_last::block`, the
 //!   expanded rows kept in an L2 ring) and as two channels-last steps through a 4.8 / 1.8 MB
 //!   activation; `mnv2_stem.../{from_nchw,nchw_then_move}`: the image stem writing channels-last
 //!   from the NCHW image, and the NCHW stem followed by the layout move it replaces;
@@ -268,7 +268,7 @@ fn plan(c: &mut Criterion) {
 
 /// MobileNetV2's channels-last steps that replace two: the stem and the fused expansions.
 fn channels_last_steps(c: &mut Criterion) {
-    use conv::channels_last::{self as cl, expand_dw};
+    use conv::channels_last::{self as cl, block};
     use tlc::kernels::conv::expand_dw::Stage;
     let mut g = c.benchmark_group("channels_last");
     let stage = |c: usize, salt: usize| Stage {
@@ -295,26 +295,33 @@ fn channels_last_steps(c: &mut Criterion) {
             Activation::Relu6,
         )
         .shape();
-        let f = expand_dw::ExpandDw {
-            expand: e,
-            expand_w: cl::pack(&e, &values(e.weight_len(), 2)),
-            expand_epi: stage(cexp, 3),
-            dw: d,
-            dw_w: cl::depthwise::pack(&d, &values(d.weight_len(), 4)),
-            dw_epi: stage(cexp, 5),
+        let f = block::Block {
+            expand: Some(block::Pointwise {
+                shape: e,
+                w: cl::pack(&e, &values(e.weight_len(), 2)),
+                epi: stage(cexp, 3),
+            }),
+            dw: block::Depthwise {
+                shape: d,
+                w: cl::depthwise::pack(&d, &values(d.weight_len(), 4)),
+                epi: stage(cexp, 5),
+            },
+            project: None,
         };
+        let (expand, dw) = (f.expand.as_ref().expect("an expansion"), &f.dw);
         let x = values(e.input_len(), 1);
         let (mut mid, mut y) = (vec![0f32; e.output_len()], vec![0f32; d.output_len()]);
         g.throughput(Throughput::Elements((e.macs() + d.macs()) as u64));
         g.bench_function(BenchmarkId::new(name, "fused"), |b| {
-            b.iter(|| expand_dw::forward(&f, black_box(&x), &mut y))
+            b.iter(|| block::forward(&f, black_box(&x), None, &mut y))
         });
         g.bench_function(BenchmarkId::new(name, "two_steps"), |b| {
             b.iter(|| {
-                f.expand_epi
-                    .with_ops(|epi| cl::pointwise(&e, black_box(&x), &f.expand_w, &mut mid, epi));
-                f.dw_epi
-                    .with_ops(|epi| cl::depthwise::forward(&d, &mid, &f.dw_w, &mut y, epi));
+                expand
+                    .epi
+                    .with_ops(|epi| cl::pointwise(&e, black_box(&x), &expand.w, &mut mid, epi));
+                dw.epi
+                    .with_ops(|epi| cl::depthwise::forward(&d, &mid, &dw.w, &mut y, epi));
             })
         });
     }

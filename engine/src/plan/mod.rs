@@ -35,8 +35,8 @@
 //! writes `[N][H][W][C]` ([`conv::channels_last`]; step kinds end in ` cl`), so a 1x1 conv is a
 //! GEMM over contiguous pixel rows and a depthwise conv loads a pixel's channels as one vector.
 //! The image stem reads the NCHW image in place and writes channels-last (` nchw>cl`) when only
-//! convs read its output; an expansion whose output passes 1 MB runs fused with the depthwise
-//! conv that reads it ([`Kernel::ExpandDwCl`]). Each value carries its layout; a step that needs
+//! convs read its output; a depthwise conv runs fused with the 1x1 projection reading it and, when
+//! the expanded activation passes 1 MB, with the expansion feeding it ([`Kernel::BlockCl`]). Each value carries its layout; a step that needs
 //! the other one (a pool or flatten reading channels-last, an NCHW stem's output) gets a step
 //! moving the value first (`to_channels_last` / `to_nchw`, once per value), and element-wise
 //! steps keep their operands' layout. MobileNetV2 at 224 on one thread: 1x1 convs 0.6-0.95x
@@ -103,7 +103,7 @@ pub struct PlanOptions {
     /// instead of 8.4. Off by default: on the Zen 3 machine of BENCHMARKS.md it ran as fast as the
     /// separate steps on two threads and ~10 % slower on one (interleaved `tlc bench`). This is
     /// the NCHW kernel; a channels-last plan fuses the largest pairs on its own
-    /// ([`channels_last::expand_dw`], `TLC_CL_EXPAND_DW=0` to keep them apart).
+    /// ([`channels_last::block`], `TLC_CL_EXPAND_DW=0` to keep them apart).
     pub fuse_expand_dw: bool,
     /// Activation layout: `None` runs a network with depthwise convolutions (the MobileNets)
     /// channels-last where this CPU has the SIMD tiles for it ([`conv::channels_last::fast`]),
@@ -141,8 +141,9 @@ enum Kernel {
     /// A 1x1 expansion and the 3x3 depthwise conv that reads it, in one pass
     /// ([`conv::expand_dw`]). Input: `[x]`.
     ExpandDw(conv::expand_dw::ExpandDw),
-    /// The same on channels-last activations ([`channels_last::expand_dw`]). Input: `[x]`.
-    ExpandDwCl(channels_last::expand_dw::ExpandDw),
+    /// A channels-last depthwise conv with the 1x1 expansion feeding it and the 1x1 projection
+    /// reading it, either optional ([`channels_last::block`]). Input: `[x]` or `[x, residual]`.
+    BlockCl(Box<channels_last::block::Block>),
     MaxPool {
         dims: PoolDims,
         win: Window2d,
@@ -422,7 +423,7 @@ impl Plan {
                 Kernel::Conv { weight, .. } => weight.bytes(),
                 Kernel::Linear { weight, .. } => weight.bytes(),
                 Kernel::ExpandDw(f) => f.weight_bytes(),
-                Kernel::ExpandDwCl(f) => f.weight_bytes(),
+                Kernel::BlockCl(f) => f.weight_bytes(),
                 _ => 0,
             })
             .sum()
@@ -440,7 +441,7 @@ impl Plan {
                 }
                 Kernel::ScaleShift { scale, shift, .. } => scale.len() + shift.len(),
                 Kernel::ExpandDw(f) => f.bias_len(),
-                Kernel::ExpandDwCl(f) => f.bias_len(),
+                Kernel::BlockCl(f) => f.bias_len(),
                 _ => 0,
             })
             .sum();
@@ -449,7 +450,7 @@ impl Plan {
 }
 
 /// Smallest expanded activation (floats per sample, 1 MB: twice a Zen 3 core's L2) a
-/// channels-last plan fuses with the depthwise conv reading it ([`channels_last::expand_dw`]).
+/// channels-last plan fuses with the depthwise conv reading it ([`channels_last::block`]).
 /// MobileNetV2's blocks 2 and 3 at 224 (112x112x96, 56x56x144) ran 0.75-0.84x the time of the
 /// two steps on one and two threads (interleaved `tlc bench`), block 4 (56x56x144, stride 2) as
 /// fast, the 28x28x192 ones (0.6 MB) 0.94-1.0x, within the noise: they stay apart.
@@ -458,6 +459,17 @@ const CL_EXPAND_DW_MIN_FLOATS: usize = 256 * 1024;
 /// `TLC_CL_EXPAND_DW=0` keeps channels-last expansions and depthwise convs apart (comparisons).
 fn cl_expand_dw_enabled() -> bool {
     std::env::var("TLC_CL_EXPAND_DW").as_deref() != Ok("0")
+}
+
+/// The 1x1 projection reading a depthwise conv's output ([`Compiler::projection`]).
+struct Projection {
+    id: NodeId,
+    shape: Conv2dShape,
+    has_bias: bool,
+    /// The nodes fused behind it: a residual add, an activation.
+    fused: Vec<NodeId>,
+    residual: Option<ValueId>,
+    act: Option<Activation>,
 }
 
 /// A 1x1 expansion and the depthwise conv reading it ([`Compiler::expand_dw_pair`]).
@@ -614,7 +626,9 @@ fn exec<'a>(kernel: &Kernel, n_in: usize, val: &dyn Fn(usize) -> &'a [f32], y: &
             }
         }
         Kernel::ExpandDw(f) => conv::expand_dw::forward(f, val(0), y),
-        Kernel::ExpandDwCl(f) => channels_last::expand_dw::forward(f, val(0), y),
+        Kernel::BlockCl(f) => {
+            channels_last::block::forward(f, val(0), (n_in > 1).then(|| val(1)), y)
+        }
         Kernel::MaxPool { dims, win } => pool::max_pool2d(val(0), *dims, *win, y),
         Kernel::AvgPool { dims, win } => pool::avg_pool2d(val(0), *dims, *win, true, y),
         Kernel::AdaptiveAvgPool { dims } => pool::adaptive_avg_pool2d(val(0), *dims, y),
@@ -970,9 +984,9 @@ impl<'m> Compiler<'m> {
         Ok(true)
     }
 
-    /// Emit 1x1 conv `id` (of `shape`, input `x`) and the depthwise conv reading its output as
-    /// one channels-last [`Kernel::ExpandDwCl`] step when the expanded activation is large;
-    /// whether it did.
+    /// Emit 1x1 conv `id` (of `shape`, input `x`) and the depthwise conv reading its output (and
+    /// the projection reading that, see [`Compiler::projection`]) as one channels-last
+    /// [`Kernel::BlockCl`] step when the expanded activation is large; whether it did.
     fn expand_dw_cl(
         &mut self,
         id: NodeId,
@@ -985,27 +999,155 @@ impl<'m> Compiler<'m> {
             return Ok(false);
         }
         let supports = |dw: &Conv2dShape| {
-            channels_last::expand_dw::supports(shape, dw) && dw.params.groups > 1
+            channels_last::block::expands_into(shape, dw) && dw.params.groups > 1
         };
-        let Some(pair) = self.expand_dw_pair(id, supports) else {
+        let Some(mut pair) = self.expand_dw_pair(id, supports) else {
             return Ok(false);
         };
         let x = self.value_in(x, Layout::ChannelsLast);
-        let expand_w = channels_last::pack(shape, &self.stored_weight(id, shape.weight_len())?);
-        let dw_w = channels_last::depthwise::pack(&pair.dw, &self.tensor(pair.dw_id, "weight")?);
         let (expand_epi, dw_epi) = self.expand_dw_stages(id, has_bias, &pair)?;
-        let kind = pair.kind(" cl", &expand_epi, &dw_epi);
-        let kernel = Kernel::ExpandDwCl(channels_last::expand_dw::ExpandDw {
-            expand: *shape,
-            expand_w,
-            expand_epi,
-            dw: pair.dw,
-            dw_w,
-            dw_epi,
-        });
-        let out = self.push_expand_dw(id, &pair, kernel, x, kind);
+        let mut kind = pair.kind(" cl", &expand_epi, &dw_epi);
+        let expand = channels_last::block::Pointwise {
+            shape: *shape,
+            w: channels_last::pack(shape, &self.stored_weight(id, shape.weight_len())?),
+            epi: expand_epi,
+        };
+        let dw = channels_last::block::Depthwise {
+            shape: pair.dw,
+            w: channels_last::depthwise::pack(&pair.dw, &self.tensor(pair.dw_id, "weight")?),
+            epi: dw_epi,
+        };
+        let last = pair.fused.last().copied().unwrap_or(id);
+        let (project, residual) =
+            self.projection_step(last, &pair.dw, &mut pair.fused, &mut kind)?;
+        let kernel = Kernel::BlockCl(Box::new(channels_last::block::Block {
+            expand: Some(expand),
+            dw,
+            project,
+        }));
+        let inputs = std::iter::once(x).chain(residual).collect();
+        let out = self.push(id, &pair.fused, kernel, inputs, kind);
+        self.add_macs_of(&pair.fused);
         self.layouts[out] = Layout::ChannelsLast;
         Ok(true)
+    }
+
+    /// Emit depthwise conv `id` (of `dw`, input `x`) and the 1x1 projection reading its output
+    /// ([`Compiler::projection`]) as one channels-last [`Kernel::BlockCl`] step; whether it did.
+    fn dw_project_cl(
+        &mut self,
+        id: NodeId,
+        has_bias: bool,
+        dw: &Conv2dShape,
+        x: ValueId,
+    ) -> Result<bool> {
+        let (mut fused, residual, act) = self.epilogue(id);
+        if residual.is_some() || trim::trimmed(dw).is_some() {
+            return Ok(false);
+        }
+        let last = fused.last().copied().unwrap_or(id);
+        if self.projection(last, dw).is_none() {
+            return Ok(false);
+        }
+        let x = self.value_in(x, Layout::ChannelsLast);
+        let epi = Stage {
+            bias: has_bias.then(|| self.tensor(id, "bias")).transpose()?,
+            act,
+        };
+        let mut kind = format!(
+            "conv{}x{}/s{} dw cl{}",
+            dw.kernel_h,
+            dw.kernel_w,
+            dw.params.stride.0,
+            epilogue_kind(epi.bias.is_some(), false, act)
+        );
+        let depthwise = channels_last::block::Depthwise {
+            shape: *dw,
+            w: channels_last::depthwise::pack(dw, &self.tensor(id, "weight")?),
+            epi,
+        };
+        let (project, residual) = self.projection_step(last, dw, &mut fused, &mut kind)?;
+        let kernel = Kernel::BlockCl(Box::new(channels_last::block::Block {
+            expand: None,
+            dw: depthwise,
+            project,
+        }));
+        let inputs = std::iter::once(x).chain(residual).collect();
+        let out = self.push(id, &fused, kernel, inputs, kind);
+        self.add_macs_of(&fused);
+        self.layouts[out] = Layout::ChannelsLast;
+        Ok(true)
+    }
+
+    /// The 1x1 projection that alone reads `last`'s value, the output of depthwise conv `dw`
+    /// (after its activation), when a channels-last block can run it: one group, stride 1, no
+    /// more output channels than pixels. A projection with more (MobileNetV2's 7x7 ones, 160 or
+    /// 320 channels of 49 pixels) runs as its own step, whose tasks split its weights, which a
+    /// block's tasks, splitting rows, would each read whole. `TLC_CL_DW_PROJECT=0` keeps every
+    /// projection apart (comparisons).
+    fn projection(&self, last: NodeId, dw: &Conv2dShape) -> Option<Projection> {
+        static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if !*ENABLED.get_or_init(|| std::env::var("TLC_CL_DW_PROJECT").as_deref() != Ok("0")) {
+            return None;
+        }
+        let id = self.sole_reader(last)?;
+        let Op::Conv2d(c) = &self.g.node(id).op else {
+            return None;
+        };
+        let shape = c.shape(self.batch, &self.shapes[last]);
+        let (oh, ow) = dw.out_hw();
+        let fits = c.groups == 1
+            && channels_last::block::projects_from(dw, &shape)
+            && shape.out_channels <= dw.batch * oh * ow;
+        if !fits {
+            return None;
+        }
+        let (fused, residual, act) = self.epilogue(id);
+        Some(Projection {
+            id,
+            shape,
+            has_bias: c.bias,
+            fused,
+            residual,
+            act,
+        })
+    }
+
+    /// The projection after `last` ([`Compiler::projection`]) as a block's layer, if any, and
+    /// its residual (channels-last); its nodes are appended to `fused` and its kind to `kind`.
+    fn projection_step(
+        &mut self,
+        last: NodeId,
+        dw: &Conv2dShape,
+        fused: &mut Vec<NodeId>,
+        kind: &mut String,
+    ) -> Result<(Option<channels_last::block::Pointwise>, Option<ValueId>)> {
+        let Some(p) = self.projection(last, dw) else {
+            return Ok((None, None));
+        };
+        let bias = p.has_bias.then(|| self.tensor(p.id, "bias")).transpose()?;
+        kind.push_str(" > conv1x1/s1 cl");
+        kind.push_str(&epilogue_kind(bias.is_some(), p.residual.is_some(), p.act));
+        let layer = channels_last::block::Pointwise {
+            shape: p.shape,
+            w: channels_last::pack(&p.shape, &self.stored_weight(p.id, p.shape.weight_len())?),
+            epi: Stage { bias, act: p.act },
+        };
+        let residual = p.residual.map(|r| self.value_in(r, Layout::ChannelsLast));
+        fused.push(p.id);
+        fused.extend(p.fused);
+        Ok((Some(layer), residual))
+    }
+
+    /// Add the multiply-adds of the layers among `fused` to the last step's.
+    fn add_macs_of(&mut self, fused: &[NodeId]) {
+        let macs: u64 = fused
+            .iter()
+            .map(|&n| self.macs[n] * self.batch as u64)
+            .sum();
+        if let Some(step) = self.steps.last_mut() {
+            step.info.macs += macs;
+        }
     }
 
     /// The depthwise conv that alone reads 1x1 conv `id`'s output (after its activation), if
@@ -1093,6 +1235,9 @@ impl<'m> Compiler<'m> {
             return Ok(false);
         }
         if !depthwise && self.expand_dw_cl(id, c.bias, full, x)? {
+            return Ok(true);
+        }
+        if depthwise && self.dw_project_cl(id, c.bias, full, x)? {
             return Ok(true);
         }
         // A one-group conv reading an NCHW image (a few channels: the stem) reads it in place

@@ -16,14 +16,15 @@
 //!   the implicit GEMM's padded bands, so its output needs no move (gathering the stem's 27-float
 //!   patches cost more than running it NCHW and moving the output).
 //! - [`depthwise`]: one channel per group, vectorised over channels.
+//! - [`block`]: an inverted residual's expansion, depthwise conv and projection in one pass.
 //! - [`layout`]: NCHW <-> channels-last transposes and the global average pool.
 //!
 //! The weights are packed once by whoever runs the layer many times ([`pack`],
 //! [`depthwise::pack`]). The epilogue (bias, residual of the output's shape and layout, clamping
 //! activation) is applied in registers as each tile is stored.
 
+pub mod block;
 pub mod depthwise;
-pub mod expand_dw;
 pub mod layout;
 #[cfg(test)]
 mod tests;

@@ -209,58 +209,122 @@ fn layouts_round_trip_and_pool() {
 }
 
 #[test]
-fn fused_expansion_and_depthwise_match_the_two_steps() {
-    use super::expand_dw::{forward, supports, ExpandDw};
+fn fused_blocks_match_their_layers_run_apart() {
+    use super::block::{expands_into, forward, projects_from, Block, Depthwise, Pointwise};
     use crate::conv::expand_dw::Stage;
-    // (batch, cin, hw, cexp, k, stride, pad, with bias and ReLU6): odd sizes, partial
-    // registers and panels, stride 2 with odd and even rows, 5x5, images split across tasks.
-    for (batch, cin, hw, cexp, k, stride, pad, epi) in [
-        (1, 16, (9, 11), 96, 3, 2, 1, true),
-        (2, 5, (7, 6), 20, 3, 1, 1, true),
-        (1, 8, (10, 10), 24, 5, 1, 2, false),
-        (1, 16, (40, 40), 96, 3, 1, 1, true),
-        (2, 24, (31, 30), 144, 3, 2, 1, true),
-        (1, 4, (1, 1), 8, 3, 1, 1, true),
-    ] {
+    // (batch, cin, hw, cexp, k, stride, pad, cout, with bias and ReLU6): odd sizes, partial
+    // registers and panels, stride 2 with odd and even rows, 5x5, images split across tasks,
+    // projections gathering rows across images and ending in partial tiles.
+    let cases = [
+        (1, 16, (9, 11), 96, 3, 2, 1, 24, true),
+        (2, 5, (7, 6), 20, 3, 1, 1, 5, true),
+        (1, 8, (10, 10), 24, 5, 1, 2, 8, false),
+        (1, 16, (40, 40), 96, 3, 1, 1, 16, true),
+        (2, 24, (31, 30), 144, 3, 2, 1, 32, true),
+        (1, 4, (1, 1), 8, 3, 1, 1, 4, true),
+        (3, 32, (14, 14), 192, 3, 1, 1, 32, true),
+    ];
+    for (batch, cin, hw, cexp, k, stride, pad, cout, epi) in cases {
         let e = shape(batch, cin, hw, cexp, (1, 1), 1, 0, 1, 1);
         let d = shape(batch, cexp, hw, cexp, (k, k), stride, pad, 1, cexp);
-        assert!(supports(&e, &d));
-        let x = rand(e.input_len(), 1);
-        let (ew, dw) = (rand(e.weight_len(), 2), rand(d.weight_len(), 3));
-        let stage = |seed| Stage {
-            bias: epi.then(|| rand(cexp, seed)),
+        let p = shape(batch, cexp, d.out_hw(), cout, (1, 1), 1, 0, 1, 1);
+        assert!(expands_into(&e, &d) && projects_from(&d, &p));
+        let stage = |c, seed| Stage {
+            bias: epi.then(|| rand(c, seed)),
             act: epi.then_some(Activation::Relu6),
         };
-        let f = ExpandDw {
-            expand: e,
-            expand_w: pack(&e, &ew),
-            expand_epi: stage(4),
-            dw: d,
-            dw_w: depthwise::pack(&d, &dw),
-            dw_epi: stage(5),
+        let pointwise_layer = |s: &Conv2dShape, seed| Pointwise {
+            shape: *s,
+            w: pack(s, &rand(s.weight_len(), seed)),
+            epi: Stage {
+                act: None,
+                ..stage(s.out_channels, seed + 1)
+            },
         };
-        let mut mid = vec![0.0; e.output_len()];
-        f.expand_epi
-            .with_ops(|epi| pointwise(&e, &x, &f.expand_w, &mut mid, epi));
-        let mut want = vec![0.0; d.output_len()];
-        f.dw_epi
-            .with_ops(|epi| depthwise::forward(&d, &mid, &f.dw_w, &mut want, epi));
+        let expand = Pointwise {
+            epi: stage(cexp, 3),
+            ..pointwise_layer(&e, 2)
+        };
+        let dw = Depthwise {
+            shape: d,
+            w: depthwise::pack(&d, &rand(d.weight_len(), 4)),
+            epi: stage(cexp, 5),
+        };
+        let project = pointwise_layer(&p, 6);
+        // The layers one by one.
+        let x = rand(e.input_len(), 1);
+        let residual = rand(p.output_len(), 8);
+        let mut expanded = vec![0.0; e.output_len()];
+        expand
+            .epi
+            .with_ops(|ops| pointwise(&e, &x, &expand.w, &mut expanded, ops));
+        let mut dw_out = vec![0.0; d.output_len()];
+        dw.epi
+            .with_ops(|ops| depthwise::forward(&d, &expanded, &dw.w, &mut dw_out, ops));
+        let mut projected = vec![0.0; p.output_len()];
+        let bias = project.epi.bias.clone().unwrap_or_else(|| vec![0.0; cout]);
+        let ops = [ConvEpilogueOp::Bias(&bias), ConvEpilogueOp::Add(&residual)];
+        pointwise(&p, &dw_out, &project.w, &mut projected, &ops);
+        // Each fusion: expansion + depthwise, depthwise + projection (with and without the
+        // residual), all three.
+        let check = |got: &[f32], want: &[f32], what: &str| {
+            assert_eq!(got.len(), want.len());
+            for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                    "{what} {d:?}: output {i} is {g}, expected {w}"
+                );
+            }
+        };
+        let mut b = Block {
+            expand: Some(expand),
+            dw,
+            project: None,
+        };
         let mut got = vec![f32::NAN; d.output_len()];
-        forward(&f, &x, &mut got);
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        forward(&b, &x, None, &mut got);
+        check(&got, &dw_out, "expand+dw");
+        b.project = Some(project);
+        let mut got = vec![f32::NAN; p.output_len()];
+        forward(&b, &x, Some(&residual), &mut got);
+        check(&got, &projected, "expand+dw+project");
+        b.expand = None;
+        forward(&b, &expanded, Some(&residual), &mut got);
+        check(&got, &projected, "dw+project");
+        let unadded: Vec<f32> = projected
+            .iter()
+            .zip(&residual)
+            .map(|(y, r)| y - r)
+            .collect();
+        forward(&b, &expanded, None, &mut got);
+        for (i, (g, w)) in got.iter().zip(&unadded).enumerate() {
             assert!(
-                (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
-                "{d:?}: output {i} is {g}, expected {w}"
+                (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                "dw+project {d:?}: {i}: {g} vs {w}"
             );
         }
     }
-    // Not for a strided or padded "expansion", nor a depthwise conv reading another shape.
+    // Not for a strided or padded "expansion", a depthwise conv reading another shape, nor a
+    // projection of another shape or with a stride.
     let e = shape(1, 8, (6, 6), 16, (1, 1), 2, 0, 1, 1);
     let d = shape(1, 16, (3, 3), 16, (3, 3), 1, 1, 1, 16);
-    assert!(!supports(&e, &d));
+    assert!(!expands_into(&e, &d));
     let e = shape(1, 8, (6, 6), 16, (1, 1), 1, 0, 1, 1);
-    assert!(!supports(
+    assert!(!expands_into(
         &e,
         &shape(1, 16, (6, 5), 16, (3, 3), 1, 1, 1, 16)
+    ));
+    let d = shape(1, 16, (6, 6), 16, (3, 3), 2, 1, 1, 16);
+    assert!(projects_from(
+        &d,
+        &shape(1, 16, (3, 3), 8, (1, 1), 1, 0, 1, 1)
+    ));
+    assert!(!projects_from(
+        &d,
+        &shape(1, 16, (6, 6), 8, (1, 1), 1, 0, 1, 1)
+    ));
+    assert!(!projects_from(
+        &d,
+        &shape(1, 16, (3, 3), 8, (1, 1), 2, 0, 1, 1)
     ));
 }

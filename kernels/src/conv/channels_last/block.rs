@@ -1,0 +1,326 @@
+//! An inverted residual's layers in one pass, channels-last: an optional 1x1 expansion, the
+//! depthwise convolution, an optional 1x1 projection (with the block's residual).
+//!
+//! Run as separate steps, each layer writes its whole output to memory and the next reads it
+//! back; MobileNetV2's expanded activations (16 -> 96 channels at 112x112: 4.8 MB; 32 channels
+//! at 112x112 after its first depthwise conv: 1.6 MB) do not fit in a core's L2. Here each task
+//! walks its output rows: it expands only the input rows the next depthwise output row reads
+//! into a ring of `kh` rows (each input row once), runs the depthwise row kernel on the ring (or
+//! on the image when nothing is expanded), and, when a projection follows, collects a few
+//! depthwise rows in a small buffer and projects them straight into the block's output. The
+//! expanded and depthwise activations never leave L2.
+
+use super::depthwise::{self, InputRows, Taps};
+use super::tile::Fused;
+use super::tile_rows;
+use crate::conv::expand_dw::Stage;
+use crate::conv::{Conv2dParams, Conv2dShape, ConvEpilogueOp};
+use crate::gemm::PackedPanels;
+use crate::parallel::{self, CONV_PAR_MIN_MACS};
+use crate::scratch::with_scratch;
+
+/// A 1x1 layer of a block: its shape, weights packed by [`super::pack`], bias and activation.
+#[derive(Debug)]
+pub struct Pointwise {
+    pub shape: Conv2dShape,
+    pub w: PackedPanels,
+    pub epi: Stage,
+}
+
+/// The depthwise layer of a block: its shape, weights packed by [`depthwise::pack`], bias and
+/// activation.
+#[derive(Debug)]
+pub struct Depthwise {
+    pub shape: Conv2dShape,
+    pub w: Taps,
+    pub epi: Stage,
+}
+
+/// The fused layers; [`forward`] takes the residual added after the projection's bias.
+#[derive(Debug)]
+pub struct Block {
+    pub expand: Option<Pointwise>,
+    pub dw: Depthwise,
+    pub project: Option<Pointwise>,
+}
+
+/// Whether `expand` can feed `dw` in a [`Block`]: a stride-1, unpadded, one-group 1x1
+/// convolution whose whole output the depthwise convolution reads.
+pub fn expands_into(expand: &Conv2dShape, dw: &Conv2dShape) -> bool {
+    is_pointwise(expand)
+        && depthwise::supports(dw)
+        && dw.batch == expand.batch
+        && (dw.in_channels, dw.in_h, dw.in_w) == (expand.out_channels, expand.in_h, expand.in_w)
+}
+
+/// Whether `project` can read `dw`'s output in a [`Block`]: a stride-1, unpadded, one-group 1x1
+/// convolution of exactly that output.
+pub fn projects_from(dw: &Conv2dShape, project: &Conv2dShape) -> bool {
+    let (oh, ow) = dw.out_hw();
+    is_pointwise(project)
+        && depthwise::supports(dw)
+        && project.batch == dw.batch
+        && (project.in_channels, project.in_h, project.in_w) == (dw.out_channels, oh, ow)
+}
+
+fn is_pointwise(s: &Conv2dShape) -> bool {
+    s.kernel_h == 1 && s.kernel_w == 1 && s.params == Conv2dParams::default()
+}
+
+impl Block {
+    /// Bytes of the layers' weights (biases not counted).
+    pub fn weight_bytes(&self) -> usize {
+        let pointwise =
+            |p: &Option<Pointwise>| p.as_ref().map_or(0, |p| 4 * p.w.rows() * p.w.cols());
+        pointwise(&self.expand) + self.dw.w.bytes() + pointwise(&self.project)
+    }
+
+    /// Floats of the layers' biases.
+    pub fn bias_len(&self) -> usize {
+        let stages = [
+            self.expand.as_ref().map(|p| &p.epi),
+            Some(&self.dw.epi),
+            self.project.as_ref().map(|p| &p.epi),
+        ];
+        stages
+            .iter()
+            .flatten()
+            .map(|s| s.bias.as_ref().map_or(0, Vec::len))
+            .sum()
+    }
+
+    /// Multiply-adds of the block.
+    pub fn macs(&self) -> usize {
+        let pointwise = |p: &Option<Pointwise>| p.as_ref().map_or(0, |p| p.shape.macs());
+        pointwise(&self.expand) + self.dw.shape.macs() + pointwise(&self.project)
+    }
+
+    /// The shape of the block's output (the projection's, else the depthwise layer's).
+    pub fn output_shape(&self) -> &Conv2dShape {
+        self.project.as_ref().map_or(&self.dw.shape, |p| &p.shape)
+    }
+}
+
+/// Pixels a task gathers from the depthwise layer before projecting them: enough for whole
+/// 6-pixel tiles to dominate (a 7- or 14-pixel row alone ends in a 1- or 2-pixel tile), few
+/// enough that the rows stay in L1 or L2.
+const PROJECT_MIN_PIXELS: usize = 48;
+
+/// Channels-last `x` (`[N][H][W][Cin]`) through the block into `out` (`[N][OH][OW][Cout]`),
+/// `residual` (of the output's shape) added after the projection's bias. Tasks split the output
+/// rows, one range per thread (each expands the input rows its range reads, the one or two rows
+/// its neighbour reads too included).
+pub fn forward(b: &Block, x: &[f32], residual: Option<&[f32]>, out: &mut [f32]) {
+    let d = &b.dw.shape;
+    assert!(
+        b.expand.as_ref().is_none_or(|e| expands_into(&e.shape, d)),
+        "conv2d: not an expansion and depthwise pair"
+    );
+    assert!(
+        b.project
+            .as_ref()
+            .is_none_or(|p| projects_from(d, &p.shape)),
+        "conv2d: not a depthwise and projection pair"
+    );
+    assert!(b.dw.w.fits(d), "conv2d: depthwise weights of another shape");
+    for p in b.expand.iter().chain(&b.project) {
+        assert!(
+            p.w.rows() == p.shape.in_channels && p.w.cols() == p.shape.out_channels,
+            "conv2d: 1x1 weights of another shape"
+        );
+    }
+    let input_len = b
+        .expand
+        .as_ref()
+        .map_or(d.input_len(), |e| e.shape.input_len());
+    assert_eq!(x.len(), input_len, "conv2d: input length");
+    assert_eq!(
+        out.len(),
+        b.output_shape().output_len(),
+        "conv2d: output length"
+    );
+    assert!(
+        residual.is_none_or(|r| r.len() == out.len()),
+        "conv2d: residual length"
+    );
+    assert!(
+        residual.is_none() || b.project.is_some(),
+        "conv2d: a residual without a projection"
+    );
+    let none = Stage {
+        bias: None,
+        act: None,
+    };
+    let expand_stage = b.expand.as_ref().map_or(&none, |e| &e.epi);
+    let project_stage = b.project.as_ref().map_or(&none, |p| &p.epi);
+    expand_stage.with_ops(|expand_ops| {
+        b.dw.epi.with_ops(|dw_ops| {
+            with_residual(project_stage, residual, |project_ops| {
+                forward_with(b, x, out, expand_ops, dw_ops, project_ops)
+            })
+        })
+    })
+}
+
+/// `f` of `stage`'s epilogue with `residual` added between its bias and activation.
+fn with_residual<R>(
+    stage: &Stage,
+    residual: Option<&[f32]>,
+    f: impl FnOnce(&[ConvEpilogueOp]) -> R,
+) -> R {
+    let mut ops = [ConvEpilogueOp::Act(crate::activation::Activation::Identity); 3];
+    let mut n = 0;
+    if let Some(bias) = &stage.bias {
+        ops[n] = ConvEpilogueOp::Bias(bias);
+        n += 1;
+    }
+    if let Some(r) = residual {
+        ops[n] = ConvEpilogueOp::Add(r);
+        n += 1;
+    }
+    if let Some(a) = stage.act {
+        ops[n] = ConvEpilogueOp::Act(a);
+        n += 1;
+    }
+    f(&ops[..n])
+}
+
+fn forward_with(
+    b: &Block,
+    x: &[f32],
+    out: &mut [f32],
+    expand_ops: &[ConvEpilogueOp],
+    dw_ops: &[ConvEpilogueOp],
+    project_ops: &[ConvEpilogueOp],
+) {
+    let d = &b.dw.shape;
+    for (p, ops) in [(&b.expand, expand_ops), (&b.project, project_ops)] {
+        if let Some(p) = p {
+            crate::conv::check_epilogue(&p.shape, ops);
+        }
+    }
+    crate::conv::check_epilogue(d, dw_ops);
+    let (oh, ow) = d.out_hw();
+    let (h, w, c) = (d.in_h, d.in_w, d.in_channels);
+    let dw_row = ow * c;
+    let row_out = ow * b.output_shape().out_channels;
+    let rows = d.batch * oh;
+    if rows == 0 || row_out == 0 {
+        return;
+    }
+    let par = parallel::worth_splitting(b.macs(), CONV_PAR_MIN_MACS);
+    let pieces = if par {
+        parallel::num_threads().min(rows)
+    } else {
+        1
+    };
+    let per = rows.div_ceil(pieces);
+    // The expansion's ring: the input rows one output row reads.
+    let ring = match b.expand {
+        Some(_) => (d.kernel_h - 1) * d.params.dilation.0 + 1,
+        None => 0,
+    };
+    // The depthwise rows gathered for one projection.
+    let gathered = match b.project {
+        Some(_) => PROJECT_MIN_PIXELS.div_ceil(ow).min(per),
+        None => 0,
+    };
+    let row_kernel = depthwise::pick_row_kernel(d);
+    let fused = |p: &Option<Pointwise>, ops| p.as_ref().and_then(|_| Fused::of(ops));
+    let (expand_fused, project_fused) =
+        (fused(&b.expand, expand_ops), fused(&b.project, project_ops));
+    let image_in = h * w * b.expand.as_ref().map_or(c, |e| e.shape.in_channels);
+    parallel::for_each_chunk_mut(out, per * row_out, par && pieces > 1, |i, chunk| {
+        with_scratch(ring * w * c + gathered * dw_row, |scratch| {
+            let (held, pending) = scratch.split_at_mut(ring * w * c);
+            // Rows of image `image` before `next` are expanded; the ring holds the last `ring`.
+            let (mut image, mut next) = (usize::MAX, 0);
+            // Depthwise rows waiting in `pending` for the projection, the first being `first`.
+            let (mut waiting, mut first) = (0, 0);
+            let n_rows = chunk.len() / row_out;
+            for j in 0..n_rows {
+                let r = i * per + j;
+                let (n, oy) = (r / oh, r % oh);
+                let input = match &b.expand {
+                    Some(e) => {
+                        let (lo, hi) = input_rows(d, oy);
+                        if n != image || next < lo {
+                            (image, next) = (n, lo);
+                        }
+                        let cin = e.shape.in_channels;
+                        // Rows `lo..next` are still in the ring: row `iy < hi <= lo + ring`
+                        // expanded below takes the slot of row `iy - ring`, before `lo`.
+                        for iy in next..hi {
+                            let a = &x[n * image_in + iy * w * cin..][..w * cin];
+                            let slot = &mut held[(iy % ring) * w * c..][..w * c];
+                            // SAFETY: `slot` holds one expanded row (w pixels x c channels),
+                            // this task's own; the expansion's epilogue is a bias and an
+                            // activation (checked above).
+                            unsafe {
+                                tile_rows(
+                                    a,
+                                    w,
+                                    &e.w,
+                                    0..e.w.panels(),
+                                    slot.as_mut_ptr(),
+                                    0,
+                                    expand_ops,
+                                    expand_fused,
+                                )
+                            }
+                        }
+                        next = next.max(hi);
+                        InputRows {
+                            data: held,
+                            held: ring,
+                        }
+                    }
+                    None => InputRows {
+                        data: &x[n * image_in..(n + 1) * image_in],
+                        held: h,
+                    },
+                };
+                let Some(p) = &b.project else {
+                    let dst = &mut chunk[j * row_out..(j + 1) * row_out];
+                    row_kernel(d, input, &b.dw.w, oy, dst, r * row_out, dw_ops);
+                    continue;
+                };
+                if waiting == 0 {
+                    first = j;
+                }
+                let dst = &mut pending[waiting * dw_row..(waiting + 1) * dw_row];
+                row_kernel(d, input, &b.dw.w, oy, dst, r * dw_row, dw_ops);
+                waiting += 1;
+                if waiting == gathered || j + 1 == n_rows {
+                    let dst = &mut chunk[first * row_out..(first + waiting) * row_out];
+                    // SAFETY: `dst` holds the projection's output for the `waiting * ow`
+                    // pixels of output rows `first..` of this task's chunk, its own; the
+                    // epilogue's residual has the output's shape (checked above), indexed from
+                    // the rows' flat position `at`.
+                    unsafe {
+                        tile_rows(
+                            pending,
+                            waiting * ow,
+                            &p.w,
+                            0..p.w.panels(),
+                            dst.as_mut_ptr(),
+                            (i * per + first) * row_out,
+                            project_ops,
+                            project_fused,
+                        )
+                    }
+                    waiting = 0;
+                }
+            }
+        })
+    });
+}
+
+/// The input rows `lo .. hi` (inside the image) that output row `oy` of `d` reads.
+fn input_rows(d: &Conv2dShape, oy: usize) -> (usize, usize) {
+    let p = d.params;
+    let top = (oy * p.stride.0) as isize - p.padding.0 as isize;
+    let extent = ((d.kernel_h - 1) * p.dilation.0 + 1) as isize;
+    let clamp = |v: isize| v.clamp(0, d.in_h as isize) as usize;
+    (clamp(top), clamp(top + extent))
+}
