@@ -311,3 +311,31 @@ fn sixteen_bit_weights_in_bench_and_eval() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A report into a pipe its reader closed early (`tlc bench | head -1`) ends the process with
+/// SIGPIPE's status, 141, and no panic.
+#[test]
+fn closed_stdout_pipe_ends_quietly() {
+    use std::process::Stdio;
+    let mut child = Command::new(TLC)
+        .args([
+            "bench",
+            "--model",
+            "resnet18-cifar",
+            "--width",
+            "0.125",
+            "--seconds",
+            "0.05",
+        ])
+        .args(["--threads", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Nothing is read: the report's first write after this fails with a broken pipe.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

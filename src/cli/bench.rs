@@ -329,12 +329,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
             obj["max_abs_diff"] = json!(abs);
             obj["max_rel_diff"] = json!(rel);
         }
-        println!("{obj}");
+        outln!("{obj}");
         return Ok(());
     }
-    println!("{what}");
+    outln!("{what}");
     let (bufs, floats) = plan.arena();
-    println!(
+    outln!(
         "plan: {} fused steps, batch {}, input {}, {threads} thread(s){}; arena {bufs} buffers, {:.2} MB",
         n_steps,
         args.batch,
@@ -350,7 +350,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         },
         floats as f64 * 4.0 / 1e6
     );
-    println!(
+    outln!(
         "weights: {}, {:.3} MB (all parameters {:.3} MB){}",
         dtype.name(),
         plan.weight_bytes() as f64 / 1e6,
@@ -361,17 +361,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
         ))
     );
     if let Some(((abs, rel), _)) = against_f32 {
-        println!(
+        outln!(
             "logits vs the f32 plan on the same input: max |diff| {abs:.3e}, relative {rel:.3e} \
              (of the largest f32 logit)"
         );
     }
-    println!(
+    outln!(
         "latency: median {median:.3} ms, p90 {p90:.3} ms over {runs} runs; peak RSS {}",
         rss.map_or("unknown".into(), |r| format!("{r:.1} MB"))
     );
     if let Some((m, p)) = eval {
-        println!(
+        outln!(
             "Model::eval: median {m:.3} ms, p90 {p:.3} ms ({:.2}x the plan's median)",
             m / median
         );
@@ -389,12 +389,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .max()
         .unwrap_or(4)
         .max(4);
-    println!(
+    outln!(
         "\n{:>3}  {:<nw$}  {:<kw$}  {:>9}  {:>6}  {:>10}",
-        "#", "step", "kind", "median ms", "share", "MMACs"
+        "#",
+        "step",
+        "kind",
+        "median ms",
+        "share",
+        "MMACs"
     );
     for (i, (s, ms)) in steps.iter().enumerate() {
-        println!(
+        outln!(
             "{:>3}  {:<nw$}  {:<kw$}  {:>9.4}  {:>5.1}%  {:>10.3}",
             i + 1,
             s.name,

@@ -294,7 +294,7 @@ fn summary(table: &CostTable) {
     for ((kind, k, s), rates) in by {
         let lo = rates.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = rates.iter().copied().fold(0.0, f64::max);
-        println!(
+        outln!(
             "  {:<9} {}x{}/s{}: {:>3} layers, {lo:.2} .. {hi:.2} GMAC/s",
             kind.name(),
             k[0],
@@ -310,7 +310,7 @@ fn summary(table: &CostTable) {
             .filter(|e| e.kind == kind)
             .map(|e| e.ms)
             .fold(f64::INFINITY, f64::min);
-        println!(
+        outln!(
             "  fixed cost per {} layer (cheapest measured): {:.1} us",
             kind.name(),
             fixed * 1e3
@@ -359,18 +359,18 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
     let mut channels_last = args.layout.option();
     if let Some(p) = &args.checkpoint {
         let (added, model_cl) = model_points(p, &mut points)?;
-        println!(
+        outln!(
             "{added} more convolutions: the ones collapsing {} prices",
             p.display()
         );
         if args.layout == LayoutArg::Auto && model_cl {
             channels_last = Some(true);
-            println!("measuring channels-last, as the model's plan runs");
+            outln!("measuring channels-last, as the model's plan runs");
         }
     }
     let threads = rayon::current_num_threads();
     let machine = machine();
-    println!(
+    outln!(
         "calibrating {} convolutions at batch {} on {machine} with {threads} thread(s){}",
         points.len(),
         args.batch,
@@ -388,7 +388,7 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
     let table = CostTable::new(machine, threads, args.batch, entries)?;
     table.save(&args.out)?;
     summary(&table);
-    println!(
+    outln!(
         "wrote {} ({} measurements in {:.2} s); use it with `tlc collapse --cost-table {}`",
         args.out.display(),
         table.entries.len(),

@@ -83,7 +83,7 @@ fn out_channels(op: &Op) -> Option<usize> {
 /// The cost model of `--cost-table`, or MAC counts; says which on stdout.
 fn cost_model(table: Option<&std::path::Path>) -> Result<CostModel> {
     let Some(path) = table else {
-        println!(
+        outln!(
             "cost model: multiply-accumulate counts (no --cost-table; `tlc calibrate` measures \
              this machine's kernels)"
         );
@@ -95,7 +95,7 @@ fn cost_model(table: Option<&std::path::Path>) -> Result<CostModel> {
             "--cost-table: {e} (write one with `tlc calibrate`)"
         ))
     })?;
-    println!(
+    outln!(
         "cost model: measured kernel times from {} ({}, {} thread(s), batch {}, {} measurements)",
         path.display(),
         table.machine,
@@ -105,14 +105,14 @@ fn cost_model(table: Option<&std::path::Path>) -> Result<CostModel> {
     );
     let threads = rayon::current_num_threads();
     if table.threads != threads {
-        println!(
+        outln!(
             "note: the table was measured with {} thread(s), this run has {threads}",
             table.threads
         );
     }
     let here = super::calibrate::machine();
     if table.machine != here {
-        println!("note: the table was measured on another machine (this is {here})");
+        outln!("note: the table was measured on another machine (this is {here})");
     }
     Ok(CostModel::Measured(table))
 }
@@ -179,7 +179,7 @@ fn print_decisions(decisions: &[Decision], unit: &str) {
                 if d.merges_all() { "sum" } else { "keep apart" }
             ),
         };
-        println!("{line}");
+        outln!("{line}");
     }
     let chains: Vec<&Decision> = decisions
         .iter()
@@ -187,7 +187,7 @@ fn print_decisions(decisions: &[Decision], unit: &str) {
         .collect();
     if !chains.is_empty() {
         let sum = |f: fn(&Decision) -> f64| chains.iter().map(|d| f(d)).sum::<f64>();
-        println!(
+        outln!(
             "{} chain(s): {} {unit} as chosen; {} {unit} all merged, {} {unit} all apart",
             chains.len(),
             num(sum(|d| d.chosen)),
@@ -209,21 +209,21 @@ pub fn run(args: CollapseArgs) -> Result<()> {
     let path = existing_file(&args.checkpoint, "--checkpoint")?;
     let store = TensorStore::load(&path)?;
     let loaded = load_checkpoint(&path, &store, &args.model, None)?;
-    println!("{}", network_line(&loaded));
+    outln!("{}", network_line(&loaded));
     let original = &loaded.checkpoint.model;
     let folded = remove_passthrough(&fold_batch_norms(original)?)?;
     let (g0, g1) = (original.graph(), folded.graph());
     let count = |g: &Graph, f: fn(&Op) -> bool| g.nodes().iter().filter(|n| f(&n.op)).count();
     let is_bn = |op: &Op| matches!(op, Op::BatchNorm(_));
     let is_pass = |op: &Op| matches!(op, Op::Identity | Op::Dropout { .. });
-    println!(
+    outln!(
         "folded {} batch-norm(s) into their layers, dropped {} identity/dropout node(s)",
         count(g0, is_bn) - count(g1, is_bn),
         count(g0, is_pass)
     );
     let mut kept_apart = 0;
     let merged = if args.merge_all {
-        println!("merging every exact chain (--merge-all)");
+        outln!("merging every exact chain (--merge-all)");
         collapse(&folded)?
     } else {
         let cost = cost_model(args.cost_table.as_deref())?;
@@ -258,7 +258,7 @@ pub fn run(args: CollapseArgs) -> Result<()> {
             continue;
         }
         chains += 1;
-        println!(
+        outln!(
             "merged {} layers into {}: {}",
             n.name.matches('+').count() + 1,
             n.name,
@@ -268,13 +268,13 @@ pub fn run(args: CollapseArgs) -> Result<()> {
     let is_add = |op: &Op| matches!(op, Op::Add);
     let folded_adds = count(g1, is_add) - count(g2, is_add);
     if folded_adds > 0 {
-        println!("absorbed {folded_adds} add(s) (residual identities, parallel branches) into convolutions");
+        outln!("absorbed {folded_adds} add(s) (residual identities, parallel branches) into convolutions");
     }
     if chains == 0 && folded_adds == 0 {
         if kept_apart > 0 {
-            println!("nothing merged: every chain is cheaper kept apart");
+            outln!("nothing merged: every chain is cheaper kept apart");
         } else {
-            println!("no linear chain to merge (every layer is followed by a non-linearity)");
+            outln!("no linear chain to merge (every layer is followed by a non-linearity)");
         }
     }
     let merged_ch: HashMap<&str, &Op> = merged
@@ -291,13 +291,13 @@ pub fn run(args: CollapseArgs) -> Result<()> {
             out_channels(&n.op),
         ) {
             if b < a {
-                println!("pruned {}: {a} -> {b} output channels", n.name);
+                outln!("pruned {}: {a} -> {b} output channels", n.name);
             }
         }
     }
-    println!("layers: {} -> {}", census(g0), census(g2));
+    outln!("layers: {} -> {}", census(g0), census(g2));
     let (m0, m2) = (total_macs(g0)?, total_macs(g2)?);
-    println!(
+    outln!(
         "multiply-accumulates per sample: {} -> {} ({:.2}x fewer); parameters {} -> {}; fused plan \
          steps at batch 1: {} -> {}",
         group_digits(m0),
@@ -318,7 +318,7 @@ pub fn run(args: CollapseArgs) -> Result<()> {
         .iter()
         .zip(&y2)
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    println!(
+    outln!(
         "check on 2 random inputs: max |difference| {err:.3e} (outputs up to {scale:.3e}, relative \
          {:.1e})",
         err / scale
@@ -331,7 +331,7 @@ pub fn run(args: CollapseArgs) -> Result<()> {
         optim: None,
     };
     ckpt.save(&args.out)?;
-    println!(
+    outln!(
         "wrote {} (tlc.graph holds the collapsed graph)",
         args.out.display()
     );

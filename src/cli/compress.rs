@@ -323,7 +323,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
         }
     }
     let splits = Splits::new(train, Some(test), &cfg.finetune)?;
-    println!("{}", network_line(&loaded));
+    outln!("{}", network_line(&loaded));
     print_data(&splits);
     let mut c = Compressor::new(
         loaded.checkpoint,
@@ -344,7 +344,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
 }
 
 fn print_data(s: &Splits) {
-    println!(
+    outln!(
         "data: {} train, {} val, {} test images",
         s.train.len(),
         s.val.as_ref().map_or(0, |v| v.len()),
@@ -401,7 +401,7 @@ fn resume(args: CompressArgs) -> Result<()> {
     let source = DataSource::parse(&state.config.finetune.data)?;
     let splits = Splits::load(&source, &state.config.finetune)?;
     let done = state.iterations.len().saturating_sub(1);
-    println!(
+    outln!(
         "resuming {} after iteration {done} ({} activations removed)",
         last.display(),
         state.iterations.last().map_or(0, |r| r.removed_total)
@@ -415,14 +415,14 @@ fn resume(args: CompressArgs) -> Result<()> {
 fn drive(mut c: Compressor, out: &std::path::Path, reporter: &mut CompressReporter) -> Result<()> {
     let reason = c.run(reporter)?;
     let s = c.state();
-    println!("stopped: {}", reason.describe());
+    outln!("stopped: {}", reason.describe());
     let tuned = s
         .final_tune
         .as_ref()
         .filter(|f| f.iteration == s.best && f.accepted);
     let best = tuned.unwrap_or(&s.iterations[s.best]);
     let base = &s.iterations[0];
-    println!(
+    outln!(
         "result: iteration {}{} ({} of {} activations removed): val {} (start {}), test {} \
          (start {}); {} -> {} active parameters, {} -> {} active MACs per image",
         best.iteration,
@@ -443,12 +443,12 @@ fn drive(mut c: Compressor, out: &std::path::Path, reporter: &mut CompressReport
         group_digits(best.footprint.macs_active),
     );
     if s.final_tune.is_some() {
-        println!(
+        outln!(
             "final fine-tuning: {}",
             out.join(tlc_models::tlc::FINAL).display()
         );
     }
-    println!(
+    outln!(
         "checkpoints {} (result), {} .. {}; report {}, {}, {}, {}, {}",
         out.join(COMPRESSED).display(),
         out.join(iteration_file(0)).display(),
@@ -478,9 +478,9 @@ fn print_ranking(r: &Ranking) {
         .unwrap_or(0)
         .max(10);
     if let Some(b) = r.base_loss {
-        println!("current loss on the ranking batches: {b:.4}");
+        outln!("current loss on the ranking batches: {b:.4}");
     }
-    println!(
+    outln!(
         "{:>4}  {:<aw$}  {:<bw$}  {:>8}  {:>4}  {:>4}  {:>8}  {:>10}  {:>9}  {:>9}",
         "rank",
         "activation",
@@ -494,7 +494,7 @@ fn print_ranking(r: &Ranking) {
         "gap"
     );
     for x in e {
-        println!(
+        outln!(
             "{:>4}  {:<aw$}  {:<bw$}  {:>8}  {:>4}  {:>4}  {:>8}  {:>10}  {:>9}  {:>9}{}",
             if x.rank == 0 {
                 "-".into()
@@ -514,13 +514,13 @@ fn print_ranking(r: &Ranking) {
         );
     }
     for j in &r.joint {
-        println!(
+        outln!(
             "joint trial {}: loss {}",
             j.acts.join(" + "),
             opt_f(j.loss, 4)
         );
     }
-    println!("decision: remove {}", r.chosen.join(", "));
+    outln!("decision: remove {}", r.chosen.join(", "));
 }
 
 /// Training bars and lines from [`Reporter`], plus a bar (or lines) for the ranking trials and
@@ -573,7 +573,7 @@ impl Progress for CompressReporter {
         self.inner.eval_end()
     }
     fn epoch_end(&mut self, m: &EpochMetrics) {
-        print!("  fine-tune ");
+        out!("  fine-tune ");
         self.inner.epoch_end(m)
     }
     fn note(&mut self, msg: &str) {
@@ -585,9 +585,9 @@ impl CompressProgress for CompressReporter {
     fn iteration_start(&mut self, i: usize) {
         self.iteration = i;
         if i == 0 {
-            println!("measuring the starting model");
+            outln!("measuring the starting model");
         } else {
-            println!("== iteration {i}");
+            outln!("== iteration {i}");
         }
     }
 
@@ -644,17 +644,17 @@ impl CompressProgress for CompressReporter {
                 .unwrap_or_else(|| a.to_string())
         };
         let chosen: Vec<String> = r.chosen.iter().map(|a| why(a)).collect();
-        println!("  removing {}", chosen.join(", "));
+        outln!("  removing {}", chosen.join(", "));
     }
 
     fn final_start(&mut self, best: usize, epochs: usize) {
         self.clear();
-        println!("== final fine-tuning of iteration {best}: {epochs} epoch(s)");
+        outln!("== final fine-tuning of iteration {best}: {epochs} epoch(s)");
     }
 
     fn final_end(&mut self, r: &IterationRecord, _state: &CompressState) {
         self.clear();
-        println!(
+        outln!(
             "  final: val {} (before {}){}{}  {:.0} s{}",
             pct(r.val_acc),
             r.val_acc_before_ft.map_or("-".into(), pct),
@@ -701,6 +701,6 @@ impl CompressProgress for CompressReporter {
                 "  (fails the accuracy criteria)"
             }
         );
-        println!("{s}");
+        outln!("{s}");
     }
 }

@@ -109,7 +109,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     };
     let splits = Splits::new(train, Some(test), &cfg)?;
     let model = Model::init(tiny_cnn(), LinearInit::Uniform, &mut Rng::new(args.seed))?;
-    println!(
+    outln!(
         "tlc demo: a {}-parameter CNN learns the orientation of bars ({}) in {SIDE}x{SIDE} noisy \
          images: {} training, {} test images, SGD with momentum, cosine learning rate",
         group_digits(model.num_params() as u64),
@@ -120,7 +120,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let test = splits.test.clone().expect("the demo has a test set");
     let norm = splits.norm.clone();
     let before = evaluate(&model, &test, &norm, 500, "test", &mut Silent)?;
-    println!(
+    outln!(
         "before training: test loss {:.4}, accuracy {} (chance: 25%)",
         before.loss,
         pct(before.accuracy)
@@ -133,6 +133,6 @@ pub fn run(args: DemoArgs) -> Result<()> {
         .last()
         .and_then(|m| m.test_acc)
         .unwrap_or(0.0);
-    println!("after training: test accuracy {}", pct(after));
+    outln!("after training: test accuracy {}", pct(after));
     Ok(())
 }

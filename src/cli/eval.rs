@@ -92,7 +92,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         classes: Some(train.classes),
     });
     let loaded = load_checkpoint(&path, &store, &args.model, shape)?;
-    println!("{}", network_line(&loaded));
+    outln!("{}", network_line(&loaded));
     let ckpt = &loaded.checkpoint;
     let trained_norm = ckpt.train.as_ref().map(|t| t.norm.clone());
 
@@ -160,7 +160,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             (m, format!("  (inference plan, {} weights)", dtype.name()))
         }
     };
-    println!(
+    outln!(
         "{split}: {} images  loss {:.4}  accuracy {}{engine}",
         m.images,
         m.loss,
@@ -169,7 +169,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let names = source.class_names();
     for (c, (ok, total)) in m.per_class.iter().enumerate() {
         if *total > 0 {
-            println!(
+            outln!(
                 "  {:>2} {:<12} {:>7}  ({ok}/{total})",
                 c,
                 names.get(c).copied().unwrap_or(""),

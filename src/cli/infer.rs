@@ -99,7 +99,7 @@ pub fn run(args: InferArgs) -> Result<()> {
     result.insert("output", out.detach());
     result.set_metadata("tlc.checkpoint", path.display().to_string());
     result.save(&args.output)?;
-    println!(
+    outln!(
         "wrote {}: output {:?} (logits)",
         args.output.display(),
         out.shape()

@@ -31,8 +31,8 @@ pub fn run(args: InfoArgs) -> Result<()> {
     let ckpt = &loaded.checkpoint;
     let model = &ckpt.model;
     let graph = model.graph();
-    println!("{}", network_line(&loaded));
-    println!(
+    outln!("{}", network_line(&loaded));
+    outln!(
         "graph: {} nodes, {}",
         graph.nodes().len(),
         match loaded.graph_source {
@@ -51,9 +51,14 @@ pub fn run(args: InfoArgs) -> Result<()> {
         .max()
         .unwrap_or(4)
         .max(4);
-    println!(
+    outln!(
         "\n{:>4}  {:<name_w$}  {:<20}  {:<12}  {:>10}  {:>14}",
-        "#", "name", "kind", "output", "params", "MACs"
+        "#",
+        "name",
+        "kind",
+        "output",
+        "params",
+        "MACs"
     );
     for (i, n) in graph.nodes().iter().enumerate() {
         let params: usize =
@@ -69,7 +74,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
                 group_digits(v)
             }
         };
-        println!(
+        outln!(
             "{i:>4}  {:<name_w$}  {:<20}  {:<12}  {:>10}  {:>14}",
             n.name,
             n.op.kind_name(),
@@ -79,7 +84,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
         );
     }
     let total_macs: u64 = macs.iter().sum();
-    println!(
+    outln!(
         "\ntotal: {} parameters, {} MACs per image ({})",
         group_digits(model.num_params() as u64),
         group_digits(total_macs),
@@ -90,7 +95,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
         }
     );
     let buffers: usize = model.buffers().iter().map(|b| b.numel()).sum();
-    println!(
+    outln!(
         "buffers: {} values (batch-norm running statistics)",
         group_digits(buffers as u64)
     );
@@ -109,7 +114,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
             OptimizerKind::Sgd => "SGD",
             OptimizerKind::Adamw => "AdamW",
         };
-        println!(
+        outln!(
             "\ntraining: {} of {} epochs done on `{}`; {optimizer}, batch {}, lr {} ({schedule}, \
              warm-up {} epochs), momentum {}, weight decay {}, seed {}",
             t.epochs_done,
@@ -122,12 +127,12 @@ pub fn run(args: InfoArgs) -> Result<()> {
             c.weight_decay,
             c.seed
         );
-        println!("normalisation: mean {:?} std {:?}", t.norm.mean, t.norm.std);
+        outln!("normalisation: mean {:?} std {:?}", t.norm.mean, t.norm.std);
         if let Some(m) = t.history.last() {
-            println!("last epoch: {}", epoch_line(m, c.epochs));
+            outln!("last epoch: {}", epoch_line(m, c.epochs));
         }
         if let Some(b) = &t.best {
-            println!(
+            outln!(
                 "best validation accuracy: {} at epoch {}",
                 pct(b.val_acc),
                 b.epoch
@@ -135,7 +140,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
         }
     }
     if let Some(o) = &ckpt.optim {
-        println!(
+        outln!(
             "optimizer state: {} for {} parameters ({} tensors), lr {}",
             o.kind,
             o.num_params,

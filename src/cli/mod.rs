@@ -1,6 +1,21 @@
 //! Arguments (clap derive) and dispatch. Each command lives in its own file; this one holds what
 //! they share: the global options, the architecture flags, and the error type.
 
+/// `println!` that ends the process quietly (exit status 141, as SIGPIPE would) when stdout is
+/// a closed pipe (`tlc bench | head`) rather than panicking mid-report.
+macro_rules! outln {
+    ($($t:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($t)*)))
+    };
+}
+
+/// `print!` with [`outln!`]'s handling of a closed pipe.
+macro_rules! out {
+    ($($t:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($t)*))
+    };
+}
+
 mod bench;
 mod calibrate;
 mod collapse;
@@ -35,6 +50,20 @@ pub enum CliError {
 }
 
 pub type Result<T> = std::result::Result<T, CliError>;
+
+/// Write a report line to stdout (see [`outln!`]): a closed pipe ends the process with status
+/// 141; any other failure to write is reported on stderr and ends it with status 1.
+pub(crate) fn write_stdout(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
 
 /// Till the Layers Collapse: a from-scratch tensor engine that trains, inspects and runs image
 /// classifiers (and makes them shallower).

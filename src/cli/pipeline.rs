@@ -98,7 +98,7 @@ impl Row {
 
 /// Run `tlc <args>` in this process, printing the command first.
 fn tlc(args: &[String]) -> Result<()> {
-    println!("\n$ tlc {}", args.join(" "));
+    outln!("\n$ tlc {}", args.join(" "));
     let cli = Cli::try_parse_from(std::iter::once("tlc".to_string()).chain(args.iter().cloned()))
         .map_err(|e| {
         CliError::Usage(format!("pipeline stage `tlc {}`: {e}", args.join(" ")))
@@ -143,7 +143,7 @@ pub fn run(args: PipelineArgs) -> Result<()> {
             let mut a: Vec<String> = vec!["train".into(), "--out".into(), s(&dir)];
             if dir.join(LAST).is_file() {
                 // The stored run's settings apply; --epochs may extend it.
-                println!(
+                outln!(
                     "\n{} holds a training run: resuming it (its architecture and data options \
                      apply)",
                     dir.display()
@@ -176,7 +176,7 @@ pub fn run(args: PipelineArgs) -> Result<()> {
     let tlc_dir = out.join("tlc");
     let mut a: Vec<String> = vec!["compress".into(), "--out".into(), s(&tlc_dir)];
     if tlc_dir.join(LAST).is_file() {
-        println!(
+        outln!(
             "\n{} holds a TLC run: resuming it (its ranking and fine-tuning options apply)",
             tlc_dir.display()
         );
@@ -220,7 +220,7 @@ pub fn run(args: PipelineArgs) -> Result<()> {
     tlc(&a)?;
 
     // 4. Accuracy and batch-1 latency of the three networks.
-    println!("\n== measuring the trained, TLC-linearized and collapsed networks (batch 1)");
+    outln!("\n== measuring the trained, TLC-linearized and collapsed networks (batch 1)");
     let state = load_state(&compressed)?;
     let removed = state
         .final_tune
@@ -235,13 +235,13 @@ pub fn run(args: PipelineArgs) -> Result<()> {
     ];
     let rows = measure(&nets, &state, &args.data, args.bench_seconds)?;
     let summary = summary_markdown(&rows, &state);
-    println!("\n{summary}");
+    outln!("\n{summary}");
     write_text(&out.join("summary.md"), &summary)?;
     let json = serde_json::to_string_pretty(&rows.iter().map(Row::json).collect::<Vec<_>>())
         .expect("rows serialise")
         + "\n";
     write_text(&out.join("summary.json"), &json)?;
-    println!(
+    outln!(
         "summary: {}, {}; TLC report and plots in {}",
         s(&out.join("summary.md")),
         s(&out.join("summary.json")),

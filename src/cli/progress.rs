@@ -133,7 +133,7 @@ impl Progress for Reporter {
 
     fn epoch_end(&mut self, m: &EpochMetrics) {
         self.clear();
-        println!("{}", epoch_line(m, self.epochs));
+        outln!("{}", epoch_line(m, self.epochs));
     }
 
     fn note(&mut self, msg: &str) {

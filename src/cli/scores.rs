@@ -28,13 +28,13 @@ pub fn run(args: ScoresArgs) -> Result<()> {
     let scores = score_candidates(&loaded.checkpoint.model, &[])?;
     let rows: Vec<_> = scores.iter().map(|s| s.row()).collect();
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&rows).expect("rows serialise")
         );
         return Ok(());
     }
-    println!("{}", network_line(&loaded));
+    outln!("{}", network_line(&loaded));
     let aw = rows.iter().map(|r| r.act.len()).max().unwrap_or(0).max(10);
     let bw = rows
         .iter()
@@ -42,14 +42,21 @@ pub fn run(args: ScoresArgs) -> Result<()> {
         .max()
         .unwrap_or(0)
         .max(10);
-    println!(
+    outln!(
         "\n{:>3}  {:<aw$}  {:<bw$}  {:>8}  {:>5}  {:>5}  {:>8}  {:>10}",
-        "#", "activation", "batch-norm", "channels", "ON", "OFF", "entropy", "mean error"
+        "#",
+        "activation",
+        "batch-norm",
+        "channels",
+        "ON",
+        "OFF",
+        "entropy",
+        "mean error"
     );
     for (i, r) in rows.iter().enumerate() {
         let bn = r.bn.as_deref().unwrap_or("-");
         match (r.on, r.off, r.entropy, r.mean_error) {
-            (Some(on), Some(off), Some(h), Some(e)) => println!(
+            (Some(on), Some(off), Some(h), Some(e)) => outln!(
                 "{:>3}  {:<aw$}  {:<bw$}  {:>8}  {:>5}  {:>5}  {:>8.4}  {:>10.4}",
                 i + 1,
                 r.act,
@@ -60,7 +67,7 @@ pub fn run(args: ScoresArgs) -> Result<()> {
                 h,
                 e
             ),
-            _ => println!(
+            _ => outln!(
                 "{:>3}  {:<aw$}  {:<bw$}  {:>8}  needs data (no batch-norm in front: tlc compress \
                  measures it on calibration batches)",
                 i + 1,
@@ -71,11 +78,11 @@ pub fn run(args: ScoresArgs) -> Result<()> {
         }
     }
     if rows.is_empty() {
-        println!("(no removable activations)");
+        outln!("(no removable activations)");
     } else {
         let scored: Vec<f32> = rows.iter().filter_map(|r| r.entropy).collect();
         if !scored.is_empty() {
-            println!(
+            outln!(
                 "\n{} candidates; mean entropy {:.4} bits (0: already linear, 1: every channel ON half the \
                  time)",
                 rows.len(),

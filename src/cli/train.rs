@@ -216,7 +216,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let spec = args.model.spec_over(None, shape)?;
     let splits = Splits::new(train, Some(test), &cfg)?;
     let model = init_model(&spec, cfg.seed)?;
-    println!(
+    outln!(
         "training {}: {} parameters",
         describe(&spec),
         group_digits(model.num_params() as u64)
@@ -227,7 +227,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
 }
 
 fn print_data(s: &Splits) {
-    println!(
+    outln!(
         "data: {} train, {} val, {} test images; normalisation mean {:?} std {:?}",
         s.train.len(),
         s.val.as_ref().map_or(0, |v| v.len()),
@@ -292,7 +292,7 @@ fn resume(args: TrainArgs) -> Result<()> {
         }
     }
     if state.epochs_done >= cfg.epochs {
-        println!(
+        outln!(
             "{} already finished {} of {} epochs; pass a larger --epochs to train further",
             last.display(),
             state.epochs_done,
@@ -302,7 +302,7 @@ fn resume(args: TrainArgs) -> Result<()> {
     }
     let source = DataSource::parse(&cfg.data)?;
     let splits = Splits::load(&source, &cfg)?;
-    println!(
+    outln!(
         "resuming {} after epoch {} of {}",
         last.display(),
         state.epochs_done,
@@ -318,16 +318,16 @@ fn fit(mut trainer: Trainer, args: &TrainArgs) -> Result<()> {
     trainer.run(&mut reporter)?;
     let s = trainer.state();
     if let Some(m) = s.history.last() {
-        println!("done: {}", epoch_line(m, s.config.epochs));
+        outln!("done: {}", epoch_line(m, s.config.epochs));
     }
     if let Some(b) = &s.best {
-        println!(
+        outln!(
             "best validation accuracy {} at epoch {}",
             pct(b.val_acc),
             b.epoch
         );
     }
-    println!(
+    outln!(
         "checkpoint {}, log {}",
         args.out.join(LAST).display(),
         args.out.join(LOG).display()
