@@ -12,7 +12,8 @@
 
 use super::depthwise::{self, InputRows, Taps};
 use super::tile::Fused;
-use super::tile_rows;
+use super::tile::PIXELS;
+use super::{l1_run, tile_rows};
 use crate::conv::expand_dw::Stage;
 use crate::conv::{Conv2dParams, Conv2dShape, ConvEpilogueOp};
 use crate::gemm::PackedPanels;
@@ -225,18 +226,25 @@ fn forward_with(
         Some(_) => PROJECT_MIN_PIXELS.div_ceil(ow).min(per),
         None => 0,
     };
+    // Room for the gathered rows and the few pixels short of a whole tile left from before.
+    let pending_len = match b.project {
+        Some(_) => (gathered * ow + PIXELS - 1) * c,
+        None => 0,
+    };
+    let run = b.project.as_ref().map_or(0, |p| l1_run(p.w.rows()));
     let row_kernel = depthwise::pick_row_kernel(d);
     let fused = |p: &Option<Pointwise>, ops| p.as_ref().and_then(|_| Fused::of(ops));
     let (expand_fused, project_fused) =
         (fused(&b.expand, expand_ops), fused(&b.project, project_ops));
     let image_in = h * w * b.expand.as_ref().map_or(c, |e| e.shape.in_channels);
     parallel::for_each_chunk_mut(out, per * row_out, par && pieces > 1, |i, chunk| {
-        with_scratch(ring * w * c + gathered * dw_row, |scratch| {
+        with_scratch(ring * w * c + pending_len, |scratch| {
             let (held, pending) = scratch.split_at_mut(ring * w * c);
             // Rows of image `image` before `next` are expanded; the ring holds the last `ring`.
             let (mut image, mut next) = (usize::MAX, 0);
-            // Depthwise rows waiting in `pending` for the projection, the first being `first`.
-            let (mut waiting, mut first) = (0, 0);
+            // Pixels of the chunk projected, and depthwise pixels waiting in `pending` (the
+            // next ones).
+            let (mut done, mut waiting) = (0, 0);
             let n_rows = chunk.len() / row_out;
             for j in 0..n_rows {
                 let r = i * per + j;
@@ -285,32 +293,47 @@ fn forward_with(
                     row_kernel(d, input, &b.dw.w, oy, dst, r * row_out, dw_ops);
                     continue;
                 };
-                if waiting == 0 {
-                    first = j;
-                }
-                let dst = &mut pending[waiting * dw_row..(waiting + 1) * dw_row];
+                let dst = &mut pending[waiting * c..(waiting + ow) * c];
                 row_kernel(d, input, &b.dw.w, oy, dst, r * dw_row, dw_ops);
-                waiting += 1;
-                if waiting == gathered || j + 1 == n_rows {
-                    let dst = &mut chunk[first * row_out..(first + waiting) * row_out];
-                    // SAFETY: `dst` holds the projection's output for the `waiting * ow`
-                    // pixels of output rows `first..` of this task's chunk, its own; the
-                    // epilogue's residual has the output's shape (checked above), indexed from
-                    // the rows' flat position `at`.
+                waiting += ow;
+                if waiting < gathered * ow && j + 1 < n_rows {
+                    continue;
+                }
+                // Whole tiles only until the chunk's last row: the rest of the pixels wait for
+                // the next rows (a 14-pixel row gathered by fours ended each projection in a
+                // 2-pixel tile, which loads each panel for a third of the work).
+                let pixels = if j + 1 < n_rows {
+                    waiting / PIXELS * PIXELS
+                } else {
+                    waiting
+                };
+                let (k, cout) = (p.w.rows(), p.w.cols());
+                let dst = &mut chunk[done * cout..(done + pixels) * cout];
+                let at = i * per * row_out + done * cout;
+                // L1-sized runs of pixels, each through every panel (as `gemm_rows`).
+                let mut start = 0;
+                while start < pixels {
+                    let len = run.min(pixels - start);
+                    // SAFETY: `dst` holds the projection's output for pixels `done ..
+                    // done + pixels` of this task's chunk, its own, and pixels `start .. start
+                    // + len` of them lie inside; the epilogue's residual has the output's shape
+                    // (checked above), indexed from their flat position.
                     unsafe {
                         tile_rows(
-                            pending,
-                            waiting * ow,
+                            &pending[start * k..],
+                            len,
                             &p.w,
                             0..p.w.panels(),
-                            dst.as_mut_ptr(),
-                            (i * per + first) * row_out,
+                            dst.as_mut_ptr().add(start * cout),
+                            at + start * cout,
                             project_ops,
                             project_fused,
                         )
                     }
-                    waiting = 0;
+                    start += len;
                 }
+                pending.copy_within(pixels * c..waiting * c, 0);
+                (done, waiting) = (done + pixels, waiting - pixels);
             }
         })
     });

@@ -354,6 +354,13 @@ const MIN_ROWS: usize = 4 * PIXELS;
 /// Floats of `A` rows kept in L1 while every panel passes over them.
 const L1_ROW_FLOATS: usize = 4096;
 
+/// Rows of `k` floats of `A` a task multiplies by every panel before moving on: as many whole
+/// tiles as fill [`L1_ROW_FLOATS`] (a panel deeper than L1 streams from L2 either way; the rows,
+/// read once per panel, must not).
+fn l1_run(k: usize) -> usize {
+    (L1_ROW_FLOATS / k.max(1)).clamp(PIXELS, 16 * PIXELS) / PIXELS * PIXELS
+}
+
 /// `out[rows x Cout] = A[rows x k] * W^T`, with `epi`. `rows_of(r0, len, f)` calls `f` with `A`'s
 /// rows `r0 .. r0 + len` (row stride `k`): a slice of the input, or patches it gathered
 /// (`gathers`). Tasks split the rows into ranges and, when there are few rows or more output
@@ -403,7 +410,7 @@ fn gemm_rows<F>(
     let split = parallel::UnitRanges::new(rows, PIXELS, ranges);
     let ranges = split.count();
     let groups = want.div_ceil(ranges).min(panels).max(1);
-    let run = (L1_ROW_FLOATS / k.max(1)).clamp(PIXELS, 16 * PIXELS) / PIXELS * PIXELS;
+    let run = l1_run(k);
     let base = crate::gemm::MatPtr {
         ptr: out.as_mut_ptr(),
         rows,
