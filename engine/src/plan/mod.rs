@@ -35,12 +35,14 @@
 //! writes `[N][H][W][C]` ([`conv::channels_last`]; step kinds end in ` cl`), so a 1x1 conv is a
 //! GEMM over contiguous pixel rows and a depthwise conv loads a pixel's channels as one vector.
 //! The image stem reads the NCHW image in place and writes channels-last (` nchw>cl`) when only
-//! convs read its output; a depthwise conv runs fused with the 1x1 projection reading it and, when
-//! the expanded activation passes 1 MB, with the expansion feeding it ([`Kernel::BlockCl`]). Each value carries its layout; a step that needs
-//! the other one (a pool or flatten reading channels-last, an NCHW stem's output) gets a step
-//! moving the value first (`to_channels_last` / `to_nchw`, once per value), and element-wise
-//! steps keep their operands' layout. MobileNetV2 at 224 on one thread: 1x1 convs 0.6-0.95x
-//! their NCHW time (BENCHMARKS.md, sessions 12-13).
+//! convs read its output; a depthwise conv runs fused with the 1x1 projection reading it (when
+//! that has no more output channels than pixels) and, when the expanded activation passes 1 MB,
+//! with the expansion feeding it ([`Kernel::BlockCl`]): MobileNetV2's fused blocks paired
+//! 0.82-0.96 of their separate steps' time on two threads (BENCHMARKS.md, session 15). Each
+//! value carries its layout; a step that needs the other one (a pool or flatten reading
+//! channels-last, an NCHW stem's output) gets a step moving the value first (`to_channels_last`
+//! / `to_nchw`, once per value), and element-wise steps keep their operands' layout.
+//! MobileNetV2 at 224 on one thread: 1x1 convs 0.6-0.95x their NCHW time (sessions 12-13).
 //!
 //! Buffers: every value (a step's output, or the input) lives in one physical buffer chosen by
 //! liveness (interval colouring: a buffer is reused once its last reader has run), allocated at
