@@ -231,7 +231,7 @@ pub fn conv_from_nchw(
                                     w.panel(j).as_ptr(),
                                     element(&base, at),
                                     nch,
-                                    epi,
+                                    &epi,
                                 )
                             }
                         }
@@ -466,16 +466,19 @@ unsafe fn tile_rows(
         let ch0 = j * PANEL;
         let n = PANEL.min(cout - ch0);
         let tiles = tile::family::<false>(n);
+        // One epilogue per panel, its place moved tile by tile: built per tile, its copy into
+        // the call had the tile's reads of it wait on store forwarding.
+        let mut epi = TileEpi {
+            ops: epi,
+            fused,
+            ch0,
+            at: at + ch0,
+            ldc: cout,
+        };
         let mut i = 0;
         while i < n_rows {
             let r = PIXELS.min(n_rows - i);
-            let epi = TileEpi {
-                ops: epi,
-                fused,
-                ch0,
-                at: at + i * cout + ch0,
-                ldc: cout,
-            };
+            epi.at = at + i * cout + ch0;
             let lhs = Lhs {
                 // SAFETY: row i lies inside `a` (asserted).
                 a: unsafe { a.as_ptr().add(i * k) },
@@ -485,7 +488,7 @@ unsafe fn tile_rows(
             // SAFETY: the tile reads rows i .. i + r of `a` (k floats each, inside `a`) and
             // panel j's k x 16 floats; it writes channels ch0 .. ch0 + n of rows i .. i + r of
             // `dst`, which the caller gives this call alone, with operands it covers.
-            unsafe { tiles[r - 1](k, lhs, panel, dst.add(i * cout + ch0), n, epi) }
+            unsafe { tiles[r - 1](k, lhs, panel, dst.add(i * cout + ch0), n, &epi) }
             i += r;
         }
     }

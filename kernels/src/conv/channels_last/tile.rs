@@ -37,7 +37,7 @@ pub(super) struct Lhs {
 
 /// One tile: `k`-deep rows of `A` ([`Lhs`]) for `R` pixels, the panel at `b` (`k x 16`, 64-byte
 /// aligned), results for channels `< n` (at most 16) to `c + i * ldc`.
-pub(super) type Tile = unsafe fn(usize, Lhs, *const f32, *mut f32, usize, TileEpi);
+pub(super) type Tile = unsafe fn(usize, Lhs, *const f32, *mut f32, usize, &TileEpi);
 
 /// The tiles this process runs for a panel with `n` output channels, `[r - 1]` for `r` pixels,
 /// reading `A` through offsets when `OFFS`. On AVX2 a panel of at most 8 channels (the last of
@@ -153,7 +153,7 @@ unsafe fn portable<const R: usize, const OFFS: bool>(
     b: *const f32,
     c: *mut f32,
     n: usize,
-    epi: TileEpi,
+    epi: &TileEpi,
 ) {
     let mut acc = [[0f32; PANEL]; R];
     for p in 0..k {
@@ -202,7 +202,7 @@ mod avx2 {
         b: *const f32,
         c: *mut f32,
         n: usize,
-        epi: TileEpi,
+        epi: &TileEpi,
     ) {
         // SAFETY (whole body): the function's contract bounds every pointer used; loads and
         // stores past channel `n` go through `load_n` / `store_n`, which touch `n` floats only.
