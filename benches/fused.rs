@@ -296,11 +296,11 @@ fn channels_last_steps(c: &mut Criterion) {
         )
         .shape();
         let f = block::Block {
-            expand: Some(block::Pointwise {
+            feed: Some(block::Feed::Expand(block::Pointwise {
                 shape: e,
                 w: cl::pack(&e, &values(e.weight_len(), 2)),
                 epi: stage(cexp, 3),
-            }),
+            })),
             dw: block::Depthwise {
                 shape: d,
                 w: cl::depthwise::pack(&d, &values(d.weight_len(), 4)),
@@ -308,7 +308,10 @@ fn channels_last_steps(c: &mut Criterion) {
             },
             project: None,
         };
-        let (expand, dw) = (f.expand.as_ref().expect("an expansion"), &f.dw);
+        let Some(block::Feed::Expand(expand)) = &f.feed else {
+            unreachable!("built with an expansion")
+        };
+        let dw = &f.dw;
         let x = values(e.input_len(), 1);
         let (mut mid, mut y) = (vec![0f32; e.output_len()], vec![0f32; d.output_len()]);
         g.throughput(Throughput::Elements((e.macs() + d.macs()) as u64));

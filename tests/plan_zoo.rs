@@ -123,6 +123,25 @@ fn layout(channels_last: bool) -> PlanOptions {
 }
 
 #[test]
+fn mobilenet_v2_stem_block_matches_eval() {
+    let m = model(Arch::MobilenetV2, 0.5, 32);
+    check_with(&m, "mobilenet-v2 w0.5 cl", &layout(true));
+    let first = |batch| {
+        Plan::compile_with(&m, batch, &layout(true))
+            .unwrap()
+            .steps()
+            .next()
+            .unwrap()
+            .kind
+            .clone()
+    };
+    let fused = "nchw>cl +bias+relu6 > conv3x3/s1 dw cl +bias+relu6 > conv1x1/s1 cl +bias";
+    assert!(first(1).ends_with(fused), "{}", first(1));
+    // A band holds one image: at batch 3 the stem is a step of its own.
+    assert!(first(3).ends_with("nchw>cl +bias+relu6"), "{}", first(3));
+}
+
+#[test]
 fn mobilenet_v2_plan_matches_eval() {
     let m = model(Arch::MobilenetV2, 0.25, 32);
     for cl in [false, true] {
@@ -152,7 +171,9 @@ fn mobilenet_v2_plan_matches_eval() {
             .count();
         assert_eq!(dw_project > 0, cl, "{k:?}");
         // Channels-last: the image stem reads the NCHW image and writes channels-last, and
-        // nothing moves (the pool reads channels-last).
+        // nothing moves (the pool reads channels-last). Here its output is also block 1's
+        // residual (16 and 8 channels rounding alike), so it is stored; at width 0.5 below the
+        // stem, block 1's depthwise conv and projection run as one step at batch 1.
         assert!(!k.iter().any(|k| k.starts_with("to_")), "{k:?}");
         let stem = if cl {
             "conv3x3/s2 nchw>cl"

@@ -463,6 +463,18 @@ fn cl_expand_dw_enabled() -> bool {
     std::env::var("TLC_CL_EXPAND_DW").as_deref() != Ok("0")
 }
 
+/// An image stem about to be emitted ([`Compiler::stem_block_cl`]): its node, shape, weights
+/// when trimmed, bias, activation, the nodes fused behind it and its kind so far.
+struct StemLayer<'a> {
+    id: NodeId,
+    shape: &'a Conv2dShape,
+    weights: &'a Option<Vec<f32>>,
+    bias: &'a Option<Vec<f32>>,
+    act: Option<Activation>,
+    fused: &'a [NodeId],
+    kind: &'a str,
+}
+
 /// The 1x1 projection reading a depthwise conv's output ([`Compiler::projection`]).
 struct Projection {
     id: NodeId,
@@ -1023,7 +1035,7 @@ impl<'m> Compiler<'m> {
         let (project, residual) =
             self.projection_step(last, &pair.dw, &mut pair.fused, &mut kind)?;
         let kernel = Kernel::BlockCl(Box::new(channels_last::block::Block {
-            expand: Some(expand),
+            feed: Some(channels_last::block::Feed::Expand(expand)),
             dw,
             project,
         }));
@@ -1070,12 +1082,80 @@ impl<'m> Compiler<'m> {
         };
         let (project, residual) = self.projection_step(last, dw, &mut fused, &mut kind)?;
         let kernel = Kernel::BlockCl(Box::new(channels_last::block::Block {
-            expand: None,
+            feed: None,
             dw: depthwise,
             project,
         }));
         let inputs = std::iter::once(x).chain(residual).collect();
         let out = self.push(id, &fused, kernel, inputs, kind);
+        self.add_macs_of(&fused);
+        self.layouts[out] = Layout::ChannelsLast;
+        Ok(true)
+    }
+
+    /// Emit the image stem `stem` (reading NCHW image `x`), the depthwise conv that alone reads
+    /// its output and the projection reading that ([`Compiler::projection`]) as one
+    /// channels-last [`Kernel::BlockCl`] step, which never stores the stem's output (MobileNetV2
+    /// at 224: 1.6 MB, the plan's largest activation); whether it did. Batch 1 only (a task's
+    /// band holds one image's rows). `TLC_CL_STEM_BLOCK=0` keeps the stem apart (comparisons).
+    fn stem_block_cl(&mut self, stem: &StemLayer, x: ValueId) -> Result<bool> {
+        static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if !*ENABLED.get_or_init(|| std::env::var("TLC_CL_STEM_BLOCK").as_deref() != Ok("0")) {
+            return Ok(false);
+        }
+        let last = stem.fused.last().copied().unwrap_or(stem.id);
+        let Some(dw_id) = self.sole_reader(last) else {
+            return Ok(false);
+        };
+        let Op::Conv2d(dc) = &self.g.node(dw_id).op else {
+            return Ok(false);
+        };
+        let dw = dc.shape(self.batch, &self.shapes[last]);
+        let fits = dc.groups > 1
+            && channels_last::block::feeds_from_image(stem.shape, &dw)
+            && trim::trimmed(&dw).is_none();
+        let (dw_fused, dw_residual, dw_act) = self.epilogue(dw_id);
+        if !fits || dw_residual.is_some() {
+            return Ok(false);
+        }
+        let w = self.conv_weight_values(stem.id, stem.shape, stem.weights)?;
+        let feed = channels_last::block::Pointwise {
+            shape: *stem.shape,
+            w: channels_last::pack_nchw_input(stem.shape, &w),
+            epi: Stage {
+                bias: stem.bias.clone(),
+                act: stem.act,
+            },
+        };
+        let depthwise = channels_last::block::Depthwise {
+            shape: dw,
+            w: channels_last::depthwise::pack(&dw, &self.tensor(dw_id, "weight")?),
+            epi: Stage {
+                bias: dc.bias.then(|| self.tensor(dw_id, "bias")).transpose()?,
+                act: dw_act,
+            },
+        };
+        let mut kind = format!(
+            "{} nchw>cl{} > conv{}x{}/s{} dw cl{}",
+            stem.kind,
+            epilogue_kind(stem.bias.is_some(), false, stem.act),
+            dw.kernel_h,
+            dw.kernel_w,
+            dw.params.stride.0,
+            epilogue_kind(dc.bias, false, dw_act)
+        );
+        let mut fused = stem.fused.to_vec();
+        fused.push(dw_id);
+        fused.extend(dw_fused);
+        let dw_last = fused.last().copied().unwrap_or(dw_id);
+        let (project, residual) = self.projection_step(dw_last, &dw, &mut fused, &mut kind)?;
+        let kernel = Kernel::BlockCl(Box::new(channels_last::block::Block {
+            feed: Some(channels_last::block::Feed::Image(feed)),
+            dw: depthwise,
+            project,
+        }));
+        let inputs = std::iter::once(x).chain(residual).collect();
+        let out = self.push(stem.id, &fused, kernel, inputs, kind);
         self.add_macs_of(&fused);
         self.layouts[out] = Layout::ChannelsLast;
         Ok(true)
@@ -1259,6 +1339,18 @@ impl<'m> Compiler<'m> {
             return Ok(false);
         }
         let bias = c.bias.then(|| self.tensor(id, "bias")).transpose()?;
+        let stem = StemLayer {
+            id,
+            shape: &shape,
+            weights: &trimmed,
+            bias: &bias,
+            act,
+            fused: &fused,
+            kind: &kind,
+        };
+        if from_nchw && residual.is_none() && self.stem_block_cl(&stem, x)? {
+            return Ok(true);
+        }
         let x = if from_nchw {
             x
         } else {

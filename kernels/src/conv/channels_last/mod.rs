@@ -164,7 +164,7 @@ pub fn conv_from_nchw(
     );
     check(s, x, w, out, epi);
     let (oh, ow) = s.out_hw();
-    let (k, cout) = (s.patch_len(), s.out_channels);
+    let cout = s.out_channels;
     let img_in = s.in_channels * s.in_h * s.in_w;
     let par = parallel::worth_splitting(s.macs(), CONV_PAR_MIN_MACS);
     let runs = if par {
@@ -175,7 +175,6 @@ pub fn conv_from_nchw(
     let rows = oh.div_ceil(runs);
     let runs = oh.div_ceil(rows);
     let band = Band::new(s, rows);
-    let sh = s.params.stride.0;
     let base = crate::gemm::MatPtr {
         ptr: out.as_mut_ptr(),
         rows: s.batch * oh * ow,
@@ -192,54 +191,88 @@ pub fn conv_from_nchw(
             oy0,
             rows,
             |data, offs| {
-                let last_row = sh * (rows - 1) * band.rowlen;
-                assert!(
-                    offs.fits(ow, data.len() - last_row.min(data.len())),
-                    "conv_from_nchw: band too short"
-                );
                 for t in 0..rows {
-                    let row = &data[sh * t * band.rowlen..];
-                    let oy = oy0 + t;
-                    for j in 0..w.panels() {
-                        let ch0 = j * PANEL;
-                        let nch = PANEL.min(cout - ch0);
-                        let tiles = tile::family::<true>(nch);
-                        for (i0, r) in even_tiles(ow, PIXELS) {
-                            let at = ((n * oh + oy) * ow + i0) * cout + ch0;
-                            let epi = TileEpi {
-                                ops: epi,
-                                fused,
-                                ch0,
-                                at,
-                                ldc: cout,
-                            };
-                            let lhs = Lhs {
-                                a: row[i0..].as_ptr(),
-                                lda: 1,
-                                offs: offs.as_slice().as_ptr(),
-                            };
-                            // SAFETY: the tile reads row[i0 + offs[p] + i] for p < k, i < r <= ow
-                            // - i0, inside `data` (the reach asserted above), and panel j's k x 16
-                            // floats; it writes channels ch0 .. ch0 + nch of output pixels at .. +
-                            // r (inside `out`: pixel (n, oy, i0 + i) exists), this task's alone
-                            // (tasks split images and output rows); the epilogue's operands have the
-                            // output's shape (checked).
-                            unsafe {
-                                tiles[r - 1](
-                                    k,
-                                    lhs,
-                                    w.panel(j).as_ptr(),
-                                    element(&base, at),
-                                    nch,
-                                    &epi,
-                                )
-                            }
-                        }
+                    let at = (n * oh + oy0 + t) * ow * cout;
+                    // SAFETY: output row (n, oy0 + t) lies inside `out`, this task's alone
+                    // (tasks split images and output rows); the epilogue's operands have the
+                    // output's shape (checked), indexed from the row's flat position.
+                    unsafe {
+                        band_row(
+                            s,
+                            w,
+                            &band,
+                            data,
+                            &offs,
+                            t,
+                            element(&base, at),
+                            at,
+                            epi,
+                            fused,
+                        )
                     }
                 }
             },
         )
     });
+}
+
+/// Output row `t` of a band that [`Band::prepare`] filled for conv `s` (`data`, `offs`), times
+/// the weights from [`pack_nchw_input`], stored channels-last to `dst` (`ow` pixels of `Cout`
+/// channels) with `epi` (`fused`: [`Fused::of`] it), `dst` being flat index `at` of the output.
+///
+/// # Safety
+/// `dst`'s `ow * Cout` floats are writable and the caller's alone, and `epi`'s operands cover
+/// flat indices `at ..` of them.
+#[allow(clippy::too_many_arguments)]
+unsafe fn band_row(
+    s: &Conv2dShape,
+    w: &PackedPanels,
+    band: &Band,
+    data: &[f32],
+    offs: &crate::gemm::OffsetTable,
+    t: usize,
+    dst: *mut f32,
+    at: usize,
+    epi: &[ConvEpilogueOp],
+    fused: Option<Fused>,
+) {
+    let ow = s.out_hw().1;
+    let (k, cout) = (s.patch_len(), s.out_channels);
+    let row = &data[s.params.stride.0 * t * band.rowlen..];
+    assert!(offs.fits(ow, row.len()), "conv_from_nchw: band too short");
+    for j in 0..w.panels() {
+        let ch0 = j * PANEL;
+        let nch = PANEL.min(cout - ch0);
+        let tiles = tile::family::<true>(nch);
+        let mut tile_epi = TileEpi {
+            ops: epi,
+            fused,
+            ch0,
+            at,
+            ldc: cout,
+        };
+        for (i0, r) in even_tiles(ow, PIXELS) {
+            tile_epi.at = at + i0 * cout + ch0;
+            let lhs = Lhs {
+                a: row[i0..].as_ptr(),
+                lda: 1,
+                offs: offs.as_slice().as_ptr(),
+            };
+            // SAFETY: the tile reads row[i0 + offs[p] + i] for p < k, i < r <= ow - i0, inside
+            // `row` (asserted), and panel j's k x 16 floats; it writes channels ch0 .. ch0 +
+            // nch of pixels i0 .. i0 + r of `dst` (the caller's), with operands it covers.
+            unsafe {
+                tiles[r - 1](
+                    k,
+                    lhs,
+                    w.panel(j).as_ptr(),
+                    dst.add(i0 * cout + ch0),
+                    nch,
+                    &tile_epi,
+                )
+            }
+        }
+    }
 }
 
 fn check(s: &Conv2dShape, x: &[f32], w: &PackedPanels, out: &[f32], epi: &[ConvEpilogueOp]) {

@@ -210,7 +210,9 @@ fn layouts_round_trip_and_pool() {
 
 #[test]
 fn fused_blocks_match_their_layers_run_apart() {
-    use super::block::{expands_into, forward, projects_from, Block, Depthwise, Pointwise};
+    use super::block::{
+        expands_into, feeds_from_image, forward, projects_from, Block, Depthwise, Feed, Pointwise,
+    };
     use crate::conv::expand_dw::Stage;
     // (batch, cin, hw, cexp, k, stride, pad, cout, with bias and ReLU6): odd sizes, partial
     // registers and panels, stride 2 with odd and even rows, 5x5, images split across tasks,
@@ -277,7 +279,7 @@ fn fused_blocks_match_their_layers_run_apart() {
             }
         };
         let mut b = Block {
-            expand: Some(expand),
+            feed: Some(Feed::Expand(expand)),
             dw,
             project: None,
         };
@@ -288,7 +290,7 @@ fn fused_blocks_match_their_layers_run_apart() {
         let mut got = vec![f32::NAN; p.output_len()];
         forward(&b, &x, Some(&residual), &mut got);
         check(&got, &projected, "expand+dw+project");
-        b.expand = None;
+        b.feed = None;
         forward(&b, &expanded, Some(&residual), &mut got);
         check(&got, &projected, "dw+project");
         let unadded: Vec<f32> = projected
@@ -304,6 +306,71 @@ fn fused_blocks_match_their_layers_run_apart() {
             );
         }
     }
+    // The stem reading an NCHW image as the feed: odd and even sizes, stride 1 and 2 stems,
+    // the depthwise conv at stride 1 and 2, rows split across tasks.
+    for (hw, stem_stride, dw_stride, cout) in [
+        ((64, 64), 2, 1, 16),
+        ((33, 30), 2, 2, 24),
+        ((20, 17), 1, 1, 8),
+        ((9, 9), 2, 1, 5),
+    ] {
+        let stem = shape(1, 3, hw, 32, (3, 3), stem_stride, 1, 1, 1);
+        let d = shape(1, 32, stem.out_hw(), 32, (3, 3), dw_stride, 1, 1, 32);
+        let p = shape(1, 32, d.out_hw(), cout, (1, 1), 1, 0, 1, 1);
+        assert!(feeds_from_image(&stem, &d) && projects_from(&d, &p));
+        let stage = |c, seed| Stage {
+            bias: Some(rand(c, seed)),
+            act: Some(Activation::Relu6),
+        };
+        let x = rand(stem.input_len(), 11);
+        let feed = Pointwise {
+            shape: stem,
+            w: pack_nchw_input(&stem, &rand(stem.weight_len(), 12)),
+            epi: stage(32, 13),
+        };
+        let dw = Depthwise {
+            shape: d,
+            w: depthwise::pack(&d, &rand(d.weight_len(), 14)),
+            epi: stage(32, 15),
+        };
+        let project = Pointwise {
+            shape: p,
+            w: pack(&p, &rand(p.weight_len(), 16)),
+            epi: Stage {
+                act: None,
+                ..stage(cout, 17)
+            },
+        };
+        let mut stem_out = vec![0.0; stem.output_len()];
+        feed.epi
+            .with_ops(|ops| conv_from_nchw(&stem, &x, &feed.w, &mut stem_out, ops));
+        let mut dw_out = vec![0.0; d.output_len()];
+        dw.epi
+            .with_ops(|ops| depthwise::forward(&d, &stem_out, &dw.w, &mut dw_out, ops));
+        let mut want = vec![0.0; p.output_len()];
+        project
+            .epi
+            .with_ops(|ops| pointwise(&p, &dw_out, &project.w, &mut want, ops));
+        let b = Block {
+            feed: Some(Feed::Image(feed)),
+            dw,
+            project: Some(project),
+        };
+        let mut got = vec![f32::NAN; p.output_len()];
+        forward(&b, &x, None, &mut got);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                "stem block {hw:?}: output {i} is {g}, expected {w}"
+            );
+        }
+    }
+    // Not from a batch of images.
+    let stem = shape(2, 3, (8, 8), 16, (3, 3), 2, 1, 1, 1);
+    assert!(!feeds_from_image(
+        &stem,
+        &shape(2, 16, (4, 4), 16, (3, 3), 1, 1, 1, 16)
+    ));
     // Not for a strided or padded "expansion", a depthwise conv reading another shape, nor a
     // projection of another shape or with a stride.
     let e = shape(1, 8, (6, 6), 16, (1, 1), 2, 0, 1, 1);
