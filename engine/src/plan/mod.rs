@@ -38,7 +38,9 @@
 //! convs read its output; a depthwise conv runs fused with the 1x1 projection reading it (when
 //! that has no more output channels than pixels) and, when the expanded activation passes 1 MB,
 //! with the expansion feeding it ([`Kernel::BlockCl`]): MobileNetV2's fused blocks paired
-//! 0.82-0.96 of their separate steps' time on two threads (BENCHMARKS.md, session 15). Each
+//! 0.82-0.96 of their separate steps' time on two threads (BENCHMARKS.md, session 15). At batch
+//! 1 an image stem whose output only a depthwise conv reads runs in that conv's block too, so the
+//! arena never holds its output (MobileNetV2 at 224: 2.60 -> 1.59 MB, as fast). Each
 //! value carries its layout; a step that needs the other one (a pool or flatten reading
 //! channels-last, an NCHW stem's output) gets a step moving the value first (`to_channels_last`
 //! / `to_nchw`, once per value), and element-wise steps keep their operands' layout.
