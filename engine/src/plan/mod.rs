@@ -1036,15 +1036,12 @@ impl<'m> Compiler<'m> {
         let last = pair.fused.last().copied().unwrap_or(id);
         let (project, residual) =
             self.projection_step(last, &pair.dw, &mut pair.fused, &mut kind)?;
-        let kernel = Kernel::BlockCl(Box::new(channels_last::block::Block {
+        let block = channels_last::block::Block {
             feed: Some(channels_last::block::Feed::Expand(expand)),
             dw,
             project,
-        }));
-        let inputs = std::iter::once(x).chain(residual).collect();
-        let out = self.push(id, &pair.fused, kernel, inputs, kind);
-        self.add_macs_of(&pair.fused);
-        self.layouts[out] = Layout::ChannelsLast;
+        };
+        self.push_block(id, &pair.fused, block, x, residual, kind);
         Ok(true)
     }
 
@@ -1066,32 +1063,14 @@ impl<'m> Compiler<'m> {
             return Ok(false);
         }
         let x = self.value_in(x, Layout::ChannelsLast);
-        let epi = Stage {
-            bias: has_bias.then(|| self.tensor(id, "bias")).transpose()?,
-            act,
-        };
-        let mut kind = format!(
-            "conv{}x{}/s{} dw cl{}",
-            dw.kernel_h,
-            dw.kernel_w,
-            dw.params.stride.0,
-            epilogue_kind(epi.bias.is_some(), false, act)
-        );
-        let depthwise = channels_last::block::Depthwise {
-            shape: *dw,
-            w: channels_last::depthwise::pack(dw, &self.tensor(id, "weight")?),
-            epi,
-        };
+        let (depthwise, mut kind) = self.depthwise_layer(id, dw, has_bias, act)?;
         let (project, residual) = self.projection_step(last, dw, &mut fused, &mut kind)?;
-        let kernel = Kernel::BlockCl(Box::new(channels_last::block::Block {
+        let block = channels_last::block::Block {
             feed: None,
             dw: depthwise,
             project,
-        }));
-        let inputs = std::iter::once(x).chain(residual).collect();
-        let out = self.push(id, &fused, kernel, inputs, kind);
-        self.add_macs_of(&fused);
-        self.layouts[out] = Layout::ChannelsLast;
+        };
+        self.push_block(id, &fused, block, x, residual, kind);
         Ok(true)
     }
 
@@ -1129,38 +1108,51 @@ impl<'m> Compiler<'m> {
                 act: stem.act,
             },
         };
-        let depthwise = channels_last::block::Depthwise {
-            shape: dw,
-            w: channels_last::depthwise::pack(&dw, &self.tensor(dw_id, "weight")?),
-            epi: Stage {
-                bias: dc.bias.then(|| self.tensor(dw_id, "bias")).transpose()?,
-                act: dw_act,
-            },
-        };
+        let (depthwise, dw_kind) = self.depthwise_layer(dw_id, &dw, dc.bias, dw_act)?;
         let mut kind = format!(
-            "{} nchw>cl{} > conv{}x{}/s{} dw cl{}",
+            "{} nchw>cl{} > {dw_kind}",
             stem.kind,
             epilogue_kind(stem.bias.is_some(), false, stem.act),
-            dw.kernel_h,
-            dw.kernel_w,
-            dw.params.stride.0,
-            epilogue_kind(dc.bias, false, dw_act)
         );
         let mut fused = stem.fused.to_vec();
         fused.push(dw_id);
         fused.extend(dw_fused);
         let dw_last = fused.last().copied().unwrap_or(dw_id);
         let (project, residual) = self.projection_step(dw_last, &dw, &mut fused, &mut kind)?;
-        let kernel = Kernel::BlockCl(Box::new(channels_last::block::Block {
+        let block = channels_last::block::Block {
             feed: Some(channels_last::block::Feed::Image(feed)),
             dw: depthwise,
             project,
-        }));
-        let inputs = std::iter::once(x).chain(residual).collect();
-        let out = self.push(stem.id, &fused, kernel, inputs, kind);
-        self.add_macs_of(&fused);
-        self.layouts[out] = Layout::ChannelsLast;
+        };
+        self.push_block(stem.id, &fused, block, x, residual, kind);
         Ok(true)
+    }
+
+    /// Depthwise conv `id` (of `dw`) as a block's layer, with its bias and the activation `act`
+    /// fused behind it, and its step kind.
+    fn depthwise_layer(
+        &self,
+        id: NodeId,
+        dw: &Conv2dShape,
+        has_bias: bool,
+        act: Option<Activation>,
+    ) -> Result<(channels_last::block::Depthwise, String)> {
+        let kind = format!(
+            "conv{}x{}/s{} dw cl{}",
+            dw.kernel_h,
+            dw.kernel_w,
+            dw.params.stride.0,
+            epilogue_kind(has_bias, false, act)
+        );
+        let layer = channels_last::block::Depthwise {
+            shape: *dw,
+            w: channels_last::depthwise::pack(dw, &self.tensor(id, "weight")?),
+            epi: Stage {
+                bias: has_bias.then(|| self.tensor(id, "bias")).transpose()?,
+                act,
+            },
+        };
+        Ok((layer, kind))
     }
 
     /// The 1x1 projection that alone reads `last`'s value, the output of depthwise conv `dw`
@@ -1223,8 +1215,19 @@ impl<'m> Compiler<'m> {
         Ok((Some(layer), residual))
     }
 
-    /// Add the multiply-adds of the layers among `fused` to the last step's.
-    fn add_macs_of(&mut self, fused: &[NodeId]) {
+    /// Push `block` as the step of node `id` and the nodes `fused` behind it (their
+    /// multiply-adds counted), reading `x` and `residual`; its output is channels-last.
+    fn push_block(
+        &mut self,
+        id: NodeId,
+        fused: &[NodeId],
+        block: channels_last::block::Block,
+        x: ValueId,
+        residual: Option<ValueId>,
+        kind: String,
+    ) {
+        let inputs = std::iter::once(x).chain(residual).collect();
+        let out = self.push(id, fused, Kernel::BlockCl(Box::new(block)), inputs, kind);
         let macs: u64 = fused
             .iter()
             .map(|&n| self.macs[n] * self.batch as u64)
@@ -1232,6 +1235,7 @@ impl<'m> Compiler<'m> {
         if let Some(step) = self.steps.last_mut() {
             step.info.macs += macs;
         }
+        self.layouts[out] = Layout::ChannelsLast;
     }
 
     /// The depthwise conv that alone reads 1x1 conv `id`'s output (after its activation), if
