@@ -143,9 +143,10 @@ impl Block {
 /// enough that the rows stay in L1 or L2.
 const PROJECT_MIN_PIXELS: usize = 48;
 
-/// Channels-last `x` (`[N][H][W][Cin]`) through the block into `out` (`[N][OH][OW][Cout]`),
-/// `residual` (of the output's shape) added after the projection's bias. Tasks split the output
-/// rows, one range per thread (each expands the input rows its range reads, the one or two rows
+/// `x` (channels-last `[N][H][W][Cin]`, or the NCHW image for [`Feed::Image`]) through the block
+/// into channels-last `out` (`[N][OH][OW][Cout]`), `residual` (of the output's shape) added
+/// after the projection's bias. Tasks split the output
+/// rows, one range per thread (each makes the fed rows its range reads, the one or two rows
 /// its neighbour reads too included).
 pub fn forward(b: &Block, x: &[f32], residual: Option<&[f32]>, out: &mut [f32]) {
     let d = &b.dw.shape;
