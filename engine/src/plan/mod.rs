@@ -1034,8 +1034,8 @@ impl<'m> Compiler<'m> {
             epi: dw_epi,
         };
         let last = pair.fused.last().copied().unwrap_or(id);
-        let (project, residual) =
-            self.projection_step(last, &pair.dw, &mut pair.fused, &mut kind)?;
+        let projection = self.projection(last, &pair.dw);
+        let (project, residual) = self.projection_step(projection, &mut pair.fused, &mut kind)?;
         let block = channels_last::block::Block {
             feed: Some(channels_last::block::Feed::Expand(expand)),
             dw,
@@ -1059,12 +1059,12 @@ impl<'m> Compiler<'m> {
             return Ok(false);
         }
         let last = fused.last().copied().unwrap_or(id);
-        if self.projection(last, dw).is_none() {
+        let Some(projection) = self.projection(last, dw) else {
             return Ok(false);
-        }
+        };
         let x = self.value_in(x, Layout::ChannelsLast);
         let (depthwise, mut kind) = self.depthwise_layer(id, dw, has_bias, act)?;
-        let (project, residual) = self.projection_step(last, dw, &mut fused, &mut kind)?;
+        let (project, residual) = self.projection_step(Some(projection), &mut fused, &mut kind)?;
         let block = channels_last::block::Block {
             feed: None,
             dw: depthwise,
@@ -1118,7 +1118,8 @@ impl<'m> Compiler<'m> {
         fused.push(dw_id);
         fused.extend(dw_fused);
         let dw_last = fused.last().copied().unwrap_or(dw_id);
-        let (project, residual) = self.projection_step(dw_last, &dw, &mut fused, &mut kind)?;
+        let projection = self.projection(dw_last, &dw);
+        let (project, residual) = self.projection_step(projection, &mut fused, &mut kind)?;
         let block = channels_last::block::Block {
             feed: Some(channels_last::block::Feed::Image(feed)),
             dw: depthwise,
@@ -1189,16 +1190,15 @@ impl<'m> Compiler<'m> {
         })
     }
 
-    /// The projection after `last` ([`Compiler::projection`]) as a block's layer, if any, and
-    /// its residual (channels-last); its nodes are appended to `fused` and its kind to `kind`.
+    /// `projection` ([`Compiler::projection`]), if any, as a block's layer and its residual
+    /// (channels-last); its nodes are appended to `fused` and its kind to `kind`.
     fn projection_step(
         &mut self,
-        last: NodeId,
-        dw: &Conv2dShape,
+        projection: Option<Projection>,
         fused: &mut Vec<NodeId>,
         kind: &mut String,
     ) -> Result<(Option<channels_last::block::Pointwise>, Option<ValueId>)> {
-        let Some(p) = self.projection(last, dw) else {
+        let Some(p) = projection else {
             return Ok((None, None));
         };
         let bias = p.has_bias.then(|| self.tensor(p.id, "bias")).transpose()?;

@@ -61,10 +61,24 @@ pub struct Stage {
 impl Stage {
     /// `f` of the epilogue as conv epilogue ops (bias, then activation), held on the stack.
     pub fn with_ops<R>(&self, f: impl FnOnce(&[ConvEpilogueOp]) -> R) -> R {
-        let mut ops = [ConvEpilogueOp::Act(Activation::Identity); 2];
+        self.with_ops_adding(None, f)
+    }
+
+    /// [`Stage::with_ops`] with `residual` (of the output's shape) added between the bias and
+    /// the activation.
+    pub fn with_ops_adding<R>(
+        &self,
+        residual: Option<&[f32]>,
+        f: impl FnOnce(&[ConvEpilogueOp]) -> R,
+    ) -> R {
+        let mut ops = [ConvEpilogueOp::Act(Activation::Identity); 3];
         let mut n = 0;
         if let Some(b) = &self.bias {
             ops[n] = ConvEpilogueOp::Bias(b);
+            n += 1;
+        }
+        if let Some(r) = residual {
+            ops[n] = ConvEpilogueOp::Add(r);
             n += 1;
         }
         if let Some(a) = self.act {

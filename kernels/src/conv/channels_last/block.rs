@@ -195,34 +195,11 @@ pub fn forward(b: &Block, x: &[f32], residual: Option<&[f32]>, out: &mut [f32]) 
     let project_stage = b.project.as_ref().map_or(&none, |p| &p.epi);
     feed_stage.with_ops(|feed_ops| {
         b.dw.epi.with_ops(|dw_ops| {
-            with_residual(project_stage, residual, |project_ops| {
+            project_stage.with_ops_adding(residual, |project_ops| {
                 forward_with(b, x, out, feed_ops, dw_ops, project_ops)
             })
         })
     })
-}
-
-/// `f` of `stage`'s epilogue with `residual` added between its bias and activation.
-fn with_residual<R>(
-    stage: &Stage,
-    residual: Option<&[f32]>,
-    f: impl FnOnce(&[ConvEpilogueOp]) -> R,
-) -> R {
-    let mut ops = [ConvEpilogueOp::Act(crate::activation::Activation::Identity); 3];
-    let mut n = 0;
-    if let Some(bias) = &stage.bias {
-        ops[n] = ConvEpilogueOp::Bias(bias);
-        n += 1;
-    }
-    if let Some(r) = residual {
-        ops[n] = ConvEpilogueOp::Add(r);
-        n += 1;
-    }
-    if let Some(a) = stage.act {
-        ops[n] = ConvEpilogueOp::Act(a);
-        n += 1;
-    }
-    f(&ops[..n])
 }
 
 fn forward_with(
