@@ -13,8 +13,7 @@
 //! plan's arena holds neither (MobileNetV2 at 224: the stem's 1.6 MB output).
 
 use super::depthwise::{self, InputRows, Taps};
-use super::tile::Fused;
-use super::tile::PIXELS;
+use super::tile::{self, Fused};
 use super::{band_row, l1_run, supports_nchw_input, tile_rows};
 use crate::conv::expand_dw::Stage;
 use crate::conv::implicit::Band;
@@ -257,7 +256,7 @@ fn forward_with(
     let feed_fused = fused(b.feed.as_ref().map(Feed::layer), feed_ops);
     // Room for the gathered rows and the few pixels short of a whole tile left from before.
     let pending_len = match b.project {
-        Some(_) => (gathered * ow + PIXELS - 1) * d.in_channels,
+        Some(_) => (gathered * ow + tile::pixels() - 1) * d.in_channels,
         None => 0,
     };
     parallel::for_each_chunk_mut(out, per * row_out, par && pieces > 1, |i, chunk| {
@@ -401,7 +400,7 @@ impl Task<'_, '_> {
             // next rows (a 14-pixel row gathered by fours ended each projection in a 2-pixel
             // tile, which loads each panel for a third of the work).
             let pixels = if j + 1 < n_rows {
-                waiting / PIXELS * PIXELS
+                waiting / tile::pixels() * tile::pixels()
             } else {
                 waiting
             };

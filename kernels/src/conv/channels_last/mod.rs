@@ -35,7 +35,7 @@ use super::{Conv2dShape, ConvEpilogueOp, ConvPath};
 use crate::gemm::{even_tiles, MatRef, PackedPanels, PANEL};
 use crate::parallel::{self, CONV_PAR_MIN_MACS, GEMM_PAR_MIN_MACS};
 use crate::scratch::with_scratch;
-use tile::{Fused, Lhs, TileEpi, PIXELS};
+use tile::{Fused, Lhs, TileEpi};
 
 /// Whether this process has SIMD tiles for the channels-last kernels (the portable ones run
 /// anywhere, but the plan only switches layout where they are vectorised).
@@ -251,7 +251,7 @@ unsafe fn band_row(
             at,
             ldc: cout,
         };
-        for (i0, r) in even_tiles(ow, PIXELS) {
+        for (i0, r) in even_tiles(ow, tile::pixels()) {
             tile_epi.at = at + i0 * cout + ch0;
             let lhs = Lhs {
                 a: row[i0..].as_ptr(),
@@ -382,7 +382,7 @@ fn element(m: &crate::gemm::MatPtr, i: usize) -> *mut f32 {
 }
 
 /// Fewest rows per parallel range.
-const MIN_ROWS: usize = 4 * PIXELS;
+const MIN_ROWS: usize = 24;
 
 /// Floats of `A` rows kept in L1 while every panel passes over them.
 const L1_ROW_FLOATS: usize = 4096;
@@ -391,7 +391,8 @@ const L1_ROW_FLOATS: usize = 4096;
 /// tiles as fill [`L1_ROW_FLOATS`] (a panel deeper than L1 streams from L2 either way; the rows,
 /// read once per panel, must not).
 fn l1_run(k: usize) -> usize {
-    (L1_ROW_FLOATS / k.max(1)).clamp(PIXELS, 16 * PIXELS) / PIXELS * PIXELS
+    let tile = tile::pixels();
+    (L1_ROW_FLOATS / k.max(1)).clamp(tile, 16 * tile) / tile * tile
 }
 
 /// `out[rows x Cout] = A[rows x k] * W^T`, with `epi`. `rows_of(r0, len, f)` calls `f` with `A`'s
@@ -440,7 +441,7 @@ fn gemm_rows<F>(
     };
     // Ranges of whole tiles: 196 pixels in 8 equal ranges of 25 had ended each in a 1-pixel
     // tile, which loads the panel for a sixth of the multiply-adds.
-    let split = parallel::UnitRanges::new(rows, PIXELS, ranges);
+    let split = parallel::UnitRanges::new(rows, tile::pixels(), ranges);
     let ranges = split.count();
     let groups = want.div_ceil(ranges).min(panels).max(1);
     let run = l1_run(k);
@@ -510,7 +511,7 @@ unsafe fn tile_rows(
         };
         let mut i = 0;
         while i < n_rows {
-            let r = PIXELS.min(n_rows - i);
+            let r = tiles.len().min(n_rows - i);
             epi.at = at + i * cout + ch0;
             let lhs = Lhs {
                 // SAFETY: row i lies inside `a` (asserted).

@@ -1,4 +1,4 @@
-//! The channels-last GEMM tile: up to [`PIXELS`] rows of `A` (one pixel's channels or patch each)
+//! The channels-last GEMM tile: up to [`pixels`] rows of `A` (one pixel's channels or patch each)
 //! times one 16-channel panel of packed `W^T`, stored straight into channels-last output rows
 //! with the conv epilogue applied in registers. Nothing is transposed: a pixel's 16 results are
 //! its 16 consecutive output channels, so every store is one contiguous run.
@@ -7,8 +7,18 @@ use crate::activation::Activation;
 use crate::conv::ConvEpilogueOp;
 use crate::gemm::PANEL;
 
-/// Pixels per tile (the AVX2 tile's rows: 6 x 2 registers = 12 accumulators).
-pub(super) const PIXELS: usize = 6;
+/// Pixels per tile of the portable and AVX2 families (6 x 2 registers = 12 accumulators).
+const NARROW_PIXELS: usize = 6;
+
+/// Pixels per tile in this process's family ([`family`]'s length): the AVX-512 tile keeps one
+/// register per pixel and takes twice as many pixels as the AVX2 one.
+pub(super) fn pixels() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if crate::isa::avx512() {
+        return avx512::PIXELS;
+    }
+    NARROW_PIXELS
+}
 
 /// A tile's place in the output, for its epilogue.
 #[derive(Clone, Copy)]
@@ -39,11 +49,15 @@ pub(super) struct Lhs {
 /// aligned), results for channels `< n` (at most 16) to `c + i * ldc`.
 pub(super) type Tile = unsafe fn(usize, Lhs, *const f32, *mut f32, usize, &TileEpi);
 
-/// The tiles this process runs for a panel with `n` output channels, `[r - 1]` for `r` pixels,
-/// reading `A` through offsets when `OFFS`. On AVX2 a panel of at most 8 channels (the last of
-/// 24, or of a pruned layer) multiplies one register per pixel, not two: 144 -> 24 convs did a
-/// third of their multiply-adds on zeros.
-pub(super) fn family<const OFFS: bool>(n: usize) -> &'static [Tile; PIXELS] {
+/// The tiles this process runs for a panel with `n` output channels, `[r - 1]` for `r` pixels
+/// ([`pixels`] of them), reading `A` through offsets when `OFFS`. On AVX2 a panel of at most 8
+/// channels (the last of 24, or of a pruned layer) multiplies one register per pixel, not two:
+/// 144 -> 24 convs did a third of their multiply-adds on zeros.
+pub(super) fn family<const OFFS: bool>(n: usize) -> &'static [Tile] {
+    #[cfg(target_arch = "x86_64")]
+    if crate::isa::avx512() {
+        return &const { avx512::family::<OFFS>() };
+    }
     #[cfg(target_arch = "x86_64")]
     if crate::isa::current() == crate::isa::Isa::Avx2Fma {
         return if n <= 8 {
@@ -53,16 +67,19 @@ pub(super) fn family<const OFFS: bool>(n: usize) -> &'static [Tile; PIXELS] {
         };
     }
     let _ = n;
-    &const {
-        [
-            portable::<1, OFFS>,
-            portable::<2, OFFS>,
-            portable::<3, OFFS>,
-            portable::<4, OFFS>,
-            portable::<5, OFFS>,
-            portable::<6, OFFS>,
-        ]
-    }
+    &const { portable_family::<OFFS>() }
+}
+
+/// The portable tiles, `[r - 1]` for `r` pixels.
+const fn portable_family<const OFFS: bool>() -> [Tile; NARROW_PIXELS] {
+    [
+        portable::<1, OFFS>,
+        portable::<2, OFFS>,
+        portable::<3, OFFS>,
+        portable::<4, OFFS>,
+        portable::<5, OFFS>,
+        portable::<6, OFFS>,
+    ]
 }
 
 /// Pixel `i`'s depth `p` of `lhs` (see [`Lhs`]).
@@ -175,11 +192,11 @@ unsafe fn portable<const R: usize, const OFFS: bool>(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{epilogue_scalar, lhs_at, Lhs, Tile, TileEpi, PANEL, PIXELS};
+    use super::{epilogue_scalar, lhs_at, Lhs, Tile, TileEpi, NARROW_PIXELS, PANEL};
     use core::arch::x86_64::*;
 
     /// The tiles of one kind, `[r - 1]` for `r` pixels.
-    pub(super) const fn family<const HALF: bool, const OFFS: bool>() -> [Tile; PIXELS] {
+    pub(super) const fn family<const HALF: bool, const OFFS: bool>() -> [Tile; NARROW_PIXELS] {
         [
             tile::<1, HALF, OFFS>,
             tile::<2, HALF, OFFS>,
@@ -323,5 +340,232 @@ mod avx2 {
                 std::ptr::copy_nonoverlapping(t.as_ptr(), p, n);
             }
         }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{epilogue_scalar, lhs_at, Lhs, Tile, TileEpi, PANEL};
+    use core::arch::x86_64::*;
+
+    /// Pixels per tile: one 16-channel register each, the A value folded into its multiply-add
+    /// as a broadcast operand. Twelve chains keep both 512-bit FMA pipes busy through their
+    /// latency with room to spare (eight would just cover it).
+    pub(super) const PIXELS: usize = 12;
+
+    /// The tiles, `[r - 1]` for `r` pixels; a panel's last channels are masked, so one kind
+    /// serves every width.
+    pub(super) const fn family<const OFFS: bool>() -> [Tile; PIXELS] {
+        [
+            tile::<1, OFFS>,
+            tile::<2, OFFS>,
+            tile::<3, OFFS>,
+            tile::<4, OFFS>,
+            tile::<5, OFFS>,
+            tile::<6, OFFS>,
+            tile::<7, OFFS>,
+            tile::<8, OFFS>,
+            tile::<9, OFFS>,
+            tile::<10, OFFS>,
+            tile::<11, OFFS>,
+            tile::<12, OFFS>,
+        ]
+    }
+
+    /// The AVX-512 tile: `R <= 12` pixels x one 16-channel register, as [`super::portable`].
+    ///
+    /// # Safety
+    /// AVX-512F present ([`crate::isa::avx512`]), and [`super::portable`]'s contract.
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+    unsafe fn tile<const R: usize, const OFFS: bool>(
+        k: usize,
+        lhs: Lhs,
+        b: *const f32,
+        c: *mut f32,
+        n: usize,
+        epi: &TileEpi,
+    ) {
+        // SAFETY (whole body): the function's contract bounds every pointer used; the panel is
+        // 64-byte aligned; loads and stores of operands and output are masked to `n` channels
+        // (masked-off lanes are neither read nor written).
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); R];
+            for p in 0..k {
+                let w = _mm512_load_ps(b.add(p * PANEL));
+                for (i, a) in acc.iter_mut().enumerate() {
+                    let x = _mm512_set1_ps(*lhs_at::<OFFS>(lhs, i, p));
+                    *a = _mm512_fmadd_ps(x, w, *a);
+                }
+            }
+            let full = n >= PANEL;
+            let mask: __mmask16 = if full { !0 } else { (1u16 << n) - 1 };
+            let Some(f) = epi.fused else {
+                for (i, a) in acc.iter().enumerate() {
+                    let cp = c.add(i * epi.ldc);
+                    _mm512_mask_storeu_ps(cp, mask, *a);
+                    let row = std::slice::from_raw_parts_mut(cp, n);
+                    epilogue_scalar(epi.ops, row, epi.ch0, epi.at + i * epi.ldc);
+                }
+                return;
+            };
+            let bias = match f.bias {
+                Some(b) => _mm512_maskz_loadu_ps(mask, b.as_ptr().add(epi.ch0)),
+                None => _mm512_setzero_ps(),
+            };
+            let (min, max) = f.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+            let (min, max) = (_mm512_set1_ps(min), _mm512_set1_ps(max));
+            for (i, a) in acc.iter().enumerate() {
+                let mut v = _mm512_add_ps(*a, bias);
+                if let Some(r) = f.residual {
+                    let r = _mm512_maskz_loadu_ps(mask, r.as_ptr().add(epi.at + i * epi.ldc));
+                    v = _mm512_add_ps(v, r);
+                }
+                if f.clamp.is_some() {
+                    // `v` second: a NaN in it propagates, as in the other tiles.
+                    v = _mm512_min_ps(max, _mm512_max_ps(min, v));
+                }
+                let cp = c.add(i * epi.ldc);
+                if full {
+                    _mm512_storeu_ps(cp, v);
+                } else {
+                    _mm512_mask_storeu_ps(cp, mask, v);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gemm::{MatRef, PackedPanels};
+
+    /// Every tile family this CPU can run (whatever `TLC_AVX512` picks for the process), with
+    /// the widest panel it takes.
+    fn families<const OFFS: bool>() -> Vec<(&'static str, &'static [Tile], usize)> {
+        let mut all: Vec<(&'static str, &'static [Tile], usize)> =
+            vec![("portable", &const { portable_family::<OFFS>() }, PANEL)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if crate::isa::detect() == crate::isa::Isa::Avx2Fma {
+                all.push(("avx2", &const { avx2::family::<false, OFFS>() }, PANEL));
+                all.push(("avx2-half", &const { avx2::family::<true, OFFS>() }, 8));
+            }
+            if crate::isa::detect_avx512() {
+                all.push(("avx512", &const { avx512::family::<OFFS>() }, PANEL));
+            }
+        }
+        all
+    }
+
+    fn rand(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// Each family's tiles, every pixel count and panel width, fused and scalar epilogues,
+    /// against a plain loop: the channels past `n` and the rows past `r` stay untouched.
+    fn tiles_match_a_plain_loop<const OFFS: bool>() {
+        const LDC: usize = 21;
+        const ROWS: usize = 12;
+        const SENTINEL: f32 = 1234.5;
+        // Pixel i's depth p: `lda` apart, or (`OFFS`) at `offs[p] + i`, pixels adjacent.
+        let (lda, band) = (41, 29);
+        for k in [1, 5, 37] {
+            let w = rand(k * PANEL, k as u64);
+            let packed = PackedPanels::new(MatRef::row_major(&w, k, PANEL));
+            let a = rand(ROWS * lda + k * band, 7);
+            let offs: Vec<u32> = (0..k).map(|p| (p * band) as u32).collect();
+            let (bias, residual) = (rand(LDC + 8, 3), rand(3 + ROWS * LDC, 4));
+            let at = |i: usize, p: usize| {
+                if OFFS {
+                    a[p * band + i]
+                } else {
+                    a[i * lda + p]
+                }
+            };
+            let epilogues: [&[ConvEpilogueOp]; 4] = [
+                &[],
+                &[
+                    ConvEpilogueOp::Bias(&bias),
+                    ConvEpilogueOp::Add(&residual),
+                    ConvEpilogueOp::Act(Activation::Relu6),
+                ],
+                &[
+                    ConvEpilogueOp::Bias(&bias),
+                    ConvEpilogueOp::Act(Activation::Relu),
+                ],
+                // Not a clamp: the tiles store, then run it in `epilogue_scalar`.
+                &[
+                    ConvEpilogueOp::Bias(&bias),
+                    ConvEpilogueOp::Act(Activation::Gelu),
+                ],
+            ];
+            for ops in epilogues {
+                for (name, tiles, widest) in families::<OFFS>() {
+                    for (r, tile) in tiles.iter().enumerate().map(|(i, t)| (i + 1, t)) {
+                        for n in [1, 7, 8, 9, 16].into_iter().filter(|&n| n <= widest) {
+                            let epi = TileEpi {
+                                ops,
+                                fused: Fused::of(ops),
+                                ch0: 5,
+                                at: 3,
+                                ldc: LDC,
+                            };
+                            let lhs = Lhs {
+                                a: a.as_ptr(),
+                                lda,
+                                offs: offs.as_ptr(),
+                            };
+                            let mut got = vec![SENTINEL; ROWS * LDC];
+                            // SAFETY: `a` holds depth k of 12 pixels either way, the panel is
+                            // packed k x 16, and `got` 12 rows of LDC >= n channels; the
+                            // bias covers channels 5 .. 5 + 16 and the residual 3 + 12 LDC.
+                            unsafe {
+                                tile(k, lhs, packed.panel(0).as_ptr(), got.as_mut_ptr(), n, &epi)
+                            };
+                            for i in 0..ROWS {
+                                let mut want: Vec<f32> = (0..n)
+                                    .map(|j| (0..k).map(|p| at(i, p) * w[p * PANEL + j]).sum())
+                                    .collect();
+                                epilogue_scalar(ops, &mut want, 5, 3 + i * LDC);
+                                for j in 0..LDC {
+                                    let g = got[i * LDC + j];
+                                    if i >= r || j >= n {
+                                        assert_eq!(
+                                            g, SENTINEL,
+                                            "{name} r={r} n={n}: wrote ({i}, {j})"
+                                        );
+                                        continue;
+                                    }
+                                    let e = want[j];
+                                    assert!(
+                                        (g - e).abs() <= 1e-5 * (1.0 + e.abs()),
+                                        "{name} r={r} n={n} k={k} offs={OFFS}: ({i}, {j}) is {g}, expected {e}"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tiles_of_pixel_rows_match_a_plain_loop() {
+        tiles_match_a_plain_loop::<false>();
+    }
+
+    #[test]
+    fn tiles_of_offset_bands_match_a_plain_loop() {
+        tiles_match_a_plain_loop::<true>();
     }
 }
