@@ -43,6 +43,8 @@ pub use pixel_major::{
     PackedPanels, PixelRows, PANEL,
 };
 pub use prepacked::{gemm_prepacked_serial_raw, PackedRows};
+#[cfg(target_arch = "x86_64")]
+pub(crate) use tile_x86::Lanes;
 
 /// The GEMM micro-kernel family this process runs, as "MRxNR-family" (e.g. `8x16-avx512`): the
 /// element-wise kernels' [`crate::isa::current`] can be AVX2 while the GEMM runs AVX-512 tiles.

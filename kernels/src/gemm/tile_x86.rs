@@ -27,6 +27,14 @@ pub(crate) trait Lanes: Copy {
     /// # Safety
     /// As [`Lanes::zero`]; `N` floats at `p` are writable.
     unsafe fn store(p: *mut f32, v: Self);
+    /// The first `n < N` floats at `p`, the other lanes zero; nothing past them is read.
+    /// # Safety
+    /// As [`Lanes::zero`]; `n` floats at `p` are readable.
+    unsafe fn load_part(p: *const f32, n: usize) -> Self;
+    /// The first `n < N` lanes of `v` to `p`; nothing past them is written.
+    /// # Safety
+    /// As [`Lanes::zero`]; `n` floats at `p` are writable.
+    unsafe fn store_part(p: *mut f32, n: usize, v: Self);
     /// `a * b + c`.
     /// # Safety
     /// As [`Lanes::zero`].
@@ -68,6 +76,23 @@ impl Lanes for __m256 {
         unsafe { _mm256_storeu_ps(p, v) }
     }
     #[inline(always)]
+    unsafe fn load_part(p: *const f32, n: usize) -> Self {
+        // Through a stack copy: AVX2's masked moves are slow on AMD.
+        let mut t = [0f32; 8];
+        unsafe {
+            std::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), n.min(8));
+            _mm256_loadu_ps(t.as_ptr())
+        }
+    }
+    #[inline(always)]
+    unsafe fn store_part(p: *mut f32, n: usize, v: Self) {
+        let mut t = [0f32; 8];
+        unsafe {
+            _mm256_storeu_ps(t.as_mut_ptr(), v);
+            std::ptr::copy_nonoverlapping(t.as_ptr(), p, n.min(8));
+        }
+    }
+    #[inline(always)]
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
         unsafe { _mm256_fmadd_ps(a, b, c) }
     }
@@ -106,6 +131,15 @@ impl Lanes for __m512 {
     #[inline(always)]
     unsafe fn store(p: *mut f32, v: Self) {
         unsafe { _mm512_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn load_part(p: *const f32, n: usize) -> Self {
+        // Masked-off lanes are neither read nor faulted on.
+        unsafe { _mm512_maskz_loadu_ps(((1u32 << n.min(16)) - 1) as __mmask16, p) }
+    }
+    #[inline(always)]
+    unsafe fn store_part(p: *mut f32, n: usize, v: Self) {
+        unsafe { _mm512_mask_storeu_ps(p, ((1u32 << n.min(16)) - 1) as __mmask16, v) }
     }
     #[inline(always)]
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self {

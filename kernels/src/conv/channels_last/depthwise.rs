@@ -1,7 +1,8 @@
-//! Depthwise convolution on channels-last activations: 8 channels per register, every load and
-//! store a contiguous run of a pixel's channels. For each output row the kernel walks the
-//! channels in blocks of 8 and, inside a block, the row's pixels, so the block's taps stay in
-//! registers across the row (3x3 and 5x5 kernels; other sizes take the portable loop).
+//! Depthwise convolution on channels-last activations: 8 channels per register (16 with
+//! AVX-512), every load and store a contiguous run of a pixel's channels. For each output row
+//! the kernel walks the row's pixels in tiles and, inside a tile, the channels in blocks of a
+//! register, so a tile's input columns are used whole (3x3 and 5x5 kernels; other sizes take the
+//! portable loop).
 
 use crate::conv::{Conv2dShape, ConvEpilogueOp};
 use crate::parallel::{self, CONV_PAR_MIN_MACS};
@@ -71,6 +72,18 @@ pub fn pack(s: &Conv2dShape, w: &[f32]) -> Taps {
 /// Channels-last depthwise convolution: `x` `[N][H][W][C]` into `out` `[N][OH][OW][C]`, with
 /// `epi` (a residual channels-last too). Tasks split the output rows.
 pub fn forward(s: &Conv2dShape, x: &[f32], w: &Taps, out: &mut [f32], epi: &[ConvEpilogueOp]) {
+    forward_with(s, x, w, out, epi, None)
+}
+
+/// [`forward`] with `row_kernel` (one of [`row_kernels`]) instead of the one this process picks.
+pub(super) fn forward_with(
+    s: &Conv2dShape,
+    x: &[f32],
+    w: &Taps,
+    out: &mut [f32],
+    epi: &[ConvEpilogueOp],
+    row_kernel: Option<RowKernel>,
+) {
     assert!(supports(s), "conv2d: not a depthwise convolution");
     assert!(w.fits(s), "conv2d: packed weights of another shape");
     assert_eq!(x.len(), s.input_len(), "conv2d: input length");
@@ -92,7 +105,7 @@ pub fn forward(s: &Conv2dShape, x: &[f32], w: &Taps, out: &mut [f32], epi: &[Con
         1
     };
     let per = rows_per_task(rows, pieces, parallel::num_threads());
-    let row = pick_row_kernel(s);
+    let row = row_kernel.unwrap_or_else(|| pick_row_kernel(s));
     let image = s.in_h * s.in_w * c;
     parallel::for_each_chunk_mut(out, per * row_len, par && pieces > 1, |i, chunk| {
         for (j, dst) in chunk.chunks_exact_mut(row_len).enumerate() {
@@ -150,13 +163,40 @@ pub(super) fn pick_row_kernel(s: &Conv2dShape) -> RowKernel {
         && (1..=2).contains(&s.params.stride.1)
     {
         match (s.kernel_h, s.kernel_w) {
-            (3, 3) => return avx2::row::<3, 3>,
-            (5, 5) => return avx2::row::<5, 5>,
+            (3, 3) if crate::isa::avx512() => return x86::row_avx512::<3, 3>,
+            (5, 5) if crate::isa::avx512() => return x86::row_avx512::<5, 5>,
+            (3, 3) => return x86::row_avx2::<3, 3>,
+            (5, 5) => return x86::row_avx2::<5, 5>,
             _ => {}
         }
     }
     let _ = s;
     row_portable
+}
+
+/// Every row kernel this CPU can run for `s`, by name (whatever the process picks), for tests
+/// to hold each against the portable one.
+#[cfg(test)]
+pub(super) fn row_kernels(s: &Conv2dShape) -> Vec<(&'static str, RowKernel)> {
+    let mut all: Vec<(&'static str, RowKernel)> = vec![("portable", row_portable)];
+    #[cfg(target_arch = "x86_64")]
+    if crate::isa::detect() == crate::isa::Isa::Avx2Fma
+        && s.params.dilation == (1, 1)
+        && (1..=2).contains(&s.params.stride.1)
+    {
+        let pick = |k3: RowKernel, k5: RowKernel| match (s.kernel_h, s.kernel_w) {
+            (3, 3) => Some(k3),
+            (5, 5) => Some(k5),
+            _ => None,
+        };
+        all.extend(pick(x86::row_avx2::<3, 3>, x86::row_avx2::<5, 5>).map(|k| ("avx2", k)));
+        if crate::isa::detect_avx512() {
+            let k = pick(x86::row_avx512::<3, 3>, x86::row_avx512::<5, 5>);
+            all.extend(k.map(|k| ("avx512", k)));
+        }
+    }
+    let _ = s;
+    all
 }
 
 /// The input row read by kernel row `ky` for output row `oy`, if inside the image.
@@ -208,21 +248,91 @@ fn row_portable(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+mod x86 {
     use super::{input_col, input_row, InputRows, Taps};
     use crate::conv::channels_last::tile::{epilogue_scalar, Fused};
     use crate::conv::{Conv2dShape, ConvEpilogueOp};
+    use crate::gemm::Lanes;
     use core::arch::x86_64::*;
 
     /// Output pixels per register tile: eight independent accumulator chains hide the FMA
     /// latency (4 pixels a tile ran at a fifth of the FMA throughput, latency-bound).
     const PX: usize = 8;
 
-    /// The AVX2 row kernel for `KH x KW` taps, undilated; see [`super::row_portable`]. Pixel
-    /// tiles outside, channel blocks inside: a tile's input columns are used whole before the
-    /// next (channel blocks outside re-read the row's `KH` input lines from L2 once per block).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn row<const KH: usize, const KW: usize>(
+    /// The AVX2 row kernel for `KH x KW` taps (8 channels a register).
+    pub(super) fn row_avx2<const KH: usize, const KW: usize>(
+        s: &Conv2dShape,
+        input: InputRows,
+        w: &Taps,
+        oy: usize,
+        dst: &mut [f32],
+        at: usize,
+        epi: &[ConvEpilogueOp],
+    ) {
+        // SAFETY: `pick_row_kernel` picks this kernel only where AVX2 and FMA are present.
+        unsafe { row_avx2_enabled::<KH, KW>(s, input, w, oy, dst, at, epi) }
+    }
+
+    /// The AVX-512 row kernel for `KH x KW` taps (16 channels a register, the last block
+    /// masked).
+    pub(super) fn row_avx512<const KH: usize, const KW: usize>(
+        s: &Conv2dShape,
+        input: InputRows,
+        w: &Taps,
+        oy: usize,
+        dst: &mut [f32],
+        at: usize,
+        epi: &[ConvEpilogueOp],
+    ) {
+        // SAFETY: `pick_row_kernel` picks this kernel only where `isa::avx512` holds.
+        unsafe { row_avx512_enabled::<KH, KW>(s, input, w, oy, dst, at, epi) }
+    }
+
+    /// [`row`] compiled for AVX2.
+    ///
+    /// # Safety
+    /// AVX2 and FMA present.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn row_avx2_enabled<const KH: usize, const KW: usize>(
+        s: &Conv2dShape,
+        input: InputRows,
+        w: &Taps,
+        oy: usize,
+        dst: &mut [f32],
+        at: usize,
+        epi: &[ConvEpilogueOp],
+    ) {
+        // SAFETY: the features `row` needs for `__m256` are enabled here.
+        unsafe { row::<__m256, KH, KW>(s, input, w, oy, dst, at, epi) }
+    }
+
+    /// [`row`] compiled for AVX-512.
+    ///
+    /// # Safety
+    /// AVX-512F/VL, AVX2 and FMA present.
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+    unsafe fn row_avx512_enabled<const KH: usize, const KW: usize>(
+        s: &Conv2dShape,
+        input: InputRows,
+        w: &Taps,
+        oy: usize,
+        dst: &mut [f32],
+        at: usize,
+        epi: &[ConvEpilogueOp],
+    ) {
+        // SAFETY: the features `row` needs for `__m512` are enabled here.
+        unsafe { row::<__m512, KH, KW>(s, input, w, oy, dst, at, epi) }
+    }
+
+    /// The row kernel for `KH x KW` taps, undilated, over registers of `V`; see
+    /// [`super::row_portable`]. Pixel tiles outside, channel blocks inside: a tile's input
+    /// columns are used whole before the next (channel blocks outside re-read the row's `KH`
+    /// input lines from L2 once per block). Inlined into a caller compiled with `V`'s features.
+    ///
+    /// # Safety
+    /// The CPU has `V`'s features and the caller is compiled with them.
+    #[inline(always)]
+    unsafe fn row<V: Lanes, const KH: usize, const KW: usize>(
         s: &Conv2dShape,
         input: InputRows,
         w: &Taps,
@@ -261,11 +371,12 @@ mod avx2 {
             at,
             epi: fused.unwrap_or_default(),
         };
-        let full = c / 8 * 8;
+        let full = c / V::N * V::N;
         let mut ox = 0;
         while ox < ow {
             if !(first..last).contains(&ox) {
-                t.edge::<KW>(ox, full);
+                // SAFETY: `V`'s features (contract); `ox < ow`.
+                unsafe { t.edge::<V, KW>(ox, full) };
                 ox += 1;
                 continue;
             }
@@ -274,19 +385,19 @@ mod avx2 {
                 .into_iter()
                 .find(|&p| ox + p <= last)
                 .unwrap_or(1);
-            // SAFETY: AVX2 and FMA are present (picked by `pick_row_kernel`); output columns
+            // SAFETY: `V`'s features are present (contract); output columns
             // ox .. ox + tile are interior (their windows inside the row), and the tile reads
             // channels < c of the pixels its window covers (rows `t.valid`), of the taps and of
             // the epilogue's operands at its outputs, and writes those channels of its output
             // pixels, all inside their slices (lengths checked by `forward`).
             unsafe {
                 match (tile, sx) {
-                    (PX, 1) => t.interior::<KW, PX, 1>(ox, full),
-                    (4, 1) => t.interior::<KW, 4, 1>(ox, full),
-                    (_, 1) => t.interior::<KW, 1, 1>(ox, full),
-                    (PX, _) => t.interior::<KW, PX, 2>(ox, full),
-                    (4, _) => t.interior::<KW, 4, 2>(ox, full),
-                    _ => t.interior::<KW, 1, 2>(ox, full),
+                    (PX, 1) => t.interior::<V, KW, PX, 1>(ox, full),
+                    (4, 1) => t.interior::<V, KW, 4, 1>(ox, full),
+                    (_, 1) => t.interior::<V, KW, 1, 1>(ox, full),
+                    (PX, _) => t.interior::<V, KW, PX, 2>(ox, full),
+                    (4, _) => t.interior::<V, KW, 4, 2>(ox, full),
+                    _ => t.interior::<V, KW, 1, 2>(ox, full),
                 }
             }
             ox += tile;
@@ -315,44 +426,41 @@ mod avx2 {
         epi: Fused<'e>,
     }
 
-    /// Load 8 floats, or the first `lanes` (the rest zero) unless `FULL`.
+    /// A register of `V` at `p`, or its first `lanes` (the rest zero) unless `FULL`.
     ///
     /// # Safety
-    /// AVX2 present; `p .. p + lanes` readable (`+ 8` when `FULL`).
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn load<const FULL: bool>(p: *const f32, lanes: usize) -> __m256 {
+    /// `V`'s features; `p .. p + lanes` readable (`+ V::N` when `FULL`).
+    #[inline(always)]
+    unsafe fn load<V: Lanes, const FULL: bool>(p: *const f32, lanes: usize) -> V {
         // SAFETY: the caller's contract.
         unsafe {
             if FULL {
-                _mm256_loadu_ps(p)
+                V::load(p)
             } else {
-                let mut t = [0f32; 8];
-                std::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), lanes);
-                _mm256_loadu_ps(t.as_ptr())
+                V::load_part(p, lanes)
             }
         }
     }
 
     impl<const KH: usize> Tile<'_, '_, KH> {
         /// `P` output pixels from `ox` whose windows lie inside the row, every channel: blocks
-        /// of 8 below `full` (`c` rounded down to 8), then the partial block.
+        /// of `V::N` below `full` (`c` rounded down to them), then the partial block.
         ///
         /// # Safety
-        /// AVX2 and FMA present; `ox .. ox + P` interior columns.
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn interior<const KW: usize, const P: usize, const SX: usize>(
+        /// `V`'s features; `ox .. ox + P` interior columns.
+        #[inline(always)]
+        unsafe fn interior<V: Lanes, const KW: usize, const P: usize, const SX: usize>(
             &self,
             ox: usize,
             full: usize,
         ) {
             // SAFETY: as `block`'s, for every block.
             unsafe {
-                for c0 in (0..full).step_by(8) {
-                    self.block::<KW, P, SX, true>(ox, c0, 8);
+                for c0 in (0..full).step_by(V::N) {
+                    self.block::<V, KW, P, SX, true>(ox, c0, V::N);
                 }
                 if full < self.c {
-                    self.block::<KW, P, SX, false>(ox, full, self.c - full);
+                    self.block::<V, KW, P, SX, false>(ox, full, self.c - full);
                 }
             }
         }
@@ -364,11 +472,16 @@ mod avx2 {
         /// the accumulators on the stack).
         ///
         /// # Safety
-        /// AVX2 and FMA present; `ox .. ox + P` interior columns, `SX` the stride, `c0 + lanes
-        /// <= c`, `lanes == 8` when `FULL`.
-        #[target_feature(enable = "avx2,fma")]
-        #[inline]
-        unsafe fn block<const KW: usize, const P: usize, const SX: usize, const FULL: bool>(
+        /// `V`'s features; `ox .. ox + P` interior columns, `SX` the stride, `c0 + lanes <= c`,
+        /// `lanes == V::N` when `FULL`.
+        #[inline(always)]
+        unsafe fn block<
+            V: Lanes,
+            const KW: usize,
+            const P: usize,
+            const SX: usize,
+            const FULL: bool,
+        >(
             &self,
             ox: usize,
             c0: usize,
@@ -381,45 +494,51 @@ mod avx2 {
                 let ix0 = ox * SX - self.s.params.padding.1;
                 let img = self.image.as_ptr().add(c0);
                 let taps = self.taps.data.as_ptr().add(c0);
-                let mut acc = [_mm256_setzero_ps(); P];
+                let mut acc = [V::zero(); P];
                 for &(row, ky) in &self.valid[..self.n_valid] {
                     let line = img.add(row + ix0 * c);
-                    let w: [__m256; KW] =
-                        std::array::from_fn(|kx| load::<FULL>(taps.add((ky * KW + kx) * c), lanes));
+                    let w: [V; KW] = std::array::from_fn(|kx| {
+                        load::<V, FULL>(taps.add((ky * KW + kx) * c), lanes)
+                    });
                     // Output j reads column j * SX + kx; the loops unroll completely and the
                     // loads of a column shared by two outputs merge.
                     for (j, a) in acc.iter_mut().enumerate() {
                         for (kx, wk) in w.iter().enumerate() {
-                            let v = load::<FULL>(line.add((j * SX + kx) * c), lanes);
-                            *a = _mm256_fmadd_ps(v, *wk, *a);
+                            let v = load::<V, FULL>(line.add((j * SX + kx) * c), lanes);
+                            *a = V::fma(v, *wk, *a);
                         }
                     }
                 }
-                let ops = self.operands::<FULL>(c0, lanes);
+                let ops = self.operands::<V, FULL>(c0, lanes);
                 for (j, a) in acc.into_iter().enumerate() {
-                    self.finish::<FULL>(ox + j, c0, lanes, a, &ops);
+                    self.finish::<V, FULL>(ox + j, c0, lanes, a, &ops);
                 }
             }
         }
 
         /// Output pixel `ox` (a border one: each tap's column checked), every channel.
-        fn edge<const KW: usize>(&self, ox: usize, full: usize) {
-            for c0 in (0..full).step_by(8) {
-                // SAFETY: AVX2 and FMA present (`pick_row_kernel`); c0 + 8 <= c.
-                unsafe { self.edge_block::<KW, true>(ox, c0, 8) };
-            }
-            if full < self.c {
-                // SAFETY: as above, the partial block.
-                unsafe { self.edge_block::<KW, false>(ox, full, self.c - full) };
+        ///
+        /// # Safety
+        /// `V`'s features; `ox < ow`.
+        #[inline(always)]
+        unsafe fn edge<V: Lanes, const KW: usize>(&self, ox: usize, full: usize) {
+            // SAFETY: c0 + V::N <= c for the whole blocks, then the partial one.
+            unsafe {
+                for c0 in (0..full).step_by(V::N) {
+                    self.edge_block::<V, KW, true>(ox, c0, V::N);
+                }
+                if full < self.c {
+                    self.edge_block::<V, KW, false>(ox, full, self.c - full);
+                }
             }
         }
 
         /// Border output pixel `ox`, channels `c0 .. c0 + lanes`.
         ///
         /// # Safety
-        /// AVX2 and FMA present; `ox < ow`, `c0 + lanes <= c`, `lanes == 8` when `FULL`.
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn edge_block<const KW: usize, const FULL: bool>(
+        /// `V`'s features; `ox < ow`, `c0 + lanes <= c`, `lanes == V::N` when `FULL`.
+        #[inline(always)]
+        unsafe fn edge_block<V: Lanes, const KW: usize, const FULL: bool>(
             &self,
             ox: usize,
             c0: usize,
@@ -429,18 +548,18 @@ mod avx2 {
             unsafe {
                 let img = self.image.as_ptr().add(c0);
                 let taps = self.taps.data.as_ptr().add(c0);
-                let mut acc = _mm256_setzero_ps();
+                let mut acc = V::zero();
                 for &(row, ky) in &self.valid[..self.n_valid] {
                     for kx in 0..KW {
                         if let Some(ix) = input_col(self.s, ox, kx) {
-                            let v = load::<FULL>(img.add(row + ix * self.c), lanes);
-                            let tap = load::<FULL>(taps.add((ky * KW + kx) * self.c), lanes);
-                            acc = _mm256_fmadd_ps(v, tap, acc);
+                            let v = load::<V, FULL>(img.add(row + ix * self.c), lanes);
+                            let tap = load::<V, FULL>(taps.add((ky * KW + kx) * self.c), lanes);
+                            acc = V::fma(v, tap, acc);
                         }
                     }
                 }
-                let ops = self.operands::<FULL>(c0, lanes);
-                self.finish::<FULL>(ox, c0, lanes, acc, &ops);
+                let ops = self.operands::<V, FULL>(c0, lanes);
+                self.finish::<V, FULL>(ox, c0, lanes, acc, &ops);
             }
         }
 
@@ -448,65 +567,66 @@ mod avx2 {
         /// none).
         ///
         /// # Safety
-        /// AVX2 present; `c0 + lanes <= c`, `lanes == 8` when `FULL`.
-        #[target_feature(enable = "avx2,fma")]
-        #[inline]
-        unsafe fn operands<const FULL: bool>(&self, c0: usize, lanes: usize) -> Operands {
-            // SAFETY: the bias holds c floats.
-            let bias = match self.epi.bias {
-                Some(b) => unsafe { load::<FULL>(b.as_ptr().add(c0), lanes) },
-                None => _mm256_setzero_ps(),
-            };
+        /// `V`'s features; `c0 + lanes <= c`, `lanes == V::N` when `FULL`.
+        #[inline(always)]
+        unsafe fn operands<V: Lanes, const FULL: bool>(
+            &self,
+            c0: usize,
+            lanes: usize,
+        ) -> Operands<V> {
             let (lo, hi) = self.epi.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
-            Operands {
-                bias,
-                lo: _mm256_set1_ps(lo),
-                hi: _mm256_set1_ps(hi),
+            // SAFETY: the bias holds c floats; `V`'s features (contract).
+            unsafe {
+                Operands {
+                    bias: match self.epi.bias {
+                        Some(b) => load::<V, FULL>(b.as_ptr().add(c0), lanes),
+                        None => V::zero(),
+                    },
+                    lo: V::splat(lo),
+                    hi: V::splat(hi),
+                }
             }
         }
 
         /// The epilogue on output pixel `ox`'s channels `c0..`, stored.
         ///
         /// # Safety
-        /// AVX2 present; `ox < ow`, `c0 + lanes <= c`, `lanes == 8` when `FULL`.
-        #[target_feature(enable = "avx2,fma")]
-        #[inline]
-        unsafe fn finish<const FULL: bool>(
+        /// `V`'s features; `ox < ow`, `c0 + lanes <= c`, `lanes == V::N` when `FULL`.
+        #[inline(always)]
+        unsafe fn finish<V: Lanes, const FULL: bool>(
             &self,
             ox: usize,
             c0: usize,
             lanes: usize,
-            acc: __m256,
-            ops: &Operands,
+            acc: V,
+            ops: &Operands<V>,
         ) {
             // SAFETY: output pixel ox's channels c0 .. c0 + lanes are inside the row, and the
             // residual has the output's shape.
             unsafe {
                 let o = ox * self.c + c0;
-                let mut acc = _mm256_add_ps(acc, ops.bias);
+                let mut acc = V::add(acc, ops.bias);
                 if let Some(r) = self.epi.residual {
-                    acc = _mm256_add_ps(acc, load::<FULL>(r.as_ptr().add(self.at + o), lanes));
+                    acc = V::add(acc, load::<V, FULL>(r.as_ptr().add(self.at + o), lanes));
                 }
                 if self.epi.clamp.is_some() {
-                    acc = _mm256_min_ps(ops.hi, _mm256_max_ps(ops.lo, acc));
+                    acc = V::min(ops.hi, V::max(ops.lo, acc));
                 }
                 let out = self.dst.add(o);
                 if FULL {
-                    _mm256_storeu_ps(out, acc);
+                    V::store(out, acc);
                 } else {
-                    let mut t = [0f32; 8];
-                    _mm256_storeu_ps(t.as_mut_ptr(), acc);
-                    std::ptr::copy_nonoverlapping(t.as_ptr(), out, lanes);
+                    V::store_part(out, lanes, acc);
                 }
             }
         }
     }
 
     /// A block's epilogue operands ([`Tile::operands`]).
-    struct Operands {
-        bias: __m256,
-        lo: __m256,
-        hi: __m256,
+    struct Operands<V> {
+        bias: V,
+        lo: V,
+        hi: V,
     }
 }
 

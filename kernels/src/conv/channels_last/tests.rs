@@ -181,6 +181,10 @@ fn depthwise_matches_naive() {
         (1, 20, (9, 9), (5, 5), 1, 2),
         (2, 12, (6, 5), (3, 3), 1, 0),
         (1, 9, (6, 6), (2, 4), 1, 1),
+        // Two 16-channel registers and a partial one, tiles of 8 and 4 pixels in each row.
+        (1, 37, (5, 15), (3, 3), 1, 1),
+        (1, 40, (7, 30), (3, 3), 2, 1),
+        (1, 21, (6, 14), (5, 5), 1, 2),
     ] {
         let s = shape(batch, c, hw, c, k, stride, pad, 1, c);
         let w = rand(s.weight_len(), 11);
@@ -188,6 +192,13 @@ fn depthwise_matches_naive() {
         check_against_naive(&s, 10, false, |x, epi, out| {
             depthwise::forward(&s, x, &taps, out, epi)
         });
+        // Every row kernel this CPU has, whichever the process picks.
+        for (name, kernel) in depthwise::row_kernels(&s) {
+            eprintln!("depthwise {name}: {s:?}");
+            check_against_naive(&s, 10, false, |x, epi, out| {
+                depthwise::forward_with(&s, x, &taps, out, epi, Some(kernel))
+            });
+        }
     }
 }
 
