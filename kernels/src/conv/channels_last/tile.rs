@@ -98,6 +98,26 @@ unsafe fn lhs_at<const OFFS: bool>(lhs: Lhs, i: usize, p: usize) -> *const f32 {
     }
 }
 
+/// Floats ahead of a tile's panel row that it prefetches: the panels of a layer lie one after
+/// another, so this runs into the next panel near the end of one. MobileNetV2's deep 1x1
+/// weights (up to 1.6 MB a layer) come from L3; on Zen 5 the network ran 0.93x its time with it
+/// (one and two threads, paired).
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_FLOATS: usize = 4096;
+
+/// Prefetch the line `PREFETCH_FLOATS` past row `p` of the panel at `b`.
+///
+/// # Safety
+/// None beyond the CPU's: a prefetch never faults, and `wrapping_add` keeps the address
+/// computation defined past the panel's end.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn prefetch_panel(b: *const f32, p: usize) {
+    use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    // SAFETY: SSE is part of x86_64; the prefetch reads nothing architecturally.
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(p * PANEL + PREFETCH_FLOATS) as *const i8) }
+}
+
 /// An epilogue in the order the inference plan emits it — bias, residual, clamping activation,
 /// each optional — which the SIMD kernels apply in registers with the operands loaded once per
 /// tile; any other list runs in [`epilogue_scalar`] after the store.
@@ -192,7 +212,9 @@ unsafe fn portable<const R: usize, const OFFS: bool>(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{epilogue_scalar, lhs_at, Lhs, Tile, TileEpi, NARROW_PIXELS, PANEL};
+    use super::{
+        epilogue_scalar, lhs_at, prefetch_panel, Lhs, Tile, TileEpi, NARROW_PIXELS, PANEL,
+    };
     use core::arch::x86_64::*;
 
     /// The tiles of one kind, `[r - 1]` for `r` pixels.
@@ -228,6 +250,7 @@ mod avx2 {
             let mut acc_hi = [_mm256_setzero_ps(); 6];
             for p in 0..k {
                 let b0 = _mm256_load_ps(b.add(p * PANEL));
+                prefetch_panel(b, p);
                 if HALF {
                     for (i, acc) in acc_lo.iter_mut().enumerate().take(R) {
                         let x = _mm256_broadcast_ss(&*lhs_at::<OFFS>(lhs, i, p));
@@ -345,7 +368,7 @@ mod avx2 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{epilogue_scalar, lhs_at, Lhs, Tile, TileEpi, PANEL};
+    use super::{epilogue_scalar, lhs_at, prefetch_panel, Lhs, Tile, TileEpi, PANEL};
     use core::arch::x86_64::*;
 
     /// Pixels per tile: one 16-channel register each, the A value folded into its multiply-add
@@ -395,6 +418,7 @@ mod avx512 {
             let mut acc = [_mm512_setzero_ps(); R];
             for p in 0..k {
                 let w = _mm512_load_ps(b.add(p * PANEL));
+                prefetch_panel(b, p);
                 for (i, a) in acc.iter_mut().enumerate() {
                     let x = _mm512_set1_ps(*lhs_at::<OFFS>(lhs, i, p));
                     *a = _mm512_fmadd_ps(x, w, *a);
