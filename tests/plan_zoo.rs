@@ -114,6 +114,31 @@ fn vgg16_bn_plan_matches_eval() {
     assert_eq!(k.iter().filter(|k| k.starts_with("linear")).count(), 3);
 }
 
+#[test]
+fn weight_streaming_convs_run_channels_last_in_nchw_plans() {
+    // At width 0.5 VGG-16-bn CIFAR's last three convs (2x2, 256 channels) hold 2.4 MB of weights
+    // each: at batch 1 (4 pixels) its NCHW plan runs them channels-last, the activation moved
+    // there before them and back after; at batch 3 (12 pixels), or with NCHW forced, they stay.
+    let m = model(Arch::Vgg16BnCifar, 0.5, 32);
+    check(&m, "vgg16-bn-cifar w0.5");
+    let cl = |k: &[String]| k.iter().filter(|k| k.contains(" cl ")).count();
+    let k = kinds(&m);
+    if tlc_kernels::conv::channels_last::fast() {
+        assert_eq!(cl(&k), 3, "{k:?}");
+        assert_eq!(
+            k.iter().filter(|k| k.starts_with("to_")).count(),
+            2,
+            "{k:?}"
+        );
+    } else {
+        assert_eq!(cl(&k), 0, "{k:?}");
+    }
+    assert_eq!(cl(&kinds_with(&m, &layout(false))), 0);
+    let batch3 = Plan::compile_with(&m, 3, &PlanOptions::default()).unwrap();
+    let k3: Vec<String> = batch3.steps().map(|s| s.kind.clone()).collect();
+    assert_eq!(cl(&k3), 0, "{k3:?}");
+}
+
 /// Options forcing NCHW (`false`) or channels-last (`true`) activations.
 fn layout(channels_last: bool) -> PlanOptions {
     PlanOptions {

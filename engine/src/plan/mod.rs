@@ -545,6 +545,28 @@ pub fn runs_channels_last(g: &Graph, options: &PlanOptions) -> bool {
         )
 }
 
+/// Most output pixels (over the batch) of a conv that an NCHW plan runs channels-last anyway
+/// ([`streams_weights`]).
+const STREAMING_MAX_PIXELS: usize = 8;
+
+/// Fewest weight bytes of such a conv: beyond L2, so every inference streams them from L3 or
+/// memory.
+const STREAMING_MIN_WEIGHT_BYTES: usize = 1 << 20;
+
+/// Whether a plan that runs NCHW still runs this one-group conv channels-last: one with a few
+/// output pixels and weights beyond L2 is bound by streaming its weights. The NCHW tile
+/// multiplies each weight into a register of pixels, most of its lanes empty at 2x2; the
+/// channels-last one loads 16 output channels' weights per pixel-row of multiply-adds, so the
+/// same weights pass at memory speed. VGG-16-bn CIFAR's 2x2 512-channel 3x3 convs (9.4 MB of
+/// weights each) on Zen 5, two threads: 0.240 -> 0.16 ms each (its 4x4 ones, 16 pixels, ran
+/// 0.21 -> 0.25 and stay NCHW). Their inputs and outputs move layout for it (2 KB each).
+fn streams_weights(s: &Conv2dShape) -> bool {
+    let (oh, ow) = s.out_hw();
+    s.params.groups == 1
+        && (2..=STREAMING_MAX_PIXELS).contains(&(s.batch * oh * ow))
+        && 4 * s.weight_len() >= STREAMING_MIN_WEIGHT_BYTES
+}
+
 /// `TLC_CHANNELS_LAST=0` keeps automatically chosen plans NCHW (for comparisons).
 fn layout_enabled() -> bool {
     std::env::var("TLC_CHANNELS_LAST").as_deref() != Ok("0")
@@ -704,6 +726,9 @@ struct Compiler<'m> {
     value: Vec<Option<ValueId>>,
     /// Whether convolutions run channels-last ([`PlanOptions::channels_last`]).
     channels_last: bool,
+    /// Whether, in an NCHW plan, weight-streaming convs run channels-last ([`streams_weights`]):
+    /// not when the layout is forced either way, nor with 16-bit weights.
+    streaming_channels_last: bool,
     /// Length of each value.
     lens: Vec<usize>,
     /// Layout of each value, and its per-sample `(channels, plane)` when 4-D.
@@ -726,6 +751,11 @@ impl<'m> Compiler<'m> {
             weights: options.weights,
             fuse_expand_dw: options.fuse_expand_dw,
             channels_last,
+            streaming_channels_last: !channels_last
+                && options.channels_last.is_none()
+                && options.weights.half().is_none()
+                && channels_last::fast()
+                && layout_enabled(),
             layouts: vec![],
             dims: vec![],
             relayouts: HashMap::new(),
@@ -1437,7 +1467,10 @@ impl<'m> Compiler<'m> {
                 Op::Input { .. } => unreachable!("the input is node 0"),
                 Op::Conv2d(c) => {
                     let full = c.shape(self.batch, xs);
-                    if self.channels_last && self.conv_channels_last(id, c, &full, x)? {
+                    let streaming = self.streaming_channels_last && streams_weights(&full);
+                    if (self.channels_last || streaming)
+                        && self.conv_channels_last(id, c, &full, x)?
+                    {
                         continue;
                     }
                     let x = self.value_in(x, Layout::Nchw);
