@@ -495,11 +495,19 @@ unsafe fn tile_rows(
         n_rows == 0 || a.len() >= (n_rows - 1) * k + k,
         "gemm_rows: rows out of bounds"
     );
-    for j in panels {
+    let pairs = tile::pair_family();
+    let mut j = panels.start;
+    while j < panels.end {
         let panel = w.panel(j).as_ptr();
         let ch0 = j * PANEL;
-        let n = PANEL.min(cout - ch0);
-        let tiles = tile::family::<false>(n);
+        // Two panels at once where the family has such tiles and a whole panel and some of
+        // the next are left.
+        let (tiles, width) = match pairs {
+            Some(p) if j + 1 < panels.end => (p, 2 * PANEL),
+            _ => (tile::family::<false>(PANEL.min(cout - ch0)), PANEL),
+        };
+        let n = width.min(cout - ch0);
+        j += width / PANEL;
         // One epilogue per panel, its place moved tile by tile: built per tile, its copy into
         // the call had the tile's reads of it wait on store forwarding.
         let mut epi = TileEpi {
@@ -519,8 +527,9 @@ unsafe fn tile_rows(
                 lda: k,
                 offs: std::ptr::null(),
             };
-            // SAFETY: the tile reads rows i .. i + r of `a` (k floats each, inside `a`) and
-            // panel j's k x 16 floats; it writes channels ch0 .. ch0 + n of rows i .. i + r of
+            // SAFETY: the tile reads rows i .. i + r of `a` (k floats each, inside `a`) and the
+            // k x 16 floats of its panel (of the two adjacent ones for a pair, which lie one
+            // after the other in `w`); it writes channels ch0 .. ch0 + n of rows i .. i + r of
             // `dst`, which the caller gives this call alone, with operands it covers.
             unsafe { tiles[r - 1](k, lhs, panel, dst.add(i * cout + ch0), n, &epi) }
             i += r;

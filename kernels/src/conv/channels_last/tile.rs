@@ -70,6 +70,18 @@ pub(super) fn family<const OFFS: bool>(n: usize) -> &'static [Tile] {
     &const { portable_family::<OFFS>() }
 }
 
+/// Tiles over two adjacent panels at once (`b` the first, the second `k * 16` floats on; up to
+/// 32 channels), `[r - 1]` for `r` pixels ([`pixels`] of them), where this process has them:
+/// each A value broadcast once feeds two multiply-adds, where the one-panel tile spends a load
+/// per multiply-add.
+pub(super) fn pair_family() -> Option<&'static [Tile]> {
+    #[cfg(target_arch = "x86_64")]
+    if crate::isa::avx512() {
+        return Some(&const { avx512::pair_family() });
+    }
+    None
+}
+
 /// The portable tiles, `[r - 1]` for `r` pixels.
 const fn portable_family<const OFFS: bool>() -> [Tile; NARROW_PIXELS] {
     [
@@ -398,6 +410,95 @@ mod avx512 {
         ]
     }
 
+    /// The paired tiles, `[r - 1]` for `r` pixels.
+    pub(super) const fn pair_family() -> [Tile; PIXELS] {
+        [
+            pair::<1>, pair::<2>, pair::<3>, pair::<4>, pair::<5>, pair::<6>, pair::<7>, pair::<8>,
+            pair::<9>, pair::<10>, pair::<11>, pair::<12>, pair::<13>, pair::<14>,
+        ]
+    }
+
+    /// `R <= 14` pixels x two 16-channel registers: panel `b` (channels `< 16`) and the next one
+    /// at `b + k * 16` (channels `16 .. n`, `16 < n <= 32`), pixel rows of A (`lda` apart), as
+    /// [`super::portable`] over both.
+    ///
+    /// # Safety
+    /// AVX-512F present, and [`super::portable`]'s contract for both panels with `n` channels.
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+    unsafe fn pair<const R: usize>(
+        k: usize,
+        lhs: Lhs,
+        b: *const f32,
+        c: *mut f32,
+        n: usize,
+        epi: &TileEpi,
+    ) {
+        // SAFETY (whole body): as `tile`'s; the second panel is `k * 16` floats past the first
+        // (contract), and only its first `n - 16` channels are stored.
+        unsafe {
+            let b2 = b.add(k * PANEL);
+            let mut acc = [[_mm512_setzero_ps(); 2]; R];
+            for p in 0..k {
+                let w0 = _mm512_load_ps(b.add(p * PANEL));
+                let w1 = _mm512_load_ps(b2.add(p * PANEL));
+                prefetch_panel(b2, p);
+                for (i, a) in acc.iter_mut().enumerate() {
+                    let x = _mm512_set1_ps(*lhs_at::<false>(lhs, i, p));
+                    a[0] = _mm512_fmadd_ps(x, w0, a[0]);
+                    a[1] = _mm512_fmadd_ps(x, w1, a[1]);
+                }
+            }
+            let full = n >= 2 * PANEL;
+            let mask: __mmask16 = if full {
+                !0
+            } else {
+                (1u32 << (n - PANEL)) as u16 - 1
+            };
+            let Some(f) = epi.fused else {
+                for (i, a) in acc.iter().enumerate() {
+                    let cp = c.add(i * epi.ldc);
+                    _mm512_storeu_ps(cp, a[0]);
+                    _mm512_mask_storeu_ps(cp.add(PANEL), mask, a[1]);
+                    let row = std::slice::from_raw_parts_mut(cp, n);
+                    epilogue_scalar(epi.ops, row, epi.ch0, epi.at + i * epi.ldc);
+                }
+                return;
+            };
+            let (bias0, bias1) = match f.bias {
+                Some(b) => {
+                    let b = b.as_ptr().add(epi.ch0);
+                    (
+                        _mm512_loadu_ps(b),
+                        _mm512_maskz_loadu_ps(mask, b.add(PANEL)),
+                    )
+                }
+                None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
+            };
+            let (min, max) = f.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+            let (min, max) = (_mm512_set1_ps(min), _mm512_set1_ps(max));
+            for (i, a) in acc.iter().enumerate() {
+                let mut v0 = _mm512_add_ps(a[0], bias0);
+                let mut v1 = _mm512_add_ps(a[1], bias1);
+                if let Some(r) = f.residual {
+                    let r = r.as_ptr().add(epi.at + i * epi.ldc);
+                    v0 = _mm512_add_ps(v0, _mm512_loadu_ps(r));
+                    v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mask, r.add(PANEL)));
+                }
+                if f.clamp.is_some() {
+                    v0 = _mm512_min_ps(max, _mm512_max_ps(min, v0));
+                    v1 = _mm512_min_ps(max, _mm512_max_ps(min, v1));
+                }
+                let cp = c.add(i * epi.ldc);
+                _mm512_storeu_ps(cp, v0);
+                if full {
+                    _mm512_storeu_ps(cp.add(PANEL), v1);
+                } else {
+                    _mm512_mask_storeu_ps(cp.add(PANEL), mask, v1);
+                }
+            }
+        }
+    }
+
     /// The AVX-512 tile: `R <= 14` pixels x one 16-channel register, as [`super::portable`].
     ///
     /// # Safety
@@ -468,18 +569,27 @@ mod tests {
     use crate::gemm::{MatRef, PackedPanels};
 
     /// Every tile family this CPU can run (whatever `TLC_AVX512` picks for the process), with
-    /// the widest panel it takes.
-    fn families<const OFFS: bool>() -> Vec<(&'static str, &'static [Tile], usize)> {
-        let mut all: Vec<(&'static str, &'static [Tile], usize)> =
-            vec![("portable", &const { portable_family::<OFFS>() }, PANEL)];
+    /// the channel counts to try it on (a pair spans two panels).
+    fn families<const OFFS: bool>() -> Vec<(&'static str, &'static [Tile], &'static [usize])> {
+        const ONE: &[usize] = &[1, 7, 8, 9, 16];
+        let mut all: Vec<(&'static str, &'static [Tile], &'static [usize])> =
+            vec![("portable", &const { portable_family::<OFFS>() }, ONE)];
         #[cfg(target_arch = "x86_64")]
         {
             if crate::isa::detect() == crate::isa::Isa::Avx2Fma {
-                all.push(("avx2", &const { avx2::family::<false, OFFS>() }, PANEL));
-                all.push(("avx2-half", &const { avx2::family::<true, OFFS>() }, 8));
+                all.push(("avx2", &const { avx2::family::<false, OFFS>() }, ONE));
+                all.push((
+                    "avx2-half",
+                    &const { avx2::family::<true, OFFS>() },
+                    &[1, 7, 8],
+                ));
             }
             if crate::isa::detect_avx512() {
-                all.push(("avx512", &const { avx512::family::<OFFS>() }, PANEL));
+                all.push(("avx512", &const { avx512::family::<OFFS>() }, ONE));
+                if !OFFS {
+                    let pairs = &const { avx512::pair_family() };
+                    all.push(("avx512-pair", pairs, &[17, 24, 31, 32]));
+                }
             }
         }
         all
@@ -500,14 +610,15 @@ mod tests {
     /// Each family's tiles, every pixel count and panel width, fused and scalar epilogues,
     /// against a plain loop: the channels past `n` and the rows past `r` stay untouched.
     fn tiles_match_a_plain_loop<const OFFS: bool>() {
-        const LDC: usize = 21;
+        const LDC: usize = 37;
         const ROWS: usize = 14;
         const SENTINEL: f32 = 1234.5;
         // Pixel i's depth p: `lda` apart, or (`OFFS`) at `offs[p] + i`, pixels adjacent.
         let (lda, band) = (41, 29);
         for k in [1, 5, 37] {
-            let w = rand(k * PANEL, k as u64);
-            let packed = PackedPanels::new(MatRef::row_major(&w, k, PANEL));
+            // Two panels, one after the other (the pairs read both).
+            let w = rand(k * 2 * PANEL, k as u64);
+            let packed = PackedPanels::new(MatRef::row_major(&w, k, 2 * PANEL));
             let a = rand(ROWS * lda + k * band, 7);
             let offs: Vec<u32> = (0..k).map(|p| (p * band) as u32).collect();
             let (bias, residual) = (rand(LDC + 8, 3), rand(3 + ROWS * LDC, 4));
@@ -536,9 +647,9 @@ mod tests {
                 ],
             ];
             for ops in epilogues {
-                for (name, tiles, widest) in families::<OFFS>() {
+                for (name, tiles, widths) in families::<OFFS>() {
                     for (r, tile) in tiles.iter().enumerate().map(|(i, t)| (i + 1, t)) {
-                        for n in [1, 7, 8, 9, 16].into_iter().filter(|&n| n <= widest) {
+                        for &n in widths {
                             let epi = TileEpi {
                                 ops,
                                 fused: Fused::of(ops),
@@ -552,15 +663,16 @@ mod tests {
                                 offs: offs.as_ptr(),
                             };
                             let mut got = vec![SENTINEL; ROWS * LDC];
-                            // SAFETY: `a` holds depth k of 14 pixels either way, the panel is
-                            // packed k x 16, and `got` 14 rows of LDC >= n channels; the
-                            // bias covers channels 5 .. 5 + 16 and the residual 3 + 14 LDC.
+                            // SAFETY: `a` holds depth k of 14 pixels either way, two k x 16
+                            // panels lie one after the other, and `got` holds 14 rows of
+                            // LDC >= n channels; the bias covers channels 5 .. 5 + 32 and the
+                            // residual 3 + 14 LDC.
                             unsafe {
                                 tile(k, lhs, packed.panel(0).as_ptr(), got.as_mut_ptr(), n, &epi)
                             };
                             for i in 0..ROWS {
                                 let mut want: Vec<f32> = (0..n)
-                                    .map(|j| (0..k).map(|p| at(i, p) * w[p * PANEL + j]).sum())
+                                    .map(|j| (0..k).map(|p| at(i, p) * w[p * 2 * PANEL + j]).sum())
                                     .collect();
                                 epilogue_scalar(ops, &mut want, 5, 3 + i * LDC);
                                 for j in 0..LDC {
