@@ -61,7 +61,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub fuse_expand: bool,
     /// Activation layout of the plan: `auto` runs networks with depthwise convolutions (the
-    /// MobileNets) channels-last on CPUs with its SIMD tiles, the rest NCHW.
+    /// MobileNets) channels-last on CPUs with its SIMD tiles, the rest NCHW except convs with
+    /// at most 8 output pixels and 1 MB of weights (channels-last streams their weights faster).
     #[arg(long, value_enum, default_value_t = LayoutArg::Auto)]
     pub layout: LayoutArg,
     #[command(flatten)]
@@ -92,7 +93,8 @@ impl WeightsArg {
 /// `--layout`: the plan's activation layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LayoutArg {
-    /// Channels-last for networks with depthwise convolutions where the CPU has the tiles.
+    /// Channels-last for networks with depthwise convolutions where the CPU has the tiles;
+    /// elsewhere NCHW but for the few-pixel convs that stream large weights.
     Auto,
     /// NCHW throughout.
     Nchw,

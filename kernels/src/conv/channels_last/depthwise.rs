@@ -178,6 +178,8 @@ pub(super) fn pick_row_kernel(s: &Conv2dShape) -> RowKernel {
 /// to hold each against the portable one.
 #[cfg(test)]
 pub(super) fn row_kernels(s: &Conv2dShape) -> Vec<(&'static str, RowKernel)> {
+    // Mutable on x86 only (the SIMD kernels join it there).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut all: Vec<(&'static str, RowKernel)> = vec![("portable", row_portable)];
     #[cfg(target_arch = "x86_64")]
     if crate::isa::detect() == crate::isa::Isa::Avx2Fma

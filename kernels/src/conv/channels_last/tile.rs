@@ -572,6 +572,7 @@ mod tests {
     /// the channel counts to try it on (a pair spans two panels).
     fn families<const OFFS: bool>() -> Vec<(&'static str, &'static [Tile], &'static [usize])> {
         const ONE: &[usize] = &[1, 7, 8, 9, 16];
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut all: Vec<(&'static str, &'static [Tile], &'static [usize])> =
             vec![("portable", &const { portable_family::<OFFS>() }, ONE)];
         #[cfg(target_arch = "x86_64")]
