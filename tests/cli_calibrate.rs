@@ -4,7 +4,7 @@
 
 use tlc_engine::graph::Op;
 use tlc_engine::passes::{
-    collapse_with, priced_convs, ConvKind, CostModel, CostTable, DeadChannels,
+    collapse_with, priced_convs, ConvKind, CostModel, CostTable, DeadChannels, DecisionKind,
 };
 use tlc_engine::testing::{assert_close, randomize_model};
 use tlc_engine::tlc::{candidates, linearize, ChannelStats, LayerScore, ScoreSource};
@@ -125,14 +125,25 @@ fn calibrate_writes_a_table_and_collapse_decides_each_chain_by_it() {
         collapse_with(&m, &CostModel::Measured(table), DeadChannels::Pruned).unwrap();
     let chains: Vec<&str> = text.lines().filter(|l| l.starts_with("chain ")).collect();
     assert_eq!(chains.len(), 8, "{text}");
+    // Two-layer chains, and the main/downsample branches a merged block may sum (a kind of its
+    // own, printed as `branches A + B`).
     for d in decisions.iter().filter(|d| d.layers.len() == 2) {
-        let head = format!("chain {} > {} (channels ", d.layers[0], d.layers[1]);
-        let line = chains
-            .iter()
+        let (head, merged) = match d.kind {
+            DecisionKind::Chain => (
+                format!("chain {} > {} (channels ", d.layers[0], d.layers[1]),
+                "-> merge",
+            ),
+            DecisionKind::Branches => (
+                format!("branches {} + {}: ", d.layers[0], d.layers[1]),
+                "-> sum",
+            ),
+        };
+        let line = text
+            .lines()
             .find(|l| l.starts_with(&head))
             .unwrap_or_else(|| panic!("no line for {head} in {text}"));
         let choice = if d.merges_all() {
-            "-> merge"
+            merged
         } else {
             "-> keep apart"
         };

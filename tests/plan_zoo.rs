@@ -54,13 +54,19 @@ fn kinds_with(m: &Model, options: &PlanOptions) -> Vec<String> {
 fn resnet18_cifar_plan_matches_eval() {
     let m = model(Arch::Resnet18Cifar, 0.125, 16);
     // Stem conv, 8 blocks of two convs (+3 downsample convs), pool, fc: every BN, ReLU and
-    // residual add is fused into a convolution.
-    assert_eq!(check(&m, "resnet18-cifar"), 1 + 16 + 3 + 1 + 1);
+    // residual add is fused into a convolution. Where the CPU has the channels-last tiles, the
+    // three stride-2 3x3 convs run channels-last, each with its input moved there and its
+    // output back.
+    let fast = tlc_kernels::conv::channels_last::fast();
+    let moves = if fast { 6 } else { 0 };
+    assert_eq!(check(&m, "resnet18-cifar"), 1 + 16 + 3 + 1 + 1 + moves);
     let k = kinds(&m);
     assert_eq!(
         k.iter().filter(|k| k.ends_with("+bias+add+relu")).count(),
         8
     );
+    let strided_cl = k.iter().filter(|k| k.starts_with("conv3x3/s2 cl")).count();
+    assert_eq!(strided_cl, if fast { 3 } else { 0 }, "{k:?}");
 }
 
 #[test]
@@ -231,8 +237,13 @@ fn channels_last_plan_matches_eval_on_resnet18_and_vgg() {
     let adds = k.iter().filter(|k| k.ends_with(" cl +bias+add+relu"));
     assert_eq!(adds.count(), 8, "{k:?}");
     assert!(k.iter().any(|k| k == "adaptive_avg_pool1x1 cl"), "{k:?}");
-    // Not chosen automatically for it.
-    assert!(!kinds(&m).iter().any(|k| k.contains(" cl")));
+    // Chosen automatically for its stride-2 3x3 convs only.
+    let auto = kinds(&m);
+    let cl: Vec<&String> = auto.iter().filter(|k| k.contains(" cl")).collect();
+    assert!(
+        cl.iter().all(|k| k.starts_with("conv3x3/s2 cl")),
+        "{auto:?}"
+    );
     // VGG: each max-pool reads NCHW, so activations move back and forth between the blocks.
     let vgg = model(Arch::Vgg16BnCifar, 0.0625, 32);
     check_with(&vgg, "vgg16-bn-cifar cl", &layout(true));

@@ -45,10 +45,11 @@
 //! channels-last, an NCHW stem's output) gets a step moving the value first (`to_channels_last`
 //! / `to_nchw`, once per value), and element-wise steps keep their operands' layout.
 //! MobileNetV2 at 224 on one thread: 1x1 convs 0.6-0.95x their NCHW time (sessions 12-13).
-//! Other networks run NCHW, except the one-group convs that stream their weights (at most 8
-//! output pixels over the batch, 1 MB of weights or more: `streams_weights`), which run
-//! channels-last with their few-pixel activations moved for them (VGG-16-bn CIFAR's 2x2 convs
-//! 0.24 -> 0.18 ms, session 16).
+//! Other networks run NCHW, except two kinds of one-group convs, which run channels-last with
+//! their activations moved for them: those that stream their weights (at most 8 output pixels
+//! over the batch, 1 MB of weights or more: `streams_weights`; VGG-16-bn CIFAR's 2x2 convs 0.24
+//! -> 0.18 ms) and the strided ones (`strided_channels_last`: ResNet-18's stride-2 3x3 convs
+//! 0.49-0.61 -> 0.27-0.30 ms at 224; session 16).
 //!
 //! Buffers: every value (a step's output, or the input) lives in one physical buffer chosen by
 //! liveness (interval colouring: a buffer is reused once its last reader has run), allocated at
@@ -571,6 +572,21 @@ fn streams_weights(s: &Conv2dShape) -> bool {
         && 4 * s.weight_len() >= STREAMING_MIN_WEIGHT_BYTES
 }
 
+/// Whether a plan that runs NCHW still runs this conv channels-last: a one-group stride-2 conv
+/// with a kernel wider than 1x1 reading more than an image's few channels. Its patches gathered
+/// into pixel rows feed the channels-last tiles at 79 % of Zen 5's peak where the NCHW
+/// pixel-major tiles ran at 60 %: ResNet-18 at 224's three (two threads) 0.49 / 0.61 / 0.52 ->
+/// 0.27 / 0.30 / 0.51 ms, on the AVX2 tiles 0.68 / 0.83 / 1.02 -> 0.51 / 0.55 / 0.70. Its input
+/// moves to channels-last for it (shared with any other conv reading it so) and its output back
+/// for the NCHW conv after it; the 1x1 downsamples beside them stay NCHW (their residual operand
+/// is NCHW).
+fn strided_channels_last(s: &Conv2dShape) -> bool {
+    s.params.groups == 1
+        && s.params.stride == (2, 2)
+        && s.kernel_h * s.kernel_w > 1
+        && s.in_channels > 4
+}
+
 /// `TLC_CHANNELS_LAST=0` keeps automatically chosen plans NCHW (for comparisons).
 fn layout_enabled() -> bool {
     std::env::var("TLC_CHANNELS_LAST").as_deref() != Ok("0")
@@ -730,9 +746,10 @@ struct Compiler<'m> {
     value: Vec<Option<ValueId>>,
     /// Whether convolutions run channels-last ([`PlanOptions::channels_last`]).
     channels_last: bool,
-    /// Whether, in an NCHW plan, weight-streaming convs run channels-last ([`streams_weights`]):
-    /// not when the layout is forced either way, nor with 16-bit weights.
-    streaming_channels_last: bool,
+    /// Whether, in an NCHW plan, weight-streaming and strided convs run channels-last
+    /// ([`streams_weights`], [`strided_channels_last`]): not when the layout is forced either
+    /// way, nor with 16-bit weights.
+    hybrid_channels_last: bool,
     /// Length of each value.
     lens: Vec<usize>,
     /// Layout of each value, and its per-sample `(channels, plane)` when 4-D.
@@ -755,7 +772,7 @@ impl<'m> Compiler<'m> {
             weights: options.weights,
             fuse_expand_dw: options.fuse_expand_dw,
             channels_last,
-            streaming_channels_last: !channels_last
+            hybrid_channels_last: !channels_last
                 && options.channels_last.is_none()
                 && options.weights.half().is_none()
                 && channels_last::fast()
@@ -1471,10 +1488,9 @@ impl<'m> Compiler<'m> {
                 Op::Input { .. } => unreachable!("the input is node 0"),
                 Op::Conv2d(c) => {
                     let full = c.shape(self.batch, xs);
-                    let streaming = self.streaming_channels_last && streams_weights(&full);
-                    if (self.channels_last || streaming)
-                        && self.conv_channels_last(id, c, &full, x)?
-                    {
+                    let hybrid = self.hybrid_channels_last
+                        && (streams_weights(&full) || strided_channels_last(&full));
+                    if (self.channels_last || hybrid) && self.conv_channels_last(id, c, &full, x)? {
                         continue;
                     }
                     let x = self.value_in(x, Layout::Nchw);
