@@ -261,70 +261,60 @@ mod x86 {
     /// latency (4 pixels a tile ran at a fifth of the FMA throughput, latency-bound).
     const PX: usize = 8;
 
-    /// The AVX2 row kernel for `KH x KW` taps (8 channels a register).
-    pub(super) fn row_avx2<const KH: usize, const KW: usize>(
-        s: &Conv2dShape,
-        input: InputRows,
-        w: &Taps,
-        oy: usize,
-        dst: &mut [f32],
-        at: usize,
-        epi: &[ConvEpilogueOp],
-    ) {
-        // SAFETY: `pick_row_kernel` picks this kernel only where AVX2 and FMA are present.
-        unsafe { row_avx2_enabled::<KH, KW>(s, input, w, oy, dst, at, epi) }
+    /// A safe row kernel `$name` over registers of `$v`, and `row` compiled with `$features`
+    /// beneath it (`$enabled`).
+    macro_rules! row_kernel {
+        ($(#[$doc:meta])* $name:ident, $enabled:ident, $features:literal, $v:ty) => {
+            $(#[$doc])*
+            pub(super) fn $name<const KH: usize, const KW: usize>(
+                s: &Conv2dShape,
+                input: InputRows,
+                w: &Taps,
+                oy: usize,
+                dst: &mut [f32],
+                at: usize,
+                epi: &[ConvEpilogueOp],
+            ) {
+                // SAFETY: `pick_row_kernel` (and the tests' `row_kernels`) pick this kernel only
+                // where the CPU has `$features`.
+                unsafe { $enabled::<KH, KW>(s, input, w, oy, dst, at, epi) }
+            }
+
+            #[doc = concat!("[`row`] compiled with ", $features, ".")]
+            ///
+            /// # Safety
+            /// The CPU has those features.
+            #[target_feature(enable = $features)]
+            unsafe fn $enabled<const KH: usize, const KW: usize>(
+                s: &Conv2dShape,
+                input: InputRows,
+                w: &Taps,
+                oy: usize,
+                dst: &mut [f32],
+                at: usize,
+                epi: &[ConvEpilogueOp],
+            ) {
+                // SAFETY: the features `row` needs for this vector type are enabled here.
+                unsafe { row::<$v, KH, KW>(s, input, w, oy, dst, at, epi) }
+            }
+        };
     }
 
-    /// The AVX-512 row kernel for `KH x KW` taps (16 channels a register, the last block
-    /// masked).
-    pub(super) fn row_avx512<const KH: usize, const KW: usize>(
-        s: &Conv2dShape,
-        input: InputRows,
-        w: &Taps,
-        oy: usize,
-        dst: &mut [f32],
-        at: usize,
-        epi: &[ConvEpilogueOp],
-    ) {
-        // SAFETY: `pick_row_kernel` picks this kernel only where `isa::avx512` holds.
-        unsafe { row_avx512_enabled::<KH, KW>(s, input, w, oy, dst, at, epi) }
-    }
-
-    /// [`row`] compiled for AVX2.
-    ///
-    /// # Safety
-    /// AVX2 and FMA present.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn row_avx2_enabled<const KH: usize, const KW: usize>(
-        s: &Conv2dShape,
-        input: InputRows,
-        w: &Taps,
-        oy: usize,
-        dst: &mut [f32],
-        at: usize,
-        epi: &[ConvEpilogueOp],
-    ) {
-        // SAFETY: the features `row` needs for `__m256` are enabled here.
-        unsafe { row::<__m256, KH, KW>(s, input, w, oy, dst, at, epi) }
-    }
-
-    /// [`row`] compiled for AVX-512.
-    ///
-    /// # Safety
-    /// AVX-512F/VL, AVX2 and FMA present.
-    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-    unsafe fn row_avx512_enabled<const KH: usize, const KW: usize>(
-        s: &Conv2dShape,
-        input: InputRows,
-        w: &Taps,
-        oy: usize,
-        dst: &mut [f32],
-        at: usize,
-        epi: &[ConvEpilogueOp],
-    ) {
-        // SAFETY: the features `row` needs for `__m512` are enabled here.
-        unsafe { row::<__m512, KH, KW>(s, input, w, oy, dst, at, epi) }
-    }
+    row_kernel!(
+        /// The AVX2 row kernel for `KH x KW` taps (8 channels a register).
+        row_avx2,
+        row_avx2_enabled,
+        "avx2,fma",
+        __m256
+    );
+    row_kernel!(
+        /// The AVX-512 row kernel for `KH x KW` taps (16 channels a register, the last block
+        /// masked).
+        row_avx512,
+        row_avx512_enabled,
+        "avx512f,avx512vl,avx2,fma",
+        __m512
+    );
 
     /// The row kernel for `KH x KW` taps, undilated, over registers of `V`; see
     /// [`super::row_portable`]. Pixel tiles outside, channel blocks inside: a tile's input

@@ -8,7 +8,7 @@ use super::*;
 use crate::activation::Activation;
 use crate::conv::{naive, Conv2dParams};
 
-fn rand(n: usize, seed: u64) -> Vec<f32> {
+pub(super) fn rand(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     (0..n)
         .map(|_| {

@@ -566,6 +566,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conv::channels_last::tests::rand;
     use crate::gemm::{MatRef, PackedPanels};
 
     /// Every tile family this CPU can run (whatever `TLC_AVX512` picks for the process), with
@@ -594,18 +595,6 @@ mod tests {
             }
         }
         all
-    }
-
-    fn rand(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
     }
 
     /// Each family's tiles, every pixel count and panel width, fused and scalar epilogues,
