@@ -239,10 +239,15 @@ pub(crate) unsafe fn tile<L: Lanes, B: BRows, const R: usize, const ROWS: bool, 
                 }
                 let ap = if ROWS { a.add($p) } else { a.add($p * csa) };
                 // Packed panels (A's rows interleaved, `csa` floats a step): one prefetch a
-                // cache line. A prefetch never faults, and `wrapping_add` keeps the address
-                // computation defined past the panel's end.
-                if !ROWS && csa <= 16 && ($p * csa) % 16 == 0 {
-                    _mm_prefetch::<_MM_HINT_T0>(ap.wrapping_add(PREFETCH_A_FLOATS) as *const i8);
+                // cache line, from the step that reaches into it (6-row AVX2 panels cross a
+                // line every 2-3 steps). A prefetch never faults, and `wrapping_add` keeps the
+                // address computation defined past the panel's end.
+                if !ROWS && csa <= 16 {
+                    let r = ($p * csa) % 16;
+                    if r == 0 || r + csa > 16 {
+                        let ahead = ap.wrapping_add(csa - 1 + PREFETCH_A_FLOATS);
+                        _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                    }
                 }
                 for i in 0..R {
                     let ai = L::broadcast(ap.add(if ROWS { i * rsa } else { i }));
