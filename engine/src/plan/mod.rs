@@ -772,8 +772,7 @@ impl<'m> Compiler<'m> {
             weights: options.weights,
             fuse_expand_dw: options.fuse_expand_dw,
             channels_last,
-            hybrid_channels_last: !channels_last
-                && options.channels_last.is_none()
+            hybrid_channels_last: options.channels_last.is_none()
                 && options.weights.half().is_none()
                 && channels_last::fast()
                 && layout_enabled(),
