@@ -186,7 +186,10 @@ impl UnitRanges {
 /// every parallel kernel after a serial stretch paid that wake-up (a TLC-collapsed ResNet-18's
 /// 64->128 3x3/2 conv took 0.045 ms in the network on two threads, 0.024 ms in a loop of its
 /// own). The cost is the other cores busy-polling for the duration of `f`, as OpenMP runtimes
-/// and ONNX Runtime's intra-op pool do.
+/// and ONNX Runtime's intra-op pool do. Each empty poll gives the core back to the OS scheduler
+/// (`sched_yield`, a fraction of a microsecond when nothing else wants it): when another process
+/// takes a core, a pure spin held the core the runner or the worker with the work was queued
+/// for, for a whole time slice.
 pub fn with_pool_awake<R: Send>(f: impl FnOnce() -> R + Send) -> (R, bool) {
     let threads = num_threads();
     if threads <= 1 {
@@ -238,7 +241,7 @@ fn stay_awake(runner: Option<usize>, done: &AtomicBool, helped: &AtomicBool, ext
         if rayon::yield_now() == Some(rayon::Yield::Executed) {
             helped.store(true, Ordering::Relaxed);
         } else {
-            std::hint::spin_loop();
+            std::thread::yield_now();
         }
     }
 }
