@@ -3,7 +3,8 @@
 //! `TLC_ISA=scalar` forces the scalar reference paths (useful to bisect a SIMD bug or to measure the
 //! SIMD gain); any other value, or none, picks the best the CPU supports. Within AVX2, the GEMM,
 //! pixel-major and channels-last tiles and the depthwise kernels use AVX-512 where the CPU has it
-//! ([`avx512`]); `TLC_AVX512=0` keeps them on AVX2 (for comparisons).
+//! ([`avx512`]); `TLC_AVX512=0` keeps them on AVX2 (for comparisons). On aarch64 every family
+//! (GEMM, channels-last tiles and depthwise rows included) runs NEON.
 
 use std::sync::OnceLock;
 

@@ -50,7 +50,7 @@ pub(crate) static INDIRECT_NARROW: &[IndirectKernel] = table!(indirect __m256);
 /// count for `NR`).
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<L: super::tile_x86::Lanes, const R: usize, const ROWS: bool>(
+unsafe fn tile<L: super::Lanes, const R: usize, const ROWS: bool>(
     k: usize,
     a: *const f32,
     rsa: usize,
@@ -77,7 +77,7 @@ unsafe fn tile<L: super::tile_x86::Lanes, const R: usize, const ROWS: bool>(
 /// [`crate::isa::detect_avx512`] holds; the [`IndirectKernel`] contract (with `L`'s lane count for `NR`).
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn indirect<L: super::tile_x86::Lanes, const R: usize>(
+unsafe fn indirect<L: super::Lanes, const R: usize>(
     k: usize,
     a: *const f32,
     rsa: usize,

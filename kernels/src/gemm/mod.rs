@@ -17,6 +17,8 @@ mod kernel_avx512;
 #[cfg(target_arch = "aarch64")]
 mod kernel_neon;
 mod kernel_scalar;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod lanes;
 mod pack;
 mod pixel_major;
 mod prepacked;
@@ -35,6 +37,8 @@ pub use half_weights::{gemm_half_a_serial, gemm_half_a_serial_raw, linear_half};
 pub use indirect::{
     gemm_indirect_serial_raw, indirect_row_reach, indirect_supported, OffsetRows, OffsetTable,
 };
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) use lanes::Lanes;
 #[cfg(target_arch = "x86_64")]
 pub(crate) use pixel_major::avx2::transpose8;
 pub(crate) use pixel_major::even_tiles;
@@ -43,8 +47,6 @@ pub use pixel_major::{
     PackedPanels, PixelRows, PANEL,
 };
 pub use prepacked::{gemm_prepacked_serial_raw, PackedRows};
-#[cfg(target_arch = "x86_64")]
-pub(crate) use tile_x86::Lanes;
 
 /// The GEMM micro-kernel family this process runs, as "MRxNR-family" (e.g. `8x16-avx512`): the
 /// element-wise kernels' [`crate::isa::current`] can be AVX2 while the GEMM runs AVX-512 tiles.

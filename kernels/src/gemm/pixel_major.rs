@@ -144,11 +144,11 @@ pub unsafe fn gemm_pixel_major_raw(
         a.offs.fits(a.pixels, a.data.len()),
         "gemm: pixel-major patch read out of bounds"
     );
-    if a.pixels == 0 || chans == 0 {
-        return;
-    }
     #[cfg(target_arch = "x86_64")]
     {
+        if a.pixels == 0 || chans == 0 {
+            return;
+        }
         let tiles = tile_family();
         for (q, jp) in panels.enumerate() {
             let bp = w.panel(jp).as_ptr();

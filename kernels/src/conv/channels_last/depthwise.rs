@@ -1,5 +1,5 @@
 //! Depthwise convolution on channels-last activations: 8 channels per register (16 with
-//! AVX-512), every load and store a contiguous run of a pixel's channels. For each output row
+//! AVX-512, 4 with NEON), every load and store a contiguous run of a pixel's channels. For each output row
 //! the kernel walks the row's pixels in tiles and, inside a tile, the channels in blocks of a
 //! register, so a tile's input columns are used whole (3x3 and 5x5 kernels; other sizes take the
 //! portable loop).
@@ -163,10 +163,21 @@ pub(super) fn pick_row_kernel(s: &Conv2dShape) -> RowKernel {
         && (1..=2).contains(&s.params.stride.1)
     {
         match (s.kernel_h, s.kernel_w) {
-            (3, 3) if crate::isa::avx512() => return x86::row_avx512::<3, 3>,
-            (5, 5) if crate::isa::avx512() => return x86::row_avx512::<5, 5>,
-            (3, 3) => return x86::row_avx2::<3, 3>,
-            (5, 5) => return x86::row_avx2::<5, 5>,
+            (3, 3) if crate::isa::avx512() => return simd_rows::row_avx512::<3, 3>,
+            (5, 5) if crate::isa::avx512() => return simd_rows::row_avx512::<5, 5>,
+            (3, 3) => return simd_rows::row_avx2::<3, 3>,
+            (5, 5) => return simd_rows::row_avx2::<5, 5>,
+            _ => {}
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    if crate::isa::current() == crate::isa::Isa::Neon
+        && s.params.dilation == (1, 1)
+        && (1..=2).contains(&s.params.stride.1)
+    {
+        match (s.kernel_h, s.kernel_w) {
+            (3, 3) => return simd_rows::row_neon::<3, 3>,
+            (5, 5) => return simd_rows::row_neon::<5, 5>,
             _ => {}
         }
     }
@@ -178,8 +189,11 @@ pub(super) fn pick_row_kernel(s: &Conv2dShape) -> RowKernel {
 /// to hold each against the portable one.
 #[cfg(test)]
 pub(super) fn row_kernels(s: &Conv2dShape) -> Vec<(&'static str, RowKernel)> {
-    // Mutable on x86 only (the SIMD kernels join it there).
-    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+    // Mutable where SIMD kernels join it.
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        allow(unused_mut)
+    )]
     let mut all: Vec<(&'static str, RowKernel)> = vec![("portable", row_portable)];
     #[cfg(target_arch = "x86_64")]
     if crate::isa::detect() == crate::isa::Isa::Avx2Fma
@@ -191,10 +205,23 @@ pub(super) fn row_kernels(s: &Conv2dShape) -> Vec<(&'static str, RowKernel)> {
             (5, 5) => Some(k5),
             _ => None,
         };
-        all.extend(pick(x86::row_avx2::<3, 3>, x86::row_avx2::<5, 5>).map(|k| ("avx2", k)));
+        all.extend(
+            pick(simd_rows::row_avx2::<3, 3>, simd_rows::row_avx2::<5, 5>).map(|k| ("avx2", k)),
+        );
         if crate::isa::detect_avx512() {
-            let k = pick(x86::row_avx512::<3, 3>, x86::row_avx512::<5, 5>);
+            let k = pick(simd_rows::row_avx512::<3, 3>, simd_rows::row_avx512::<5, 5>);
             all.extend(k.map(|k| ("avx512", k)));
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    if crate::isa::detect() == crate::isa::Isa::Neon
+        && s.params.dilation == (1, 1)
+        && (1..=2).contains(&s.params.stride.1)
+    {
+        match (s.kernel_h, s.kernel_w) {
+            (3, 3) => all.push(("neon", simd_rows::row_neon::<3, 3>)),
+            (5, 5) => all.push(("neon", simd_rows::row_neon::<5, 5>)),
+            _ => {}
         }
     }
     let _ = s;
@@ -249,12 +276,16 @@ fn row_portable(
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod x86 {
+/// The SIMD row kernels: one body over [`Lanes`](crate::gemm::Lanes), compiled per vector type.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod simd_rows {
     use super::{input_col, input_row, InputRows, Taps};
     use crate::conv::channels_last::tile::{epilogue_scalar, Fused};
     use crate::conv::{Conv2dShape, ConvEpilogueOp};
     use crate::gemm::Lanes;
+    #[cfg(target_arch = "aarch64")]
+    use core::arch::aarch64::*;
+    #[cfg(target_arch = "x86_64")]
     use core::arch::x86_64::*;
 
     /// Output pixels per register tile: eight independent accumulator chains hide the FMA
@@ -300,6 +331,7 @@ mod x86 {
         };
     }
 
+    #[cfg(target_arch = "x86_64")]
     row_kernel!(
         /// The AVX2 row kernel for `KH x KW` taps (8 channels a register).
         row_avx2,
@@ -307,6 +339,7 @@ mod x86 {
         "avx2,fma",
         __m256
     );
+    #[cfg(target_arch = "x86_64")]
     row_kernel!(
         /// The AVX-512 row kernel for `KH x KW` taps (16 channels a register, the last block
         /// masked).
@@ -314,6 +347,14 @@ mod x86 {
         row_avx512_enabled,
         "avx512f,avx512vl,avx2,fma",
         __m512
+    );
+    #[cfg(target_arch = "aarch64")]
+    row_kernel!(
+        /// The NEON row kernel for `KH x KW` taps (4 channels a register).
+        row_neon,
+        row_neon_enabled,
+        "neon",
+        float32x4_t
     );
 
     /// The row kernel for `KH x KW` taps, undilated, over registers of `V`; see

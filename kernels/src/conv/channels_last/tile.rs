@@ -66,6 +66,10 @@ pub(super) fn family<const OFFS: bool>(n: usize) -> &'static [Tile] {
             &const { avx2::family::<false, OFFS>() }
         };
     }
+    #[cfg(target_arch = "aarch64")]
+    if crate::isa::current() == crate::isa::Isa::Neon {
+        return &const { neon::family::<OFFS>() };
+    }
     let _ = n;
     &const { portable_family::<OFFS>() }
 }
@@ -563,6 +567,125 @@ mod avx512 {
     }
 }
 
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use super::{epilogue_scalar, lhs_at, Lhs, Tile, TileEpi, NARROW_PIXELS, PANEL};
+    use core::arch::aarch64::*;
+
+    /// q registers per pixel: a 16-channel panel in 4-lane registers.
+    const REGS: usize = PANEL / 4;
+
+    /// The tiles, `[r - 1]` for `r` pixels.
+    pub(super) const fn family<const OFFS: bool>() -> [Tile; NARROW_PIXELS] {
+        [
+            tile::<1, OFFS>,
+            tile::<2, OFFS>,
+            tile::<3, OFFS>,
+            tile::<4, OFFS>,
+            tile::<5, OFFS>,
+            tile::<6, OFFS>,
+        ]
+    }
+
+    /// The NEON tile: `R <= 6` pixels x four 4-channel registers (24 accumulators, the panel
+    /// row's four registers and one broadcast A value: 29 of the 32 q registers), as
+    /// [`super::portable`].
+    ///
+    /// # Safety
+    /// [`super::portable`]'s contract (NEON is part of every aarch64 target).
+    #[target_feature(enable = "neon")]
+    unsafe fn tile<const R: usize, const OFFS: bool>(
+        k: usize,
+        lhs: Lhs,
+        b: *const f32,
+        c: *mut f32,
+        n: usize,
+        epi: &TileEpi,
+    ) {
+        // SAFETY (whole body): the function's contract bounds every pointer used; loads and
+        // stores past channel `n` go through `load_n` / `store_n`, which touch `n` floats only.
+        unsafe {
+            let mut acc = [[vdupq_n_f32(0.0); REGS]; R];
+            for p in 0..k {
+                let bp = b.add(p * PANEL);
+                let w: [float32x4_t; REGS] = std::array::from_fn(|r| vld1q_f32(bp.add(4 * r)));
+                for (i, a) in acc.iter_mut().enumerate() {
+                    let x = vld1q_dup_f32(lhs_at::<OFFS>(lhs, i, p));
+                    for (a, w) in a.iter_mut().zip(&w) {
+                        *a = vfmaq_f32(*a, x, *w);
+                    }
+                }
+            }
+            let Some(f) = epi.fused else {
+                for (i, a) in acc.iter().enumerate() {
+                    let cp = c.add(i * epi.ldc);
+                    store_n(cp, n, a);
+                    let row = std::slice::from_raw_parts_mut(cp, n);
+                    epilogue_scalar(epi.ops, row, epi.ch0, epi.at + i * epi.ldc);
+                }
+                return;
+            };
+            let bias = match f.bias {
+                Some(b) => load_n(b.as_ptr().add(epi.ch0), n),
+                None => [vdupq_n_f32(0.0); REGS],
+            };
+            let (lo, hi) = f.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+            let (lo, hi) = (vdupq_n_f32(lo), vdupq_n_f32(hi));
+            for (i, a) in acc.iter().enumerate() {
+                let mut v: [float32x4_t; REGS] = std::array::from_fn(|r| vaddq_f32(a[r], bias[r]));
+                if let Some(res) = f.residual {
+                    let r = load_n(res.as_ptr().add(epi.at + i * epi.ldc), n);
+                    v = std::array::from_fn(|j| vaddq_f32(v[j], r[j]));
+                }
+                if f.clamp.is_some() {
+                    v = std::array::from_fn(|j| vminq_f32(hi, vmaxq_f32(lo, v[j])));
+                }
+                store_n(c.add(i * epi.ldc), n, &v);
+            }
+        }
+    }
+
+    /// `n <= 16` floats at `p` as four registers, lanes past `n` zero.
+    ///
+    /// # Safety
+    /// `p .. p + n` readable.
+    #[inline(always)]
+    unsafe fn load_n(p: *const f32, n: usize) -> [float32x4_t; REGS] {
+        // SAFETY: `n` floats at `p` are readable (contract); `t` holds 16.
+        unsafe {
+            if n == PANEL {
+                std::array::from_fn(|r| vld1q_f32(p.add(4 * r)))
+            } else {
+                let mut t = [0f32; PANEL];
+                std::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), n);
+                std::array::from_fn(|r| vld1q_f32(t.as_ptr().add(4 * r)))
+            }
+        }
+    }
+
+    /// The first `n <= 16` lanes of `v` to `p`.
+    ///
+    /// # Safety
+    /// `p .. p + n` writable.
+    #[inline(always)]
+    unsafe fn store_n(p: *mut f32, n: usize, v: &[float32x4_t; REGS]) {
+        // SAFETY: `n` floats at `p` are writable (contract); `t` holds 16.
+        unsafe {
+            if n == PANEL {
+                for (r, v) in v.iter().enumerate() {
+                    vst1q_f32(p.add(4 * r), *v);
+                }
+            } else {
+                let mut t = [0f32; PANEL];
+                for (r, v) in v.iter().enumerate() {
+                    vst1q_f32(t.as_mut_ptr().add(4 * r), *v);
+                }
+                std::ptr::copy_nonoverlapping(t.as_ptr(), p, n);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -573,7 +696,10 @@ mod tests {
     /// the channel counts to try it on (a pair spans two panels).
     fn families<const OFFS: bool>() -> Vec<(&'static str, &'static [Tile], &'static [usize])> {
         const ONE: &[usize] = &[1, 7, 8, 9, 16];
-        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+        #[cfg_attr(
+            not(any(target_arch = "x86_64", target_arch = "aarch64")),
+            allow(unused_mut)
+        )]
         let mut all: Vec<(&'static str, &'static [Tile], &'static [usize])> =
             vec![("portable", &const { portable_family::<OFFS>() }, ONE)];
         #[cfg(target_arch = "x86_64")]
@@ -593,6 +719,10 @@ mod tests {
                     all.push(("avx512-pair", pairs, &[17, 24, 31, 32]));
                 }
             }
+        }
+        #[cfg(target_arch = "aarch64")]
+        if crate::isa::detect() == crate::isa::Isa::Neon {
+            all.push(("neon", &const { neon::family::<OFFS>() }, ONE));
         }
         all
     }
