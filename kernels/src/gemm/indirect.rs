@@ -105,9 +105,19 @@ pub(crate) unsafe fn gemm_indirect_with(
     }
     for row in (0..m).step_by(spec.mr) {
         let rows = spec.mr.min(m - row);
-        for col in (0..n).step_by(spec.nr) {
-            let cols = spec.nr.min(n - col);
-            let kern = spec.indirect_kernel(rows, cols);
+        let mut col = 0;
+        while col < n {
+            let wide = !spec.indirect_wide.is_empty() && n - col >= 2 * spec.nr;
+            let cols = if wide {
+                2 * spec.nr
+            } else {
+                spec.nr.min(n - col)
+            };
+            let kern = if wide {
+                spec.indirect_wide[rows - 1]
+            } else {
+                spec.indirect_kernel(rows, cols)
+            };
             let epi = TileEpi {
                 ops: epilogue,
                 row0: row,
@@ -130,6 +140,7 @@ pub(crate) unsafe fn gemm_indirect_with(
                     epi,
                 );
             }
+            col += cols;
         }
     }
 }

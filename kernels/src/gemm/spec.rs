@@ -86,6 +86,9 @@ pub(crate) struct Spec {
     pub indirect: &'static [IndirectKernel],
     /// [`Spec::indirect`], `narrow_nr` columns wide.
     pub indirect_narrow: &'static [IndirectKernel],
+    /// [`Spec::indirect`], `2 nr` columns wide (empty: the family has none), for runs of at
+    /// least that many columns.
+    pub indirect_wide: &'static [IndirectKernel],
     /// The m = 1 path.
     pub gemv: super::gemv::GemvFn,
 }
@@ -157,6 +160,7 @@ static SCALAR: Spec = Spec {
     narrow_cols: &[],
     indirect: &[],
     indirect_narrow: &[],
+    indirect_wide: &[],
     gemv: super::kernel_scalar::gemv,
 };
 
@@ -175,6 +179,7 @@ static AVX2: Spec = Spec {
     narrow_cols: super::kernel_avx2::NARROW_COLS,
     indirect: super::kernel_avx2::INDIRECT,
     indirect_narrow: super::kernel_avx2::INDIRECT_NARROW,
+    indirect_wide: &[],
     gemv: super::kernel_avx2::gemv,
 };
 
@@ -194,6 +199,7 @@ static AVX512: Spec = Spec {
     narrow_cols: super::kernel_avx512::NARROW_COLS,
     indirect: super::kernel_avx512::INDIRECT,
     indirect_narrow: super::kernel_avx512::INDIRECT_NARROW,
+    indirect_wide: super::kernel_avx512::INDIRECT_WIDE,
     gemv: super::kernel_avx2::gemv,
 };
 
@@ -212,6 +218,7 @@ static NEON: Spec = Spec {
     narrow_cols: &[],
     indirect: &[],
     indirect_narrow: &[],
+    indirect_wide: &[],
     gemv: super::kernel_neon::gemv,
 };
 

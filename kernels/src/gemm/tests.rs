@@ -567,6 +567,10 @@ fn indirect_rows_match_the_gathered_product() {
             (13, 27, 56),
             (20, 40, 7),
             (64, 36, 28),
+            // Runs of the wide tiles (two registers a row) and what follows them.
+            (5, 10, 32),
+            (16, 12, 47),
+            (8, 147, 112),
         ] {
             let data = values(k * 7 + 64 + n, 41);
             let offs: Vec<u32> = (0..k as u32).map(|p| (p * 37) % (k as u32 * 5)).collect();
