@@ -107,17 +107,7 @@ pub(crate) unsafe fn gemm_indirect_with(
         let rows = spec.mr.min(m - row);
         let mut col = 0;
         while col < n {
-            let wide = !spec.indirect_wide.is_empty() && n - col >= 2 * spec.nr;
-            let cols = if wide {
-                2 * spec.nr
-            } else {
-                spec.nr.min(n - col)
-            };
-            let kern = if wide {
-                spec.indirect_wide[rows - 1]
-            } else {
-                spec.indirect_kernel(rows, cols)
-            };
+            let (kern, cols) = spec.indirect_step(rows, n - col);
             let epi = TileEpi {
                 ops: epilogue,
                 row0: row,

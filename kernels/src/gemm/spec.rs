@@ -129,12 +129,16 @@ impl Spec {
         }
     }
 
-    /// The indirect kernel for an `r`-row tile storing `cols` columns (the family has some).
-    pub fn indirect_kernel(&self, r: usize, cols: usize) -> IndirectKernel {
-        if cols <= self.narrow_nr {
-            self.indirect_narrow[r - 1]
+    /// The indirect kernel for an `r`-row tile with `left` columns still to go, and the columns
+    /// it stores: a wide tile while a whole one fits, else one of `nr` columns or fewer (the
+    /// family has indirect kernels).
+    pub fn indirect_step(&self, r: usize, left: usize) -> (IndirectKernel, usize) {
+        if !self.indirect_wide.is_empty() && left >= 2 * self.nr {
+            (self.indirect_wide[r - 1], 2 * self.nr)
+        } else if left <= self.narrow_nr {
+            (self.indirect_narrow[r - 1], left)
         } else {
-            self.indirect[r - 1]
+            (self.indirect[r - 1], self.nr.min(left))
         }
     }
 
