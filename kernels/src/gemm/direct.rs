@@ -82,7 +82,7 @@ pub(crate) unsafe fn run(
             let in_place = |jp: usize| (b.data[jp * nr..].as_ptr(), b.row_stride, nr);
             for c0 in (p0..whole).step_by(CHUNK_PANELS) {
                 let c1 = whole.min(c0 + CHUNK_PANELS);
-                chunk(spec, a, asrc, c0..c1, in_place, out, beta, epi);
+                chunk(spec, a, asrc, c0..c1, in_place, true, out, beta, epi);
             }
             if whole < p1 {
                 // The ragged last panel, copied out zero-padded to nr columns.
@@ -90,7 +90,7 @@ pub(crate) unsafe fn run(
                 PACK_A.with_aligned(k * nr, |edge| {
                     pack::pack_b(b, 0, k, 0, jp, nr, edge);
                     let ragged = |_| (edge.as_ptr(), nr, n - jp * nr);
-                    chunk(spec, a, asrc, jp..jp + 1, ragged, out, beta, epi);
+                    chunk(spec, a, asrc, jp..jp + 1, ragged, false, out, beta, epi);
                 });
             }
         });
@@ -119,7 +119,9 @@ const CHUNK_PANELS: usize = 8;
 /// of a whole chunk, where panels outer scattered one tile's worth of columns over every row (96
 /// rows of a 12544-pixel plane: 96 pages per panel, each line read for ownership separately).
 /// `panel(jp)` is the panel's B pointer, row stride and column count; every `bp + p * ldb` must
-/// hold `nr` readable floats for `p < k`.
+/// hold `nr` readable floats for `p < k`. With `in_place` (B's rows read where they lie), each
+/// panel's pointer also reaches the next panel's columns, `nr` floats on: two whole panels then
+/// run as one pair tile where the family has them.
 #[allow(clippy::too_many_arguments)]
 fn chunk(
     spec: &Spec,
@@ -127,17 +129,37 @@ fn chunk(
     asrc: ASource,
     jps: std::ops::Range<usize>,
     panel: impl Fn(usize) -> (*const f32, usize, usize),
+    in_place: bool,
     out: MatPtr,
     beta: f32,
     epi: &Epilogue,
 ) {
-    let (m, k) = (a.rows, a.cols);
+    let (m, k, nr) = (a.rows, a.cols, spec.nr);
+    let pairs = if in_place { asrc.pairs(spec, a) } else { &[] };
     for row in (0..m).step_by(spec.mr) {
         let rows = spec.mr.min(m - row);
-        for jp in jps.clone() {
+        let mut jp = jps.start;
+        while jp < jps.end {
             let (bp, ldb, cols) = panel(jp);
-            let col = jp * spec.nr;
+            let col = jp * nr;
+            let pair = !pairs.is_empty() && jp + 1 < jps.end && cols == nr && panel(jp + 1).2 == nr;
+            jp += if pair { 2 } else { 1 };
             let (kern, ap, rsa, csa) = asrc.tile(spec, a, (row, rows), 0, cols);
+            if pair {
+                // SAFETY: as below, for panels jp and jp + 1, whole and `nr` floats apart in
+                // every row of B (`in_place`); all 2 nr columns lie inside C; `pairs` serve A
+                // with unit row stride (`asrc.pairs`).
+                unsafe {
+                    let cp = out.ptr.add(row * out.row_stride + col);
+                    let epi = TileEpi {
+                        ops: epi,
+                        row0: row,
+                        col0: col,
+                    };
+                    pairs[rows - 1](k, ap, rsa, csa, bp, ldb, nr, cp, out.row_stride, beta, epi);
+                }
+                continue;
+            }
             // SAFETY: `kern` reads A(i, p) for i < rows, p < k, inside A's view (or its packed
             // copy); `bp + p * ldb` holds nr readable floats for p < k (the caller's `panel`);
             // the tile lies inside C and this column panel belongs to the calling task alone.

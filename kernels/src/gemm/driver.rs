@@ -365,6 +365,17 @@ impl ASource<'_> {
     }
 }
 
+impl ASource<'_> {
+    /// The pair tiles ([`Spec::pairs`]) for A read this way: A with unit row stride only
+    /// (packed panels, or an A^T view read in place), else none.
+    pub(crate) fn pairs(self, spec: &Spec, a: &MatRef) -> &'static [super::spec::PairKernel] {
+        match self {
+            ASource::InPlace if a.col_stride == 1 || a.row_stride != 1 => &[],
+            _ => spec.pairs,
+        }
+    }
+}
+
 /// Whether A must be packed (neither stride is 1) for the micro-kernels to read it.
 pub(crate) fn needs_packing(spec: &Spec, a: &MatRef) -> bool {
     spec.kernel_for(a.row_stride, a.col_stride, 1, spec.nr)
@@ -391,13 +402,50 @@ fn macro_kernel(
 ) {
     let (mr, nr, kc) = (spec.mr, spec.nr, blk.kc);
     let block = |ib: usize, mcb: usize, asrc: ASource| {
-        for jp in jp0..jp1 {
+        let pairs = asrc.pairs(spec, a);
+        let mut jp = jp0;
+        while jp < jp1 {
             let col = blk.jc + jp * nr;
-            let cols = nr.min(n - col);
-            let bp = bb[jp * kc * nr..(jp + 1) * kc * nr].as_ptr();
+            // Two whole panels at once where the family has pair tiles.
+            let pair = !pairs.is_empty() && jp + 1 < jp1 && col + 2 * nr <= n;
+            let (count, cols) = if pair {
+                (2, 2 * nr)
+            } else {
+                (1, nr.min(n - col))
+            };
+            let bp = bb[jp * kc * nr..(jp + count) * kc * nr].as_ptr();
+            jp += count;
             for row in (ib..ib + mcb).step_by(mr) {
                 let rows = mr.min(ib + mcb - row);
-                let (kern, ap, rsa, csa) = asrc.tile(spec, a, (row, rows), blk.p0, cols);
+                // A pair's kernel comes from `pairs`; its A is read as a one-panel tile's.
+                let (kern, ap, rsa, csa) = asrc.tile(spec, a, (row, rows), blk.p0, cols.min(nr));
+                if pair {
+                    // SAFETY: as below, over this panel and the next (`kc * nr` floats on,
+                    // inside `bb`: jp + 1 < jp1), every one of the tile's 2 nr columns inside C
+                    // (col + 2 nr <= n); `pairs` serve A with unit row stride (`asrc.pairs`).
+                    unsafe {
+                        let cp = out.ptr.add(row * out.row_stride + col);
+                        let epi = TileEpi {
+                            ops: blk.epi,
+                            row0: row,
+                            col0: col,
+                        };
+                        pairs[rows - 1](
+                            kc,
+                            ap,
+                            rsa,
+                            csa,
+                            bp,
+                            nr,
+                            kc * nr,
+                            cp,
+                            out.row_stride,
+                            blk.beta,
+                            epi,
+                        );
+                    }
+                    continue;
+                }
                 // SAFETY: `kern` reads A(i, p) for i < rows, p < kc, all inside A's view (or
                 // its packed copy); `bp` holds kc * nr packed floats; the tile (row..row + rows,
                 // col..col + cols) lies inside C (row < m, col < n, C in bounds) and belongs to

@@ -46,6 +46,25 @@ pub(crate) type IndirectKernel = unsafe fn(
     epi: TileEpi,
 );
 
+/// `pair(k, a, rsa, csa, b, ldb, second, c, ldc, beta, epi)`: a [`TileKernel`] over two B panels
+/// side by side, `r x 2 NR` with every column stored: the first panel's row `p` at `b + p * ldb`,
+/// the second's `second` floats further (the next packed panel, or the next `NR` columns of B
+/// read in place), `NR` readable floats at each. A has unit row stride (packed panels, `csa`
+/// floats a step). Each A value broadcast then feeds two multiply-adds.
+pub(crate) type PairKernel = unsafe fn(
+    k: usize,
+    a: *const f32,
+    rsa: usize,
+    csa: usize,
+    b: *const f32,
+    ldb: usize,
+    second: usize,
+    c: *mut f32,
+    ldc: usize,
+    beta: f32,
+    epi: TileEpi,
+);
+
 /// The store epilogue a tile applies once its last K block is in: `ops` (none when empty) on the
 /// tile whose top-left element is output element (`row0`, `col0`). Kernels apply the cheap steps
 /// in registers before the one store where they can (a separate pass re-reads a tile whose store
@@ -89,6 +108,9 @@ pub(crate) struct Spec {
     /// [`Spec::indirect`], `2 nr` columns wide (empty: the family has none), for runs of at
     /// least that many columns.
     pub indirect_wide: &'static [IndirectKernel],
+    /// `pairs[r - 1]` computes an `r x 2 nr` tile over two B panels (empty: the family has
+    /// none), for A with unit row stride.
+    pub pairs: &'static [PairKernel],
     /// The m = 1 path.
     pub gemv: super::gemv::GemvFn,
 }
@@ -165,6 +187,7 @@ static SCALAR: Spec = Spec {
     indirect: &[],
     indirect_narrow: &[],
     indirect_wide: &[],
+    pairs: &[],
     gemv: super::kernel_scalar::gemv,
 };
 
@@ -184,6 +207,7 @@ static AVX2: Spec = Spec {
     indirect: super::kernel_avx2::INDIRECT,
     indirect_narrow: super::kernel_avx2::INDIRECT_NARROW,
     indirect_wide: &[],
+    pairs: &[],
     gemv: super::kernel_avx2::gemv,
 };
 
@@ -204,6 +228,7 @@ static AVX512: Spec = Spec {
     indirect: super::kernel_avx512::INDIRECT,
     indirect_narrow: super::kernel_avx512::INDIRECT_NARROW,
     indirect_wide: super::kernel_avx512::INDIRECT_WIDE,
+    pairs: super::kernel_avx512::PAIRS,
     gemv: super::kernel_avx2::gemv,
 };
 
@@ -223,6 +248,7 @@ static NEON: Spec = Spec {
     indirect: &[],
     indirect_narrow: &[],
     indirect_wide: &[],
+    pairs: &[],
     gemv: super::kernel_neon::gemv,
 };
 

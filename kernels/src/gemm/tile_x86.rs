@@ -13,6 +13,17 @@ pub(crate) trait BRows: Copy {
     /// # Safety
     /// `p` is below the tile's depth `k`.
     unsafe fn row(self, p: usize) -> *const f32;
+
+    /// Where vector `v` (of `lanes` floats) of row `p` starts: `lanes * v` floats into the row,
+    /// unless its vectors lie in separate panels.
+    ///
+    /// # Safety
+    /// As [`BRows::row`]; `v` is below the tile's vectors per row.
+    #[inline(always)]
+    unsafe fn vector(self, p: usize, v: usize, lanes: usize) -> *const f32 {
+        // SAFETY: the caller's contract; the row holds the tile's vectors back to back.
+        unsafe { self.row(p).add(lanes * v) }
+    }
 }
 
 /// Rows `ldb` floats apart: packed panels (`ldb == NR`), or row-major B read in place.
@@ -27,6 +38,29 @@ impl BRows for Strided {
     unsafe fn row(self, p: usize) -> *const f32 {
         // SAFETY: the tile contract keeps `b + p * ldb` inside B.
         unsafe { self.b.add(p * self.ldb) }
+    }
+}
+
+/// Two packed panels side by side: row `p` of the first at `b + p * ldb`, of the second
+/// `second` floats further (the next panel of a packed B block), one vector from each.
+#[derive(Clone, Copy)]
+pub(crate) struct PanelPair {
+    pub b: *const f32,
+    pub ldb: usize,
+    pub second: usize,
+}
+
+impl BRows for PanelPair {
+    #[inline(always)]
+    unsafe fn row(self, p: usize) -> *const f32 {
+        // SAFETY: the pair tile contract keeps `b + p * ldb` inside the first panel.
+        unsafe { self.b.add(p * self.ldb) }
+    }
+
+    #[inline(always)]
+    unsafe fn vector(self, p: usize, v: usize, _lanes: usize) -> *const f32 {
+        // SAFETY: the pair tile contract: panel `v` (0 or 1) holds row `p`.
+        unsafe { self.b.add(p * self.ldb + v * self.second) }
     }
 }
 
@@ -81,10 +115,9 @@ pub(crate) unsafe fn tile<L: Lanes, B: BRows, const R: usize, const ROWS: bool, 
         // One k step into the accumulators `$acc`.
         macro_rules! step {
             ($acc:ident, $p:expr) => {{
-                let bp = b.row($p);
                 let mut bv = [L::zero(); V];
                 for (v, x) in bv.iter_mut().enumerate() {
-                    *x = L::load(bp.add(L::N * v));
+                    *x = L::load(b.vector($p, v, L::N));
                 }
                 let ap = if ROWS { a.add($p) } else { a.add($p * csa) };
                 // Packed panels (A's rows interleaved, `csa` floats a step): one prefetch a
