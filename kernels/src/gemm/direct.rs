@@ -145,44 +145,25 @@ fn chunk(
             let pair = !pairs.is_empty() && jp + 1 < jps.end && cols == nr && panel(jp + 1).2 == nr;
             jp += if pair { 2 } else { 1 };
             let (kern, ap, rsa, csa) = asrc.tile(spec, a, (row, rows), 0, cols);
+            let epi = TileEpi {
+                ops: epi,
+                row0: row,
+                col0: col,
+            };
+            // SAFETY: the tile's rows and columns lie inside C, whose elements the caller hands
+            // this call, and this column panel belongs to the calling task alone.
+            let cp = unsafe { out.ptr.add(row * out.row_stride + col) };
+            let ldc = out.row_stride;
             if pair {
                 // SAFETY: as below, for panels jp and jp + 1, whole and `nr` floats apart in
-                // every row of B (`in_place`); all 2 nr columns lie inside C; `pairs` serve A
-                // with unit row stride (`asrc.pairs`).
-                unsafe {
-                    let cp = out.ptr.add(row * out.row_stride + col);
-                    let epi = TileEpi {
-                        ops: epi,
-                        row0: row,
-                        col0: col,
-                    };
-                    pairs[rows - 1](k, ap, rsa, csa, bp, ldb, nr, cp, out.row_stride, beta, epi);
-                }
-                continue;
-            }
-            // SAFETY: `kern` reads A(i, p) for i < rows, p < k, inside A's view (or its packed
-            // copy); `bp + p * ldb` holds nr readable floats for p < k (the caller's `panel`);
-            // the tile lies inside C and this column panel belongs to the calling task alone.
-            unsafe {
-                let cp = out.ptr.add(row * out.row_stride + col);
-                let epi = TileEpi {
-                    ops: epi,
-                    row0: row,
-                    col0: col,
-                };
-                kern(
-                    k,
-                    ap,
-                    rsa,
-                    csa,
-                    bp,
-                    ldb,
-                    cp,
-                    out.row_stride,
-                    cols,
-                    beta,
-                    epi,
-                );
+                // every row of B (`in_place`), all 2 nr columns inside C; `pairs` serve A with
+                // unit row stride (`asrc.pairs`).
+                unsafe { pairs[rows - 1](k, ap, rsa, csa, bp, ldb, nr, cp, ldc, beta, epi) };
+            } else {
+                // SAFETY: `kern` reads A(i, p) for i < rows, p < k, inside A's view (or its
+                // packed copy); `bp + p * ldb` holds nr readable floats for p < k (the caller's
+                // `panel`); the tile's `cols` columns lie inside C.
+                unsafe { kern(k, ap, rsa, csa, bp, ldb, cp, ldc, cols, beta, epi) };
             }
         }
     }

@@ -419,57 +419,27 @@ fn macro_kernel(
                 let rows = mr.min(ib + mcb - row);
                 // A pair's kernel comes from `pairs`; its A is read as a one-panel tile's.
                 let (kern, ap, rsa, csa) = asrc.tile(spec, a, (row, rows), blk.p0, cols.min(nr));
+                let epi = TileEpi {
+                    ops: blk.epi,
+                    row0: row,
+                    col0: col,
+                };
+                // SAFETY: the tile (row..row + rows, col..col + cols) lies inside C (row < m,
+                // col + cols <= n, C in bounds) and belongs to this task alone.
+                let cp = unsafe { out.ptr.add(row * out.row_stride + col) };
+                let (ldc, beta) = (out.row_stride, blk.beta);
                 if pair {
                     // SAFETY: as below, over this panel and the next (`kc * nr` floats on,
-                    // inside `bb`: jp + 1 < jp1), every one of the tile's 2 nr columns inside C
-                    // (col + 2 nr <= n); `pairs` serve A with unit row stride (`asrc.pairs`).
+                    // inside `bb`: jp + 1 < jp1); `pairs` serve A with unit row stride
+                    // (`asrc.pairs`).
                     unsafe {
-                        let cp = out.ptr.add(row * out.row_stride + col);
-                        let epi = TileEpi {
-                            ops: blk.epi,
-                            row0: row,
-                            col0: col,
-                        };
-                        pairs[rows - 1](
-                            kc,
-                            ap,
-                            rsa,
-                            csa,
-                            bp,
-                            nr,
-                            kc * nr,
-                            cp,
-                            out.row_stride,
-                            blk.beta,
-                            epi,
-                        );
-                    }
-                    continue;
-                }
-                // SAFETY: `kern` reads A(i, p) for i < rows, p < kc, all inside A's view (or
-                // its packed copy); `bp` holds kc * nr packed floats; the tile (row..row + rows,
-                // col..col + cols) lies inside C (row < m, col < n, C in bounds) and belongs to
-                // this task alone; `kern` matches this process's ISA.
-                unsafe {
-                    let cp = out.ptr.add(row * out.row_stride + col);
-                    let epi = TileEpi {
-                        ops: blk.epi,
-                        row0: row,
-                        col0: col,
+                        pairs[rows - 1](kc, ap, rsa, csa, bp, nr, kc * nr, cp, ldc, beta, epi)
                     };
-                    kern(
-                        kc,
-                        ap,
-                        rsa,
-                        csa,
-                        bp,
-                        nr,
-                        cp,
-                        out.row_stride,
-                        cols,
-                        blk.beta,
-                        epi,
-                    );
+                } else {
+                    // SAFETY: `kern` reads A(i, p) for i < rows, p < kc, all inside A's view (or
+                    // its packed copy); `bp` holds kc * nr packed floats; `kern` matches this
+                    // process's ISA.
+                    unsafe { kern(kc, ap, rsa, csa, bp, nr, cp, ldc, cols, beta, epi) };
                 }
             }
         }
