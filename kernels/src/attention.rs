@@ -283,6 +283,7 @@ fn forward_with(a: &Attention, out: &mut [f32], lse: Option<&mut [f32]>, isa: Is
     let scratch_len = 2 * br + br * bc.min(lk.max(1));
     let run = |t: RowBlock| with_scratch(scratch_len, |s| forward_block(a, isa, bc, t, s));
     if tasks.len() > 1 && split {
+        parallel::note_fork();
         tasks.into_par_iter().for_each(run);
     } else {
         tasks.into_iter().for_each(run);
@@ -485,6 +486,7 @@ fn backward_with(
     };
     let macs = 2 * bhn * lq * lk * (d + dv);
     if tasks.len() > 1 && parallel::worth_splitting(macs, ATTENTION_PAR_MIN_MACS) {
+        parallel::note_fork();
         let partial = tasks
             .into_par_iter()
             .fold(

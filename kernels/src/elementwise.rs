@@ -61,6 +61,7 @@ pub fn binary(op: BinaryOp, a: &[f32], b: &[f32], out: &mut [f32]) {
         "binary: lengths differ"
     );
     if parallel::worth_splitting(out.len(), ELEMWISE_PAR_MIN_ELEMS) {
+        parallel::note_fork();
         out.par_chunks_mut(PIECE).enumerate().for_each(|(i, o)| {
             let s = i * PIECE;
             zip_apply(op, &a[s..s + o.len()], &b[s..s + o.len()], o);
@@ -76,6 +77,7 @@ pub fn binary_scalar_rhs(op: BinaryOp, a: &[f32], b: f32, out: &mut [f32]) {
     let run =
         |a: &[f32], o: &mut [f32]| o.iter_mut().zip(a).for_each(|(o, &x)| *o = op.apply(x, b));
     if parallel::worth_splitting(out.len(), ELEMWISE_PAR_MIN_ELEMS) {
+        parallel::note_fork();
         out.par_chunks_mut(PIECE).enumerate().for_each(|(i, o)| {
             let s = i * PIECE;
             run(&a[s..s + o.len()], o)
@@ -107,6 +109,7 @@ pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     assert_eq!(x.len(), y.len(), "axpy: lengths differ");
     let run = |x: &[f32], y: &mut [f32]| y.iter_mut().zip(x).for_each(|(y, &x)| *y += alpha * x);
     if parallel::worth_splitting(y.len(), ELEMWISE_PAR_MIN_ELEMS) {
+        parallel::note_fork();
         y.par_chunks_mut(PIECE).enumerate().for_each(|(i, y)| {
             let s = i * PIECE;
             run(&x[s..s + y.len()], y)

@@ -113,6 +113,7 @@ fn per_channel_pair(
     f: impl Fn(usize) -> (f32, f32) + Sync + Send,
 ) {
     if parallel::worth_splitting(work, ROWWISE_PAR_MIN_ELEMS) {
+        parallel::note_fork();
         a.par_iter_mut()
             .zip(b.par_iter_mut())
             .enumerate()
@@ -163,6 +164,7 @@ where
         return;
     }
     let per = dims.c.div_ceil(pieces);
+    parallel::note_fork();
     a.par_chunks_mut(per)
         .zip(b.par_chunks_mut(per))
         .enumerate()
@@ -863,12 +865,14 @@ pub fn layer_norm_forward(
     };
     match rows_per_piece(x.len(), d) {
         None => run(0, y, &mut mean, &mut rstd),
-        Some(per) => y
-            .par_chunks_mut(per * d)
-            .zip(mean.par_chunks_mut(per))
-            .zip(rstd.par_chunks_mut(per))
-            .enumerate()
-            .for_each(|(i, ((y, m), r))| run(i * per, y, m, r)),
+        Some(per) => {
+            parallel::note_fork();
+            y.par_chunks_mut(per * d)
+                .zip(mean.par_chunks_mut(per))
+                .zip(rstd.par_chunks_mut(per))
+                .enumerate()
+                .for_each(|(i, ((y, m), r))| run(i * per, y, m, r));
+        }
     }
     RowStats { mean, rstd }
 }
@@ -1026,6 +1030,7 @@ pub fn layer_norm_backward(
         layer_norm_backward_rows(sv, (first, n), dx, pg, pb);
         [g, b]
     };
+    parallel::note_fork();
     let partials: Vec<[Vec<f32>; 2]> = match dx {
         Some(dx) => dx
             .par_chunks_mut(per * d)

@@ -35,6 +35,22 @@ pub const ROWWISE_MIN_PIECE_ELEMS: usize = 1 << 13;
 thread_local! {
     /// Set inside [`serial`]: this thread's kernels stay off the pool.
     static SERIAL: Cell<bool> = const { Cell::new(false) };
+    /// Times this thread handed work to the pool ([`note_fork`]).
+    static FORKS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Note that this thread hands work to the pool. The helpers below call it when they go
+/// parallel, and so does every kernel that forks through rayon directly: whether an inference
+/// forks at all then depends on its shapes and thread count alone, where whether another thread
+/// happened to run a job depended on the scheduler ([`with_pool_awake`]).
+#[inline]
+pub fn note_fork() {
+    FORKS.with(|f| f.set(f.get() + 1));
+}
+
+/// How many times this thread has noted a fork.
+fn forks() -> u64 {
+    FORKS.with(Cell::get)
 }
 
 /// Threads the kernels will use: rayon's (the global pool, set by `tlc --threads` or
@@ -85,6 +101,7 @@ where
 {
     if parallel && n > 1 {
         use rayon::prelude::*;
+        note_fork();
         (0..n).into_par_iter().for_each(f);
     } else {
         (0..n).for_each(f);
@@ -101,6 +118,7 @@ where
     let chunk_len = chunk_len.max(1);
     if parallel && data.len() > chunk_len {
         use rayon::prelude::*;
+        note_fork();
         data.par_chunks_mut(chunk_len)
             .enumerate()
             .for_each(|(i, c)| f(i, c));
@@ -178,8 +196,9 @@ impl UnitRanges {
 
 /// Run `f` on a pool thread while the pool's other threads stay awake, polling for the jobs its
 /// kernels fork, until `f` returns; with one thread, run it here. Returns `f`'s result and
-/// whether another thread ran any of its jobs (none did: nothing in `f` split, so [`serial`]
-/// would have run it as fast without the hand-off).
+/// whether `f`'s thread forked any work ([`note_fork`]; if not, [`serial`] would have run it as
+/// fast without the hand-off). A kernel forks on the thread that calls it, so the forks of `f`'s
+/// own kernels are counted, whatever other threads do meanwhile.
 ///
 /// An idle rayon worker sleeps after a few dozen polls, and waking it costs a futex hand-off:
 /// a batch-1 inference alternates parallel kernels with serial ones a few microseconds long, so
@@ -196,20 +215,20 @@ pub fn with_pool_awake<R: Send>(f: impl FnOnce() -> R + Send) -> (R, bool) {
         return (f(), false);
     }
     let done = AtomicBool::new(false);
-    let helped = AtomicBool::new(false);
-    let r = rayon::scope(|_| {
+    rayon::scope(|_| {
         let runner = rayon::current_thread_index();
         let (r, ()) = rayon::join(
             || {
                 // Set also when `f` panics: `join` waits for the keepers before it unwinds.
                 let _done = SetOnDrop(&done);
-                f()
+                let before = forks();
+                let r = f();
+                (r, forks() != before)
             },
-            || stay_awake(runner, &done, &helped, threads - 1),
+            || stay_awake(runner, &done, threads - 1),
         );
         r
-    });
-    (r, helped.into_inner())
+    })
 }
 
 /// Sets its flag when dropped, by a return or an unwind alike.
@@ -222,25 +241,22 @@ impl Drop for SetOnDrop<'_> {
 }
 
 /// Poll the pool for work until `done`, on `extra` threads (this one and `extra - 1` more, each
-/// taking a forked half), noting in `helped` that some work ran. The runner itself may pop one
-/// of these jobs while it waits inside a kernel: it must return at once, or it would poll for
-/// its own completion.
-fn stay_awake(runner: Option<usize>, done: &AtomicBool, helped: &AtomicBool, extra: usize) {
+/// taking a forked half). The runner itself may pop one of these jobs while it waits inside a
+/// kernel: it must return at once, or it would poll for its own completion.
+fn stay_awake(runner: Option<usize>, done: &AtomicBool, extra: usize) {
     if extra == 0 || rayon::current_thread_index() == runner {
         return;
     }
     if extra > 1 {
         let half = extra / 2;
         rayon::join(
-            || stay_awake(runner, done, helped, extra - half),
-            || stay_awake(runner, done, helped, half),
+            || stay_awake(runner, done, extra - half),
+            || stay_awake(runner, done, half),
         );
         return;
     }
     while !done.load(Ordering::Acquire) {
-        if rayon::yield_now() == Some(rayon::Yield::Executed) {
-            helped.store(true, Ordering::Relaxed);
-        } else {
+        if rayon::yield_now() != Some(rayon::Yield::Executed) {
             std::thread::yield_now();
         }
     }
@@ -382,7 +398,7 @@ mod tests {
     }
 
     /// Inside `serial` the kernels see one thread (restored after, also after a panic), and
-    /// work that forks nothing reports no help from the pool.
+    /// work that forks nothing reports so; work that forks reports that.
     #[test]
     fn serial_hides_the_pool_and_quiet_work_needs_no_help() {
         let pool = rayon::ThreadPoolBuilder::new()
@@ -395,7 +411,7 @@ mod tests {
             let caught = std::panic::catch_unwind(|| serial(|| panic!("inside")));
             assert!(caught.is_err());
             assert_eq!(num_threads(), 2);
-            let (n, helped) = with_pool_awake(|| {
+            let (n, forked) = with_pool_awake(|| {
                 serial(|| {
                     let sum = AtomicUsize::new(0);
                     for_each_index(1000, worth_splitting(1000, 1), |i| {
@@ -404,7 +420,12 @@ mod tests {
                     sum.into_inner()
                 })
             });
-            assert_eq!((n, helped), (499_500, false));
+            assert_eq!((n, forked), (499_500, false));
+            // Forking work says so every time, whichever thread ran its jobs.
+            for _ in 0..20 {
+                let ((), forked) = with_pool_awake(|| for_each_index(2, true, |_| {}));
+                assert!(forked);
+            }
         });
     }
 }

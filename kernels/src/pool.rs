@@ -528,6 +528,7 @@ pub fn max_pool2d_with_indices(
         return;
     }
     let per = dims.planes.div_ceil(pieces);
+    parallel::note_fork();
     y.par_chunks_mut(per * op)
         .zip(indices.par_chunks_mut(per * op))
         .enumerate()

@@ -314,3 +314,31 @@ fn f16_weights_beyond_its_range_are_an_error() {
     };
     assert!(Plan::compile_with(&m, 1, &bf16).is_ok());
 }
+
+/// A plan whose kernels split under a two-thread pool stays on the pool whichever thread ran
+/// their jobs (decided by counting forks, not by whether another thread happened to take one);
+/// a plan whose kernels never split moves to the calling thread after its probing runs.
+#[test]
+fn plans_stay_on_the_pool_exactly_when_a_kernel_forks() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let mut big = Graph::new(&[16, 32, 32]);
+    big.push("c", conv(16, 32, 3, 1, 1), &[0]);
+    let mut small = Graph::new(&[2, 6, 6]);
+    small.push("c", conv(2, 2, 3, 1, 1), &[0]);
+    pool.install(|| {
+        for (g, want) in [(big, Threading::Pool), (small, Threading::Caller)] {
+            let m = random_model(g, 3);
+            let mut shape = vec![1];
+            shape.extend_from_slice(m.graph().input_shape());
+            let x = Tensor::randn(&shape, &mut Rng::new(1));
+            let mut plan = Plan::compile(&m, 1).unwrap();
+            for _ in 0..=QUIET_RUNS {
+                plan.run(&x.to_vec());
+            }
+            assert_eq!(plan.threading, want, "{:?}", m.graph().input_shape());
+        }
+    });
+}

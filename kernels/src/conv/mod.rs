@@ -496,6 +496,7 @@ pub(crate) fn accumulate_in_parts(
     }
     let bound = |p: usize| p * items / parts;
     let len = dst.len();
+    parallel::note_fork();
     let ((), partials) = rayon::join(
         || f(0..bound(1), dst),
         || {
