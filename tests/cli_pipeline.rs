@@ -56,8 +56,14 @@ fn the_pipeline_runs_end_to_end_and_a_second_start_resumes() {
     );
     // 16 steps of training: above chance (10 %), no more is asked of so short a run.
     assert!(f(1, "test_acc") > 0.15, "{rows:?}");
-    // Pruning the OFF channels leaves fewer parameters.
-    assert!(f(2, "params") < f(1, "params"), "{rows:?}");
+    // The collapse changed the network either way the cost model (timed here, so either may
+    // win: 0.0082 against 0.0071 ms in one run) decides the one linear chain: merged, fewer
+    // layers (two 3x3s become one wider kernel, which may hold more weights than both), or kept
+    // apart with its OFF channels pruned, fewer parameters.
+    assert!(
+        f(2, "layers") < f(1, "layers") || f(2, "params") < f(1, "params"),
+        "{rows:?}"
+    );
     for r in 0..3 {
         assert!(f(r, "median_ms") > 0.0 && f(r, "p90_ms") >= f(r, "median_ms"));
     }
