@@ -363,9 +363,7 @@ impl ASource<'_> {
             }
         }
     }
-}
 
-impl ASource<'_> {
     /// The pair tiles ([`Spec::pairs`]) for A read this way: A with unit row stride only
     /// (packed panels, or an A^T view read in place), else none.
     pub(crate) fn pairs(self, spec: &Spec, a: &MatRef) -> &'static [super::spec::PairKernel] {

@@ -570,6 +570,7 @@ mod avx512 {
 #[cfg(target_arch = "aarch64")]
 mod neon {
     use super::{epilogue_scalar, lhs_at, Lhs, Tile, TileEpi, NARROW_PIXELS, PANEL};
+    use crate::gemm::Lanes;
     use core::arch::aarch64::*;
 
     /// q registers per pixel: a 16-channel panel in 4-lane registers.
@@ -651,16 +652,14 @@ mod neon {
     /// `p .. p + n` readable.
     #[inline(always)]
     unsafe fn load_n(p: *const f32, n: usize) -> [float32x4_t; REGS] {
-        // SAFETY: `n` floats at `p` are readable (contract); `t` holds 16.
-        unsafe {
-            if n == PANEL {
-                std::array::from_fn(|r| vld1q_f32(p.add(4 * r)))
-            } else {
-                let mut t = [0f32; PANEL];
-                std::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), n);
-                std::array::from_fn(|r| vld1q_f32(t.as_ptr().add(4 * r)))
+        // SAFETY: register r reads floats 4r .. min(n, 4r + 4) only (contract).
+        std::array::from_fn(|r| unsafe {
+            match n.saturating_sub(4 * r) {
+                0 => float32x4_t::zero(),
+                live @ 1..4 => float32x4_t::load_part(p.add(4 * r), live),
+                _ => float32x4_t::load(p.add(4 * r)),
             }
-        }
+        })
     }
 
     /// The first `n <= 16` lanes of `v` to `p`.
@@ -669,18 +668,14 @@ mod neon {
     /// `p .. p + n` writable.
     #[inline(always)]
     unsafe fn store_n(p: *mut f32, n: usize, v: &[float32x4_t; REGS]) {
-        // SAFETY: `n` floats at `p` are writable (contract); `t` holds 16.
-        unsafe {
-            if n == PANEL {
-                for (r, v) in v.iter().enumerate() {
-                    vst1q_f32(p.add(4 * r), *v);
+        for (r, &v) in v.iter().enumerate() {
+            // SAFETY: register r writes floats 4r .. min(n, 4r + 4) only (contract).
+            unsafe {
+                match n.saturating_sub(4 * r) {
+                    0 => {}
+                    live @ 1..4 => float32x4_t::store_part(p.add(4 * r), live, v),
+                    _ => float32x4_t::store(p.add(4 * r), v),
                 }
-            } else {
-                let mut t = [0f32; PANEL];
-                for (r, v) in v.iter().enumerate() {
-                    vst1q_f32(t.as_mut_ptr().add(4 * r), *v);
-                }
-                std::ptr::copy_nonoverlapping(t.as_ptr(), p, n);
             }
         }
     }
